@@ -1,0 +1,134 @@
+"""The backend adapter contract (DESIGN.md): small, and the owner of everything device-specific.
+
+An adapter is a config dataclass plus a class. The class must import its framework lazily (inside
+methods), so `python -m harness` works, and says what to install, when the framework is missing.
+
+The harness drives an adapter in this order:
+
+    ok, why = Adapter.available()            # cheap; never raises
+    adapter = Adapter(config)
+    adapter.device_info()                    # name, memory capacity, framework version
+    adapter.prepare(model, example_batch)    # placement, compilation: never timed as steady state
+    batch = adapter.place(host_batch)        # once per pooled batch, before timing
+    out = adapter.run(batch)                 # may return before the device is done...
+    adapter.synchronize(out)                 # ...so the harness calls this before reading its clock
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Optional
+
+
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run here; the message says what is missing and how to install it."""
+
+
+@dataclass
+class DeviceInfo:
+    backend: str
+    name: str
+    kind: str  # cpu, gpu, tpu, ipu
+    memory_bytes: int  # capacity used for feasibility (measured where possible, else nominal)
+    framework: str
+    framework_version: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BackendConfig:
+    """Fields every backend config has; adapters subclass this with their own."""
+
+    name: str = "auto"
+    # Capacity for feasibility checks when the device cannot be queried (or to model a smaller one);
+    # null: the device's own (or nominal) capacity.
+    memory_bytes: Optional[int] = None
+
+    def check(self) -> None:
+        if self.memory_bytes is not None and self.memory_bytes <= 0:
+            raise ValueError(f"memory_bytes: must be > 0, got {self.memory_bytes}")
+
+
+class Backend(ABC):
+    name: ClassVar[str]
+    config_class: ClassVar[type[BackendConfig]] = BackendConfig
+    install_hint: ClassVar[str] = ""
+    # Datasheet capacity, used to judge feasibility where the device cannot be queried (dry runs of
+    # paths for hardware that is not here).
+    nominal_memory_bytes: ClassVar[int | None] = None
+
+    def __init__(self, config: BackendConfig) -> None:
+        self.config = config
+
+    @classmethod
+    @abstractmethod
+    def available(cls) -> tuple[bool, str]:
+        """(True, description) if this backend can run here, else (False, what is missing)."""
+
+    def require_available(self) -> None:
+        ok, reason = self.available()
+        if not ok:
+            hint = f" {self.install_hint}" if self.install_hint else ""
+            raise BackendUnavailable(f"backend {self.name!r} is not available: {reason}.{hint}")
+
+    def capacity_bytes(self) -> tuple[int | None, str]:
+        """(memory capacity, where it came from: config, device or nominal), without allocating."""
+        if self.config.memory_bytes:
+            return self.config.memory_bytes, "config"
+        if self.available()[0]:
+            return self.device_info().memory_bytes, "device"
+        return self.nominal_memory_bytes, "nominal"
+
+    @abstractmethod
+    def device_info(self) -> DeviceInfo:
+        """Device name and memory capacity; must not allocate the model."""
+
+    @abstractmethod
+    def prepare(self, model: Any, example: Any) -> None:
+        """Place the model on the device and compile it if configured; `example` is a host batch."""
+
+    @abstractmethod
+    def place(self, batch: Any) -> Any:
+        """Move one host batch to the device (done once per pooled batch, outside timed regions)."""
+
+    @abstractmethod
+    def run(self, batch: Any) -> Any:
+        """Launch one inference on a placed batch; may return before the device has finished."""
+
+    @abstractmethod
+    def synchronize(self, output: Any) -> None:
+        """Return only when the work that produced `output` is complete."""
+
+    def to_host(self, output: Any) -> Any:
+        """The output as a host (CPU) torch tensor, for cross-checks."""
+        return output
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        return isinstance(exc, MemoryError) or "out of memory" in str(exc).lower()
+
+    def release_memory(self) -> None:
+        """Give memory back after an out-of-memory error so the ladder can go on."""
+
+    def run_params(self) -> dict[str, Any]:
+        """Settings in force after `prepare` (threads, compile flags), recorded with the run."""
+        return {}
+
+    def close(self) -> None:
+        """Release the device."""
+
+
+def host_memory_bytes() -> int:
+    """Physical memory of this machine (the CPU backend's capacity), without importing torch."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def config_dict(config: BackendConfig) -> dict[str, Any]:
+    return asdict(config)

@@ -1,0 +1,90 @@
+"""CPU backend: torch on the host, threads set and recorded.
+
+Synchronization: torch's CPU kernels complete before the op returns (intra-op parallelism joins its
+threads), so `synchronize` has nothing to wait for; the contract is kept so the harness loop is the same
+for every device.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from backends.base import Backend, BackendConfig, DeviceInfo, host_memory_bytes
+from harness.environment import cpu_model_name, physical_cores
+
+
+@dataclass
+class CpuConfig(BackendConfig):
+    name: str = "cpu"
+    # null keeps torch's default (one thread per physical core); the value in force is recorded.
+    num_threads: Optional[int] = MISSING
+    interop_threads: Optional[int] = MISSING
+
+    def check(self) -> None:
+        super().check()
+        for key in ("num_threads", "interop_threads"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key}: must be >= 1 or null, got {value}")
+
+
+class CpuBackend(Backend):
+    name = "cpu"
+    config_class = CpuConfig
+    install_hint = "Install torch: pip install torch"
+
+    def __init__(self, config: CpuConfig) -> None:
+        super().__init__(config)
+        self.model: Any = None
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        if importlib.util.find_spec("torch") is None:
+            return False, "torch is not installed"
+        return True, "torch on the host CPU"
+
+    def device_info(self) -> DeviceInfo:
+        return DeviceInfo(
+            backend=self.name,
+            name=cpu_model_name(),
+            kind="cpu",
+            memory_bytes=self.config.memory_bytes or host_memory_bytes(),
+            framework="torch",
+            framework_version=metadata.version("torch"),
+            details={"physical_cores": physical_cores()},
+        )
+
+    def prepare(self, model, example) -> None:
+        import torch
+
+        if self.config.num_threads is not None:
+            torch.set_num_threads(self.config.num_threads)
+        if self.config.interop_threads is not None:
+            try:
+                torch.set_num_interop_threads(self.config.interop_threads)
+            except RuntimeError:
+                # Only settable before the first parallel work in the process (e.g. a multirun's job 2).
+                pass
+        self.model = model.eval()
+
+    def place(self, batch):
+        return batch
+
+    def run(self, batch):
+        import torch
+
+        with torch.inference_mode():
+            return self.model(*batch)
+
+    def synchronize(self, output) -> None:
+        return None
+
+    def run_params(self) -> dict[str, Any]:
+        import torch
+
+        return {"num_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}

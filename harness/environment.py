@@ -1,0 +1,102 @@
+"""What a measurement ran on: CPU, memory, library versions, source revision.
+
+Only an allow-list is captured: no hostname, no user name, and of the environment variables only those
+that change performance (thread counts, visible devices). Secrets in the environment never reach a run.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+import harness
+
+# Distributions whose versions are recorded when installed.
+LIBRARIES = (
+    "torch", "numpy", "pandas", "hydra-core", "omegaconf", "mlflow", "mlflow-skinny", "rich",
+    "tensorflow", "tensorflow-cpu", "torch-xla", "poptorch", "mlcommons-loadgen", "torchrec", "fbgemm-gpu",
+    "fbgemm-gpu-cpu",
+)
+# Environment variables that change performance; nothing else from the environment is read.
+ENV_ALLOWLIST = (
+    "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "KMP_AFFINITY", "KMP_BLOCKTIME",
+    "CUDA_VISIBLE_DEVICES", "PJRT_DEVICE", "TPU_NUM_DEVICES", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS",
+    "POPLAR_SDK_ENABLED", "IPUOF_VIPU_API_PARTITION_ID",
+)
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
+def cpu_model_name() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def physical_cores() -> int:
+    """Distinct (physical id, core id) pairs in /proc/cpuinfo; the logical count where that is absent."""
+    cores, phys = set(), "0"
+    for line in _cpuinfo().splitlines():
+        if line.startswith("physical id"):
+            phys = line.split(":", 1)[1].strip()
+        elif line.startswith("core id"):
+            cores.add((phys, line.split(":", 1)[1].strip()))
+    return len(cores) or (os.cpu_count() or 1)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {}
+    for dist in LIBRARIES:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+@lru_cache(maxsize=1)
+def git_revision() -> tuple[str, bool]:
+    """(commit SHA, dirty) of the harness source tree; ("unknown", False) outside a git checkout."""
+    root = Path(harness.__file__).resolve().parent.parent
+    try:
+        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "unknown", False
+    return sha, bool(status.strip())
+
+
+def capture() -> dict:
+    from backends.base import host_memory_bytes
+
+    sha, dirty = git_revision()
+    return {
+        "harness_version": harness.__version__,
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "python": sys.version.split()[0],
+        "platform": {"system": platform.system(), "release": platform.release(), "machine": platform.machine()},
+        "cpu": {
+            "model": cpu_model_name(),
+            "logical_cores": os.cpu_count(),
+            "physical_cores": physical_cores(),
+            "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        },
+        "memory_bytes": host_memory_bytes(),
+        "libraries": library_versions(),
+        "env": {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ},
+    }

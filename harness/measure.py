@@ -1,0 +1,185 @@
+"""Timed ladders over query sizes, and the statistics of their raw samples.
+
+The harness owns the clock; the backend owns synchronization. Every timed iteration is
+
+    t0 = clock(); out = backend.run(batch); backend.synchronize(out); t1 = clock()
+
+so no clock is read around work the device has not finished. The first call of each query size
+(compilation, lazy allocation, cold caches) is timed apart; warm-up runs by count *and* by time; the
+measured phase runs until both a minimum count and a minimum time are met (or a cap), and every raw
+per-iteration latency is kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+Clock = Callable[[], float]
+
+
+@dataclass(frozen=True)
+class LadderSettings:
+    warmup_iters: int = 5
+    warmup_s: float = 0.2
+    min_iters: int = 20
+    min_time_s: float = 1.0
+    max_iters: int = 100_000
+    max_time_s: float = 10.0
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of raw latencies (seconds in, milliseconds out). Percentiles interpolate linearly."""
+
+    n: int
+    mean_ms: float
+    std_ms: float
+    cv: float
+    min_ms: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    max_ms: float
+    samples_per_s: float  # query_size / mean latency: one query at a time, back to back
+
+    def as_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default method) of already sorted values."""
+    if not sorted_values:
+        raise ValueError("percentile of no samples")
+    pos = (len(sorted_values) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(latencies_s: Sequence[float], query_size: int) -> LatencyStats:
+    if not latencies_s:
+        raise ValueError("no latency samples to summarize")
+    values = sorted(latencies_s)
+    n = len(values)
+    mean = sum(values) / n
+    # Sample standard deviation (n - 1): these are samples of a latency distribution.
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    ms = 1e3
+    return LatencyStats(
+        n=n,
+        mean_ms=mean * ms,
+        std_ms=std * ms,
+        cv=std / mean if mean > 0 else 0.0,
+        min_ms=values[0] * ms,
+        p50_ms=percentile(values, 50) * ms,
+        p90_ms=percentile(values, 90) * ms,
+        p95_ms=percentile(values, 95) * ms,
+        p99_ms=percentile(values, 99) * ms,
+        max_ms=values[-1] * ms,
+        samples_per_s=query_size / mean if mean > 0 else float("inf"),
+    )
+
+
+@dataclass
+class Timing:
+    """What one query size's timing produced: first call apart, warm-up count, raw samples."""
+
+    first_call_s: float
+    warmup_iters: int
+    latencies_s: list[float]
+
+
+def time_iterations(
+    step: Callable[[int], Any],
+    synchronize: Callable[[Any], None],
+    settings: LadderSettings,
+    clock: Clock = time.perf_counter,
+) -> Timing:
+    """Time `step(i)` (which launches iteration i) with `synchronize(out)` inside every timed region."""
+    t0 = clock()
+    synchronize(step(0))
+    first_call = clock() - t0
+
+    i = 1
+    warm_start = clock()
+    while i <= settings.warmup_iters or clock() - warm_start < settings.warmup_s:
+        synchronize(step(i))
+        i += 1
+        if clock() - warm_start > settings.max_time_s:
+            break
+    warmup = i - 1
+
+    samples: list[float] = []
+    append = samples.append
+    begin = clock()
+    while True:
+        t0 = clock()
+        out = step(i)
+        synchronize(out)
+        t1 = clock()
+        append(t1 - t0)
+        i += 1
+        elapsed = t1 - begin
+        n = len(samples)
+        if n >= settings.max_iters or elapsed >= settings.max_time_s:
+            break
+        if n >= settings.min_iters and elapsed >= settings.min_time_s:
+            break
+    return Timing(first_call_s=first_call, warmup_iters=warmup, latencies_s=samples)
+
+
+@dataclass
+class QuerySizeResult:
+    query_size: int
+    feasible: bool
+    first_call_s: float | None = None
+    warmup_iters: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    stats: LatencyStats | None = None
+    error: str | None = None
+
+
+def run_ladder(
+    backend,
+    query_sizes: Sequence[int],
+    make_pool: Callable[[int], list],
+    settings: LadderSettings,
+    on_size_done: Callable[[QuerySizeResult], None] | None = None,
+    clock: Clock = time.perf_counter,
+) -> list[QuerySizeResult]:
+    """Measure `backend` at each query size; an out-of-memory size is recorded infeasible and skipped.
+
+    `make_pool(query_size)` returns host batches; the backend places them on its device before timing.
+    Errors other than out-of-memory propagate: they are bugs, not measurements.
+    """
+    results = []
+    for query_size in query_sizes:
+        try:
+            pool = [backend.place(batch) for batch in make_pool(query_size)]
+            count = len(pool)
+            timing = time_iterations(
+                lambda i: backend.run(pool[i % count]), backend.synchronize, settings, clock
+            )
+            result = QuerySizeResult(
+                query_size=query_size,
+                feasible=True,
+                first_call_s=timing.first_call_s,
+                warmup_iters=timing.warmup_iters,
+                latencies_s=timing.latencies_s,
+                stats=summarize(timing.latencies_s, query_size),
+            )
+        except Exception as exc:  # noqa: BLE001 - classified just below
+            if not backend.is_out_of_memory(exc):
+                raise
+            result = QuerySizeResult(query_size=query_size, feasible=False, error=f"out of memory: {exc}")
+        pool = None  # drop this size's batches before the next size allocates its own
+        if not result.feasible:
+            backend.release_memory()
+        results.append(result)
+        if on_size_done is not None:
+            on_size_done(result)
+    return results

@@ -1,0 +1,162 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+The store defaults to SQLite under `results/` (an explicit `sqlite:///` URI: MLflow 3's plain-file store
+is gone) with artifacts beside it; `MLFLOW_TRACKING_URI` points a team at an `mlflow server` instead.
+All calls go through an explicit `MlflowClient` and run id, never the fluent global "active run", so
+jobs of one process (a Hydra multirun) cannot log into each other's runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from harness.config import TrackingConfig
+
+# MLflow's limits (mlflow.utils.validation): param values 6000 chars, keys 250, and per log_batch call
+# 100 params, 100 tags, 1000 metrics.
+MAX_PARAM_VALUE = 6000
+MAX_KEY = 250
+PARAMS_PER_BATCH = 100
+METRICS_PER_BATCH = 1000
+DB_FILE = "mlflow.db"
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    uri = config.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    results = Path(config.results_dir).resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{results / DB_FILE}"
+
+
+def artifact_location(uri: str, config: TrackingConfig) -> str | None:
+    """Artifacts beside a SQLite store (`<db folder>/artifacts`); a server decides its own."""
+    if uri.startswith("sqlite:///"):
+        db_path = Path(uri[len("sqlite:///"):])
+        return (db_path.parent / "artifacts").resolve().as_uri()
+    if "://" not in uri:
+        return (Path(config.results_dir) / "artifacts").resolve().as_uri()
+    return None
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """{'a': {'b': 1}} -> {'a.b': '1'}: lists and None as JSON, values cut to MLflow's limit."""
+    flat: dict[str, str] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, path + "."))
+            continue
+        text = value if isinstance(value, str) else json.dumps(value, default=str)
+        flat[path[:MAX_KEY]] = text[:MAX_PARAM_VALUE]
+    return flat
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _client(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(uri: str, name: str, config: TrackingConfig) -> str:
+    """The experiment's id, creating it (with artifacts beside the store) if it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location(uri, config))
+    except MlflowException:
+        # Another job created it between our lookup and create.
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+class RunRecorder:
+    """One MLflow run, always ended: FINISHED on success, FAILED with the error if the body raises.
+
+    Usage: `with RunRecorder(run.tracking, "demo", "table-cpu", tags={...}) as rec:` then
+    `rec.log_params(...)`, `rec.log_metrics({"latency_p50_ms": 1.2}, step=64)`, `rec.log_text(...)`.
+    """
+
+    def __init__(self, config: TrackingConfig, experiment_name: str, run_name: str,
+                 tags: Mapping[str, str] | None = None) -> None:
+        self.config = config
+        self.uri = tracking_uri(config)
+        self.experiment_name = experiment_name
+        self.run_name = run_name
+        self.tags = dict(tags or {})
+        self.client: Any = None
+        self.run_id: str | None = None
+
+    def __enter__(self) -> "RunRecorder":
+        experiment_id = ensure_experiment(self.uri, self.experiment_name, self.config)
+        self.client = _client(self.uri)
+        run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
+        self.run_id = run.info.run_id
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self.run_id is None:
+            return False
+        if exc is None:
+            self.client.set_terminated(self.run_id, status="FINISHED")
+            return False
+        try:
+            message = f"{exc_type.__name__}: {exc}"
+            self.client.set_tag(self.run_id, "error", message[:5000])
+            self.client.log_text(self.run_id, "".join(traceback.format_exception(exc_type, exc, tb)),
+                                 "error/traceback.txt")
+        finally:
+            self.client.set_terminated(self.run_id, status="FAILED")
+        return False
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in flatten(params).items()]
+        for chunk in _chunks(items, PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=chunk)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for chunk in _chunks(items, PARAMS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=chunk)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        self.log_metric_rows([(k, v, step) for k, v in metrics.items()])
+
+    def log_metric_rows(self, rows: Iterable[tuple[str, float, int]]) -> None:
+        """(key, value, step) rows in as few calls as MLflow allows."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, int(step)) for k, v, step in rows if v is not None]
+        for chunk in _chunks(items, METRICS_PER_BATCH):
+            self.client.log_batch(self.run_id, metrics=chunk)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
+        self.client.log_text(self.run_id, json.dumps(data, indent=2, default=str), artifact_file)
+
+    def log_file(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)

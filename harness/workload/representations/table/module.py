@@ -1,0 +1,85 @@
+"""Torch modules for plain embedding tables.
+
+>>> import torch
+>>> tables = build_tables((10, 20), dim=4, layout="fused")
+>>> tables(torch.tensor([[[1], [19]]])).shape   # ids [B=1, T=2, L=1] -> vectors [B, T, D]
+torch.Size([1, 2, 4])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _dlrm_init_(weight: torch.Tensor, rows: int) -> None:
+    # The DLRM reference initialises each table uniformly in +-sqrt(1/rows).
+    bound = math.sqrt(1.0 / rows)
+    with torch.no_grad():
+        weight.uniform_(-bound, bound)
+
+
+class FusedTables(nn.Module):
+    """All tables stacked in one weight; one embedding_bag call for every (sample, feature) bag.
+
+    Ids are per-table (0..rows_t-1); the module adds each table's row offset, so callers never see the
+    fused layout. One call instead of T keeps per-query overhead flat as the number of tables grows.
+    """
+
+    def __init__(self, table_rows: tuple[int, ...], dim: int, sparse_grad: bool = False) -> None:
+        super().__init__()
+        self.table_rows = tuple(int(r) for r in table_rows)
+        self.dim = dim
+        self.sparse_grad = sparse_grad
+        self.weight = nn.Parameter(torch.empty(sum(self.table_rows), dim))
+        starts = [0]
+        for rows in self.table_rows[:-1]:
+            starts.append(starts[-1] + rows)
+        self.register_buffer("row_offsets", torch.tensor(starts, dtype=torch.int64), persistent=False)
+        for start, rows in zip(starts, self.table_rows):
+            _dlrm_init_(self.weight[start : start + rows], rows)
+
+    def table_weight(self, t: int) -> torch.Tensor:
+        start = int(self.row_offsets[t])
+        return self.weight[start : start + self.table_rows[t]]
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        batch, tables, per_bag = ids.shape
+        flat = (ids + self.row_offsets.view(1, tables, 1)).view(batch * tables, per_bag)
+        if per_bag == 1:
+            # One id per bag (Criteo): a plain gather; the bag machinery only adds work here.
+            out = F.embedding(flat.view(-1), self.weight, sparse=self.sparse_grad)
+        else:
+            out = F.embedding_bag(flat, self.weight, mode="sum", sparse=self.sparse_grad)
+        return out.view(batch, tables, self.dim)
+
+
+class PerTableBags(nn.Module):
+    """One nn.EmbeddingBag(sum) per feature: the textbook layout, kept to measure against the fused one."""
+
+    def __init__(self, table_rows: tuple[int, ...], dim: int, sparse_grad: bool = False) -> None:
+        super().__init__()
+        self.table_rows = tuple(int(r) for r in table_rows)
+        self.dim = dim
+        self.bags = nn.ModuleList(
+            nn.EmbeddingBag(rows, dim, mode="sum", sparse=sparse_grad) for rows in self.table_rows
+        )
+        for bag, rows in zip(self.bags, self.table_rows):
+            _dlrm_init_(bag.weight, rows)
+
+    def table_weight(self, t: int) -> torch.Tensor:
+        return self.bags[t].weight
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.stack([bag(ids[:, t, :]) for t, bag in enumerate(self.bags)], dim=1)
+
+
+def build_tables(table_rows: tuple[int, ...], dim: int, layout: str = "fused", sparse_grad: bool = False):
+    if layout == "fused":
+        return FusedTables(table_rows, dim, sparse_grad)
+    if layout == "per_table":
+        return PerTableBags(table_rows, dim, sparse_grad)
+    raise ValueError(f"representation.layout: unknown table layout {layout!r}")
