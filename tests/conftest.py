@@ -1,0 +1,55 @@
+"""Shared fixtures: composed configs, a throw-away MLflow store, the harness as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.config import compose, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Seconds-long timing for end-to-end runs: tiny tables, two sizes.
+SMOKE = ["+backend=cpu", "experiment=smoke"]
+
+
+@pytest.fixture
+def run_config():
+    """load_config(compose(overrides)): the validated config a job would see."""
+    return lambda *overrides: load_config(compose(list(overrides)))
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A fresh SQLite MLflow store; yields its URI."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def harness_env(store_uri: str | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    if store_uri:
+        env["MLFLOW_TRACKING_URI"] = store_uri
+    env["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    return env
+
+
+@pytest.fixture
+def run_harness(tmp_path):
+    """Run `python -m harness <args>` in tmp_path (so Hydra's job folders land there)."""
+
+    def run(*args: str, store_uri: str | None = None, check: bool = True, timeout: float = 300):
+        proc = subprocess.run(
+            [sys.executable, "-m", "harness", *args, f"tracking.results_dir={tmp_path / 'results'}"],
+            cwd=tmp_path, env=harness_env(store_uri), capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"harness exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        return proc
+
+    return run

@@ -1,0 +1,75 @@
+"""Config composition and validation: every bad value is refused before work, naming its key."""
+
+from __future__ import annotations
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from harness.config import ConfigError, compose, load_config
+
+
+def test_default_config_is_table_on_auto_backend_with_kaggle_shape(run_config):
+    run = run_config()
+    assert run.backend.name == "auto"
+    assert run.representation.name == "table"
+    assert run.dataset.name == "synthetic_kaggle" and run.dataset.shape == "kaggle"
+    assert run.workload.query_sizes == [1, 8, 64, 256, 1024, 4096]
+    assert run.dry_run is False
+
+
+def test_plus_backend_selects_the_adapter_and_its_typed_schema(run_config):
+    run = run_config("+backend=cpu", "backend.num_threads=1")
+    assert type(run.backend).__name__ == "CpuConfig"
+    assert run.backend.num_threads == 1
+
+
+def test_backend_without_plus_is_refused_by_hydra_with_its_hint():
+    with pytest.raises(ConfigCompositionException, match=r"\+backend=cpu"):
+        compose(["backend=cpu"])
+
+
+def test_terabyte_dataset_composes_with_its_shape(run_config):
+    run = run_config("dataset=synthetic_terabyte")
+    assert run.dataset.shape == "terabyte"
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["workload.query_sizes=[1,-8]"], "workload.query_sizes"),
+        (["workload.query_sizes=[]"], "workload.query_sizes"),
+        (["dataset.shape=avazu"], "dataset.shape"),
+        (["dataset.scale=0"], "dataset.scale"),
+        (["model.bottom_mlp=[13,512,64]"], "model.embedding_dim"),
+        (["model.bottom_mlp=[12,512,16]"], "model.bottom_mlp"),
+        (["model.top_mlp=[512,2]"], "model.top_mlp"),
+        (["measure.min_iters=many"], "measure.min_iters"),
+        (["measure.max_time_s=0.5", "measure.min_time_s=1"], "measure.max_time_s"),
+        (["+backend=cpu", "backend.num_threads=0"], "backend.num_threads"),
+        (["+backend=cpu", "+backend.threads=4"], "backend.threads"),
+        (["representation.name=holograms"], "representation.name"),
+        (["representation.layout=diagonal"], "representation.layout"),
+        (["+model.depth=3"], "model.depth"),
+    ],
+)
+def test_bad_values_fail_with_a_message_naming_the_key(run_config, overrides, key):
+    with pytest.raises(ConfigError) as info:
+        run_config(*overrides)
+    assert info.value.key == key
+    assert f"'{key}'" in str(info.value)
+
+
+def test_a_new_embedding_dim_resizes_the_reference_bottom_mlp(run_config):
+    from harness.config import workload_spec
+
+    spec = workload_spec(run_config("model.embedding_dim=32"))
+    assert spec.bottom_mlp == (13, 512, 256, 64, 32)
+
+
+def test_missing_yaml_values_are_reported_not_defaulted():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(compose())
+    del cfg["measure"]["min_iters"]
+    with pytest.raises(ConfigError, match="measure.min_iters"):
+        load_config(cfg)

@@ -1,0 +1,72 @@
+"""`python -m harness` as a user runs it, into a throw-away MLflow store, read back through MLflow."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from .conftest import SMOKE
+
+
+def _runs(store: str, experiment: str = "mprec"):
+    mlflow.set_tracking_uri(store)
+    return mlflow.search_runs(experiment_names=[experiment], output_format="list")
+
+
+def test_a_run_is_recorded_with_metrics_tags_and_artifacts(run_harness, store):
+    proc = run_harness(*SMOKE, store_uri=store)
+    assert "query size" in proc.stdout and "table@cpu" in proc.stdout
+
+    [run] = _runs(store)
+    assert run.info.status == "FINISHED"
+    tags = run.data.tags
+    assert tags["path"] == "table@cpu" and tags["representation"] == "table" and tags["backend"] == "cpu"
+    assert len(tags["run_key"]) == 16 and tags["git_sha"] and tags["device_name"]
+    assert run.data.params["dataset.scale"] == "0.0001"
+    assert run.data.params["workload.query_sizes"] == "[1, 64]"
+    assert int(run.data.params["backend_resolved.num_threads"]) >= 1
+
+    client = MlflowClient(store)
+    history = client.get_metric_history(run.info.run_id, "latency_p50_ms")
+    assert sorted(m.step for m in history) == [1, 64]  # step = query size
+    assert all(m.value > 0 for m in history)
+    assert run.data.metrics["param_bytes"] > run.data.metrics["embedding_param_bytes"] > 0
+
+    local = client.download_artifacts(run.info.run_id, "")
+    raw = list(csv.DictReader(io.open(f"{local}/samples/latency_raw.csv")))
+    iterations = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "iterations")}
+    assert len(raw) == sum(iterations.values())
+    assert {int(r["query_size"]) for r in raw} == {1, 64}
+    env = json.load(open(f"{local}/environment.json"))
+    assert "torch" in env["libraries"] and env["cpu"]["logical_cores"] >= 1
+    assert "hostname" not in json.dumps(env).lower()
+    assert "experiment: null" not in open(f"{local}/config/resolved.yaml").read()
+
+
+def test_multirun_sweep_records_one_run_per_job_in_one_experiment(run_harness, store):
+    run_harness("-m", *SMOKE, "dataset.scale=0.0001,0.0002", "experiment_name=sweep", store_uri=store)
+    runs = _runs(store, "sweep")
+    assert sorted(r.data.params["dataset.scale"] for r in runs) == ["0.0001", "0.0002"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len({r.data.tags["run_key"] for r in runs}) == 2
+
+
+def test_a_run_that_raises_is_ended_failed_with_the_error(run_harness, store):
+    # 1 kB of "device memory" cannot hold the model: the run starts, then fails before building it.
+    proc = run_harness(*SMOKE, "backend.memory_bytes=1000", store_uri=store, check=False)
+    assert proc.returncode != 0
+    [run] = _runs(store)
+    assert run.info.status == "FAILED"
+    assert "MemoryError" in run.data.tags["error"] and "needs" in run.data.tags["error"]
+
+
+def test_default_store_is_sqlite_under_results(run_harness, tmp_path):
+    run_harness(*SMOKE)
+    db = tmp_path / "results" / "mlflow.db"
+    assert db.is_file()
+    [run] = _runs(f"sqlite:///{db}")
+    assert run.info.artifact_uri.startswith((tmp_path / "results" / "artifacts").as_uri())

@@ -1,0 +1,143 @@
+"""The timing loop and its statistics, on known samples, a fake clock and fake adapters."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from harness.measure import LadderSettings, percentile, run_ladder, summarize, time_iterations
+
+
+def test_statistics_of_one_to_hundred_ms():
+    samples = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    stats = summarize(samples, query_size=10)
+    assert stats.n == 100
+    assert stats.mean_ms == pytest.approx(50.5)
+    assert stats.p50_ms == pytest.approx(50.5)
+    assert stats.p90_ms == pytest.approx(90.1)
+    assert stats.p99_ms == pytest.approx(99.01)
+    assert stats.min_ms == pytest.approx(1.0) and stats.max_ms == pytest.approx(100.0)
+    assert stats.std_ms == pytest.approx(np.std(np.arange(1, 101), ddof=1))
+    assert stats.cv == pytest.approx(stats.std_ms / stats.mean_ms)
+    assert stats.samples_per_s == pytest.approx(10 / 0.0505)
+
+
+@pytest.mark.parametrize("q", [0, 1, 37.5, 50, 95, 99, 100])
+def test_percentile_matches_numpy_linear(q):
+    values = sorted(np.random.default_rng(3).exponential(size=57).tolist())
+    assert percentile(values, q) == pytest.approx(np.percentile(values, q))
+
+
+def test_summarize_refuses_no_samples():
+    with pytest.raises(ValueError):
+        summarize([], 1)
+
+
+class FakeClock:
+    """Time advances only when work runs: every step costs `step_s`."""
+
+    def __init__(self, step_s: float) -> None:
+        self.now = 0.0
+        self.step_s = step_s
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, i: int) -> int:
+        self.now += self.step_s * (10 if i == 0 else 1)  # a slow first call, like a compile
+        return i
+
+
+def test_first_call_is_timed_apart_and_both_minimums_are_met():
+    clock = FakeClock(step_s=0.001)
+    settings = LadderSettings(warmup_iters=3, warmup_s=0.0, min_iters=5, min_time_s=0.02,
+                              max_iters=1000, max_time_s=10)
+    timing = time_iterations(clock.step, lambda out: None, settings, clock)
+    assert timing.first_call_s == pytest.approx(0.010)
+    assert timing.warmup_iters == 3
+    assert len(timing.latencies_s) == 20  # min_time 20 ms at 1 ms each dominates min_iters 5
+    assert all(s == pytest.approx(0.001) for s in timing.latencies_s)
+
+
+def test_warmup_runs_by_time_too():
+    clock = FakeClock(step_s=0.001)
+    settings = LadderSettings(warmup_iters=1, warmup_s=0.01, min_iters=1, min_time_s=0, max_iters=1,
+                              max_time_s=1)
+    assert time_iterations(clock.step, lambda out: None, settings, clock).warmup_iters == 10
+
+
+def test_caps_stop_the_measured_phase():
+    clock = FakeClock(step_s=0.5)
+    settings = LadderSettings(warmup_iters=0, warmup_s=0, min_iters=100, min_time_s=0, max_iters=1000,
+                              max_time_s=2.0)
+    assert len(time_iterations(clock.step, lambda out: None, settings, clock).latencies_s) == 4
+
+
+class AsyncAdapter:
+    """`run` returns at once and the work finishes later, as a GPU kernel launch does."""
+
+    work_s = 0.02
+
+    def __init__(self, synchronizes: bool = True) -> None:
+        self.synchronizes = synchronizes
+
+    def place(self, batch):
+        return batch
+
+    def run(self, batch):
+        done = threading.Event()
+        threading.Timer(self.work_s, done.set).start()
+        return done
+
+    def synchronize(self, done: threading.Event) -> None:
+        if self.synchronizes:
+            done.wait()
+
+    def is_out_of_memory(self, exc):
+        return isinstance(exc, MemoryError)
+
+    def release_memory(self):
+        self.released = True
+
+
+FAST = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=5, min_time_s=0, max_iters=5, max_time_s=5)
+
+
+def test_asynchronous_work_is_caught_by_synchronization():
+    results = run_ladder(AsyncAdapter(), [1], lambda q: [None], FAST)
+    assert min(results[0].latencies_s) >= AsyncAdapter.work_s * 0.95
+
+
+def test_without_synchronization_the_same_work_would_time_as_nothing():
+    # The counterfactual that shows the test above can fail: an adapter that does not wait.
+    results = run_ladder(AsyncAdapter(synchronizes=False), [1], lambda q: [None], FAST)
+    assert max(results[0].latencies_s) < AsyncAdapter.work_s / 2
+
+
+class SizeLimitedAdapter(AsyncAdapter):
+    work_s = 0.0
+
+    def run(self, batch):
+        if batch > 100:
+            raise MemoryError(f"cannot allocate {batch}")
+        return super().run(batch)
+
+
+def test_out_of_memory_size_is_infeasible_and_the_ladder_goes_on():
+    adapter = SizeLimitedAdapter()
+    results = run_ladder(adapter, [10, 1000, 50], lambda q: [q], FAST)
+    assert [r.feasible for r in results] == [True, False, True]
+    assert "out of memory" in results[1].error
+    assert adapter.released
+    assert results[2].stats.n == 5
+
+
+def test_other_errors_propagate():
+    class Broken(AsyncAdapter):
+        def run(self, batch):
+            raise ValueError("a bug")
+
+    with pytest.raises(ValueError, match="a bug"):
+        run_ladder(Broken(), [1], lambda q: [q], FAST)
