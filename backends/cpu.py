@@ -70,16 +70,15 @@ class CpuBackend(Backend):
             except RuntimeError:
                 # Only settable before the first parallel work in the process (e.g. a multirun's job 2).
                 pass
-        self.model = model.eval()
+        # Inference only: with no parameter requiring grad, autograd records nothing, so `run` needs no
+        # per-call inference_mode context (that context alone costs ~5 us, 1% of a query-size-1 run).
+        self.model = model.eval().requires_grad_(False)
 
     def place(self, batch):
         return batch
 
     def run(self, batch):
-        import torch
-
-        with torch.inference_mode():
-            return self.model(*batch)
+        return self.model(*batch)
 
     def synchronize(self, output) -> None:
         return None

@@ -78,16 +78,14 @@ class CudaBackend(Backend):
         import torch
 
         torch.cuda.set_device(self.config.device_index)
-        self.model = model.eval().to(self.device)
+        # Inference only (see backends/cpu.py): no per-call autograd context needed.
+        self.model = model.eval().requires_grad_(False).to(self.device)
 
     def place(self, batch):
         return type(batch)(*(t.to(self.device, non_blocking=False) for t in batch))
 
     def run(self, batch):
-        import torch
-
-        with torch.inference_mode():
-            return self.model(*batch)
+        return self.model(*batch)
 
     def synchronize(self, output) -> None:
         import torch

@@ -1,0 +1,24 @@
+"""The benchmark scripts run on a tiny shape and emit every figure (a regression guard, not a timing)."""
+
+from __future__ import annotations
+
+import math
+
+
+def _finite_positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_table_path_benchmark_emits_every_figure(tmp_path, monkeypatch):
+    from benchmarks import table_path
+
+    monkeypatch.chdir(tmp_path)
+    figures = table_path.main(["--tiny"])
+    p = figures["path_vs_bare"]
+    for key in ("harness_samples_per_s", "bare_samples_per_s", "harness_over_bare", "loop_overhead_us",
+                "query_size_1_latency_us", "overhead_fraction_of_q1"):
+        assert _finite_positive(p[key]), key
+    assert len(p["harness_blocks_s"]) == len(p["bare_blocks_s"]) == 5
+    assert set(figures["layouts"]) == {1, 64, 1024}
+    assert all(_finite_positive(row["per_table_over_fused"]) for row in figures["layouts"].values())
+    assert (tmp_path / "results" / "benchmarks" / "table_path.json").is_file()
