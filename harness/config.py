@@ -245,7 +245,7 @@ def workload_spec(run: RunConfig) -> WorkloadSpec:
     if top[-1] != 1:
         raise ConfigError("model.top_mlp", f"must end at 1 (the logit), got {list(top)}")
     try:
-        return WorkloadSpec.from_shape(
+        spec = WorkloadSpec.from_shape(
             run.dataset.shape,
             run.dataset.scale,
             embedding_dim=dim,
@@ -256,6 +256,14 @@ def workload_spec(run: RunConfig) -> WorkloadSpec:
         )
     except ValueError as exc:
         raise ConfigError("model", str(exc)) from None
+    check_spec = getattr(representations.get(run.representation.name), "check_spec", None)
+    if check_spec is not None:
+        try:
+            check_spec(spec)
+        except ValueError as exc:
+            key, _, message = str(exc).partition(": ")
+            raise ConfigError(f"representation.{key}", message) from None
+    return spec
 
 
 def config_dir() -> Path:

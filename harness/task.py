@@ -150,6 +150,7 @@ def measure_path(p: Plan) -> dict[str, Any]:
     with RunRecorder(run.tracking, run.experiment_name, run_name, tags) as recorder:
         recorder.log_params(run.as_dict())
         recorder.log_metrics(p.cost.summary())
+        recorder.log_dict(p.dry_run_report(), "cost.json")  # the plan, with the representation's details
         recorder.log_text(OmegaConf.to_yaml(OmegaConf.create(run.as_dict())), "config/resolved.yaml")
         recorder.log_dict(environment.capture(), "environment.json")
         adapter.require_available()

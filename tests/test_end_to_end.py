@@ -70,3 +70,21 @@ def test_default_store_is_sqlite_under_results(run_harness, tmp_path):
     assert db.is_file()
     [run] = _runs(f"sqlite:///{db}")
     assert run.info.artifact_uri.startswith((tmp_path / "results" / "artifacts").as_uri())
+
+
+def test_every_representation_runs_and_logs_its_cost(run_harness, store):
+    run_harness("-m", *SMOKE, "representation=table,tt,dhe,hybrid,select", "experiment_name=reps",
+                "workload.query_sizes=[4]", store_uri=store)
+    runs = {r.data.tags["representation"]: r for r in _runs(store, "reps")}
+    assert set(runs) == {"table", "tt", "dhe", "hybrid", "select"}
+    for name, run in runs.items():
+        assert run.info.status == "FINISHED", name
+        for key in ("param_bytes", "flops_per_sample", "bytes_read_per_sample"):
+            assert run.data.metrics[key] > 0, (name, key)
+    metrics = {name: r.data.metrics for name, r in runs.items()}
+    assert metrics["dhe"]["flops_per_sample"] > metrics["table"]["flops_per_sample"]
+    # Hybrid holds both the tables and the decoders (at this tiny scale the decoders are the larger part).
+    assert metrics["hybrid"]["param_bytes"] > max(metrics["table"]["param_bytes"], metrics["dhe"]["param_bytes"])
+    assert metrics["hybrid"]["top_input_width"] == 1394
+    cost = MlflowClient(store).download_artifacts(runs["tt"].info.run_id, "cost.json")
+    assert "tt_factorization" in json.load(open(cost))["embedding_details"]

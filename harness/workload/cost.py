@@ -4,7 +4,8 @@ Counting rules (the same for every representation, so paths compare on one roofl
 - a Linear layer in -> out costs 2 x in x out FLOPs per sample (biases and activations are ignored);
 - the dot interaction costs the full Gram matrix, 2 x F x F x D per sample, as the batched GEMM computes it;
 - bytes read per sample = what the embedding reads per sample (rows and ids) + the dense input; the MLP
-  weights are read once per *query*, reported as `mlp_param_bytes` and added by `bytes_read(query_size)`;
+  weights (and DHE decoders) are read once per *query*, reported as `bytes_read_per_query_fixed` and
+  added by `bytes_read(query_size)`;
 - activation bytes per sample sum every intermediate (an upper bound on the peak in inference), so the
   dry run can tell whether the largest query of the ladder fits beside the parameters.
 
@@ -17,7 +18,7 @@ Counting rules (the same for every representation, so paths compare on one roofl
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from harness.workload import representations
 from harness.workload.representations import EmbeddingCost
@@ -56,7 +57,7 @@ class PathCost:
         return self.embedding.bytes_read_per_sample + 13 * FP32
 
     def bytes_read(self, query_size: int) -> int:
-        return query_size * self.bytes_read_per_sample + self.mlp_param_bytes
+        return query_size * self.bytes_read_per_sample + self.mlp_param_bytes + self.embedding.bytes_read_per_query
 
     def flops(self, query_size: int) -> int:
         return query_size * self.flops_per_sample
@@ -77,14 +78,10 @@ class PathCost:
             "embedding_flops_per_sample": self.embedding.flops_per_sample,
             "dense_flops_per_sample": self.dense_flops_per_sample,
             "bytes_read_per_sample": self.bytes_read_per_sample,
+            "bytes_read_per_query_fixed": self.mlp_param_bytes + self.embedding.bytes_read_per_query,
             "activation_bytes_per_sample": self.activation_bytes_per_sample,
             "top_input_width": self.top_input_width,
         }
-
-    def to_dict(self) -> dict:
-        out = self.summary()
-        out["embedding_details"] = asdict(self.embedding)["details"]
-        return out
 
 
 def path_cost(spec: WorkloadSpec) -> PathCost:
@@ -101,7 +98,7 @@ def path_cost(spec: WorkloadSpec) -> PathCost:
         + vectors * spec.embedding_dim  # the stacked feature vectors
         + vectors * vectors  # the Gram matrix
         + sum(top_widths)
-        + embedding.details.get("activation_floats_per_sample", 0)
+        + embedding.activation_floats_per_sample
     )
     return PathCost(
         embedding=embedding,

@@ -2,8 +2,10 @@
 
 A representation is a package under this folder whose `__init__` is torch-free and exposes:
 
-- `Config`: a dataclass; its fields are the YAML keys under `representation:` (conf/representation/<name>.yaml);
-  `Config.check(spec_rows)` raises `ValueError` naming the field for values that cannot work.
+- `Config`: a dataclass; its fields are the YAML keys under `representation:` (conf/representation/<name>.yaml),
+  declared MISSING so values come only from the YAML; `Config.check()` raises `ValueError("<field>: why")`
+  for values that cannot work, and an optional module-level `check_spec(spec)` does the same for values
+  that depend on the model (the number of tables, say).
 - `feature_vectors(spec) -> int`: how many vectors it feeds to the dot interaction (tables: one per feature).
 - `cost(spec) -> EmbeddingCost`: analytic parameter bytes, FLOPs and bytes read per sample.
 - `build(spec) -> torch.nn.Module`: the torch module (imports torch lazily), mapping ids [B, T, L] -> [B, V, D].
@@ -20,6 +22,10 @@ from types import ModuleType
 
 REGISTRY: dict[str, str] = {
     "table": "harness.workload.representations.table",
+    "tt": "harness.workload.representations.tt",
+    "dhe": "harness.workload.representations.dhe",
+    "hybrid": "harness.workload.representations.hybrid",
+    "select": "harness.workload.representations.select",
 }
 
 
@@ -30,7 +36,25 @@ class EmbeddingCost:
     param_bytes: int
     flops_per_sample: int
     bytes_read_per_sample: int
+    bytes_read_per_query: int = 0  # weights every query reads once, whatever its size (DHE decoders)
+    activation_floats_per_sample: int = 0  # intermediates, for the memory estimate
     details: dict = field(default_factory=dict)
+
+    def __add__(self, other: "EmbeddingCost") -> "EmbeddingCost":
+        """Cost of two representations side by side (tables for some features, DHE for others)."""
+        return EmbeddingCost(
+            param_bytes=self.param_bytes + other.param_bytes,
+            flops_per_sample=self.flops_per_sample + other.flops_per_sample,
+            bytes_read_per_sample=self.bytes_read_per_sample + other.bytes_read_per_sample,
+            bytes_read_per_query=self.bytes_read_per_query + other.bytes_read_per_query,
+            activation_floats_per_sample=self.activation_floats_per_sample + other.activation_floats_per_sample,
+            details={**self.details, **other.details},
+        )
+
+
+def feature_names(num_tables: int) -> list[str]:
+    """Criteo's names for the categorical columns: C1 .. C26."""
+    return [f"C{i + 1}" for i in range(num_tables)]
 
 
 def names() -> list[str]:

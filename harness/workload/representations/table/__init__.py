@@ -46,7 +46,8 @@ def table_cost(rows: tuple[int, ...], dim: int, ids_per_lookup: int) -> Embeddin
         param_bytes=sum(rows) * dim * FP32,
         flops_per_sample=len(rows) * (ids_per_lookup - 1) * dim,
         bytes_read_per_sample=lookups * (dim * FP32 + INDEX_BYTES),
-        details={"table_rows": sum(rows)},
+        activation_floats_per_sample=lookups * dim,
+        details={"table_rows": sum(rows), "tables": len(rows)},
     )
 
 

@@ -1,0 +1,140 @@
+"""DHE, Deep Hash Embedding (Kang et al., KDD 2021), as MP-Rec uses it: compute, not memory.
+
+Per table, k universal hashes h_i(x) = ((a_i x + b_i) mod p) mod m turn an id into k integers; a dense
+code ((h / (m - 1)) * 2 - 1 for `uniform`, Box-Muller pairs for `gaussian`) goes through a small MLP
+decoder (k -> hidden... -> D). No table at all: megabytes of decoder weights and ~0.27 MFLOPs per lookup
+for the 1024-128-16 decoder, which is why the hardware choice matters.
+
+>>> from harness.workload.spec import WorkloadSpec
+>>> params = DheParams(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none",
+...                    batch_norm=False, seed=0)
+>>> c = dhe_cost(26, params, dim=16, ids_per_lookup=1)
+>>> c.param_bytes, c.flops_per_sample, c.details["dhe_decoder_params_per_table"]
+(13859456, 6922240, 133264)
+>>> first_prime_above(1_000_000)
+1000003
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import List
+
+import numpy as np
+from omegaconf import MISSING
+
+from harness.workload.representations import EmbeddingCost
+
+FP32 = 4
+INDEX_BYTES = 8
+ENCODINGS = ("uniform", "gaussian")
+ACTIVATIONS = ("none", "sigmoid", "mish")
+
+
+@dataclass
+class DheParams:
+    """The DHE part of a representation (the `dhe` representation's keys, `dhe.*` in hybrid/select)."""
+
+    k: int = MISSING  # hashes per id = width of the dense code
+    decoder: List[int] = MISSING  # [k, hidden...]; the output width (the embedding dim) is appended
+    m: int = MISSING  # hash buckets; p is the first prime above m
+    encoding: str = MISSING  # uniform | gaussian
+    activation: str = MISSING  # on the decoder's output: none | sigmoid | mish
+    batch_norm: bool = MISSING  # BatchNorm after each hidden layer
+    seed: int = MISSING  # draws the hash coefficients a, b
+
+    def check(self) -> None:
+        if self.k < 1:
+            raise ValueError(f"k: must be >= 1, got {self.k}")
+        if not self.decoder or min(self.decoder) < 1:
+            raise ValueError(f"decoder: widths must be positive, got {self.decoder}")
+        if self.decoder[0] != self.k:
+            raise ValueError(
+                f"k: is {self.k} but the decoder's first width is {self.decoder[0]}: the code of k hashes is "
+                "the decoder's input, so they must be equal"
+            )
+        if self.m < 2:
+            raise ValueError(f"m: must be >= 2, got {self.m}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(f"encoding: must be one of {ENCODINGS}, got {self.encoding!r}")
+        if self.encoding == "gaussian" and self.k % 2:
+            raise ValueError(f"k: the gaussian encoding turns hashes into pairs (Box-Muller), so k must be "
+                             f"even, got {self.k}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation: must be one of {ACTIVATIONS}, got {self.activation!r}")
+
+    def widths(self, dim: int) -> list[int]:
+        return [*self.decoder, dim]
+
+
+@dataclass
+class Config(DheParams):
+    name: str = "dhe"
+
+
+def _is_prime(n: int) -> bool:
+    if n < 2:
+        return False
+    if n % 2 == 0:
+        return n == 2
+    f = 3
+    while f * f <= n:
+        if n % f == 0:
+            return False
+        f += 2
+    return True
+
+
+@lru_cache(maxsize=None)
+def first_prime_above(m: int) -> int:
+    n = m + 1
+    while not _is_prime(n):
+        n += 1
+    return n
+
+
+def hash_coefficients(seed: int, feature: int, k: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) of feature `feature`'s k hashes: a in [1, p), b in [0, p); the same in every process."""
+    p = first_prime_above(m)
+    rng = np.random.default_rng([seed, feature, 0xD4E])
+    return rng.integers(1, p, k, dtype=np.int64), rng.integers(0, p, k, dtype=np.int64)
+
+
+def dhe_cost(num_tables: int, params: DheParams, dim: int, ids_per_lookup: int) -> EmbeddingCost:
+    widths = params.widths(dim)
+    pairs = list(zip(widths[:-1], widths[1:]))
+    per_table = sum(i * o + o for i, o in pairs)
+    bn_floats = 4 * sum(widths[1:-1]) if params.batch_norm else 0  # gamma, beta, running mean and var
+    flops_lookup = 2 * sum(i * o for i, o in pairs)
+    lookups = num_tables * ids_per_lookup
+    decoder_bytes = num_tables * (per_table + bn_floats) * FP32
+    return EmbeddingCost(
+        param_bytes=decoder_bytes,
+        flops_per_sample=lookups * flops_lookup + num_tables * (ids_per_lookup - 1) * dim,
+        bytes_read_per_sample=lookups * INDEX_BYTES,
+        bytes_read_per_query=decoder_bytes,
+        activation_floats_per_sample=lookups * sum(widths),
+        details={
+            "dhe_tables": num_tables,
+            "dhe_decoder": "-".join(map(str, widths)),
+            "dhe_decoder_params_per_table": per_table,
+            "dhe_flops_per_lookup": flops_lookup,
+            "dhe_p": first_prime_above(params.m),
+        },
+    )
+
+
+def feature_vectors(spec) -> int:
+    return spec.num_tables
+
+
+def cost(spec) -> EmbeddingCost:
+    return dhe_cost(spec.num_tables, spec.representation, spec.embedding_dim, spec.ids_per_lookup)
+
+
+def build(spec):
+    from harness.workload.representations.dhe.module import DeepHashEmbedding
+
+    return DeepHashEmbedding(range(spec.num_tables), spec.representation, spec.embedding_dim)
+

@@ -1,0 +1,54 @@
+"""Hybrid (MP-Rec): every feature contributes both its table vector and its DHE vector.
+
+The interaction sees 2T + 1 vectors (top-MLP input 1394 on the Kaggle shape, 1442 on Terabyte): the best
+quality of the family, at the memory of the tables plus the compute of DHE.
+
+>>> from harness.workload.spec import WorkloadSpec, interaction_width
+>>> interaction_width(2 * 26 + 1, 16), interaction_width(2 * 26 + 1, 64)
+(1394, 1442)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import MISSING
+
+from harness.workload.representations import EmbeddingCost
+from harness.workload.representations.dhe import Config as DheConfig
+from harness.workload.representations.dhe import DheParams, dhe_cost
+from harness.workload.representations.table import LAYOUTS, table_cost
+
+
+def check_dhe(params: DheParams) -> None:
+    try:
+        params.check()
+    except ValueError as exc:
+        raise ValueError(f"dhe.{exc}") from None
+
+
+@dataclass
+class Config:
+    name: str = "hybrid"
+    layout: str = MISSING  # of the tables
+    dhe: DheConfig = field(default_factory=DheConfig)  # the dhe representation's keys (its YAML)
+
+    def check(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout: must be one of {LAYOUTS}, got {self.layout!r}")
+        check_dhe(self.dhe)
+
+
+def feature_vectors(spec) -> int:
+    return 2 * spec.num_tables
+
+
+def cost(spec) -> EmbeddingCost:
+    tables = table_cost(spec.table_rows, spec.embedding_dim, spec.ids_per_lookup)
+    return tables + dhe_cost(spec.num_tables, spec.representation.dhe, spec.embedding_dim, spec.ids_per_lookup)
+
+
+def build(spec):
+    from harness.workload.representations.hybrid.module import HybridEmbedding
+
+    return HybridEmbedding(spec)

@@ -1,0 +1,236 @@
+"""TT-Rec, DHE, hybrid and select: correctness against plain computations, exact costs, bad input."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from harness.config import ConfigError, workload_spec
+from harness.workload.cost import path_cost
+from harness.workload.dlrm import build_model
+from harness.workload.representations import dhe, hybrid, select, tt
+from harness.workload.representations.dhe.module import DeepHashEmbedding
+from harness.workload.representations.tt.module import TTTables
+from harness.workload.spec import WorkloadSpec
+
+DHE = dict(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none", batch_norm=False,
+           seed=0)
+
+
+def small_dhe(**overrides) -> dhe.Config:
+    return dhe.Config(**{**DHE, "k": 8, "decoder": [8, 6], "m": 1000, **overrides})
+
+
+# ---------------------------------------------------------------- TT-Rec
+
+
+@pytest.mark.parametrize("rows, dim, cores", [(10_131_227, 16, 3), (1460, 16, 3), (9_980_333, 64, 3),
+                                              (5000, 12, 2), (7, 16, 4)])
+def test_tt_factorisation_covers_rows_and_splits_dim_exactly(rows, dim, cores):
+    f = tt.TTFactorization.of(rows, dim, cores, rank=16)
+    assert math.prod(f.p) >= rows and math.prod(f.q) == dim
+    assert max(f.p) - min(f.p) <= 1  # balanced
+    assert math.prod(f.p[:-1]) * (f.p[-1] - 1) < rows or min(f.p) == 1  # no smaller last factor would do
+    assert f.ranks[0] == f.ranks[-1] == 1 and len(f.ranks) == cores + 1
+
+
+@pytest.mark.parametrize("per_bag", [1, 3])
+def test_tt_lookup_equals_gather_from_the_rebuilt_table(per_bag):
+    torch.manual_seed(0)
+    facts = [tt.TTFactorization.of(rows, 8, cores=3, rank=4) for rows in (1000, 77, 4096)]
+    module = TTTables(facts)
+    ids = torch.stack([torch.randint(0, f.rows, (5, per_bag)) for f in facts], dim=1)
+    out = module(ids)
+    for t, f in enumerate(facts):
+        full = module.full_table(t)
+        assert full.shape == (f.rows, 8)
+        torch.testing.assert_close(out[:, t], full[ids[:, t]].sum(1), rtol=1e-5, atol=1e-6)
+
+
+def test_tt_init_gives_the_full_table_dlrm_like_spread():
+    torch.manual_seed(0)
+    module = TTTables([tt.TTFactorization.of(100_000, 16, cores=3, rank=16)])
+    std = module.full_table(0).std().item()
+    assert 0.5 < std * math.sqrt(3 * 100_000) < 2.0
+
+
+def tt_spec(scale=0.01, **kw) -> WorkloadSpec:
+    cfg = tt.Config(rank=kw.pop("rank", 8), cores=3, min_rows=kw.pop("min_rows", 10_000), layout="fused")
+    return WorkloadSpec.from_shape("kaggle", scale, representation=cfg, **kw)
+
+
+def test_tt_small_tables_stay_plain_and_features_keep_their_order():
+    spec = tt_spec()
+    big, plain = tt.split_tables(spec)
+    assert big == [t for t, r in enumerate(spec.table_rows) if r >= 10_000] and plain
+    torch.manual_seed(0)
+    module = build_model(spec).sparse_arch
+    ids = torch.stack([torch.randint(0, r, (3, 1)) for r in spec.table_rows], dim=1)
+    out = module(ids)
+    tt_part, table_part = module.parts
+    for i, t in enumerate(big):
+        torch.testing.assert_close(out[:, t], tt_part.full_table(i)[ids[:, t, 0]], rtol=1e-5, atol=1e-6)
+    for i, t in enumerate(plain):
+        torch.testing.assert_close(out[:, t], table_part.table_weight(i)[ids[:, t, 0]])
+
+
+def test_tt_cost_follows_the_factorisation():
+    spec = tt_spec(scale=1.0, rank=16, min_rows=100_000)
+    facts = tt.factorizations(spec)
+    assert len(facts) == 7  # the seven Kaggle tables above 100k rows
+    cost = tt.cost(spec)
+    plain_rows = sum(r for r in spec.table_rows if r < 100_000)
+    assert cost.param_bytes == (sum(f.params for f in facts) + plain_rows * 16) * 4
+    assert cost.flops_per_sample == sum(f.flops_per_lookup for f in facts) == 7 * 2560
+    assert "C3" in cost.details["tt_factorization"]
+
+
+# ---------------------------------------------------------------- DHE
+
+
+def test_dhe_cost_matches_the_issue_numbers_for_kaggle():
+    spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=dhe.Config(**DHE))
+    cost = dhe.cost(spec)
+    assert cost.details["dhe_decoder_params_per_table"] == 133_264
+    assert cost.param_bytes == 13_859_456
+    assert cost.details["dhe_flops_per_lookup"] == 266_240
+    assert cost.flops_per_sample == 6_922_240
+    assert cost.details["dhe_p"] == 1_000_003
+
+
+def test_dhe_codes_follow_the_64_bit_hash_definition():
+    module = DeepHashEmbedding(range(3), small_dhe(k=16, decoder=[16, 6], m=1_000_000), dim=4)
+    ids = torch.tensor([[[0], [9_999_999], [4_294_967_295]], [[123_456], [7], [2**40]]])  # up to 2^40
+    flat = ids.permute(1, 0, 2).reshape(3, -1)
+    expected = (flat.unsqueeze(-1) * module.hash_a + module.hash_b) % module.p % module.m
+    codes = module.encode(ids)
+    torch.testing.assert_close(codes, (expected.double() * (2 / (module.m - 1)) - 1).float())
+    assert codes.min() >= -1 and codes.max() <= 1
+
+
+def test_dhe_gaussian_codes_are_standard_normal_ish():
+    module = DeepHashEmbedding([0], small_dhe(k=64, decoder=[64, 6], m=1_000_000, encoding="gaussian"), dim=4)
+    codes = module.encode(torch.arange(20_000).view(-1, 1, 1))
+    assert abs(codes.mean().item()) < 0.02 and abs(codes.std().item() - 1) < 0.02
+
+
+_CODES = ("import torch; from harness.workload.representations.dhe.module import DeepHashEmbedding as D;"
+          "from harness.workload.representations.dhe import Config as C;"
+          "m = D(range(4), C(k=8, decoder=[8, 6], m=1000, encoding='uniform', activation='none', batch_norm=False,"
+          " seed=3), 4); print(m.encode(torch.tensor([[[1], [2], [3], [123456]]])).flatten().tolist())")
+
+
+def test_dhe_same_id_same_code_in_every_process():
+    runs = [subprocess.run([sys.executable, "-c", _CODES], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs[0] == runs[1] and runs[0].startswith("[")
+    here = DeepHashEmbedding(range(4), small_dhe(seed=3), 4).encode(torch.tensor([[[1], [2], [3], [123456]]]))
+    assert eval(runs[0]) == here.flatten().tolist()
+
+
+def test_dhe_batched_decoders_equal_the_per_table_loop():
+    torch.manual_seed(0)
+    module = DeepHashEmbedding(range(5), small_dhe(decoder=[8, 12, 7]), dim=4)
+    codes = module.encode(torch.randint(0, 10**6, (9, 5, 1)))
+    torch.testing.assert_close(module.decode(codes), module.decode_per_table(codes))
+
+
+@pytest.mark.parametrize("activation", ["none", "sigmoid", "mish"])
+def test_dhe_output_shape_and_final_activation(activation):
+    module = DeepHashEmbedding(range(3), small_dhe(activation=activation), dim=4)
+    out = module(torch.randint(0, 100, (2, 3, 2)))
+    assert out.shape == (2, 3, 4)
+    if activation == "sigmoid":
+        assert out.min() >= 0 and out.max() <= 2  # two ids pooled, each in (0, 1)
+
+
+def test_dhe_batch_norm_uses_batch_stats_in_training_and_running_stats_in_eval():
+    module = DeepHashEmbedding(range(2), small_dhe(batch_norm=True), dim=4)
+    ids = torch.randint(0, 1000, (64, 2, 1))
+    module.train()
+    train_out = module(ids)
+    assert not torch.equal(module.norms[0].running_mean, torch.zeros_like(module.norms[0].running_mean))
+    module.eval()
+    assert not torch.allclose(train_out, module(ids))
+
+
+# ---------------------------------------------------------------- hybrid and select
+
+
+def test_hybrid_feeds_both_vectors_and_widens_the_top_mlp():
+    for shape, width in (("kaggle", 1394), ("terabyte", 1442)):
+        spec = WorkloadSpec.from_shape(shape, 0.0001, representation=hybrid.Config(layout="fused",
+                                                                                   dhe=dhe.Config(**DHE)))
+        assert path_cost(spec).top_input_width == width
+    spec = WorkloadSpec.from_shape("kaggle", 0.0001, representation=hybrid.Config(layout="fused", dhe=small_dhe()))
+    model = build_model(spec, seed=0)
+    assert model.over_arch.mlp[0].in_features == 1394
+    ids = torch.stack([torch.randint(0, r, (3, 1)) for r in spec.table_rows], dim=1)
+    out = model.sparse_arch(ids)
+    assert out.shape == (3, 52, 16)
+    torch.testing.assert_close(out[:, :26], model.sparse_arch.tables(ids))
+    torch.testing.assert_close(out[:, 26:], model.sparse_arch.dhe(ids))
+
+
+def select_spec(features=None, scale=0.001) -> WorkloadSpec:
+    cfg = select.Config(layout="fused", features=features, num_largest=5, dhe=small_dhe(decoder=[8, 6]))
+    return WorkloadSpec.from_shape("kaggle", scale, representation=cfg)
+
+
+def test_select_puts_dhe_where_chosen_and_tables_elsewhere():
+    spec = select_spec(features=["C2", "C7"])
+    assert select.selected(spec) == [1, 6]
+    torch.manual_seed(0)
+    module = build_model(spec).sparse_arch
+    ids = torch.stack([torch.randint(0, r, (4, 1)) for r in spec.table_rows], dim=1)
+    out = module(ids)
+    dhe_part, table_part = module.parts
+    torch.testing.assert_close(out[:, [1, 6]], dhe_part(ids[:, [1, 6]]))
+    rest = [t for t in range(26) if t not in (1, 6)]
+    torch.testing.assert_close(out[:, rest], table_part(ids[:, rest]))
+
+
+def test_select_default_is_the_five_largest_tables_and_costs_add_up():
+    spec = select_spec(scale=1.0)
+    assert [f"C{t + 1}" for t in select.selected(spec)] == ["C3", "C4", "C12", "C16", "C21"]
+    cost = select.cost(spec)
+    kept_rows = sum(r for t, r in enumerate(spec.table_rows) if t not in (2, 3, 11, 15, 20))
+    decoder = (8 * 6 + 6 + 6 * 16 + 16) * 4
+    assert cost.param_bytes == kept_rows * 16 * 4 + 5 * decoder
+
+
+# ---------------------------------------------------------------- config errors
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["representation=tt", "representation.rank=0"], "representation.rank"),
+        (["representation=dhe", "representation.k=512"], "representation.k"),
+        (["representation=dhe", "representation.encoding=gaussian", "representation.k=1023",
+          "representation.decoder=[1023,128]"], "representation.k"),
+        (["representation=dhe", "representation.activation=tanh"], "representation.activation"),
+        (["representation=hybrid", "representation.dhe.k=3"], "representation.dhe.k"),
+        (["representation=select", "representation.features=[C3,C27]"], "representation.features"),
+        (["representation=select", "representation.num_largest=30"], "representation.num_largest"),
+    ],
+)
+def test_bad_representation_values_name_their_key(run_config, overrides, key):
+    with pytest.raises(ConfigError) as info:
+        run = run_config(*overrides)
+        workload_spec(run)
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize("name", ["table", "tt", "dhe", "hybrid", "select"])
+def test_every_representation_composes_and_runs_in_dlrm(run_config, name):
+    run = run_config(f"representation={name}", "dataset.scale=0.0001", "representation.k=8" if name == "dhe" else
+                     "representation.layout=fused", *(["representation.decoder=[8,6]"] if name == "dhe" else []))
+    spec = workload_spec(run)
+    model = build_model(spec, seed=0)
+    ids = torch.stack([torch.randint(0, r, (2, 1)) for r in spec.table_rows], dim=1)
+    assert model(torch.rand(2, 13), ids).shape == (2,)
