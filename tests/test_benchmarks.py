@@ -22,3 +22,18 @@ def test_table_path_benchmark_emits_every_figure(tmp_path, monkeypatch):
     assert set(figures["layouts"]) == {1, 64, 1024}
     assert all(_finite_positive(row["per_table_over_fused"]) for row in figures["layouts"].values())
     assert (tmp_path / "results" / "benchmarks" / "table_path.json").is_file()
+
+
+def test_representations_benchmark_emits_every_figure(tmp_path, monkeypatch):
+    from benchmarks import representations
+
+    monkeypatch.chdir(tmp_path)
+    figures = representations.main(["--tiny"])
+    assert _finite_positive(figures["gemm_peak"]["gflops"])
+    assert set(figures["dhe_decoders"]) == {64, 1024}
+    for row in figures["dhe_decoders"].values():
+        for key in ("bmm_ms", "loop_ms", "bmm_gflops", "bmm_fraction_of_peak", "encode_ms"):
+            assert _finite_positive(row[key]), key
+    tt = figures["tt_vs_dense"]
+    for key in ("tt_ms", "dense_rebuild_ms", "dense_over_tt", "tt_core_bytes", "dense_table_bytes"):
+        assert _finite_positive(tt[key]), key

@@ -112,6 +112,19 @@ def test_dhe_codes_follow_the_64_bit_hash_definition():
     assert codes.min() >= -1 and codes.max() <= 1
 
 
+@pytest.mark.parametrize("m", [2, 7, 1_000_000, 1 << 26])
+@pytest.mark.parametrize("encoding", ["uniform", "gaussian"])
+def test_dhe_fast_encoding_is_bit_identical_to_the_definition(m, encoding):
+    module = DeepHashEmbedding(range(2), small_dhe(k=32, decoder=[32, 6], m=m, encoding=encoding), dim=4)
+    ids = torch.randint(0, 2**62, (4000, 2, 1), generator=torch.Generator().manual_seed(m))
+    # Ids whose first hash lands exactly on 0, 1, p-1 and m (mod p): the reductions' edge cases.
+    a, b, p = int(module.hash_a[0, 0, 0]), int(module.hash_b[0, 0, 0]), module.p
+    edges = [((target - b) * pow(a, -1, p)) % p + j * p for target in (0, 1, p - 1, m % p) for j in (0, 3, 10**9)]
+    ids[: len(edges), 0, 0] = torch.tensor(edges)
+    flat = ids.permute(1, 0, 2).reshape(2, -1)
+    assert torch.equal(module.encode(ids), module._code(module.hash(flat).double()))
+
+
 def test_dhe_gaussian_codes_are_standard_normal_ish():
     module = DeepHashEmbedding([0], small_dhe(k=64, decoder=[64, 6], m=1_000_000, encoding="gaussian"), dim=4)
     codes = module.encode(torch.arange(20_000).view(-1, 1, 1))
@@ -214,6 +227,7 @@ def test_select_default_is_the_five_largest_tables_and_costs_add_up():
         (["representation=dhe", "representation.encoding=gaussian", "representation.k=1023",
           "representation.decoder=[1023,128]"], "representation.k"),
         (["representation=dhe", "representation.activation=tanh"], "representation.activation"),
+        (["representation=dhe", "representation.m=100000000"], "representation.m"),
         (["representation=hybrid", "representation.dhe.k=3"], "representation.dhe.k"),
         (["representation=select", "representation.features=[C3,C27]"], "representation.features"),
         (["representation=select", "representation.num_largest=30"], "representation.num_largest"),

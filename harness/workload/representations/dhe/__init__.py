@@ -30,6 +30,7 @@ FP32 = 4
 INDEX_BYTES = 8
 ENCODINGS = ("uniform", "gaussian")
 ACTIVATIONS = ("none", "sigmoid", "mish")
+MAX_BUCKETS = 1 << 26  # p^2 + p < 2^53 for the first prime above 2^26
 
 
 @dataclass
@@ -54,8 +55,11 @@ class DheParams:
                 f"k: is {self.k} but the decoder's first width is {self.decoder[0]}: the code of k hashes is "
                 "the decoder's input, so they must be equal"
             )
-        if self.m < 2:
-            raise ValueError(f"m: must be >= 2, got {self.m}")
+        if not 2 <= self.m <= MAX_BUCKETS:
+            raise ValueError(
+                f"m: must be in [2, {MAX_BUCKETS:,}], got {self.m:,}: hashing computes a (x mod p) + b < p^2 "
+                "exactly in float64 (53-bit mantissa), which bounds p and so m"
+            )
         if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding: must be one of {ENCODINGS}, got {self.encoding!r}")
         if self.encoding == "gaussian" and self.k % 2:
