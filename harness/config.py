@@ -36,26 +36,6 @@ class ConfigError(ValueError):
 
 
 @dataclass
-class DatasetConfig:
-    name: str = MISSING
-    kind: str = MISSING
-    shape: str = MISSING  # the reference architecture and table cardinalities (harness.workload.spec)
-    scale: float = MISSING  # rows per table = max(2, ceil(cardinality x scale))
-    zipf_exponent: float = MISSING
-    seed: int = MISSING
-
-    def check(self) -> None:
-        if self.kind != "synthetic":
-            raise ValueError(f"kind: unknown dataset kind {self.kind!r}; known: ['synthetic']")
-        if self.shape not in SHAPES:
-            raise ValueError(f"shape: unknown dataset shape {self.shape!r}; known: {sorted(SHAPES)}")
-        if not self.scale > 0:
-            raise ValueError(f"scale: must be > 0, got {self.scale}")
-        if self.zipf_exponent < 0:
-            raise ValueError(f"zipf_exponent: must be >= 0, got {self.zipf_exponent}")
-
-
-@dataclass
 class ModelConfig:
     # null = the dataset shape's reference architecture.
     embedding_dim: Optional[int] = MISSING
@@ -116,6 +96,30 @@ class MeasureConfig:
 
 
 @dataclass
+class TrainConfig:
+    steps: int = MISSING  # 0: no training; the path is measured for latency only
+    batch_size: int = MISSING
+    optimizer: str = MISSING  # sgd | adagrad
+    lr: float = MISSING
+    eval_every: int = MISSING
+    eval_samples: int = MISSING
+    log_every: int = MISSING
+    reuse: bool = MISSING  # take the quality (and weights) of a finished run with the same quality key
+
+    def check(self) -> None:
+        for key in ("steps",):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}: must be >= 0, got {getattr(self, key)}")
+        for key in ("batch_size", "eval_every", "eval_samples", "log_every"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+        if self.optimizer not in ("sgd", "adagrad"):
+            raise ValueError(f"optimizer: must be sgd or adagrad, got {self.optimizer!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr: must be > 0, got {self.lr}")
+
+
+@dataclass
 class TrackingConfig:
     # null: $MLFLOW_TRACKING_URI if set, else sqlite:///<results_dir>/mlflow.db
     uri: Optional[str] = MISSING
@@ -135,17 +139,18 @@ class RunConfig:
     seed: int = MISSING
     backend: Any = None  # typed below by the adapter that backend.name selects
     representation: Any = None  # typed below by the representation that representation.name selects
-    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    dataset: Any = None  # typed below by dataset.kind (harness/data/sources.py)
     model: ModelConfig = field(default_factory=ModelConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SECTIONS = ("dataset", "model", "workload", "measure", "tracking")
+SECTIONS = ("model", "workload", "measure", "train", "tracking")
 
 
 def _omegaconf_error(exc: OmegaConfBaseException, prefix: str = "") -> ConfigError:
@@ -193,6 +198,18 @@ def resolve_backend_config(config: BackendConfig, name: str) -> BackendConfig:
     return typed_backend_config({**node, **inline, "name": name})
 
 
+def typed_dataset_config(node: dict | None) -> Any:
+    from harness.data.sources import KINDS
+
+    if not node or "kind" not in node:
+        raise ConfigError("dataset.kind", "missing: choose a dataset with dataset=<name> (conf/dataset/)")
+    if node["kind"] not in KINDS:
+        raise ConfigError("dataset.kind", f"unknown dataset kind {node['kind']!r}; known: {sorted(KINDS)}")
+    config = _typed(KINDS[node["kind"]], node, "dataset")
+    _check(config, "dataset")
+    return config
+
+
 def typed_representation_config(node: dict) -> Any:
     if not node or "name" not in node:
         raise ConfigError("representation.name", "missing: choose one with representation=<name>")
@@ -211,6 +228,7 @@ def load_config(cfg: DictConfig | dict) -> RunConfig:
     container.pop("hydra", None)
     backend_node = container.pop("backend", None) or {"name": "auto"}
     representation_node = container.pop("representation", None)
+    dataset_node = container.pop("dataset", None)
     try:
         run = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RunConfig), container))
     except OmegaConfBaseException as exc:
@@ -219,6 +237,7 @@ def load_config(cfg: DictConfig | dict) -> RunConfig:
         _check(getattr(run, name), name)
     if not run.experiment_name.strip():
         raise ConfigError("experiment_name", "must not be empty")
+    run.dataset = typed_dataset_config(dataset_node)
     run.backend = typed_backend_config(backend_node)
     run.representation = typed_representation_config(representation_node)
     workload_spec(run)  # cross-field checks (widths against the embedding dim)

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from harness.config import RunConfig, load_config, resolve_backend_config, workl
 from harness.measure import LadderSettings, QuerySizeResult
 from harness.workload.cost import PathCost, path_cost
 from harness.workload.spec import WorkloadSpec
+
+log = logging.getLogger(__name__)
 
 # Keys that say where results go or whether to run, not what is measured: left out of the run key.
 _NOT_IN_RUN_KEY = ("tracking", "dry_run", "experiment_name")
@@ -125,10 +128,20 @@ def _size_metrics(result: QuerySizeResult, cost: PathCost) -> list[tuple[str, fl
     return rows
 
 
+def _log_reader_stats(dataset, recorder) -> None:
+    stats = getattr(dataset, "stats", None)
+    if stats is None:
+        return
+    recorder.log_metrics({"data_rows_read": stats.rows, "data_malformed_lines": stats.malformed})
+    if stats.malformed:
+        where = ", ".join(f"line {line} ({why})" for line, why in stats.examples)
+        log.warning("%d malformed lines skipped in %s; first: %s", stats.malformed, dataset.cfg.path, where)
+
+
 def measure_path(p: Plan) -> dict[str, Any]:
-    """Build, prepare and measure the path, recording one MLflow run; returns a small summary."""
-    from harness.data.pool import build_pool, pool_size
-    from harness.data.synthetic import SyntheticCriteo
+    """Build, (train,) prepare and measure the path, recording one MLflow run; returns a small summary."""
+    from harness.data.pool import Batch, pool_size
+    from harness.data.sources import open_dataset
     from harness.measure import run_ladder
     from harness.report import ladder_progress, print_summary
     from harness.tracking import RunRecorder
@@ -163,27 +176,34 @@ def measure_path(p: Plan) -> dict[str, Any]:
                 f"(with headroom {run.workload.memory_headroom}); lower dataset.scale or pick another path"
             )
 
+        import torch
+
         from harness.workload.dlrm import build_model
 
         t0 = time.perf_counter()
         model = build_model(spec, seed=run.seed)
         build_s = time.perf_counter() - t0
-        generator = SyntheticCriteo(spec.table_rows, spec.num_dense, run.dataset.zipf_exponent,
-                                    run.dataset.seed, spec.ids_per_lookup)
-        example = build_pool(generator, 1, 1)[0]
+        dataset = open_dataset(run.dataset, spec)
+        if run.train.steps > 0:
+            from harness.quality_stage import train_or_reuse
+
+            train_or_reuse(run, model, dataset, recorder)
+            _log_reader_stats(dataset, recorder)
+
+        m = run.measure
+
+        def make_pool(query_size: int) -> list[Batch]:
+            batches = dataset.pool(query_size, pool_size(query_size, m.pool_samples))
+            return [Batch(torch.from_numpy(dense), torch.from_numpy(ids)) for dense, ids in batches]
+
         t0 = time.perf_counter()
-        adapter.prepare(model, example)
+        adapter.prepare(model, make_pool(1)[0])
         prepare_s = time.perf_counter() - t0
         recorder.log_params({"backend_resolved": adapter.run_params()})
         recorder.log_metrics({"build_s": build_s, "prepare_s": prepare_s})
 
-        m = run.measure
         settings = LadderSettings(m.warmup_iters, m.warmup_s, m.min_iters, m.min_time_s, m.max_iters,
                                   m.max_time_s)
-
-        def make_pool(query_size: int):
-            return build_pool(generator, query_size, pool_size(query_size, m.pool_samples))
-
         sizes = run.workload.query_sizes
         with ladder_progress(p.path, len(sizes)) as advance:
             results = run_ladder(adapter, sizes, make_pool, settings, on_size_done=advance)
@@ -191,6 +211,7 @@ def measure_path(p: Plan) -> dict[str, Any]:
         rows += [("fits_device", float(bool(p.fits(r.query_size))), r.query_size) for r in results]
         recorder.log_metric_rows(rows)
         recorder.log_text(_raw_samples_csv(results), "samples/latency_raw.csv")
+        _log_reader_stats(dataset, recorder)
         infeasible = [r.query_size for r in results if not r.feasible]
         if infeasible:
             recorder.set_tags({"infeasible_query_sizes": ",".join(map(str, infeasible))})

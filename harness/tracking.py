@@ -105,9 +105,9 @@ class RunRecorder:
         self.run_id: str | None = None
 
     def __enter__(self) -> "RunRecorder":
-        experiment_id = ensure_experiment(self.uri, self.experiment_name, self.config)
+        self.experiment_id = ensure_experiment(self.uri, self.experiment_name, self.config)
         self.client = _client(self.uri)
-        run = self.client.create_run(experiment_id, run_name=self.run_name, tags=self.tags)
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=self.tags)
         self.run_id = run.info.run_id
         return self
 
@@ -125,6 +125,17 @@ class RunRecorder:
         finally:
             self.client.set_terminated(self.run_id, status="FAILED")
         return False
+
+    def find_finished_run(self, tags: Mapping[str, str]):
+        """The newest FINISHED run of this experiment carrying all `tags` (not this run), or None."""
+        clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()] + ["attributes.status = 'FINISHED'"]
+        runs = self.client.search_runs([self.experiment_id], " and ".join(clauses), max_results=5,
+                                       order_by=["attributes.start_time DESC"])
+        return next((r for r in runs if r.info.run_id != self.run_id), None)
+
+    def download(self, run_id: str, artifact_path: str, dst: str | Path) -> str:
+        """A local copy of another run's artifact."""
+        return self.client.download_artifacts(run_id, artifact_path, str(dst))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param

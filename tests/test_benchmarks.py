@@ -37,3 +37,13 @@ def test_representations_benchmark_emits_every_figure(tmp_path, monkeypatch):
     tt = figures["tt_vs_dense"]
     for key in ("tt_ms", "dense_rebuild_ms", "dense_over_tt", "tt_core_bytes", "dense_table_bytes"):
         assert _finite_positive(tt[key]), key
+
+
+def test_criteo_reader_benchmark_emits_every_figure(tmp_path, monkeypatch):
+    from benchmarks import criteo_reader
+
+    monkeypatch.chdir(tmp_path)
+    figures = criteo_reader.main(["--tiny"])
+    assert set(figures["rows_per_s"]) == {"reader_one_core", "reader_threads", "pandas"}
+    assert all(_finite_positive(v) for v in figures["rows_per_s"].values())
+    assert _finite_positive(figures["reader_one_core_over_pandas"])

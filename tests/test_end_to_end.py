@@ -88,3 +88,52 @@ def test_every_representation_runs_and_logs_its_cost(run_harness, store):
     assert metrics["hybrid"]["top_input_width"] == 1394
     cost = MlflowClient(store).download_artifacts(runs["tt"].info.run_id, "cost.json")
     assert "tt_factorization" in json.load(open(cost))["embedding_details"]
+
+
+TRAIN = ["dataset.scale=0.001", "train.steps=60", "train.eval_every=30", "train.log_every=10",
+         "train.eval_samples=2048"]
+
+
+def test_training_logs_quality_and_weights_then_another_run_reuses_them(run_harness, store):
+    import torch
+
+    from harness.config import compose, load_config, workload_spec
+    from harness.workload.dlrm import build_model
+
+    run_harness(*SMOKE, *TRAIN, store_uri=store)
+    run_harness(*SMOKE, *TRAIN, "workload.query_sizes=[8]", store_uri=store)  # as another backend would
+    first, second = sorted(_runs(store), key=lambda r: r.info.start_time)
+    assert first.data.tags["quality_trained"] == "true"
+    for key in ("accuracy", "auc", "log_loss", "positive_rate"):
+        assert 0 <= first.data.metrics[key] <= 1 or key == "log_loss"
+        assert second.data.metrics[key] == first.data.metrics[key]
+    assert second.data.tags["quality_source_run"] == first.info.run_id
+    assert second.data.tags["quality_key"] == first.data.tags["quality_key"]
+    assert "quality_trained" not in second.data.tags
+
+    client = MlflowClient(store)
+    steps = [m.step for m in client.get_metric_history(first.info.run_id, "eval_auc")]
+    assert steps == [30, 60]
+    assert len(client.get_metric_history(first.info.run_id, "train_loss")) == 6
+
+    weights = client.download_artifacts(first.info.run_id, "model/state_dict.pt")
+    state = torch.load(weights, weights_only=True)
+    model = build_model(workload_spec(load_config(compose(["dataset.scale=0.001"]))))
+    model.load_state_dict(state)  # the trained weights load into a fresh model of the same spec
+    assert not torch.equal(model.sparse_arch.weight, build_model(model.spec, seed=0).sparse_arch.weight)
+
+
+def test_malformed_criteo_lines_are_logged_with_the_count(run_harness, store, tmp_path):
+    from .conftest import SHARED_DATA
+
+    sample = SHARED_DATA / "criteo_sample.csv"
+    lines = sample.read_text().splitlines()
+    lines[5] = lines[5] + ",extra"
+    lines[9] = "oops"
+    path = tmp_path / "criteo.csv"
+    path.write_text("\n".join(lines) + "\n")
+    proc = run_harness(*SMOKE, "dataset=criteo_kaggle", f"dataset.path={path}", "dataset.scale=0.001",
+                       "train.steps=4", "train.batch_size=32", "train.eval_samples=16", store_uri=store)
+    [run] = _runs(store)
+    assert run.data.metrics["data_malformed_lines"] == 2
+    assert "line 6" in proc.stderr and "line 10" in proc.stderr

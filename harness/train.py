@@ -1,0 +1,106 @@
+"""Training for quality: BCE on a dataset's training stream, evaluated on its held-out set.
+
+Runs with torch on the host CPU, whatever backend the latency ladder then uses: the trained weights are
+placed on that backend afterwards. Tables train with sparse gradients (a dense gradient of a 2 GB table
+per step is not a training step anyone would use); SGD at lr 0.1 is DLRM's and MP-Rec's setting.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from harness.quality import Quality, evaluate
+
+log = logging.getLogger(__name__)
+
+MetricsCallback = Callable[[dict[str, float], int], None]
+
+
+def enable_sparse_gradients(model: nn.Module) -> int:
+    """Switch every table module to sparse gradients; returns how many were switched."""
+    switched = 0
+    for module in model.modules():
+        if hasattr(module, "sparse_grad"):
+            module.sparse_grad = True
+            switched += 1
+        elif isinstance(module, nn.EmbeddingBag):
+            module.sparse = True
+            switched += 1
+    return switched
+
+
+def make_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)  # plain SGD handles sparse gradients
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=lr)
+    raise ValueError(f"train.optimizer: unknown optimizer {name!r}")
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dense: np.ndarray, ids: np.ndarray, batch: int = 4096) -> np.ndarray:
+    was_training = model.training
+    model.eval()
+    out = [model(torch.from_numpy(dense[i : i + batch]), torch.from_numpy(ids[i : i + batch])).numpy()
+           for i in range(0, len(dense), batch)]
+    model.train(was_training)
+    return np.concatenate(out)
+
+
+def evaluate_model(model: nn.Module, eval_set) -> Quality:
+    return evaluate(predict(model, eval_set.dense, eval_set.ids), eval_set.labels)
+
+
+@dataclass
+class TrainingResult:
+    quality: Quality
+    steps: int
+    seconds: float
+    final_train_loss: float
+
+
+def train(model: nn.Module, dataset, cfg, seed: int, on_metrics: MetricsCallback | None = None) -> TrainingResult:
+    """Train `model` for cfg.steps batches; evaluate every cfg.eval_every steps and at the end."""
+    torch.manual_seed(seed)
+    enable_sparse_gradients(model)
+    optimizer = make_optimizer(model, cfg.optimizer, cfg.lr)
+    loss_fn = nn.BCEWithLogitsLoss()
+    eval_set = dataset.eval_set(cfg.eval_samples)
+    report = on_metrics or (lambda metrics, step: None)
+    model.train()
+    start = time.perf_counter()
+    window: list[float] = []  # losses since the last report
+    last_loss = float("nan")
+    quality = None
+    step = 0
+    for step, batch in enumerate(dataset.train_batches(cfg.batch_size), start=1):
+        logits = model(torch.from_numpy(batch.dense), torch.from_numpy(batch.ids))
+        loss = loss_fn(logits, torch.from_numpy(batch.labels))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        window.append(loss.item())
+        if step % cfg.log_every == 0:
+            last_loss = float(np.mean(window))
+            report({"train_loss": last_loss}, step)
+            window = []
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            quality = evaluate_model(model, eval_set)
+            report({f"eval_{k}": v for k, v in quality.as_dict().items() if k != "samples"}, step)
+            log.info("step %d: accuracy %.4f auc %.4f log loss %.4f", step, quality.accuracy, quality.auc,
+                     quality.log_loss)
+        if step >= cfg.steps:
+            break
+    model.eval()
+    if quality is None:
+        quality = evaluate_model(model, eval_set)
+    final_loss = float(np.mean(window)) if window else last_loss
+    return TrainingResult(quality, step, time.perf_counter() - start, final_loss)

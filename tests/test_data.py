@@ -1,0 +1,236 @@
+"""The synthetic generator, the Criteo reader and the quality metrics."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from harness.data.criteo import CriteoReader, MalformedLine
+from harness.data.synthetic import SyntheticCriteo
+from harness.data.zipf import ZipfSampler
+from harness.quality import auc, evaluate, log_loss
+from harness.workload.spec import KAGGLE_ROWS, scale_rows
+
+from .conftest import SHARED_DATA
+
+SAMPLE = SHARED_DATA / "criteo_sample.csv"
+ROWS = scale_rows(KAGGLE_ROWS, 0.001)
+needs_sample = pytest.mark.skipif(not SAMPLE.is_file(), reason="../shared/data/criteo_sample.csv not beside the repo")
+
+# ------------------------------------------------------------------ synthetic generator
+
+_DIGEST = ("import hashlib; from harness.data.synthetic import SyntheticCriteo as S;"
+           "from harness.workload.spec import KAGGLE_ROWS, scale_rows;"
+           "g = S(scale_rows(KAGGLE_ROWS, 0.001), seed=7); d, i, l = g.samples('train', 123_456, 300);"
+           "print(hashlib.sha256(d.tobytes() + i.tobytes() + l.tobytes()).hexdigest())")
+
+
+def test_generator_is_deterministic_across_processes():
+    digests = {subprocess.run([sys.executable, "-c", _DIGEST], capture_output=True, text=True,
+                              check=True).stdout.strip() for _ in range(2)}
+    assert len(digests) == 1
+    import hashlib
+
+    d, i, l = SyntheticCriteo(ROWS, seed=7).samples("train", 123_456, 300)
+    assert digests == {hashlib.sha256(d.tobytes() + i.tobytes() + l.tobytes()).hexdigest()}
+
+
+def test_batches_are_reproducible_independently():
+    gen = SyntheticCriteo(ROWS, seed=1)
+    whole = gen.samples("train", 0, 5 * 700)
+    for i in (4, 1):  # batch 4 first: it needs nothing generated before it
+        part = gen.samples("train", i * 700, 700)
+        for got, full in zip(part, whole):
+            np.testing.assert_array_equal(got, full[i * 700 : (i + 1) * 700])
+
+
+def test_splits_are_disjoint_sample_ranges():
+    gen = SyntheticCriteo(ROWS, seed=1)
+    train = gen.samples("train", 0, 2000)[0]
+    test = gen.samples("test", 0, 2000)[0]
+    assert not (train[:, None, :] == test[None, :, :]).all(-1).any()
+
+
+@pytest.mark.parametrize("exponent", [0.8, 1.05, 1.2])
+def test_zipf_exponent_shows_in_id_frequencies(exponent):
+    sampler = ZipfSampler(rows=1_000_000, exponent=exponent, seed=0)
+    ranks = sampler.ranks(np.random.default_rng(0), 2_000_000)
+    counts = np.bincount(ranks, minlength=1000)[:1000].astype(float)
+    # log-frequency against log-rank over ranks 10..1000 (enough counts each) is a line of slope -s.
+    x, y = np.log(np.arange(10, 1000) + 1), np.log(counts[10:1000])
+    slope = np.polyfit(x, y, 1)[0]
+    assert slope == pytest.approx(-exponent, abs=0.05)
+    ids = sampler.id_of_rank(np.arange(10))
+    assert len(set(ids.tolist())) == 10 and ids.max() > 1000  # hot ids scattered, not 0..9
+
+
+def test_zipf_tail_matches_the_exact_law():
+    sampler = ZipfSampler(rows=50_000, exponent=1.05, seed=0)
+    ranks = sampler.ranks(np.random.default_rng(1), 4_000_000)
+    tail = (ranks >= 4096).mean()  # beyond the exactly-sampled head
+    exact = sampler.probability_of_rank(np.arange(4097, 50_001)).sum()
+    assert tail == pytest.approx(exact, rel=0.02)
+
+
+def test_labels_have_criteos_positive_rate():
+    labels = SyntheticCriteo(ROWS, seed=2).samples("train", 0, 50_000)[2]
+    assert labels.mean() == pytest.approx(0.25, abs=0.02)
+
+
+def test_planted_signal_is_learnable_by_a_table_model_briefly_trained(run_config):
+    from harness.config import workload_spec
+    from harness.data.sources import open_dataset
+    from harness.train import train
+    from harness.workload.dlrm import build_model
+
+    run = run_config("dataset.scale=0.001", "train.steps=300", "train.eval_every=300", "train.eval_samples=8192")
+    spec = workload_spec(run)
+    result = train(build_model(spec, seed=0), open_dataset(run.dataset, spec), run.train, seed=0)
+    constant = max(result.quality.positive_rate, 1 - result.quality.positive_rate)
+    assert result.quality.auc > 0.6
+    assert result.quality.accuracy > constant  # beats always predicting the majority class
+
+
+# ------------------------------------------------------------------ Criteo reader
+
+
+def _read(path, **kw):
+    reader = CriteoReader(path, KAGGLE_ROWS, **kw)
+    chunks = list(reader)
+    cat = lambda f: np.concatenate([getattr(c, f) for c in chunks])  # noqa: E731
+    return cat("dense"), cat("ids"), cat("labels"), reader.stats
+
+
+def _sample_rows() -> list[list[str]]:
+    with open(SAMPLE) as f:
+        return list(csv.reader(f))[1:]
+
+
+def _write_tsv(path, rows, opener=open):
+    with opener(path, "wt") as f:
+        f.write("".join("\t".join(r) + "\n" for r in rows))
+
+
+def _check_first_rows(dense, ids):
+    # Row 1: I2=3, I3=260.0, I5=17668.0, I8=33.0, I12=0.0, the rest empty; C1=05db9164, C2=08d6d899.
+    expected = np.zeros(13, dtype=np.float32)
+    for col, value in ((1, 3), (2, 260), (4, 17668), (7, 33)):
+        expected[col] = math.log1p(value)
+    np.testing.assert_allclose(dense[0], expected, rtol=1e-6)
+    assert ids[0, 0, 0] == 0x05DB9164 % 1460 == 164
+    assert ids[0, 1, 0] == 0x08D6D899 % 583 == 171
+    assert ids[0, 2, 0] == 0x9143C832 % 10131227
+    assert ids[0, 18, 0] == 0 and ids[0, 19, 0] == 0  # C19, C20 empty -> 0
+    # Row 2: I2 = -1 is negative -> 0; I3 = 19.
+    assert dense[1, 1] == 0.0 and dense[1, 2] == pytest.approx(math.log1p(19))
+
+
+@needs_sample
+def test_reader_on_the_csv_sample():
+    dense, ids, labels, stats = _read(SAMPLE)
+    assert len(labels) == 200 and stats.malformed == 0
+    assert labels.mean() == pytest.approx(0.245)
+    _check_first_rows(dense, ids)
+    assert (ids[:, :, 0] < np.array(KAGGLE_ROWS)).all()
+
+
+@needs_sample
+@pytest.mark.parametrize("compressed", [False, True])
+def test_reader_on_a_tsv_of_the_same_rows(tmp_path, compressed):
+    path = tmp_path / ("day_0.gz" if compressed else "train.txt")
+    _write_tsv(path, _sample_rows(), gzip.open if compressed else open)
+    dense, ids, labels, stats = _read(path)
+    assert len(labels) == 200 and labels.mean() == pytest.approx(0.245)
+    _check_first_rows(dense, ids)
+    csv_dense, csv_ids, _, _ = _read(SAMPLE)
+    np.testing.assert_array_equal(ids, csv_ids)
+    np.testing.assert_array_equal(dense, csv_dense)
+
+
+def _with_malformed(tmp_path):
+    rows = _sample_rows()[:20]
+    lines = ["\t".join(r) for r in rows]
+    lines[3] = lines[3] + "\textra"  # line 4: one column too many
+    lines[7] = "\t".join(rows[7][:30])  # line 8: too few
+    bad_int = list(rows[11]); bad_int[2] = "12x"; lines[11] = "\t".join(bad_int)  # line 12: I2 not a number
+    bad_label = list(rows[15]); bad_label[0] = "2"; lines[15] = "\t".join(bad_label)  # line 16: label 2
+    bad_hex = list(rows[17]); bad_hex[14] = "zz12ab34"; lines[17] = "\t".join(bad_hex)  # line 18: C1 not hex
+    path = tmp_path / "mixed.tsv"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@needs_sample
+def test_malformed_lines_are_counted_and_skipped_with_line_numbers(tmp_path):
+    _, _, labels, stats = _read(_with_malformed(tmp_path))
+    assert len(labels) == 15 and stats.malformed == 5
+    assert sorted(line for line, _ in stats.examples) == [4, 8, 12, 16, 18]
+    reasons = dict(stats.examples)
+    assert "columns" in reasons[4] and "I2" in reasons[12] and "label" in reasons[16] and "C1" in reasons[18]
+
+
+@needs_sample
+def test_strict_mode_stops_at_the_first_malformed_line(tmp_path):
+    path = _with_malformed(tmp_path)
+    with pytest.raises(MalformedLine, match=rf"{path.name}:4\b"):
+        _read(path, strict=True)
+
+
+@needs_sample
+def test_max_ind_range_hashes_into_the_smaller_range():
+    _, ids, _, _ = _read(SAMPLE, max_ind_range=1000)
+    assert ids.max() < 1000
+    assert (ids[:, 0, 0] < 1000).all() and len(np.unique(ids[:, 2, 0])) > 50
+
+
+def test_missing_or_empty_file_fails_in_config_naming_the_path(run_config, tmp_path):
+    from harness.config import ConfigError
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    for path in (tmp_path / "nope.txt", empty):
+        with pytest.raises(ConfigError) as info:
+            run_config("dataset=criteo_kaggle", f"dataset.path={path}")
+        assert info.value.key == "dataset.path" and str(path) in str(info.value)
+
+
+@needs_sample
+def test_criteo_dataset_splits_every_nth_row_to_test(run_config):
+    from harness.config import workload_spec
+    from harness.data.sources import open_dataset
+
+    run = run_config("dataset=criteo_kaggle", f"dataset.path={SAMPLE}", "dataset.test_every=4")
+    dataset = open_dataset(run.dataset, workload_spec(run))
+    assert len(dataset.eval_set(1000)) == 50
+    first = next(dataset.train_batches(150))
+    assert len(first) == 150
+    pool = dataset.pool(64, 5)
+    assert len(pool) == 5 and pool[0][1].shape == (64, 26, 1)
+
+
+# ------------------------------------------------------------------ quality metrics
+
+
+def test_auc_with_ties_equals_the_pairwise_definition():
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 300).astype(float)  # many ties
+    labels = (rng.random(300) < 0.3).astype(float)
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    assert auc(scores, labels) == pytest.approx(pairwise)
+
+
+def test_log_loss_and_accuracy_by_hand():
+    logits, labels = np.array([0.0, 2.0, -1.0]), np.array([1.0, 1.0, 1.0])
+    expected = -np.mean(np.log(1 / (1 + np.exp(-logits))))
+    assert log_loss(logits, labels) == pytest.approx(expected)
+    assert log_loss(np.array([800.0, -800.0]), np.array([1.0, 0.0])) == pytest.approx(0.0, abs=1e-12)
+    q = evaluate(logits, labels)
+    assert q.accuracy == pytest.approx(1 / 3)  # sigmoid(0) = 0.5 rounds to 0
+    assert math.isnan(q.auc) and q.positive_rate == 1.0
