@@ -25,7 +25,7 @@ log = logging.getLogger("harness")
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig):
-    from harness.task import run_job
+    from harness.jobs import run_job
 
     try:
         return run_job(cfg)

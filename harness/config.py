@@ -124,6 +124,7 @@ class TrackingConfig:
     # null: $MLFLOW_TRACKING_URI if set, else sqlite:///<results_dir>/mlflow.db
     uri: Optional[str] = MISSING
     results_dir: str = MISSING
+    parent_run_id: Optional[str] = MISSING  # set by a sweep for its jobs (the MLflow parent run)
 
     def check(self) -> None:
         if not self.results_dir.strip():
@@ -133,10 +134,47 @@ class TrackingConfig:
 
 
 @dataclass
+class DebugConfig:
+    # Inject a failure once the run has started, to test that sweeps survive it: none, raise (an
+    # exception), kill (SIGKILL of the worker, as the OOM killer does) or hang (until job_timeout_s);
+    # or per job of a sweep, "raise@3,kill@4,hang@5" (by hydra.job.num; other jobs run normally; quote it
+    # on the command line so Hydra does not read the commas as a sweep: 'debug.fault="raise@3,kill@4"').
+    fault: str = MISSING
+
+    def check(self) -> None:
+        fault_for_job(self.fault, 0)
+
+    def for_job(self, job_num: int | None) -> str:
+        return fault_for_job(self.fault, job_num)
+
+
+FAULTS = ("none", "raise", "kill", "hang")
+
+
+def fault_for_job(spec: str, job_num: int | None) -> str:
+    """The fault `spec` assigns to job `job_num` (validating the whole spec)."""
+    if "@" not in spec:
+        if spec not in FAULTS:
+            raise ValueError(f"fault: must be one of {FAULTS} or like 'raise@3,kill@4', got {spec!r}")
+        return spec
+    chosen = "none"
+    for entry in spec.split(","):
+        kind, _, num = entry.strip().partition("@")
+        if kind not in FAULTS or not num.isdigit():
+            raise ValueError(f"fault: entry {entry!r} is not <fault>@<job number> with a fault in {FAULTS}")
+        if job_num is not None and int(num) == job_num:
+            chosen = kind
+    return chosen
+
+
+@dataclass
 class RunConfig:
     experiment_name: str = MISSING
     dry_run: bool = MISSING
     seed: int = MISSING
+    force: bool = MISSING  # rerun a job even if its run key already has a FINISHED run
+    isolate: str = MISSING  # run the work in a child process: auto (in multiruns), always or never
+    job_timeout_s: Optional[float] = MISSING  # kill the work after this long (isolated jobs only)
     backend: Any = None  # typed below by the adapter that backend.name selects
     representation: Any = None  # typed below by the representation that representation.name selects
     dataset: Any = None  # typed below by dataset.kind (harness/data/sources.py)
@@ -145,12 +183,13 @@ class RunConfig:
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-SECTIONS = ("model", "workload", "measure", "train", "tracking")
+SECTIONS = ("model", "workload", "measure", "train", "tracking", "debug")
 
 
 def _omegaconf_error(exc: OmegaConfBaseException, prefix: str = "") -> ConfigError:
@@ -224,8 +263,13 @@ def typed_representation_config(node: dict) -> Any:
 
 def load_config(cfg: DictConfig | dict) -> RunConfig:
     """Validate a composed config; raises ConfigError naming the first bad key."""
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    container.pop("hydra", None)
+    if isinstance(cfg, DictConfig):
+        # The hydra node is Hydra's own (and, for a job composed ahead of launch, not resolvable yet).
+        mine = [k for k in cfg.keys() if k != "hydra"]
+        container = OmegaConf.to_container(OmegaConf.masked_copy(cfg, mine), resolve=True)
+    else:
+        container = dict(cfg)
+        container.pop("hydra", None)
     backend_node = container.pop("backend", None) or {"name": "auto"}
     representation_node = container.pop("representation", None)
     dataset_node = container.pop("dataset", None)
@@ -237,6 +281,10 @@ def load_config(cfg: DictConfig | dict) -> RunConfig:
         _check(getattr(run, name), name)
     if not run.experiment_name.strip():
         raise ConfigError("experiment_name", "must not be empty")
+    if run.isolate not in ("auto", "always", "never"):
+        raise ConfigError("isolate", f"must be auto, always or never, got {run.isolate!r}")
+    if run.job_timeout_s is not None and not run.job_timeout_s > 0:
+        raise ConfigError("job_timeout_s", f"must be > 0 or null, got {run.job_timeout_s}")
     run.dataset = typed_dataset_config(dataset_node)
     run.backend = typed_backend_config(backend_node)
     run.representation = typed_representation_config(representation_node)

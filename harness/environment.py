@@ -80,6 +80,42 @@ def git_revision() -> tuple[str, bool]:
     return sha, bool(status.strip())
 
 
+@lru_cache(maxsize=1)
+def machine_fingerprint() -> str:
+    """A stable anonymous id of this machine (a hash of /etc/machine-id, never the hostname)."""
+    import hashlib
+
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            return hashlib.sha256(Path(path).read_bytes().strip()).hexdigest()[:12]
+        except OSError:
+            continue
+    return "unknown"
+
+
+def process_start_ticks(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (/proc), or None if no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def process_identity(pid: int | None = None) -> str:
+    """machine:pid:start: enough to tell later whether the process that owned a run is still alive."""
+    pid = pid or os.getpid()
+    return f"{machine_fingerprint()}:{pid}:{process_start_ticks(pid) or '?'}"
+
+
+def process_alive(identity: str) -> bool | None:
+    """True/False if `identity` is a process of this machine (alive or not); None for another machine."""
+    machine, pid, start = (identity.split(":") + ["", "", ""])[:3]
+    if machine != machine_fingerprint() or not pid.isdigit():
+        return None
+    return process_start_ticks(int(pid)) == start
+
+
 def capture() -> dict:
     from backends.base import host_memory_bytes
 

@@ -12,6 +12,8 @@ import hashlib
 import io
 import json
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +32,7 @@ from harness.workload.spec import WorkloadSpec
 log = logging.getLogger(__name__)
 
 # Keys that say where results go or whether to run, not what is measured: left out of the run key.
-_NOT_IN_RUN_KEY = ("tracking", "dry_run", "experiment_name")
+_NOT_IN_RUN_KEY = ("tracking", "dry_run", "experiment_name", "force", "isolate", "job_timeout_s", "debug")
 
 
 @dataclass
@@ -138,15 +140,19 @@ def _log_reader_stats(dataset, recorder) -> None:
         log.warning("%d malformed lines skipped in %s; first: %s", stats.malformed, dataset.cfg.path, where)
 
 
-def measure_path(p: Plan) -> dict[str, Any]:
-    """Build, (train,) prepare and measure the path, recording one MLflow run; returns a small summary."""
-    from harness.data.pool import Batch, pool_size
-    from harness.data.sources import open_dataset
-    from harness.measure import run_ladder
-    from harness.report import ladder_progress, print_summary
-    from harness.tracking import RunRecorder
+def inject_fault(fault: str) -> None:
+    """debug.fault: fail on purpose once the run exists, the ways real jobs fail (reliability tests)."""
+    if fault == "raise":
+        raise RuntimeError("injected fault (debug.fault=raise)")
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+    if fault == "hang":
+        while True:
+            time.sleep(3600)
 
-    run, spec, adapter = p.run, p.spec, p.adapter
+
+def run_tags(p: Plan) -> dict[str, str]:
+    run, adapter = p.run, p.adapter
     sha, dirty = environment.git_revision()
     tags = {
         "path": p.path,
@@ -159,8 +165,28 @@ def measure_path(p: Plan) -> dict[str, Any]:
         "run_key": p.run_key(),
         "mprec.kind": "latency",
     }
-    run_name = f"{run.representation.name}-{adapter.name}-{run.dataset.name}"
-    with RunRecorder(run.tracking, run.experiment_name, run_name, tags) as recorder:
+    if run.tracking.parent_run_id:
+        tags["mlflow.parentRunId"] = run.tracking.parent_run_id
+    return tags
+
+
+def run_name(p: Plan) -> str:
+    return f"{p.run.representation.name}-{p.adapter.name}-{p.run.dataset.name}"
+
+
+def measure_path(p: Plan, run_id: str | None = None) -> dict[str, Any]:
+    """Build, (train,) prepare and measure the path, recording one MLflow run; returns a small summary.
+
+    `run_id` attaches to a run created by the job process (isolated jobs) instead of creating one.
+    """
+    from harness.data.pool import Batch, pool_size
+    from harness.data.sources import open_dataset
+    from harness.measure import run_ladder
+    from harness.report import ladder_progress, print_summary
+    from harness.tracking import RunRecorder
+
+    run, spec, adapter = p.run, p.spec, p.adapter
+    with RunRecorder(run.tracking, run.experiment_name, run_name(p), run_tags(p), run_id=run_id) as recorder:
         recorder.log_params(run.as_dict())
         recorder.log_metrics(p.cost.summary())
         recorder.log_dict(p.dry_run_report(), "cost.json")  # the plan, with the representation's details
@@ -170,6 +196,7 @@ def measure_path(p: Plan) -> dict[str, Any]:
         device = adapter.device_info()
         recorder.set_tags({"device_name": device.name, "device_kind": device.kind})
         recorder.log_dict(device.as_dict(), "device.json")
+        inject_fault(run.debug.fault)
         if p.fits(1) is False:
             raise MemoryError(
                 f"{p.path} needs {p.cost.memory_needed(1):,} bytes but {device.name} has {p.capacity_bytes:,} "
@@ -224,12 +251,3 @@ def measure_path(p: Plan) -> dict[str, Any]:
         footer=f"MLflow run {recorder.run_id} in experiment '{run.experiment_name}' at {recorder.uri}",
     )
     return {"run_id": recorder.run_id, "path": p.path, "run_key": p.run_key()}
-
-
-def run_job(cfg: Any) -> dict[str, Any]:
-    """The Hydra task: a dry run prints the plan as one JSON object; otherwise measure and record."""
-    p = plan(cfg)
-    if p.run.dry_run:
-        print(json.dumps(p.dry_run_report(), indent=2))
-        return {"path": p.path, "dry_run": True}
-    return measure_path(p)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -63,10 +65,48 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start : start + size]
 
 
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+class _RetryingClient:
+    """MlflowClient whose calls retry with exponential backoff while SQLite reports a lock.
+
+    Parallel jobs on one SQLite store collide on writes; SQLite answers "database is locked" instead of
+    waiting long enough. Retrying for up to ~60 s loses no run and no metric.
+    """
+
+    def __init__(self, client, attempts: int = 12, first_delay_s: float = 0.05) -> None:
+        self._client = client
+        self._attempts = attempts
+        self._first_delay_s = first_delay_s
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # not delegated (and keeps unpickling from recursing)
+            raise AttributeError(name)
+        target = getattr(self._client, name)
+        if not callable(target):
+            return target
+
+        def call(*args, **kwargs):
+            delay = self._first_delay_s
+            for attempt in range(self._attempts):
+                try:
+                    return target(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - only lock errors are retried
+                    if not _is_lock_error(exc) or attempt == self._attempts - 1:
+                        raise
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 10.0)
+
+        return call
+
+
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    return _RetryingClient(MlflowClient(tracking_uri=uri))
 
 
 def ensure_experiment(uri: str, name: str, config: TrackingConfig) -> str:
@@ -87,43 +127,78 @@ def ensure_experiment(uri: str, name: str, config: TrackingConfig) -> str:
         return experiment.experiment_id
 
 
+HEARTBEAT_TAG = "mprec.heartbeat"
+OWNER_TAG = "mprec.owner"
+HEARTBEAT_S = 30.0
+
+
+def mark_failed(client, run_id: str, message: str, details: str | None = None) -> None:
+    """End a run FAILED with `message` as its `error` tag (and `details` as error/traceback.txt)."""
+    try:
+        client.set_tag(run_id, "error", message[:5000])
+        if details:
+            client.log_text(run_id, details, "error/traceback.txt")
+    finally:
+        client.set_terminated(run_id, status="FAILED")
+
+
 class RunRecorder:
     """One MLflow run, always ended: FINISHED on success, FAILED with the error if the body raises.
 
     Usage: `with RunRecorder(run.tracking, "demo", "table-cpu", tags={...}) as rec:` then
     `rec.log_params(...)`, `rec.log_metrics({"latency_p50_ms": 1.2}, step=64)`, `rec.log_text(...)`.
+    With `run_id`, it attaches to a run created elsewhere (a job process that hands the work to a
+    worker) instead of creating one. While open, a thread refreshes a heartbeat tag, so a run whose
+    process was killed can be told from one still running (`harness.jobs`).
     """
 
     def __init__(self, config: TrackingConfig, experiment_name: str, run_name: str,
-                 tags: Mapping[str, str] | None = None) -> None:
+                 tags: Mapping[str, str] | None = None, run_id: str | None = None) -> None:
         self.config = config
         self.uri = tracking_uri(config)
         self.experiment_name = experiment_name
         self.run_name = run_name
         self.tags = dict(tags or {})
         self.client: Any = None
-        self.run_id: str | None = None
+        self.run_id: str | None = run_id
+        self._stop = threading.Event()
+        self._heartbeat: threading.Thread | None = None
 
     def __enter__(self) -> "RunRecorder":
         self.experiment_id = ensure_experiment(self.uri, self.experiment_name, self.config)
         self.client = _client(self.uri)
-        run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=self.tags)
-        self.run_id = run.info.run_id
+        if self.run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=self.tags)
+            self.run_id = run.info.run_id
+        elif self.tags:
+            self.set_tags(self.tags)
+        from harness.environment import process_identity
+
+        self.client.set_tag(self.run_id, OWNER_TAG, process_identity())
+        self._beat()
+        self._heartbeat = threading.Thread(target=self._beat_forever, daemon=True, name="mlflow-heartbeat")
+        self._heartbeat.start()
         return self
 
+    def _beat(self) -> None:
+        self.client.set_tag(self.run_id, HEARTBEAT_TAG, str(int(time.time())))
+
+    def _beat_forever(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._beat()
+            except Exception:  # noqa: BLE001 - a missed heartbeat must never break a measurement
+                pass
+
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self._stop.set()
         if self.run_id is None:
             return False
         if exc is None:
             self.client.set_terminated(self.run_id, status="FINISHED")
             return False
-        try:
-            message = f"{exc_type.__name__}: {exc}"
-            self.client.set_tag(self.run_id, "error", message[:5000])
-            self.client.log_text(self.run_id, "".join(traceback.format_exception(exc_type, exc, tb)),
-                                 "error/traceback.txt")
-        finally:
-            self.client.set_terminated(self.run_id, status="FAILED")
+        mark_failed(self.client, self.run_id, f"{exc_type.__name__}: {exc}",
+                    "".join(traceback.format_exception(exc_type, exc, tb)))
         return False
 
     def find_finished_run(self, tags: Mapping[str, str]):
@@ -171,3 +246,56 @@ class RunRecorder:
 
     def log_file(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+
+class Ledger:
+    """What a job process needs of the store without opening a run: find, create, end runs."""
+
+    def __init__(self, config: TrackingConfig, experiment_name: str) -> None:
+        self.config = config
+        self.uri = tracking_uri(config)
+        self.experiment_id = ensure_experiment(self.uri, experiment_name, config)
+        self.client = _client(self.uri)
+
+    def find(self, tags: Mapping[str, str], statuses: tuple[str, ...] = ("FINISHED",)) -> list:
+        clauses = [f"tags.`{k}` = '{v}'" for k, v in tags.items()]
+        runs = self.client.search_runs([self.experiment_id], " and ".join(clauses), max_results=1000,
+                                       order_by=["attributes.start_time DESC"])
+        return [r for r in runs if r.info.status in statuses]
+
+    def create(self, run_name: str, tags: Mapping[str, str]) -> str:
+        return self.client.create_run(self.experiment_id, run_name=run_name, tags=dict(tags)).info.run_id
+
+    def status(self, run_id: str) -> str:
+        return self.client.get_run(run_id).info.status
+
+    def get(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def fail(self, run_id: str, message: str, details: str | None = None) -> None:
+        mark_failed(self.client, run_id, message, details)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+
+def is_stale(run, now: float | None = None) -> bool:
+    """A RUNNING run whose process is gone: dead on this machine, or silent for 4 heartbeats elsewhere."""
+    from harness.environment import process_alive
+
+    owner = run.data.tags.get(OWNER_TAG)
+    if owner:
+        alive = process_alive(owner)
+        if alive is not None:
+            return not alive
+    now = time.time() if now is None else now
+    beat = run.data.tags.get(HEARTBEAT_TAG)
+    last = float(beat) if beat else run.info.start_time / 1000.0
+    return now - last > 4 * HEARTBEAT_S

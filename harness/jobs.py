@@ -1,0 +1,203 @@
+"""One Hydra job's life: skip what is done, clear what died, run the work (isolated if asked), report.
+
+1. **Resume**: a job whose run key already has a FINISHED run in its experiment is skipped (`force=true`
+   reruns it). A RUNNING run with the same key whose process is gone (killed, machine lost) is ended
+   FAILED as stale before the job runs again.
+2. **Isolation** (`isolate=auto`: in multiruns): the job process creates the MLflow run and hands the work
+   to a child process (`harness.worker`). If the child raises, it ends the run FAILED itself; if it is
+   killed (the OOM killer's SIGKILL) or runs past `job_timeout_s`, the job process ends the run FAILED
+   with the reason. Either way the job returns normally, so no launcher stops the sweep.
+3. **Report**: every job writes `job_status.json` (status, path, run id, overrides, error) into its Hydra
+   output folder; the sweep callback (harness/sweep.py) sums them up at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from harness.task import Plan, measure_path, plan, run_name, run_tags
+
+log = logging.getLogger(__name__)
+
+PARENT_RUN_FILE = "mlflow_parent_run.json"
+STATUS_FILE = "job_status.json"
+_KILL_GRACE_S = 10.0
+
+
+def _hydra():
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def _is_multirun() -> bool:
+    from hydra.types import RunMode
+
+    hc = _hydra()
+    return hc is not None and hc.mode == RunMode.MULTIRUN
+
+
+def _sweep_parent(experiment_name: str) -> str | None:
+    """The parent run the sweep callback created for this sweep, if it is in the job's experiment."""
+    hc = _hydra()
+    if hc is None or not _is_multirun():
+        return None
+    path = Path(hc.sweep.dir) / PARENT_RUN_FILE
+    if not path.is_file():
+        return None
+    parent = json.loads(path.read_text())
+    return parent["run_id"] if parent.get("experiment_name") == experiment_name else None
+
+
+def _config_container(cfg: Any) -> dict:
+    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    container.pop("hydra", None)
+    return container
+
+
+def run_job(cfg: Any) -> dict[str, Any]:
+    """The Hydra task. Returns (and writes) the job's status; raises only outside multiruns."""
+    p = plan(cfg)
+    if p.run.dry_run:
+        print(json.dumps(p.dry_run_report(), indent=2))
+        return {"status": "dry_run", "path": p.path}
+    multirun = _is_multirun()
+    container = _config_container(cfg)
+    hc = _hydra()
+    fault = p.run.debug.for_job(hc.job.num if hc is not None and multirun else None)
+    p.run.debug.fault = container["debug"]["fault"] = fault
+    if not p.run.tracking.parent_run_id:
+        parent = _sweep_parent(p.run.experiment_name)
+        if parent:
+            p.run.tracking.parent_run_id = parent
+            container["tracking"]["parent_run_id"] = parent
+    status = {"path": p.path, "run_key": p.run_key(), "overrides": _overrides(), "run_id": None, "error": None}
+    try:
+        status.update(_run(p, container, multirun))
+    except Exception as exc:
+        status.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+        _write_status(status)
+        if not multirun:
+            raise
+        log.error("job failed: %s", status["error"])
+        return status
+    _write_status(status)
+    if status["status"] == "failed" and not multirun:
+        raise RuntimeError(status["error"])
+    return status
+
+
+def _overrides() -> list[str]:
+    hc = _hydra()
+    return list(hc.overrides.task) if hc is not None else []
+
+
+def _write_status(status: dict) -> None:
+    hc = _hydra()
+    if hc is None:
+        return
+    out = Path(hc.runtime.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / STATUS_FILE).write_text(json.dumps(status, indent=2))
+
+
+def _run(p: Plan, container: dict, multirun: bool) -> dict[str, Any]:
+    from harness.tracking import Ledger, is_stale
+
+    run = p.run
+    ledger = Ledger(run.tracking, run.experiment_name)
+    key = p.run_key()
+    if not run.force:
+        done = ledger.find({"run_key": key}, ("FINISHED",))
+        if done:
+            log.info("skipped %s: run key %s already has FINISHED run %s (force=true reruns it)",
+                     p.path, key, done[0].info.run_id)
+            print(f"skipped {p.path}: already measured in run {done[0].info.run_id} (run key {key})")
+            return {"status": "skipped", "run_id": done[0].info.run_id}
+    for stale in (r for r in ledger.find({"run_key": key}, ("RUNNING",)) if is_stale(r)):
+        ledger.fail(stale.info.run_id, "stale: the process that owned this run ended without closing it "
+                                       "(killed?); marked FAILED when the job was run again")
+        log.warning("marked stale run %s FAILED", stale.info.run_id)
+
+    isolated = run.isolate == "always" or (run.isolate == "auto" and (multirun or run.job_timeout_s))
+    if not isolated:
+        if run.job_timeout_s:
+            log.warning("job_timeout_s is ignored with isolate=never")
+        try:
+            result = measure_path(p)
+        except Exception as exc:  # the recorder has ended the run FAILED
+            if not multirun:
+                raise
+            return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+        return {"status": "finished", "run_id": result["run_id"]}
+    return _run_isolated(p, container, ledger)
+
+
+def _run_isolated(p: Plan, container: dict, ledger) -> dict[str, Any]:
+    from harness.environment import process_identity
+    from harness.tracking import OWNER_TAG
+
+    run_id = ledger.create(run_name(p), {**run_tags(p), OWNER_TAG: process_identity(), "mprec.isolated": "true"})
+    hc = _hydra()
+    folder = Path(hc.runtime.output_dir) if hc is not None else Path(p.run.tracking.results_dir) / "jobs"
+    folder.mkdir(parents=True, exist_ok=True)
+    job_file = folder / "job.json"
+    job_file.write_text(json.dumps({"config": container, "run_id": run_id}, default=str))
+
+    child = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_file)], stderr=subprocess.PIPE,
+                             text=True, errors="replace")
+    tail: deque[str] = deque(maxlen=60)
+    relay = threading.Thread(target=_relay, args=(child.stderr, tail), daemon=True)
+    relay.start()
+    timed_out = _wait(child, p.run.job_timeout_s)
+    relay.join(timeout=5)
+
+    status = ledger.status(run_id)
+    if child.returncode == 0 and status == "FINISHED":
+        return {"status": "finished", "run_id": run_id}
+    if timed_out:
+        reason = f"timed out: the work ran longer than job_timeout_s={p.run.job_timeout_s:g} s and was killed"
+    elif child.returncode is not None and child.returncode < 0:
+        name = signal.Signals(-child.returncode).name
+        hint = " (what the kernel's out-of-memory killer sends)" if name == "SIGKILL" else ""
+        reason = f"killed by {name}{hint}"
+    else:
+        reason = f"worker exited with status {child.returncode}"
+    if status == "RUNNING":  # the worker could not close its run: say why
+        ledger.fail(run_id, reason, "".join(tail))
+    else:
+        reason = ledger.get(run_id).data.tags.get("error", reason)
+    return {"status": "failed", "run_id": run_id, "error": reason}
+
+
+def _relay(stream, tail: deque) -> None:
+    """Copy the worker's stderr to ours (progress, logs) and keep its last lines for the error record."""
+    for line in stream:
+        sys.stderr.write(line)
+        tail.append(line)
+
+
+def _wait(child: subprocess.Popen, timeout_s: float | None) -> bool:
+    """Wait for the worker; past `timeout_s`, SIGTERM then SIGKILL it. True if it timed out."""
+    try:
+        child.wait(timeout=timeout_s)
+        return False
+    except subprocess.TimeoutExpired:
+        child.terminate()
+        try:
+            child.wait(timeout=_KILL_GRACE_S)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        return True
+

@@ -1,0 +1,122 @@
+"""The sweep's own bookkeeping, as a Hydra callback (conf/config.yaml: hydra.callbacks.sweep).
+
+- **Before any job starts**: compose and validate every job's config (the same checks a job does), so a
+  bad value in job 17 of 40 stops the sweep before job 1 runs; create the experiment once (parallel jobs
+  on SQLite would race to create it) and one MLflow *parent run*, whose id the jobs read from
+  `<sweep dir>/mlflow_parent_run.json` and record as `mlflow.parentRunId`: the UI shows the sweep as one
+  expandable row.
+- **After the last job**: read every job's `job_status.json`, print finished / skipped / failed jobs
+  with their overrides, record the summary on the parent run, and exit non-zero if any job failed.
+
+Callbacks run in the process that launches the jobs, so this works the same with the basic, joblib and
+submitit launchers (the files live in the shared sweep folder).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from harness.jobs import PARENT_RUN_FILE, STATUS_FILE
+
+
+def expand_jobs(config: DictConfig) -> list[list[str]]:
+    """Each job's overrides, as Hydra's basic sweeper will launch them (sweeper params, then the CLI)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
+    overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+    return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+
+
+def validate_jobs(config: DictConfig, jobs: list[list[str]]):
+    """Compose and validate every job; returns the first job's RunConfig; exits 2 naming the bad job."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from harness.config import ConfigError, load_config, workload_spec
+
+    loader = GlobalHydra.instance().config_loader()
+    first = None
+    for number, overrides in enumerate(jobs):
+        try:
+            job_config = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
+            run = load_config(job_config)
+            workload_spec(run)
+        except (ConfigError, Exception) as exc:  # noqa: BLE001 - any composition error stops the sweep
+            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"error: job #{number} ({' '.join(overrides)}): {message}", file=sys.stderr)
+            print("error: no job was started", file=sys.stderr)
+            sys.exit(2)  # SystemExit passes Hydra's callback guard, which would only warn on an Exception
+        first = first or run
+    return first
+
+
+class SweepCallback(Callback):
+    """Holds only plain data: launchers such as joblib pickle the callbacks into their workers."""
+
+    def __init__(self) -> None:
+        self.parent_run_id: str | None = None
+        self.tracking = None
+        self.experiment_name: str | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        jobs = expand_jobs(config)
+        first = validate_jobs(config, jobs)
+        if first is None or first.dry_run:
+            return
+        from harness.tracking import Ledger
+
+        ledger = Ledger(first.tracking, first.experiment_name)  # creates the experiment once, up front
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self.parent_run_id = ledger.create(
+            f"sweep {sweep_dir.name}",
+            {"mprec.kind": "sweep", "sweep_dir": str(sweep_dir), "jobs": str(len(jobs)),
+             "overrides": " ".join(config.hydra.overrides.task)[:5000]},
+        )
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps(
+            {"run_id": self.parent_run_id, "experiment_name": first.experiment_name, "uri": ledger.uri}))
+        self.tracking, self.experiment_name = first.tracking, first.experiment_name
+        print(f"sweep of {len(jobs)} jobs: MLflow parent run {self.parent_run_id} in experiment "
+              f"'{first.experiment_name}'", file=sys.stderr)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        statuses = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob(STATUS_FILE))]
+        if not statuses or all(s.get("status") == "dry_run" for s in statuses):
+            return
+        counts = {k: sum(s["status"] == k for s in statuses) for k in ("finished", "skipped", "failed")}
+        print_summary(statuses, counts)
+        if self.parent_run_id:
+            from harness.tracking import Ledger
+
+            ledger = Ledger(self.tracking, self.experiment_name)
+            ledger.set_tags(self.parent_run_id, {f"jobs_{k}": v for k, v in counts.items()})
+            ledger.log_text(self.parent_run_id, json.dumps(statuses, indent=2), "sweep_summary.json")
+            ledger.finish(self.parent_run_id, "FAILED" if counts["failed"] else "FINISHED")
+        if counts["failed"]:
+            sys.exit(1)
+
+
+def print_summary(statuses: list[dict], counts: dict[str, int]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sweep: {counts['finished']} finished, {counts['skipped']} skipped, "
+                        f"{counts['failed']} failed", title_justify="left")
+    for column in ("status", "path", "overrides", "run", "error"):
+        table.add_column(column)
+    style = {"finished": "green", "skipped": "blue", "failed": "red"}
+    for s in statuses:
+        table.add_row(s["status"], s.get("path", ""), " ".join(s.get("overrides", [])), s.get("run_id") or "",
+                      (s.get("error") or "")[:120], style=style.get(s["status"]))
+    Console(stderr=True, width=200).print(table)
