@@ -114,6 +114,12 @@ class Backend(ABC):
     def release_memory(self) -> None:
         """Give memory back after an out-of-memory error so the ladder can go on."""
 
+    def peak_kernels(self, size_scale: float = 1.0) -> dict[str, tuple]:
+        """Microbenchmark kernels for the device's peaks (copy, gather bandwidth; fp32 GEMM):
+        {name: (launch, work per call, "bytes" | "flops")}; empty if the adapter has none. Called after
+        `prepare`; the harness times them with `synchronize` (harness/device_peaks.py)."""
+        return {}
+
     def run_params(self) -> dict[str, Any]:
         """Settings in force after `prepare` (threads, compile flags), recorded with the run."""
         return {}

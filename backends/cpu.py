@@ -83,6 +83,11 @@ class CpuBackend(Backend):
     def synchronize(self, output) -> None:
         return None
 
+    def peak_kernels(self, size_scale: float = 1.0) -> dict[str, tuple]:
+        from backends.torch_kernels import torch_peak_kernels
+
+        return torch_peak_kernels("cpu", self.device_info().memory_bytes, size_scale)
+
     def run_params(self) -> dict[str, Any]:
         import torch
 

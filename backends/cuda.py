@@ -100,6 +100,11 @@ class CudaBackend(Backend):
 
         return isinstance(exc, torch.cuda.OutOfMemoryError) or super().is_out_of_memory(exc)
 
+    def peak_kernels(self, size_scale: float = 1.0) -> dict[str, tuple]:
+        from backends.torch_kernels import torch_peak_kernels
+
+        return torch_peak_kernels(self.device, self.device_info().memory_bytes, size_scale)
+
     def release_memory(self) -> None:
         import torch
 

@@ -80,6 +80,8 @@ class MeasureConfig:
     max_iters: int = MISSING
     max_time_s: float = MISSING
     pool_samples: int = MISSING  # distinct samples per query size, cycled while timing
+    device_peaks: bool = MISSING  # measure (once per device, cached) copy/gather bandwidth and GEMM peak
+    peaks_scale: float = MISSING  # size of those microbenchmarks (1.0: 256 MB buffers, 2048^2 GEMM)
 
     def check(self) -> None:
         for key in ("warmup_iters", "warmup_s", "min_time_s"):
@@ -93,6 +95,8 @@ class MeasureConfig:
             raise ValueError(f"max_time_s: must be >= min_time_s ({self.min_time_s}), got {self.max_time_s}")
         if self.pool_samples < 1:
             raise ValueError(f"pool_samples: must be >= 1, got {self.pool_samples}")
+        if not 0 < self.peaks_scale <= 1:
+            raise ValueError(f"peaks_scale: must be in (0, 1], got {self.peaks_scale}")
 
 
 @dataclass
@@ -175,6 +179,7 @@ class RunConfig:
     force: bool = MISSING  # rerun a job even if its run key already has a FINISHED run
     isolate: str = MISSING  # run the work in a child process: auto (in multiruns), always or never
     job_timeout_s: Optional[float] = MISSING  # kill the work after this long (isolated jobs only)
+    analysis_after_sweep: bool = MISSING  # a multirun ends by writing the experiment's analysis
     backend: Any = None  # typed below by the adapter that backend.name selects
     representation: Any = None  # typed below by the representation that representation.name selects
     dataset: Any = None  # typed below by dataset.kind (harness/data/sources.py)
@@ -346,6 +351,9 @@ def compose(overrides: list[str] | None = None, config_name: str = "config") -> 
     """Compose the config tree outside a Hydra app (tests, benchmarks, notebooks)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():  # inside a running Hydra app: its search path is ours
+        return hydra_compose(config_name=config_name, overrides=list(overrides or []))
     with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))

@@ -103,8 +103,26 @@ class SweepCallback(Callback):
             ledger.set_tags(self.parent_run_id, {f"jobs_{k}": v for k, v in counts.items()})
             ledger.log_text(self.parent_run_id, json.dumps(statuses, indent=2), "sweep_summary.json")
             ledger.finish(self.parent_run_id, "FAILED" if counts["failed"] else "FINISHED")
+        if self.experiment_name and OmegaConf.select(config, "analysis_after_sweep", default=False):
+            self._analyse(config)
         if counts["failed"]:
             sys.exit(1)
+
+    def _analyse(self, config: DictConfig) -> None:
+        """The sweep ends by writing the experiment's analysis (python -m harness.analysis redoes it)."""
+        from dataclasses import asdict
+
+        from harness.analysis import load_analysis_config, run_analysis
+        from harness.config import compose
+
+        overrides = [f"experiment_name={self.experiment_name}"]
+        overrides += [f"tracking.{k}={'null' if v is None else v}" for k, v in asdict(self.tracking).items()
+                      if k != "parent_run_id"]
+        try:
+            run_analysis(load_analysis_config(compose(overrides, config_name="analysis")))
+        except Exception as exc:  # noqa: BLE001 - the sweep's results are recorded; the analysis can be redone
+            print(f"analysis failed ({type(exc).__name__}: {exc}); redo it with "
+                  f"python -m harness.analysis experiment_name={self.experiment_name}", file=sys.stderr)
 
 
 def print_summary(statuses: list[dict], counts: dict[str, int]) -> None:

@@ -32,7 +32,8 @@ from harness.workload.spec import WorkloadSpec
 log = logging.getLogger(__name__)
 
 # Keys that say where results go or whether to run, not what is measured: left out of the run key.
-_NOT_IN_RUN_KEY = ("tracking", "dry_run", "experiment_name", "force", "isolate", "job_timeout_s", "debug")
+_NOT_IN_RUN_KEY = ("tracking", "dry_run", "experiment_name", "force", "isolate", "job_timeout_s", "debug",
+                   "analysis_after_sweep")
 
 
 @dataclass
@@ -109,7 +110,7 @@ def _raw_samples_csv(results: list[QuerySizeResult]) -> str:
     return out.getvalue()
 
 
-def _size_metrics(result: QuerySizeResult, cost: PathCost) -> list[tuple[str, float, int]]:
+def _size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float]) -> list[tuple[str, float, int]]:
     q = result.query_size
     rows: list[tuple[str, float, int]] = [("feasible", float(result.feasible), q)]
     if not result.feasible:
@@ -127,6 +128,10 @@ def _size_metrics(result: QuerySizeResult, cost: PathCost) -> list[tuple[str, fl
         ("achieved_gflops", cost.flops(q) / mean_s / 1e9, q),
         ("achieved_gbps", cost.bytes_read(q) / mean_s / 1e9, q),
     ]
+    if peaks.get("gemm_gflops"):
+        rows.append(("fraction_of_gemm_peak", cost.flops(q) / mean_s / 1e9 / peaks["gemm_gflops"], q))
+    if peaks.get("gather_gbps"):
+        rows.append(("fraction_of_gather_bandwidth", cost.bytes_read(q) / mean_s / 1e9 / peaks["gather_gbps"], q))
     return rows
 
 
@@ -227,14 +232,20 @@ def measure_path(p: Plan, run_id: str | None = None) -> dict[str, Any]:
         adapter.prepare(model, make_pool(1)[0])
         prepare_s = time.perf_counter() - t0
         recorder.log_params({"backend_resolved": adapter.run_params()})
-        recorder.log_metrics({"build_s": build_s, "prepare_s": prepare_s})
+        recorder.log_metrics({"build_s": build_s, "prepare_s": prepare_s, "device_memory_bytes": device.memory_bytes})
+        peaks = {}
+        if m.device_peaks:
+            from harness.device_peaks import device_peaks
+
+            peaks = device_peaks(adapter, device, run.tracking.results_dir, m.peaks_scale)
+            recorder.log_metrics({f"device_{k}": v for k, v in peaks.items()})
 
         settings = LadderSettings(m.warmup_iters, m.warmup_s, m.min_iters, m.min_time_s, m.max_iters,
                                   m.max_time_s)
         sizes = run.workload.query_sizes
         with ladder_progress(p.path, len(sizes)) as advance:
             results = run_ladder(adapter, sizes, make_pool, settings, on_size_done=advance)
-        rows = [row for r in results for row in _size_metrics(r, p.cost)]
+        rows = [row for r in results for row in _size_metrics(r, p.cost, peaks)]
         rows += [("fits_device", float(bool(p.fits(r.query_size))), r.query_size) for r in results]
         recorder.log_metric_rows(rows)
         recorder.log_text(_raw_samples_csv(results), "samples/latency_raw.csv")

@@ -299,3 +299,44 @@ def is_stale(run, now: float | None = None) -> bool:
     beat = run.data.tags.get(HEARTBEAT_TAG)
     last = float(beat) if beat else run.info.start_time / 1000.0
     return now - last > 4 * HEARTBEAT_S
+
+
+PER_SIZE_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "samples_per_s",
+                    "feasible")
+
+
+def load_runs(config: TrackingConfig, experiment_name: str, parent_run_id: str | None = None,
+              kind: str = "latency") -> list[dict]:
+    """Plain records of an experiment's runs of one kind: status, tags, params, latest metrics, and the
+    per-query-size metrics (their histories, step = query size). [] if the experiment does not exist."""
+    uri = tracking_uri(config)
+    client = _client(uri)
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return []
+    clauses = [f"tags.`mprec.kind` = '{kind}'"]
+    if parent_run_id:
+        clauses.append(f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    records = []
+    page = None
+    while True:
+        runs = client.search_runs([experiment.experiment_id], " and ".join(clauses), max_results=1000,
+                                  page_token=page)
+        for r in runs:
+            per_size = {key: {m.step: m.value for m in client.get_metric_history(r.info.run_id, key)}
+                        for key in PER_SIZE_METRICS if key in r.data.metrics}
+            records.append({"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
+                            "tags": dict(r.data.tags), "params": dict(r.data.params),
+                            "metrics": dict(r.data.metrics), "per_size": per_size})
+        page = runs.token
+        if not page:
+            return records
+
+
+def log_analysis_run(config: TrackingConfig, experiment_name: str, folder: Path, tags: Mapping[str, str]) -> str:
+    """One MLflow run holding an analysis' files as artifacts; returns its id."""
+    ledger = Ledger(config, experiment_name)
+    run_id = ledger.create("analysis", {"mprec.kind": "analysis", **tags})
+    ledger.client.log_artifacts(run_id, str(folder))
+    ledger.finish(run_id)
+    return run_id

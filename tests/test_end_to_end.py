@@ -5,11 +5,13 @@ from __future__ import annotations
 import csv
 import io
 import json
+import subprocess
+import sys
 
 import mlflow
 from mlflow.tracking import MlflowClient
 
-from .conftest import SMOKE
+from .conftest import SMOKE, harness_env
 
 
 def _runs(store: str, experiment: str = "mprec"):
@@ -19,8 +21,8 @@ def _runs(store: str, experiment: str = "mprec"):
     return [r for r in runs if r.data.tags.get("mprec.kind") == "latency"]
 
 
-def test_a_run_is_recorded_with_metrics_tags_and_artifacts(run_harness, store):
-    proc = run_harness(*SMOKE, store_uri=store)
+def test_a_run_is_recorded_with_metrics_tags_and_artifacts(run_harness, store, tmp_path):
+    proc = run_harness(*SMOKE, "measure.device_peaks=true", store_uri=store)
     assert "query size" in proc.stdout and "table@cpu" in proc.stdout
 
     [run] = _runs(store)
@@ -37,6 +39,11 @@ def test_a_run_is_recorded_with_metrics_tags_and_artifacts(run_harness, store):
     assert sorted(m.step for m in history) == [1, 64]  # step = query size
     assert all(m.value > 0 for m in history)
     assert run.data.metrics["param_bytes"] > run.data.metrics["embedding_param_bytes"] > 0
+    # The device's measured peaks (cached per device under results/) and each size's share of them.
+    for key in ("device_gemm_gflops", "device_gather_gbps", "device_copy_gbps", "device_memory_bytes"):
+        assert run.data.metrics[key] > 0, key
+    assert (tmp_path / "results" / "device_peaks.json").is_file()
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "fraction_of_gemm_peak")] == [1, 64]
 
     local = client.download_artifacts(run.info.run_id, "")
     raw = list(csv.DictReader(io.open(f"{local}/samples/latency_raw.csv")))
@@ -49,7 +56,7 @@ def test_a_run_is_recorded_with_metrics_tags_and_artifacts(run_harness, store):
     assert "experiment: null" not in open(f"{local}/config/resolved.yaml").read()
 
 
-def test_multirun_sweep_records_one_run_per_job_in_one_experiment(run_harness, store):
+def test_multirun_sweep_records_one_run_per_job_in_one_experiment(run_harness, store, tmp_path):
     # isolate=never: the jobs share this process (tests/test_sweeps.py covers isolated jobs).
     run_harness("-m", *SMOKE, "dataset.scale=0.0001,0.0002", "experiment_name=sweep", "isolate=never",
                 store_uri=store)
@@ -57,6 +64,22 @@ def test_multirun_sweep_records_one_run_per_job_in_one_experiment(run_harness, s
     assert sorted(r.data.params["dataset.scale"] for r in runs) == ["0.0001", "0.0002"]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len({r.data.tags["run_key"] for r in runs}) == 2
+
+    # The sweep ended by writing its analysis, logged as a run of its own...
+    folder = tmp_path / "results" / "sweep" / "analysis"
+    assert {"paths.csv", "mapping.csv", "mapping.md", "feasibility.csv"} <= {p.name for p in folder.iterdir()}
+    assert any(p.suffix == ".png" for p in folder.iterdir())
+    analyses = [r for r in mlflow.search_runs(experiment_names=["sweep"], output_format="list")
+                if r.data.tags.get("mprec.kind") == "analysis"]
+    assert len(analyses) == 1
+    # ...and `python -m harness.analysis` redoes it from MLflow alone.
+    (folder / "mapping.md").unlink()
+    proc = subprocess.run([sys.executable, "-m", "harness.analysis", "experiment_name=sweep",
+                           f"tracking.results_dir={tmp_path / 'results'}", "rank_by=throughput"],
+                          cwd=tmp_path, env=harness_env(store), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "table@cpu" in (folder / "mapping.md").read_text()
+    assert "query sizes" in proc.stderr  # the printed summary
 
 
 def test_a_run_that_raises_is_ended_failed_with_the_error(run_harness, store):

@@ -1,0 +1,43 @@
+"""The microbenchmark kernels behind a device's measured peaks, for torch devices (cpu, cuda, xla).
+
+Each kernel is a callable that launches one unit of work plus the work it does (bytes or FLOPs); the
+harness times them with its own loop and the adapter's synchronize (harness/device_peaks.py).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+Kernel = tuple[Callable[[], object], float, str]  # (launch, work per call, unit: "bytes" | "flops")
+
+
+def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0) -> dict[str, Kernel]:
+    """copy (streaming bandwidth), gather (random 256-byte rows: what a table lookup does), fp32 GEMM."""
+    import torch
+
+    # Sizes well beyond any cache yet a small share of the device: 256 MB buffers (or 1/16 of memory).
+    buffer_bytes = int(min(256 << 20, memory_bytes // 16) * size_scale) or (1 << 20)
+    n = max(1 << 16, buffer_bytes // 4)
+    source = torch.rand(n, device=device)
+    target = torch.empty_like(source)
+
+    row_floats = 64  # 256-byte rows, the width of a dim-64 fp32 embedding row
+    rows = max(1024, n // row_floats)
+    table = source[: rows * row_floats].view(rows, row_floats)
+    lookups = max(1024, rows // 8)
+    index = torch.randint(0, rows, (lookups,), device=device)
+    gathered = torch.empty(lookups, row_floats, device=device)
+
+    side = 2048 if size_scale >= 1 else 256
+    a = torch.rand(side, side, device=device)
+    b = torch.rand(side, side, device=device)
+    c = torch.empty(side, side, device=device)
+
+    return {
+        # Read one buffer, write the other.
+        "copy": (lambda: target.copy_(source), 2.0 * n * 4, "bytes"),
+        # Rows read + written; the index read is small beside them.
+        "gather": (lambda: torch.index_select(table, 0, index, out=gathered), 2.0 * lookups * row_floats * 4,
+                   "bytes"),
+        "gemm": (lambda: torch.mm(a, b, out=c), 2.0 * side**3, "flops"),
+    }

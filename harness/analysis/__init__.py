@@ -1,0 +1,64 @@
+"""Derive the representation-hardware mapping of an experiment from its MLflow runs.
+
+    python -m harness.analysis experiment_name=mprec            # or parent_run_id=<a sweep's parent run>
+
+`mapping.py` holds the rules as pure functions over a tidy table; `runs.py` builds that table from run
+records; `plots.py` draws; `report.py` writes `paths.csv`, `mapping.csv`, `mapping.md`,
+`feasibility.csv` and the PNGs into `<results_dir>/<experiment>/analysis/`, which `run_analysis` also
+logs as an MLflow run of its own (tag `mprec.kind=analysis`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from harness.analysis.report import Analysis, AnalysisConfig, write_analysis
+
+
+def load_analysis_config(cfg) -> AnalysisConfig:
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from harness.config import ConfigError
+
+    node = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    node.pop("hydra", None)
+    try:
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AnalysisConfig), node))
+        config.settings()
+    except OmegaConfBaseException as exc:
+        raise ConfigError(getattr(exc, "full_key", "") or "analysis", str(exc).splitlines()[0]) from None
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        raise ConfigError(key, message) from None
+    return config
+
+
+def run_analysis(config: AnalysisConfig, quiet: bool = False) -> Analysis:
+    """Load the experiment's runs from MLflow, write the analysis, log it as a run, print the summary."""
+    from backends.base import host_memory_bytes
+    from harness.tracking import load_runs, log_analysis_run
+
+    records = load_runs(config.tracking, config.experiment_name, config.parent_run_id)
+    errors = {r["run_id"]: r["tags"].get("error", "") for r in records if r["status"] != "FINISHED"}
+    folder = Path(config.output_dir or Path(config.tracking.results_dir) / config.experiment_name / "analysis")
+    analysis = write_analysis(records, config, folder, errors, float(host_memory_bytes()))
+    if config.log_to_mlflow and records:
+        tags = {"parent_run_id": config.parent_run_id} if config.parent_run_id else {}
+        analysis.run_id = log_analysis_run(config.tracking, config.experiment_name, folder, tags)
+    if not quiet:
+        print_analysis(analysis, config)
+    return analysis
+
+
+def print_analysis(analysis: Analysis, config: AnalysisConfig) -> None:
+    from rich.console import Console
+
+    console = Console(stderr=True, width=160)
+    console.print(f"[bold]analysis of '{config.experiment_name}'[/bold] -> {analysis.folder}")
+    for sentence in analysis.summary:
+        console.print(f"  {sentence}")
+    for line in analysis.missing:
+        console.print(f"  [yellow]missing:[/yellow] {line}")
+    if analysis.run_id:
+        console.print(f"  logged as MLflow run {analysis.run_id}")

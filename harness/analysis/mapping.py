@@ -1,0 +1,228 @@
+"""The representation-hardware mapping, as pure functions over a tidy table of measurements.
+
+Input: one row per (run, query size) with the columns of `COLUMNS` (harness/analysis/runs.py builds it
+from MLflow; tests build it by hand). No clock, no device, no MLflow here.
+
+Rules (docs/analysis.md):
+- a path is *feasible* at (query size, target) when its parameter bytes fit its device's capacity less
+  the headroom, it was measured at that size without running out of memory, and its latency at the
+  chosen percentile meets the target;
+- the choice maximises correct-prediction throughput = accuracy x samples/s; a path without a measured
+  quality is never given one: it is left out of the ranking and reported as unrated (or, with
+  rank_by="throughput", everything is ranked by samples/s and says so);
+- ties go to the lower latency, then the smaller model, then the path's name: deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = (
+    "run_id", "status", "path", "representation", "backend", "device", "workload", "query_size",
+    "p50_ms", "p90_ms", "p95_ms", "p99_ms", "samples_per_s", "feasible", "param_bytes", "flops_per_sample",
+    "bytes_read_per_sample", "bytes_read_fixed", "device_memory_bytes", "device_gemm_gflops",
+    "device_gather_gbps", "device_copy_gbps", "accuracy", "start_time",
+)
+PERCENTILES = ("p50", "p90", "p95", "p99")
+RANKINGS = ("correct_throughput", "throughput")
+
+
+@dataclass(frozen=True)
+class MappingSettings:
+    targets_ms: tuple[float, ...] = (1, 5, 10, 25, 50, 100)
+    percentile: str = "p99"
+    memory_headroom: float = 0.1
+    rank_by: str = "correct_throughput"
+
+    def __post_init__(self) -> None:
+        if self.percentile not in PERCENTILES:
+            raise ValueError(f"percentile: must be one of {PERCENTILES}, got {self.percentile!r}")
+        if self.rank_by not in RANKINGS:
+            raise ValueError(f"rank_by: must be one of {RANKINGS}, got {self.rank_by!r}")
+
+
+def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
+    """Measurements of FINISHED runs; of several runs of one path in one workload, the latest."""
+    done = runs[runs["status"] == "FINISHED"]
+    if done.empty:
+        return done
+    latest = done.groupby(["workload", "path"])["start_time"].transform("max")
+    return done[done["start_time"] == latest].copy()
+
+
+def fits(row, headroom: float) -> bool:
+    capacity = row["device_memory_bytes"]
+    return bool(capacity and not math.isnan(capacity) and row["param_bytes"] <= capacity * (1.0 - headroom))
+
+
+def score_of(row, rank_by: str) -> float:
+    if rank_by == "throughput":
+        return row["samples_per_s"]
+    accuracy = row["accuracy"]
+    return np.nan if accuracy is None or pd.isna(accuracy) else accuracy * row["samples_per_s"]
+
+
+def _ordered(cands: pd.DataFrame, latency: str) -> pd.DataFrame:
+    """Best first: score desc, then latency, model size, name (deterministic ties)."""
+    return cands.sort_values(["score", latency, "param_bytes", "path"], ascending=[False, True, True, True],
+                             kind="mergesort")
+
+
+def choose(rows: pd.DataFrame, query_size: int, target_ms: float, settings: MappingSettings) -> dict:
+    """The mapping cell for one workload at (query size, target)."""
+    latency = f"{settings.percentile}_ms"
+    at_size = rows[rows["query_size"] == query_size].copy()
+    cell = {"query_size": query_size, "target_ms": target_ms, "choice": None, "score": np.nan,
+            "latency_ms": np.nan, "runner_up": None, "runner_up_score": np.nan, "margin": np.nan,
+            "basis": settings.rank_by, "note": ""}
+    if at_size.empty:
+        cell["note"] = "no path measured at this query size"
+        return cell
+    at_size["fits"] = [fits(r, settings.memory_headroom) for _, r in at_size.iterrows()]
+    meets = at_size[at_size["fits"] & (at_size["feasible"] > 0) & (at_size[latency] <= target_ms)].copy()
+    if meets.empty:
+        cell["note"] = f"no path meets {settings.percentile} <= {target_ms:g} ms"
+        return cell
+    meets["score"] = [score_of(r, settings.rank_by) for _, r in meets.iterrows()]
+    rated = meets[meets["score"].notna()]
+    if rated.empty:
+        fastest = meets.sort_values([latency, "path"]).iloc[0]
+        cell["note"] = (f"no path with a measured quality meets the target; fastest unrated: {fastest['path']} "
+                        f"({fastest[latency]:.3g} ms)")
+        return cell
+    ranked = _ordered(rated, latency)
+    best = ranked.iloc[0]
+    cell.update(choice=best["path"], score=best["score"], latency_ms=best[latency])
+    if len(ranked) > 1:
+        second = ranked.iloc[1]
+        cell.update(runner_up=second["path"], runner_up_score=second["score"],
+                    margin=best["score"] / second["score"] - 1.0 if second["score"] > 0 else np.inf)
+    unrated = meets[meets["score"].isna()]["path"].tolist()
+    if unrated:
+        cell["note"] = "unrated (no quality): " + ", ".join(sorted(unrated))
+    return cell
+
+
+def mapping(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
+    """One row per (workload, query size, target): the chosen path, its score, the runner-up and margin."""
+    rows = latest_finished(runs)
+    cells = []
+    for workload, group in rows.groupby("workload", sort=True):
+        for q in sorted(group["query_size"].unique()):
+            for target in settings.targets_ms:
+                cells.append({"workload": workload, **choose(group, int(q), float(target), settings)})
+    return pd.DataFrame(cells, columns=["workload", "query_size", "target_ms", "choice", "score", "latency_ms",
+                                        "runner_up", "runner_up_score", "margin", "basis", "note"])
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """True for points no other point beats on both x and y (higher is better on both)."""
+    values = points[[x, y]].to_numpy(dtype=float)
+    front = []
+    for i, (xi, yi) in enumerate(values):
+        dominated = any((xj >= xi and yj >= yi and (xj > xi or yj > yi)) for j, (xj, yj) in enumerate(values)
+                        if j != i)
+        front.append(not dominated and not (math.isnan(xi) or math.isnan(yi)))
+    return pd.Series(front, index=points.index)
+
+
+def paths_table(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
+    """One row per path: identity, quality, memory and fit, and per query size latency and throughput."""
+    rows = latest_finished(runs)
+    out = []
+    for (workload, path), group in rows.groupby(["workload", "path"], sort=True):
+        first = group.iloc[0]
+        record = {
+            "workload": workload, "path": path, "representation": first["representation"],
+            "backend": first["backend"], "device": first["device"], "run_id": first["run_id"],
+            "accuracy": first["accuracy"], "param_bytes": first["param_bytes"],
+            "device_memory_bytes": first["device_memory_bytes"], "fits": fits(first, settings.memory_headroom),
+        }
+        largest = group.sort_values("query_size").iloc[-1]
+        for _, r in group.sort_values("query_size").iterrows():
+            q = int(r["query_size"])
+            record[f"p50_ms@{q}"] = r["p50_ms"]
+            record[f"{settings.percentile}_ms@{q}"] = r[f"{settings.percentile}_ms"]
+            record[f"samples_per_s@{q}"] = r["samples_per_s"]
+        achieved_gflops = largest["flops_per_sample"] * largest["samples_per_s"] / 1e9
+        achieved_gbps = (largest["bytes_read_per_sample"] * largest["samples_per_s"]
+                         + largest["bytes_read_fixed"] * largest["samples_per_s"] / largest["query_size"]) / 1e9
+        record.update({
+            "largest_query_size": int(largest["query_size"]),
+            "achieved_gflops": achieved_gflops,
+            "achieved_gbps": achieved_gbps,
+            "fraction_of_gemm_peak": achieved_gflops / largest["device_gemm_gflops"]
+            if largest["device_gemm_gflops"] else np.nan,
+            "fraction_of_gather_bandwidth": achieved_gbps / largest["device_gather_gbps"]
+            if largest["device_gather_gbps"] else np.nan,
+            "peak_correct_throughput": max((score_of(r, "correct_throughput") for _, r in group.iterrows()),
+                                           default=np.nan),
+        })
+        out.append(record)
+    return pd.DataFrame(out)
+
+
+def feasibility_matrix(paths: pd.DataFrame, devices: dict[str, float], headroom: float) -> pd.DataFrame:
+    """Does each representation's model fit each device (nominal capacities for devices not here)?"""
+    reps = paths.drop_duplicates(["workload", "representation"])
+    rows = []
+    for _, r in reps.iterrows():
+        row = {"workload": r["workload"], "representation": r["representation"], "param_bytes": r["param_bytes"]}
+        for device, capacity in devices.items():
+            row[device] = bool(capacity and r["param_bytes"] <= capacity * (1.0 - headroom))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def chosen(value) -> bool:
+    """A mapping cell's choice is set (pandas turns a missing one into NaN)."""
+    return isinstance(value, str) and value != ""
+
+
+def _ranges(values: list[int]) -> str:
+    return f"{values[0]}" if len(values) == 1 else f"{values[0]}-{values[-1]}"
+
+
+def regimes(table: pd.DataFrame, percentile: str = "p99") -> list[str]:
+    """One sentence per workload and target: which path wins over which query sizes, runs merged."""
+    sentences = []
+    for workload, group in table.groupby("workload", sort=True):
+        for target, cells in group.groupby("target_ms", sort=True):
+            cells = cells.sort_values("query_size")
+            parts, current, sizes = [], None, []
+            for _, c in cells.iterrows():
+                winner = c["choice"] if chosen(c["choice"]) else "none"
+                if winner != current and sizes:
+                    parts.append((current, sizes))
+                    sizes = []
+                current = winner
+                sizes.append(int(c["query_size"]))
+            if sizes:
+                parts.append((current, sizes))
+            described = "; ".join(f"{'no path' if w == 'none' else w} for query sizes {_ranges(s)}" for w, s in parts)
+            sentences.append(f"[{workload}] {percentile} <= {target:g} ms: {described}.")
+    return sentences
+
+
+def missing_report(runs: pd.DataFrame, errors: dict[str, str] | None = None) -> list[str]:
+    """What the analysis could not use, in words: failed or unfinished runs, unrated paths, OOM sizes."""
+    lines = []
+    errors = errors or {}
+    for run_id, group in runs.groupby("run_id", sort=True):
+        first = group.iloc[0]
+        if first["status"] != "FINISHED":
+            reason = errors.get(run_id, "")
+            lines.append(f"{first['path']} ({first['workload']}): run {run_id} is {first['status']}"
+                         + (f": {reason}" if reason else ""))
+    done = latest_finished(runs)
+    for (workload, path), group in done.groupby(["workload", "path"], sort=True):
+        if group["accuracy"].isna().all():
+            lines.append(f"{path} ({workload}): no measured quality (train.steps > 0 measures it)")
+        oom = sorted(int(q) for q in group.loc[group["feasible"] <= 0, "query_size"])
+        if oom:
+            lines.append(f"{path} ({workload}): out of memory at query sizes {oom}")
+    return lines

@@ -1,0 +1,129 @@
+"""The analysis' figures (PNG), drawn with matplotlib's Agg backend: no display needed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from harness.analysis.mapping import chosen
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+
+
+def latency_vs_query_size(runs: pd.DataFrame, workload: str, percentile: str, folder: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for path, group in runs[runs["workload"] == workload].groupby("path", sort=True):
+        g = group[group["feasible"] > 0].sort_values("query_size")
+        if g.empty:
+            continue
+        line, = ax.plot(g["query_size"], g["p50_ms"], marker="o", label=f"{path} p50")
+        ax.fill_between(g["query_size"], g["p50_ms"], g[f"{percentile}_ms"], color=line.get_color(), alpha=0.2)
+    ax.set(xscale="log", yscale="log", xlabel="query size (samples)", ylabel="latency (ms)",
+           title=f"latency vs query size, {workload} (band: p50 to {percentile})")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    out = folder / f"latency_{_slug(workload)}.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def mapping_heatmap(table: pd.DataFrame, workload: str, percentile: str, folder: Path) -> Path:
+    plt = _pyplot()
+    cells = table[table["workload"] == workload]
+    sizes = sorted(cells["query_size"].unique())
+    targets = sorted(cells["target_ms"].unique())
+    choices = sorted({c for c in cells["choice"] if chosen(c)})
+    code = {c: i + 1 for i, c in enumerate(choices)}
+    grid = np.zeros((len(sizes), len(targets)))
+    fig, ax = plt.subplots(figsize=(1.2 * len(targets) + 3, 0.5 * len(sizes) + 2))
+    for _, c in cells.iterrows():
+        i, j = sizes.index(c["query_size"]), targets.index(c["target_ms"])
+        grid[i, j] = code.get(c["choice"], 0) if chosen(c["choice"]) else 0
+        ax.text(j, i, c["choice"] if chosen(c["choice"]) else "-", ha="center", va="center", fontsize=7)
+    cmap = plt.get_cmap("tab10", max(2, len(choices) + 1))
+    ax.imshow(grid, cmap=cmap, vmin=0, vmax=max(1, len(choices)), aspect="auto")
+    ax.set_xticks(range(len(targets)), [f"{t:g}" for t in targets])
+    ax.set_yticks(range(len(sizes)), [str(int(q)) for q in sizes])
+    ax.set(xlabel=f"{percentile} latency target (ms)", ylabel="query size",
+           title=f"chosen path, {workload} ('-': none meets the target)")
+    out = folder / f"mapping_{_slug(workload)}.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def pareto(paths: pd.DataFrame, front: pd.Series, workload: str, folder: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    rated = paths[(paths["workload"] == workload) & paths["accuracy"].notna()]
+    ax.scatter(rated["peak_correct_throughput"], rated["accuracy"], color="tab:blue")
+    for _, r in rated.iterrows():
+        ax.annotate(r["path"], (r["peak_correct_throughput"], r["accuracy"]), fontsize=8, xytext=(4, 4),
+                    textcoords="offset points")
+    on_front = rated[front.reindex(rated.index, fill_value=False)].sort_values("peak_correct_throughput")
+    ax.plot(on_front["peak_correct_throughput"], on_front["accuracy"], color="tab:red", label="Pareto front")
+    ax.set(xscale="log", xlabel="peak correct predictions / s (accuracy x samples/s)", ylabel="accuracy",
+           title=f"accuracy vs correct-prediction throughput, {workload}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    out = folder / f"pareto_{_slug(workload)}.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def roofline(runs: pd.DataFrame, device: str, folder: Path) -> Path | None:
+    """Measured GEMM peak and bandwidths as roofs; each path at each query size by arithmetic intensity."""
+    plt = _pyplot()
+    rows = runs[(runs["device"] == device) & (runs["feasible"] > 0)].copy()
+    if rows.empty:
+        return None
+    peak = rows["device_gemm_gflops"].dropna()
+    if peak.empty:
+        return None
+    peak = float(peak.iloc[0])
+    q = rows["query_size"]
+    flops = rows["flops_per_sample"] * q
+    moved = rows["bytes_read_per_sample"] * q + rows["bytes_read_fixed"]
+    rows["intensity"] = flops / moved
+    rows["gflops"] = flops / (q / rows["samples_per_s"]) / 1e9
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x = np.logspace(np.log10(max(rows["intensity"].min() / 4, 1e-3)), np.log10(rows["intensity"].max() * 4), 100)
+    for name, style in (("device_gather_gbps", ":"), ("device_copy_gbps", "--")):
+        bandwidth = rows[name].dropna()
+        if not bandwidth.empty:
+            bw = float(bandwidth.iloc[0])
+            ax.plot(x, np.minimum(peak, bw * x), style, color="black",
+                    label=f"measured {name.split('_')[1]} {bw:.1f} GB/s, GEMM {peak:.0f} GFLOP/s")
+    for path, group in rows.groupby("path", sort=True):
+        ax.plot(group["intensity"], group["gflops"], marker="o", linestyle="-", label=path)
+        for _, r in group.iterrows():
+            ax.annotate(str(int(r["query_size"])), (r["intensity"], r["gflops"]), fontsize=6,
+                        xytext=(2, 2), textcoords="offset points")
+    ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte read)", ylabel="GFLOP/s",
+           title=f"roofline, {device} (points: query sizes)")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7)
+    out = folder / f"roofline_{_slug(device)}.png"
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out

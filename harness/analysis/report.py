@@ -1,0 +1,110 @@
+"""Write an experiment's analysis: tables, plots, a summary, and an MLflow run holding them all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import pandas as pd
+from omegaconf import MISSING
+
+from harness.analysis import mapping as mp
+from harness.analysis import plots
+from harness.analysis.runs import join_quality, tidy
+from harness.config import TrackingConfig
+
+
+@dataclass
+class AnalysisConfig:
+    experiment_name: str = MISSING
+    parent_run_id: Optional[str] = MISSING  # only this sweep's runs
+    targets_ms: List[float] = MISSING
+    percentile: str = MISSING
+    memory_headroom: float = MISSING
+    rank_by: str = MISSING
+    output_dir: Optional[str] = MISSING  # null: <results_dir>/<experiment>/analysis
+    log_to_mlflow: bool = MISSING
+    plots: bool = MISSING
+    devices: Dict[str, Optional[float]] = MISSING  # nominal capacities in bytes; null: this machine's RAM
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def settings(self) -> mp.MappingSettings:
+        if not self.targets_ms or min(self.targets_ms) <= 0:
+            raise ValueError(f"targets_ms: must be positive latency targets, got {self.targets_ms}")
+        if not 0 <= self.memory_headroom < 1:
+            raise ValueError(f"memory_headroom: must be in [0, 1), got {self.memory_headroom}")
+        return mp.MappingSettings(tuple(self.targets_ms), self.percentile, self.memory_headroom, self.rank_by)
+
+
+@dataclass
+class Analysis:
+    folder: Path
+    paths: pd.DataFrame
+    mapping: pd.DataFrame
+    feasibility: pd.DataFrame
+    summary: list[str]
+    missing: list[str]
+    figures: list[Path]
+    run_id: str | None = None
+
+
+def _mapping_markdown(table: pd.DataFrame, percentile: str) -> str:
+    lines = []
+    for workload, cells in table.groupby("workload", sort=True):
+        targets = sorted(cells["target_ms"].unique())
+        lines += [f"## {workload}", "",
+                  f"Chosen path per query size (rows) and {percentile} latency target (columns), with its "
+                  "correct predictions/s (accuracy x samples/s), the runner-up and the margin.", "",
+                  "| query size | " + " | ".join(f"<= {t:g} ms" for t in targets) + " |",
+                  "|---" * (len(targets) + 1) + "|"]
+        for q, row in cells.groupby("query_size", sort=True):
+            out = []
+            for t in targets:
+                c = row[row["target_ms"] == t].iloc[0]
+                if mp.chosen(c["choice"]):
+                    runner = (f"; 2nd {c['runner_up']} (+{100 * c['margin']:.0f}%)" if mp.chosen(c["runner_up"])
+                              else "")
+                    out.append(f"**{c['choice']}** {c['score']:,.0f}/s{runner}")
+                else:
+                    out.append("none" if "meets" in c["note"] else c["note"])
+            lines.append(f"| {int(q)} | " + " | ".join(out) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_analysis(records: list[dict], config: AnalysisConfig, folder: Path, errors: dict[str, str],
+                   ram_bytes: float) -> Analysis:
+    """Everything from plain run records; pure but for writing into `folder`."""
+    settings = config.settings()
+    folder.mkdir(parents=True, exist_ok=True)
+    runs = join_quality(tidy(records)) if records else tidy([])
+    table = mp.mapping(runs, settings) if records else pd.DataFrame()
+    paths = mp.paths_table(runs, settings) if records else pd.DataFrame()
+    devices = {name: (cap if cap else ram_bytes) for name, cap in config.devices.items()}
+    feasibility = mp.feasibility_matrix(paths, devices, settings.memory_headroom) if len(paths) else pd.DataFrame()
+    summary = mp.regimes(table, settings.percentile) if len(table) else []
+    missing = mp.missing_report(runs, errors) if records else ["no runs of kind 'latency' in this experiment"]
+    paths.to_csv(folder / "paths.csv", index=False)
+    table.to_csv(folder / "mapping.csv", index=False)
+    feasibility.to_csv(folder / "feasibility.csv", index=False)
+    report = [f"# Mapping: experiment '{config.experiment_name}'", "", "## Summary", "",
+              *(f"- {s}" for s in summary), "", "## Missing or unusable", "",
+              *(f"- {m}" for m in (missing or ["nothing: every run finished and every path is rated"])), ""]
+    if len(table):
+        report.append(_mapping_markdown(table, settings.percentile))
+    (folder / "mapping.md").write_text("\n".join(report) + "\n")
+    figures: list[Path] = []
+    if config.plots and len(table):
+        done = mp.latest_finished(runs)
+        for workload in sorted(done["workload"].unique()):
+            figures.append(plots.latency_vs_query_size(done, workload, settings.percentile, folder))
+            figures.append(plots.mapping_heatmap(table, workload, settings.percentile, folder))
+            rated = paths[paths["workload"] == workload]
+            front = mp.pareto_front(rated.fillna({"accuracy": float("nan")}), "peak_correct_throughput", "accuracy")
+            figures.append(plots.pareto(paths, front, workload, folder))
+        for device in sorted(done["device"].dropna().unique()):
+            out = plots.roofline(done, device, folder)
+            if out:
+                figures.append(out)
+    return Analysis(folder, paths, table, feasibility, summary, missing, figures)

@@ -1,0 +1,168 @@
+"""The mapping's rules on hand-made run tables with known answers (no MLflow, no clock, no device)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.analysis import mapping as mp
+from harness.analysis.report import AnalysisConfig, write_analysis
+from harness.analysis.runs import join_quality, tidy
+from harness.config import TrackingConfig
+
+GB = 1e9
+SETTINGS = mp.MappingSettings(targets_ms=(1, 10, 100), percentile="p99", memory_headroom=0.1)
+
+
+def record(path, status="FINISHED", sizes=None, accuracy=0.78, param_bytes=1e6, capacity=16 * GB,
+           start=0, error=None, scale="0.1", quality_key=None):
+    """An MLflow-like run record; sizes = {query size: (p99 ms, samples/s)} or {q: None} for out of memory."""
+    rep, backend = path.split("@")
+    sizes = sizes or {}
+    per_size = {
+        "latency_p50_ms": {q: v[0] * 0.8 for q, v in sizes.items() if v},
+        "latency_p90_ms": {q: v[0] * 0.9 for q, v in sizes.items() if v},
+        "latency_p95_ms": {q: v[0] * 0.95 for q, v in sizes.items() if v},
+        "latency_p99_ms": {q: v[0] for q, v in sizes.items() if v},
+        "samples_per_s": {q: v[1] for q, v in sizes.items() if v},
+        "feasible": {q: float(v is not None) for q, v in sizes.items()},
+    }
+    metrics = {"param_bytes": param_bytes, "flops_per_sample": 1e6, "bytes_read_per_sample": 2e3,
+               "bytes_read_per_query_fixed": 1e6, "device_memory_bytes": capacity,
+               "device_gemm_gflops": 60.0, "device_gather_gbps": 5.0, "device_copy_gbps": 10.0}
+    if accuracy is not None:
+        metrics["accuracy"] = accuracy
+    tags = {"path": path, "representation": rep, "backend": backend, "device_name": backend.upper()}
+    if error:
+        tags["error"] = error
+    if quality_key:
+        tags["quality_key"] = quality_key
+    return {"run_id": f"{path}-{start}", "status": status, "start_time": start, "tags": tags,
+            "params": {"dataset.name": "synthetic_kaggle", "dataset.scale": scale}, "metrics": metrics,
+            "per_size": per_size if sizes else {}}
+
+
+def table_of(*records):
+    return join_quality(tidy(list(records)))
+
+
+def cell(table, q, target):
+    return table[(table["query_size"] == q) & (table["target_ms"] == target)].iloc[0]
+
+
+def test_infeasible_paths_are_never_chosen():
+    runs = table_of(
+        record("table@ipu", sizes={64: (0.1, 1e9)}, param_bytes=2.2 * GB, capacity=0.9 * GB),  # does not fit
+        record("hybrid@cpu", sizes={64: None, 1: (0.5, 1e5)}),  # out of memory at 64
+        record("dhe@cpu", sizes={64: (5.0, 1e4), 1: (2.0, 500)}),
+    )
+    table = mp.mapping(runs, SETTINGS)
+    assert cell(table, 64, 10)["choice"] == "dhe@cpu"
+    assert not (table["choice"] == "table@ipu").any()
+    assert cell(table, 1, 1)["choice"] == "hybrid@cpu"
+    assert not ((table["query_size"] == 64) & (table["choice"] == "hybrid@cpu")).any()
+
+
+def test_choice_maximises_correct_predictions_and_reports_runner_up_and_margin():
+    runs = table_of(record("table@cpu", sizes={64: (2.0, 30_000)}, accuracy=0.75),
+                    record("dhe@gpu", sizes={64: (1.5, 32_000)}, accuracy=0.80))
+    c = cell(mp.mapping(runs, SETTINGS), 64, 10)
+    assert c["choice"] == "dhe@gpu" and c["score"] == pytest.approx(0.80 * 32_000)
+    assert c["runner_up"] == "table@cpu"
+    assert c["margin"] == pytest.approx(0.80 * 32_000 / (0.75 * 30_000) - 1)
+
+
+def test_ties_are_broken_deterministically():
+    same = dict(accuracy=0.8)
+    a = record("b_path@cpu", sizes={8: (3.0, 1000)}, param_bytes=2e6, **same)
+    b = record("a_path@cpu", sizes={8: (3.0, 1000)}, param_bytes=2e6, **same)  # same score, latency, size
+    c = record("c_path@cpu", sizes={8: (3.0, 1000)}, param_bytes=1e6, **same)  # smaller model
+    d = record("d_path@cpu", sizes={8: (2.5, 1000)}, param_bytes=9e6, **same)  # lower latency
+    for order in ([a, b, c, d], [d, c, b, a], [c, a, d, b]):
+        assert cell(mp.mapping(table_of(*order), SETTINGS), 8, 10)["choice"] == "d_path@cpu"
+    for order in ([a, b, c], [c, b, a]):
+        assert cell(mp.mapping(table_of(*order), SETTINGS), 8, 10)["choice"] == "c_path@cpu"
+    for order in ([a, b], [b, a]):
+        assert cell(mp.mapping(table_of(*order), SETTINGS), 8, 10)["choice"] == "a_path@cpu"
+
+
+def test_a_target_no_path_meets_says_so():
+    c = cell(mp.mapping(table_of(record("table@cpu", sizes={64: (2.0, 30_000)})), SETTINGS), 64, 1)
+    assert not mp.chosen(c["choice"]) and "no path meets p99 <= 1 ms" in c["note"]
+
+
+def test_a_path_without_quality_is_never_given_one():
+    runs = table_of(record("tt@cpu", sizes={64: (1.0, 90_000)}, accuracy=None),
+                    record("table@cpu", sizes={64: (2.0, 30_000)}, accuracy=0.75))
+    c = cell(mp.mapping(runs, SETTINGS), 64, 10)
+    assert c["choice"] == "table@cpu" and "unrated (no quality): tt@cpu" in c["note"]
+    assert runs.loc[runs["path"] == "tt@cpu", "accuracy"].isna().all()
+    only_unrated = cell(mp.mapping(table_of(record("tt@cpu", sizes={64: (1.0, 9e4)}, accuracy=None)), SETTINGS), 64, 10)
+    assert not mp.chosen(only_unrated["choice"]) and "fastest unrated: tt@cpu" in only_unrated["note"]
+    by_throughput = mp.MappingSettings(targets_ms=(10,), rank_by="throughput")
+    assert cell(mp.mapping(runs, by_throughput), 64, 10)["choice"] == "tt@cpu"
+
+
+def test_quality_is_joined_from_the_same_representation_and_workload():
+    runs = table_of(record("dhe@cpu", sizes={64: (9.0, 5000)}, accuracy=0.81, start=1),
+                    record("dhe@gpu", sizes={64: (1.0, 90_000)}, accuracy=None, start=2),
+                    record("dhe@tpu", sizes={64: (1.0, 90_000)}, accuracy=None, start=3, scale="1.0"))
+    accuracy = runs.groupby("path")["accuracy"].first()
+    assert accuracy["dhe@gpu"] == 0.81
+    assert math.isnan(accuracy["dhe@tpu"])  # another workload (scale 1.0): not the same model
+
+
+def test_pareto_front_on_a_small_set():
+    points = pd.DataFrame({"x": [1.0, 2.0, 3.0, 2.0, 0.5, 3.0], "y": [0.9, 0.8, 0.7, 0.7, 0.95, 0.6]})
+    assert mp.pareto_front(points, "x", "y").tolist() == [True, True, True, False, True, False]
+
+
+def test_regime_sentences_merge_query_size_ranges():
+    runs = table_of(record("table@cpu", sizes={1: (0.5, 2000), 8: (0.8, 10_000), 64: (20.0, 30_000)}),
+                    record("dhe@gpu", sizes={64: (3.0, 20_000), 1024: (8.0, 120_000)}))
+    sentences = mp.regimes(mp.mapping(runs, SETTINGS))
+    assert "p99 <= 1 ms: table@cpu for query sizes 1-8; no path for query sizes 64-1024." in sentences[0]
+    assert "p99 <= 10 ms: table@cpu for query sizes 1-8; dhe@gpu for query sizes 64-1024." in sentences[1]
+
+
+def _config(tmp_path) -> AnalysisConfig:
+    return AnalysisConfig(experiment_name="x", parent_run_id=None, targets_ms=[1, 10], percentile="p99",
+                          memory_headroom=0.1, rank_by="correct_throughput", output_dir=str(tmp_path),
+                          log_to_mlflow=False, plots=True, devices={"ipu_gc200": 9e8, "cpu_here": None},
+                          tracking=TrackingConfig(uri=None, results_dir=str(tmp_path), parent_run_id=None))
+
+
+def test_a_partial_experiment_reports_what_is_missing(tmp_path):
+    records = [record("table@cpu", sizes={1: (0.5, 2000), 64: (2.0, 30_000)}, param_bytes=2.2 * GB),
+               record("dhe@cuda", status="FAILED", error="BackendUnavailable: no GPU driver found"),
+               record("tt@cpu", sizes={64: (1.0, 90_000)}, accuracy=None)]
+    out = write_analysis(records, _config(tmp_path), tmp_path, {"dhe@cuda-0": "BackendUnavailable: no GPU"}, 24 * GB)
+    missing = "\n".join(out.missing)
+    assert "dhe@cuda" in missing and "FAILED" in missing and "no GPU" in missing
+    assert "tt@cpu" in missing and "no measured quality" in missing
+    for name in ("paths.csv", "mapping.csv", "mapping.md", "feasibility.csv"):
+        assert (tmp_path / name).is_file()
+    assert {p.name for p in out.figures} >= {"mapping_synthetic_kaggle_x0_1.png", "roofline_CPU.png"}
+    feasibility = pd.read_csv(tmp_path / "feasibility.csv")
+    row = feasibility[feasibility["representation"] == "table"].iloc[0]
+    assert not row["ipu_gc200"] and row["cpu_here"]  # 2.2 GB fits 24 GB of RAM, not a 900 MB IPU
+
+
+def test_an_empty_experiment_yields_a_report_not_a_crash(tmp_path):
+    out = write_analysis([], _config(tmp_path), tmp_path, {}, 24 * GB)
+    assert out.missing == ["no runs of kind 'latency' in this experiment"]
+    assert "no runs" in (tmp_path / "mapping.md").read_text()
+
+
+def test_paths_table_reports_throughput_and_fraction_of_peak():
+    runs = table_of(record("dhe@cpu", sizes={1024: (100.0, 10_000)}))
+    paths = mp.paths_table(runs, SETTINGS)
+    row = paths.iloc[0]
+    assert row["achieved_gflops"] == pytest.approx(1e6 * 10_000 / 1e9)
+    assert row["fraction_of_gemm_peak"] == pytest.approx(10.0 / 60.0)
+    assert row["achieved_gbps"] == pytest.approx((2e3 * 10_000 + 1e6 * 10_000 / 1024) / 1e9)
+    assert row["peak_correct_throughput"] == pytest.approx(0.78 * 10_000)
+    assert np.isfinite(row["p99_ms@1024"])
