@@ -53,12 +53,13 @@ def run_analysis(config: AnalysisConfig, quiet: bool = False) -> Analysis:
 
 def print_analysis(analysis: Analysis, config: AnalysisConfig) -> None:
     from rich.console import Console
+    from rich.markup import escape
 
     console = Console(stderr=True, width=160)
     console.print(f"[bold]analysis of '{config.experiment_name}'[/bold] -> {analysis.folder}")
     for sentence in analysis.summary:
-        console.print(f"  {sentence}")
+        console.print(f"  {escape(sentence)}")
     for line in analysis.missing:
-        console.print(f"  [yellow]missing:[/yellow] {line}")
+        console.print(f"  [yellow]missing:[/yellow] {escape(line)}")
     if analysis.run_id:
         console.print(f"  logged as MLflow run {analysis.run_id}")
