@@ -18,6 +18,9 @@ __all__ = ["Backend", "BackendConfig", "BackendUnavailable", "DeviceInfo", "adap
 ADAPTERS: dict[str, str] = {
     "cpu": "backends.cpu:CpuBackend",
     "cuda": "backends.cuda:CudaBackend",
+    "tpu": "backends.tpu:TpuBackend",
+    "ipu": "backends.ipu:IpuBackend",
+    "tf": "backends.tf:TfBackend",
 }
 # `backend.name=auto` takes the first available of these.
 AUTO_ORDER: tuple[str, ...] = ("cuda", "cpu")

@@ -104,6 +104,28 @@ class Backend(ABC):
     def synchronize(self, output: Any) -> None:
         """Return only when the work that produced `output` is complete."""
 
+    def device_time_s(self) -> float | None:
+        """Device-side time of the last synchronized iteration (CUDA events), if the device keeps one."""
+        return None
+
+    # Queries one `run` call serves (IPU device iterations: one call runs several queries back to back on
+    # the device); the harness divides each call's time by it to report per-query latency.
+    queries_per_call: int = 1
+
+    def mark_steady(self) -> None:
+        """Called when warm-up ends and the measured phase begins (XLA: count recompilations from here)."""
+
+    def begin_size(self, query_size: int) -> None:
+        """Called before a query size's first call (reset peak-memory or compile counters)."""
+
+    def end_size(self) -> dict[str, float]:
+        """Metrics of the query size just measured (peak memory, recompilations), logged at its step."""
+        return {}
+
+    def prepare_metrics(self) -> dict[str, float]:
+        """Metrics of `prepare` itself (compile time), recorded apart from steady state."""
+        return {}
+
     def to_host(self, output: Any) -> Any:
         """The output as a host (CPU) torch tensor, for cross-checks."""
         return output

@@ -14,12 +14,13 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from backends.base import Backend, BackendConfig, DeviceInfo, host_memory_bytes
+from backends.base import DeviceInfo, host_memory_bytes
+from backends.torch_backend import TorchBackend, TorchConfig
 from harness.environment import cpu_model_name, physical_cores
 
 
 @dataclass
-class CpuConfig(BackendConfig):
+class CpuConfig(TorchConfig):
     name: str = "cpu"
     # null keeps torch's default (one thread per physical core); the value in force is recorded.
     num_threads: Optional[int] = MISSING
@@ -33,14 +34,11 @@ class CpuConfig(BackendConfig):
                 raise ValueError(f"{key}: must be >= 1 or null, got {value}")
 
 
-class CpuBackend(Backend):
+class CpuBackend(TorchBackend):
     name = "cpu"
     config_class = CpuConfig
     install_hint = "Install torch: pip install torch"
-
-    def __init__(self, config: CpuConfig) -> None:
-        super().__init__(config)
-        self.model: Any = None
+    device = "cpu"
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -70,25 +68,16 @@ class CpuBackend(Backend):
             except RuntimeError:
                 # Only settable before the first parallel work in the process (e.g. a multirun's job 2).
                 pass
-        # Inference only: with no parameter requiring grad, autograd records nothing, so `run` needs no
-        # per-call inference_mode context (that context alone costs ~5 us, 1% of a query-size-1 run).
-        self.model = model.eval().requires_grad_(False)
+        super().prepare(model, example)
 
     def place(self, batch):
-        return batch
-
-    def run(self, batch):
-        return self.model(*batch)
+        return batch  # already in host memory
 
     def synchronize(self, output) -> None:
         return None
 
-    def peak_kernels(self, size_scale: float = 1.0) -> dict[str, tuple]:
-        from backends.torch_kernels import torch_peak_kernels
-
-        return torch_peak_kernels("cpu", self.device_info().memory_bytes, size_scale)
-
     def run_params(self) -> dict[str, Any]:
         import torch
 
-        return {"num_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}
+        return {"num_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+                "compile": self.config.compile}

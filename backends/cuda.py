@@ -1,7 +1,10 @@
 """CUDA backend: torch on one NVIDIA (or ROCm) GPU.
 
-Synchronization: kernels are queued asynchronously, so `synchronize` waits on the device
-(`torch.cuda.synchronize`) before the harness reads its clock.
+Synchronization: kernels are queued asynchronously; `synchronize` waits for the device
+(`torch.cuda.synchronize`) before the harness reads its clock. Every iteration is also bracketed by
+CUDA events, so each run records the device's own time beside the wall clock (`device_latency_*`).
+Out of memory at a query size is caught, the allocator's cache emptied, and the ladder goes on; the
+peak allocated memory of each query size is recorded (`peak_memory_bytes`).
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from backends.base import Backend, BackendConfig, DeviceInfo
+from backends.base import DeviceInfo
+from backends.torch_backend import TorchBackend, TorchConfig
 
 # Device nodes of the NVIDIA driver (Linux, containers), WSL2's GPU bridge, and ROCm. Looking for them
 # first lets `auto` decide without importing torch on machines that plainly have no GPU.
@@ -21,7 +25,7 @@ _DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd"
 
 
 @dataclass
-class CudaConfig(BackendConfig):
+class CudaConfig(TorchConfig):
     name: str = "cuda"
     device_index: int = MISSING
 
@@ -31,14 +35,15 @@ class CudaConfig(BackendConfig):
             raise ValueError(f"device_index: must be >= 0, got {self.device_index}")
 
 
-class CudaBackend(Backend):
+class CudaBackend(TorchBackend):
     name = "cuda"
     config_class = CudaConfig
     install_hint = "Install a CUDA build of torch (pip install torch) on a machine with an NVIDIA GPU."
 
     def __init__(self, config: CudaConfig) -> None:
         super().__init__(config)
-        self.model: Any = None
+        self.device = f"cuda:{config.device_index}"
+        self._events: tuple[Any, Any] | None = None
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -52,10 +57,6 @@ class CudaBackend(Backend):
             return False, f"torch {torch.__version__} sees no CUDA device"
         return True, torch.cuda.get_device_name(0)
 
-    @property
-    def device(self) -> str:
-        return f"cuda:{self.config.device_index}"
-
     def device_info(self) -> DeviceInfo:
         import torch
 
@@ -67,45 +68,55 @@ class CudaBackend(Backend):
             memory_bytes=self.config.memory_bytes or int(props.total_memory),
             framework="torch",
             framework_version=metadata.version("torch"),
-            details={
-                "cuda": torch.version.cuda,
-                "capability": f"{props.major}.{props.minor}",
-                "multiprocessors": props.multi_processor_count,
-            },
+            details={"cuda": torch.version.cuda, "capability": f"{props.major}.{props.minor}",
+                     "multiprocessors": props.multi_processor_count},
         )
 
     def prepare(self, model, example) -> None:
         import torch
 
         torch.cuda.set_device(self.config.device_index)
-        # Inference only (see backends/cpu.py): no per-call autograd context needed.
-        self.model = model.eval().requires_grad_(False).to(self.device)
+        self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+        super().prepare(model, example)
 
     def place(self, batch):
         return type(batch)(*(t.to(self.device, non_blocking=False) for t in batch))
 
     def run(self, batch):
-        return self.model(*batch)
+        start, end = self._events
+        start.record()
+        out = self.model(*batch)
+        end.record()
+        return out
 
     def synchronize(self, output) -> None:
         import torch
 
         torch.cuda.synchronize(self.config.device_index)
 
-    def to_host(self, output):
-        return output.cpu()
+    def device_time_s(self) -> float | None:
+        start, end = self._events
+        return start.elapsed_time(end) / 1e3  # ms -> s; valid after synchronize
+
+    def begin_size(self, query_size: int) -> None:
+        import torch
+
+        torch.cuda.reset_peak_memory_stats(self.config.device_index)
+
+    def end_size(self) -> dict[str, float]:
+        import torch
+
+        return {"peak_memory_bytes": float(torch.cuda.max_memory_allocated(self.config.device_index))}
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         import torch
 
         return isinstance(exc, torch.cuda.OutOfMemoryError) or super().is_out_of_memory(exc)
 
-    def peak_kernels(self, size_scale: float = 1.0) -> dict[str, tuple]:
-        from backends.torch_kernels import torch_peak_kernels
-
-        return torch_peak_kernels(self.device, self.device_info().memory_bytes, size_scale)
-
     def release_memory(self) -> None:
         import torch
 
         torch.cuda.empty_cache()
+
+    def run_params(self) -> dict[str, Any]:
+        return {"device": self.device, "compile": self.config.compile}

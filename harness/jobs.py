@@ -138,7 +138,8 @@ def _run(p: Plan, container: dict, multirun: bool) -> dict[str, Any]:
         except Exception as exc:  # the recorder has ended the run FAILED
             if not multirun:
                 raise
-            return {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
+            return {"status": "failed", "run_id": getattr(exc, "mlflow_run_id", None),
+                    "error": f"{type(exc).__name__}: {exc}"}
         return {"status": "finished", "run_id": result["run_id"]}
     return _run_isolated(p, container, ledger)
 

@@ -91,6 +91,7 @@ class Timing:
     first_call_s: float
     warmup_iters: int
     latencies_s: list[float]
+    device_latencies_s: list[float] = field(default_factory=list)  # device-side (CUDA events), if any
 
 
 def time_iterations(
@@ -98,8 +99,13 @@ def time_iterations(
     synchronize: Callable[[Any], None],
     settings: LadderSettings,
     clock: Clock = time.perf_counter,
+    device_time: Callable[[], float | None] | None = None,
+    on_steady: Callable[[], None] | None = None,
 ) -> Timing:
-    """Time `step(i)` (which launches iteration i) with `synchronize(out)` inside every timed region."""
+    """Time `step(i)` (which launches iteration i) with `synchronize(out)` inside every timed region.
+
+    `device_time()`, read after the clock, gives the device's own time for the iteration just done.
+    """
     t0 = clock()
     synchronize(step(0))
     first_call = clock() - t0
@@ -112,8 +118,11 @@ def time_iterations(
         if clock() - warm_start > settings.max_time_s:
             break
     warmup = i - 1
+    if on_steady is not None:
+        on_steady()
 
     samples: list[float] = []
+    device_samples: list[float] = []
     append = samples.append
     begin = clock()
     while True:
@@ -122,6 +131,10 @@ def time_iterations(
         synchronize(out)
         t1 = clock()
         append(t1 - t0)
+        if device_time is not None:
+            elapsed = device_time()
+            if elapsed is not None:
+                device_samples.append(elapsed)
         i += 1
         elapsed = t1 - begin
         n = len(samples)
@@ -129,7 +142,8 @@ def time_iterations(
             break
         if n >= settings.min_iters and elapsed >= settings.min_time_s:
             break
-    return Timing(first_call_s=first_call, warmup_iters=warmup, latencies_s=samples)
+    return Timing(first_call_s=first_call, warmup_iters=warmup, latencies_s=samples,
+                  device_latencies_s=device_samples)
 
 
 @dataclass
@@ -141,6 +155,9 @@ class QuerySizeResult:
     latencies_s: list[float] = field(default_factory=list)
     stats: LatencyStats | None = None
     error: str | None = None
+    device_latencies_s: list[float] = field(default_factory=list)  # the device's own timer, if it has one
+    device_stats: LatencyStats | None = None
+    extra: dict[str, float] = field(default_factory=dict)  # the adapter's per-size metrics
 
 
 def run_ladder(
@@ -161,9 +178,16 @@ def run_ladder(
         try:
             pool = [backend.place(batch) for batch in make_pool(query_size)]
             count = len(pool)
+            backend.begin_size(query_size)
             timing = time_iterations(
-                lambda i: backend.run(pool[i % count]), backend.synchronize, settings, clock
+                lambda i: backend.run(pool[i % count]), backend.synchronize, settings, clock,
+                device_time=backend.device_time_s, on_steady=backend.mark_steady,
             )
+            per_call = backend.queries_per_call
+            if per_call != 1:  # one call served `per_call` queries back to back: per-query time
+                timing.first_call_s /= per_call
+                timing.latencies_s = [t / per_call for t in timing.latencies_s]
+                timing.device_latencies_s = [t / per_call for t in timing.device_latencies_s]
             result = QuerySizeResult(
                 query_size=query_size,
                 feasible=True,
@@ -171,6 +195,9 @@ def run_ladder(
                 warmup_iters=timing.warmup_iters,
                 latencies_s=timing.latencies_s,
                 stats=summarize(timing.latencies_s, query_size),
+                device_latencies_s=timing.device_latencies_s,
+                device_stats=summarize(timing.device_latencies_s, query_size) if timing.device_latencies_s else None,
+                extra=backend.end_size(),
             )
         except Exception as exc:  # noqa: BLE001 - classified just below
             if not backend.is_out_of_memory(exc):

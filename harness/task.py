@@ -103,10 +103,11 @@ def plan(cfg: Any) -> Plan:
 def _raw_samples_csv(results: list[QuerySizeResult]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["query_size", "iteration", "latency_s"])
+    writer.writerow(["query_size", "iteration", "latency_s", "device_latency_s"])
     for r in results:
+        device = r.device_latencies_s
         for i, latency in enumerate(r.latencies_s):
-            writer.writerow([r.query_size, i, repr(latency)])
+            writer.writerow([r.query_size, i, repr(latency), repr(device[i]) if i < len(device) else ""])
     return out.getvalue()
 
 
@@ -128,6 +129,10 @@ def _size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, floa
         ("achieved_gflops", cost.flops(q) / mean_s / 1e9, q),
         ("achieved_gbps", cost.bytes_read(q) / mean_s / 1e9, q),
     ]
+    if result.device_stats is not None:
+        device = result.device_stats.as_dict()
+        rows += [(f"device_latency_{k}", device[k], q) for k in ("p50_ms", "p99_ms", "mean_ms")]
+    rows += [(key, value, q) for key, value in result.extra.items()]
     if peaks.get("gemm_gflops"):
         rows.append(("fraction_of_gemm_peak", cost.flops(q) / mean_s / 1e9 / peaks["gemm_gflops"], q))
     if peaks.get("gather_gbps"):
@@ -232,7 +237,8 @@ def measure_path(p: Plan, run_id: str | None = None) -> dict[str, Any]:
         adapter.prepare(model, make_pool(1)[0])
         prepare_s = time.perf_counter() - t0
         recorder.log_params({"backend_resolved": adapter.run_params()})
-        recorder.log_metrics({"build_s": build_s, "prepare_s": prepare_s, "device_memory_bytes": device.memory_bytes})
+        recorder.log_metrics({"build_s": build_s, "prepare_s": prepare_s, "device_memory_bytes": device.memory_bytes,
+                              **adapter.prepare_metrics()})
         peaks = {}
         if m.device_peaks:
             from harness.device_peaks import device_peaks

@@ -199,6 +199,10 @@ class RunRecorder:
             return False
         mark_failed(self.client, self.run_id, f"{exc_type.__name__}: {exc}",
                     "".join(traceback.format_exception(exc_type, exc, tb)))
+        try:
+            exc.mlflow_run_id = self.run_id  # lets the job's status name the run it failed
+        except AttributeError:
+            pass
         return False
 
     def find_finished_run(self, tags: Mapping[str, str]):

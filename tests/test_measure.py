@@ -98,6 +98,20 @@ class AsyncAdapter:
     def is_out_of_memory(self, exc):
         return isinstance(exc, MemoryError)
 
+    def begin_size(self, query_size):
+        self.sizes_begun = getattr(self, "sizes_begun", []) + [query_size]
+
+    def end_size(self):
+        return {"fake_metric": 1.0}
+
+    def device_time_s(self):
+        return None
+
+    queries_per_call = 1
+
+    def mark_steady(self):
+        pass
+
     def release_memory(self):
         self.released = True
 
@@ -132,6 +146,30 @@ def test_out_of_memory_size_is_infeasible_and_the_ladder_goes_on():
     assert "out of memory" in results[1].error
     assert adapter.released
     assert results[2].stats.n == 5
+
+
+def test_the_ladder_brackets_each_size_and_keeps_the_adapters_metrics():
+    adapter = AsyncAdapter()
+    adapter.work_s = 0.0
+    results = run_ladder(adapter, [2, 4], lambda q: [q], FAST)
+    assert adapter.sizes_begun == [2, 4]
+    assert all(r.extra == {"fake_metric": 1.0} for r in results)
+
+
+def test_device_timer_samples_are_kept_beside_the_wall_clock():
+    clock = FakeClock(step_s=0.002)
+    settings = LadderSettings(warmup_iters=0, warmup_s=0, min_iters=3, min_time_s=0, max_iters=3, max_time_s=1)
+    timing = time_iterations(clock.step, lambda out: None, settings, clock, device_time=lambda: 0.0015)
+    assert timing.device_latencies_s == [0.0015] * 3
+    assert timing.latencies_s == pytest.approx([0.002] * 3)
+
+
+def test_several_queries_per_call_report_per_query_latency():
+    adapter = AsyncAdapter()
+    adapter.queries_per_call = 4  # e.g. IPU device iterations
+    results = run_ladder(adapter, [1], lambda q: [None], FAST)
+    assert min(results[0].latencies_s) >= AsyncAdapter.work_s / 4 * 0.95
+    assert max(results[0].latencies_s) < AsyncAdapter.work_s / 2
 
 
 def test_other_errors_propagate():

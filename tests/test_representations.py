@@ -125,6 +125,19 @@ def test_dhe_fast_encoding_is_bit_identical_to_the_definition(m, encoding):
     assert torch.equal(module.encode(ids), module._code(module.hash(flat).double()))
 
 
+@pytest.mark.parametrize("m", [2, 7, 1_000_000, 1 << 26])
+def test_dhe_32_bit_hashing_gives_the_same_buckets(m):
+    module = DeepHashEmbedding(range(3), small_dhe(k=32, decoder=[32, 6], m=m), dim=4)
+    ids = torch.randint(0, 2**62, (3, 2000), generator=torch.Generator().manual_seed(m))
+    assert torch.equal(module.hash_int32(ids).long(), module.hash(ids))
+    small = torch.randint(0, 2**31 - 1, (3, 2000), dtype=torch.int32)  # int32 ids, as an IPU receives them
+    assert torch.equal(module.hash_int32(small).long(), module.hash(small.long()))
+    module.hash_arithmetic = "int32"
+    codes = module.encode(ids.T.reshape(-1, 3, 1))
+    module.hash_arithmetic = "float64"
+    torch.testing.assert_close(codes, module.encode(ids.T.reshape(-1, 3, 1)), rtol=0, atol=1e-6)
+
+
 def test_dhe_gaussian_codes_are_standard_normal_ish():
     module = DeepHashEmbedding([0], small_dhe(k=64, decoder=[64, 6], m=1_000_000, encoding="gaussian"), dim=4)
     codes = module.encode(torch.arange(20_000).view(-1, 1, 1))

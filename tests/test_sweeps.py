@@ -161,4 +161,4 @@ def test_team_mode_against_a_real_mlflow_server(run_harness, mlflow_server, tmp_
     for run in runs:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "latency_p50_ms")] == [4]
         local = Path(client.download_artifacts(run.info.run_id, "samples", str(tmp_path / run.info.run_id)))
-        assert (local / "latency_raw.csv").read_text().startswith("query_size,iteration,latency_s")
+        assert (local / "latency_raw.csv").read_text().startswith("query_size,iteration,latency_s,device_latency_s")

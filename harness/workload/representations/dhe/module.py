@@ -96,6 +96,19 @@ class DeepHashEmbedding(nn.Module):
         hidden = widths[1:-1]
         self.norms = nn.ModuleList(TableBatchNorm(tables, w) for w in hidden) if params.batch_norm else None
         self.activation = params.activation
+        # How the hash is computed; all give the same buckets. float64: fastest on CPUs (the default);
+        # int64: the definition; int32: for devices without 64-bit arithmetic (TPU, IPU), exact by limbs.
+        # Backend adapters pick one in prepare(); the representation never knows the device.
+        self.hash_arithmetic = "float64"
+        # a split into limbs of `limb_bits` (most significant first) for the int32 Horner evaluation.
+        self.limb_bits = 30 - self.p.bit_length()
+        if self.limb_bits >= 1:
+            limbs, a = [], self.hash_a.clone()
+            for _ in range(-(-self.p.bit_length() // self.limb_bits)):
+                limbs.append((a % (1 << self.limb_bits)).to(torch.int32))
+                a = a // (1 << self.limb_bits)
+            self.register_buffer("hash_a_limbs", torch.stack(limbs[::-1]), persistent=False)
+            self.register_buffer("hash_b32", self.hash_b.to(torch.int32), persistent=False)
 
     def hash(self, ids: torch.Tensor) -> torch.Tensor:
         """[T, N] int64 ids -> [T, N, k] int64 buckets: the definition, ((a x + b) mod p) mod m.
@@ -107,7 +120,25 @@ class DeepHashEmbedding(nn.Module):
         # a (x mod p) + b < p^2 + p, so raw 64-bit hashed ids cannot overflow either.
         return ((ids % self.p).unsqueeze(-1) * self.hash_a + self.hash_b) % self.p % self.m
 
+    def hash_int32(self, ids: torch.Tensor) -> torch.Tensor:
+        """The same buckets with 32-bit integers only: Horner's rule over limbs of a, reducing mod p
+        after every step. With y = x mod p < 2^k and limbs of 30 - k bits, r * 2^limb < 2^30 and
+        limb * y < 2^30, so no intermediate reaches 2^31 (p < 2^20 for the default m: two limbs)."""
+        if self.limb_bits < 1:
+            raise ValueError(f"representation.m={self.m:,} is too large for 32-bit hashing (p must be < 2^29)")
+        y = torch.remainder(ids, self.p).to(torch.int32).unsqueeze(-1)
+        r = torch.zeros(1, dtype=torch.int32, device=ids.device)
+        shift = 1 << self.limb_bits
+        for limb in self.hash_a_limbs:
+            r = torch.remainder(r * shift + limb * y, self.p)
+        r = torch.remainder(r + self.hash_b32, self.p)
+        return torch.where(r >= self.m, r - self.m, r)
+
     def _code(self, buckets: torch.Tensor) -> torch.Tensor:
+        # Integer buckets become float64 for the scaling where the device has it (bit-identical codes on
+        # every such device); int32 hashing means no float64 either: scale in float32 (within 1e-7).
+        wide = torch.float32 if self.hash_arithmetic == "int32" else torch.float64
+        buckets = buckets.to(wide)
         if self.encoding == "uniform":
             return (buckets * (2.0 / (self.m - 1)) - 1.0).to(torch.float32)
         # gaussian: Box-Muller on consecutive pairs; u1 in (0, 1] keeps the log finite.
@@ -127,6 +158,10 @@ class DeepHashEmbedding(nn.Module):
         arithmetic at query size 4096 (docs/performance.md).
         """
         tables = ids.shape[1]
+        if self.hash_arithmetic != "float64":
+            flat = ids.permute(1, 0, 2).reshape(tables, -1)
+            buckets = self.hash(flat) if self.hash_arithmetic == "int64" else self.hash_int32(flat)
+            return self._code(buckets)
         y = torch.remainder(ids.permute(1, 0, 2).reshape(tables, -1), self.p).to(torch.float64).unsqueeze(-1)
         lookups = y.shape[1]
         a, b = self.hash_a.to(torch.float64), self.hash_b.to(torch.float64)

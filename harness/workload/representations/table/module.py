@@ -34,6 +34,9 @@ class FusedTables(nn.Module):
         self.table_rows = tuple(int(r) for r in table_rows)
         self.dim = dim
         self.sparse_grad = sparse_grad
+        # bag: F.embedding_bag for multi-id bags (fastest on CPU and CUDA); gather_sum: F.embedding then
+        # a sum, which XLA compiles natively where embedding_bag falls back to the host. Adapters choose.
+        self.pooling = "bag"
         self.weight = nn.Parameter(torch.empty(sum(self.table_rows), dim))
         starts = [0]
         for rows in self.table_rows[:-1]:
@@ -52,6 +55,8 @@ class FusedTables(nn.Module):
         if per_bag == 1:
             # One id per bag (Criteo): a plain gather; the bag machinery only adds work here.
             out = F.embedding(flat.view(-1), self.weight, sparse=self.sparse_grad)
+        elif self.pooling == "gather_sum":
+            out = F.embedding(flat, self.weight, sparse=self.sparse_grad).sum(1)
         else:
             out = F.embedding_bag(flat, self.weight, mode="sum", sparse=self.sparse_grad)
         return out.view(batch, tables, self.dim)

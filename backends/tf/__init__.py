@@ -1,0 +1,112 @@
+"""TensorFlow backend: the same DLRM and representations in TF (backends/tf/model.py), torch weights loaded.
+
+`prepare` converts the torch model the harness built (so quality-trained weights carry over) into a
+`tf.function` (`jit_compile` with `backend.xla=true`). Synchronization: the harness's clock is read after
+`synchronize` materialises the result (`.numpy()`), which returns only when TF has computed it.
+TPUs through TF (`tf.distribute.TPUStrategy`) are documented in docs/backends.md, not exercised here.
+tensorflow is imported only inside this adapter's methods: `pip install -e ".[tf]"`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Optional
+
+from omegaconf import MISSING
+
+from backends.base import Backend, BackendConfig, DeviceInfo, host_memory_bytes
+
+INSTALL = "tensorflow is not installed: pip install -e '.[tf]' (tensorflow-cpu, or tensorflow for GPUs)"
+
+
+@dataclass
+class TfConfig(BackendConfig):
+    name: str = "tf"
+    xla: bool = MISSING  # tf.function(jit_compile=True)
+    device: Optional[str] = MISSING  # e.g. /GPU:0; null: TF's own placement (a GPU if it sees one)
+
+
+def _tf():
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    return tf
+
+
+class TfBackend(Backend):
+    name = "tf"
+    config_class = TfConfig
+    install_hint = ""
+
+    def __init__(self, config: TfConfig) -> None:
+        super().__init__(config)
+        self.model: Any = None
+
+    @classmethod
+    def available(cls) -> tuple[bool, str]:
+        if importlib.util.find_spec("tensorflow") is None:
+            return False, INSTALL
+        return True, "tensorflow"
+
+    def _framework(self) -> tuple[str, str]:
+        for dist in ("tensorflow", "tensorflow-cpu"):
+            try:
+                return dist, metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                continue
+        return "tensorflow", "not installed"
+
+    def device_info(self) -> DeviceInfo:
+        from harness.environment import cpu_model_name
+
+        tf = _tf()
+        gpus = tf.config.list_physical_devices("GPU")
+        on_gpu = bool(gpus) and (self.config.device is None or "GPU" in self.config.device.upper())
+        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if on_gpu else cpu_model_name()
+        framework, version = self._framework()
+        return DeviceInfo(backend=self.name, name=name, kind="gpu" if on_gpu else "cpu",
+                          memory_bytes=self.config.memory_bytes or host_memory_bytes(),
+                          framework=framework, framework_version=version,
+                          details={"xla": self.config.xla, "gpus": len(gpus)})
+
+    def prepare(self, model, example) -> None:
+        tf = _tf()
+        from backends.tf.model import TfDLRM
+
+        with tf.device(self.config.device) if self.config.device else _nullcontext():
+            self.model = TfDLRM.from_torch(model.eval(), jit_compile=self.config.xla)
+
+    def place(self, batch):
+        tf = _tf()
+        with tf.device(self.config.device) if self.config.device else _nullcontext():
+            return (tf.constant(batch.dense.numpy()), tf.constant(batch.ids.numpy()))
+
+    def run(self, batch):
+        return self.model(*batch)
+
+    def synchronize(self, output) -> None:
+        output.numpy()  # blocks until the value exists
+
+    def to_host(self, output):
+        import torch
+
+        return torch.from_numpy(output.numpy())
+
+    def is_out_of_memory(self, exc: BaseException) -> bool:
+        tf = _tf()
+        return isinstance(exc, tf.errors.ResourceExhaustedError) or super().is_out_of_memory(exc)
+
+    def run_params(self) -> dict[str, Any]:
+        return {"xla": self.config.xla, "device": self.config.device}
+
+
+class _nullcontext:  # contextlib.nullcontext, kept local to keep imports lazy
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

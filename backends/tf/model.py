@@ -1,0 +1,191 @@
+"""The DLRM and every representation in TensorFlow, built from a torch model's spec and weights.
+
+`TfDLRM.from_torch(model)` walks the torch modules (the same workload, one implementation per
+framework) and copies their weights, so both frameworks compute the same function and their outputs can
+be compared (tests/test_backend_parity.py). Integer work (ids, TT digits, DHE hashes) stays in int64.
+
+>>> import torch
+>>> from harness.workload.dlrm import build_model
+>>> from harness.workload.spec import WorkloadSpec
+>>> from harness.workload.representations.table import Config
+>>> model = build_model(WorkloadSpec((5, 7), 4, (13, 8, 4), (6, 1), representation=Config(layout="fused")))
+>>> tf_model = TfDLRM.from_torch(model)
+>>> dense, ids = torch.rand(3, 13), torch.zeros(3, 2, 1, dtype=torch.int64)
+>>> bool(abs(tf_model(dense.numpy(), ids.numpy()).numpy() - model(dense, ids).detach().numpy()).max() < 1e-5)
+True
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import tensorflow as tf
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def _linears(sequential) -> list[tuple[tf.Variable, tf.Variable]]:
+    """torch Linear layers (weight [out, in]) as TF (kernel [in, out], bias)."""
+    from torch import nn
+
+    return [(tf.constant(_np(m.weight).T), tf.constant(_np(m.bias))) for m in sequential if isinstance(m, nn.Linear)]
+
+
+class Tables:
+    """Fused tables: one weight, per-table row offsets."""
+
+    def __init__(self, weight: np.ndarray, offsets: np.ndarray) -> None:
+        self.weight = tf.constant(weight)
+        self.offsets = tf.constant(offsets.astype(np.int64))
+
+    @classmethod
+    def from_torch(cls, module) -> "Tables":
+        if hasattr(module, "bags"):  # per-table layout: stack it into the fused one
+            weights = [_np(bag.weight) for bag in module.bags]
+            offsets = np.cumsum([0] + [w.shape[0] for w in weights[:-1]])
+            return cls(np.concatenate(weights), offsets)
+        return cls(_np(module.weight), _np(module.row_offsets))
+
+    def __call__(self, ids):
+        flat = ids + self.offsets[None, :, None]
+        return tf.reduce_sum(tf.gather(self.weight, flat), axis=2)
+
+
+class TensorTrain:
+    """TT tables: mixed-radix digits select a slice of every core; the slices chain by matmuls."""
+
+    def __init__(self, module) -> None:
+        self.cores = [tf.constant(_np(c)) for c in module.cores]
+        self.radix = tf.constant(_np(module.radix))
+        self.strides = tf.constant(_np(module.strides))
+        self.offsets = tf.constant(_np(module.core_offsets))
+        self.q, self.ranks, self.dim = list(module.q), list(module.ranks), module.dim
+
+    def __call__(self, ids):
+        batch, tables, per_bag = tf.shape(ids)[0], tf.shape(ids)[1], tf.shape(ids)[2]
+        flat = tf.reshape(tf.transpose(ids, [0, 2, 1]), [-1, tables])
+        digits = tf.math.floormod(tf.math.floordiv(flat[:, :, None], self.strides), self.radix) + self.offsets
+        rows = tf.reshape(tf.transpose(digits, [2, 0, 1]), [len(self.cores), -1])
+        out = tf.reshape(tf.gather(self.cores[0], rows[0]), [-1, self.q[0], self.ranks[1]])
+        for k in range(1, len(self.cores)):
+            piece = tf.gather(self.cores[k], rows[k])
+            out = tf.linalg.matmul(out, tf.reshape(piece, [-1, self.ranks[k], self.q[k] * self.ranks[k + 1]]))
+            out = tf.reshape(out, [tf.shape(out)[0], -1, self.ranks[k + 1]])
+        out = tf.reshape(out, [batch, per_bag, tables, self.dim])
+        return tf.reduce_sum(out, axis=1)
+
+
+class DeepHash:
+    """DHE: int64 universal hashes, dense codes, batched decoder matmuls over tables."""
+
+    def __init__(self, module) -> None:
+        self.a = tf.constant(_np(module.hash_a))  # [T, 1, k]
+        self.b = tf.constant(_np(module.hash_b))
+        self.p, self.m, self.k, self.dim = module.p, module.m, module.k, module.dim
+        self.encoding, self.activation = module.encoding, module.activation
+        self.layers = [(tf.constant(_np(w)), tf.constant(_np(b))) for w, b in zip(module.weights, module.biases)]
+        self.norms = None
+        if module.norms is not None:
+            self.norms = [(tf.constant(_np(n.running_mean)), tf.constant(_np(n.running_var)),
+                           tf.constant(_np(n.weight)), tf.constant(_np(n.bias)), n.eps) for n in module.norms]
+
+    def codes(self, flat):
+        buckets = tf.math.floormod(
+            tf.math.floormod(tf.math.floormod(flat, self.p)[:, :, None] * self.a + self.b, self.p), self.m)
+        buckets = tf.cast(buckets, tf.float64)
+        if self.encoding == "uniform":
+            return tf.cast(buckets * (2.0 / (self.m - 1)) - 1.0, tf.float32)
+        u1 = tf.cast((buckets[..., 0::2] + 1.0) / self.m, tf.float32)
+        u2 = tf.cast(buckets[..., 1::2] / self.m, tf.float32)
+        radius = tf.sqrt(-2.0 * tf.math.log(u1))
+        angle = (2.0 * math.pi) * u2
+        pairs = tf.stack([radius * tf.cos(angle), radius * tf.sin(angle)], axis=-1)
+        return tf.reshape(pairs, [tf.shape(pairs)[0], tf.shape(pairs)[1], -1])
+
+    def __call__(self, ids):
+        batch, tables, per_bag = tf.shape(ids)[0], tf.shape(ids)[1], tf.shape(ids)[2]
+        x = self.codes(tf.reshape(tf.transpose(ids, [1, 0, 2]), [tables, -1]))
+        last = len(self.layers) - 1
+        for i, (w, b) in enumerate(self.layers):
+            x = tf.linalg.matmul(x, w) + b
+            if i < last:
+                if self.norms is not None:
+                    mean, var, gamma, beta, eps = self.norms[i]
+                    x = (x - mean) * tf.math.rsqrt(var + eps) * gamma + beta
+                x = tf.nn.relu(x)
+        if self.activation == "sigmoid":
+            x = tf.sigmoid(x)
+        elif self.activation == "mish":
+            x = x * tf.tanh(tf.math.softplus(x))
+        x = tf.reduce_sum(tf.reshape(x, [tables, batch, per_bag, self.dim]), axis=2)
+        return tf.transpose(x, [1, 0, 2])
+
+
+class Mixed:
+    """Parts that each embed some features, outputs put back in feature order."""
+
+    def __init__(self, module) -> None:
+        self.parts = [(tf.constant(_np(module.part_features(i))), convert(part))
+                      for i, part in enumerate(module.parts)]
+        self.restore = tf.constant(_np(module.restore))
+
+    def __call__(self, ids):
+        outs = [part(tf.gather(ids, features, axis=1)) for features, part in self.parts]
+        return tf.gather(tf.concat(outs, axis=1), self.restore, axis=1)
+
+
+class Hybrid:
+    def __init__(self, module) -> None:
+        self.tables, self.dhe = convert(module.tables), convert(module.dhe)
+
+    def __call__(self, ids):
+        return tf.concat([self.tables(ids), self.dhe(ids)], axis=1)
+
+
+_CONVERTERS = {"FusedTables": Tables.from_torch, "PerTableBags": Tables.from_torch, "TTTables": TensorTrain,
+               "DeepHashEmbedding": DeepHash, "MixedEmbedding": Mixed, "HybridEmbedding": Hybrid}
+
+
+def convert(module):
+    """The TF twin of a torch representation module."""
+    try:
+        return _CONVERTERS[type(module).__name__](module)
+    except KeyError:
+        raise NotImplementedError(
+            f"no TensorFlow implementation of {type(module).__name__}: add one to backends/tf/model.py"
+        ) from None
+
+
+class TfDLRM(tf.Module):
+    """dense [B, 13] float32, ids [B, T, L] int64 -> logits [B], the torch DLRM's twin."""
+
+    def __init__(self, bottom, sparse, pair_index, top, jit_compile: bool = False) -> None:
+        super().__init__()
+        self.bottom, self.sparse, self.pair_index, self.top = bottom, sparse, pair_index, top
+        self.forward = tf.function(self._forward, jit_compile=jit_compile, reduce_retracing=True)
+
+    @classmethod
+    def from_torch(cls, model, jit_compile: bool = False) -> "TfDLRM":
+        return cls(_linears(model.dense_arch.mlp), convert(model.sparse_arch),
+                   tf.constant(_np(model.interaction.pair_index)), _linears(model.over_arch.mlp), jit_compile)
+
+    def _forward(self, dense, ids):
+        x = dense
+        for w, b in self.bottom:
+            x = tf.nn.relu(tf.linalg.matmul(x, w) + b)
+        vectors = tf.concat([x[:, None, :], self.sparse(ids)], axis=1)
+        gram = tf.linalg.matmul(vectors, vectors, transpose_b=True)
+        pairs = tf.gather(tf.reshape(gram, [tf.shape(gram)[0], -1]), self.pair_index, axis=1)
+        z = tf.concat([x, pairs], axis=1)
+        last = len(self.top) - 1
+        for i, (w, b) in enumerate(self.top):
+            z = tf.linalg.matmul(z, w) + b
+            if i < last:
+                z = tf.nn.relu(z)
+        return tf.squeeze(z, -1)
+
+    def __call__(self, dense, ids):
+        return self.forward(tf.convert_to_tensor(dense), tf.convert_to_tensor(ids, dtype=tf.int64))

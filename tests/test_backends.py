@@ -1,0 +1,198 @@
+"""Adapters as far as this machine allows: the CLI table, unavailable backends, IPU logic with a fake
+poptorch, CUDA's refusal without a GPU, and a mixed-backend sweep."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import mlflow
+import pytest
+import torch
+
+from backends.ipu import IpuBackend, build_options, int32_ids
+from harness.data.pool import Batch
+from harness.workload.dlrm import build_model
+from harness.workload.representations.dhe.module import DeepHashEmbedding
+
+from .conftest import harness_env
+from .test_backend_parity import HAS_TF, case
+
+
+def test_backends_command_lists_every_backend_and_why():
+    proc = subprocess.run([sys.executable, "-m", "backends"], capture_output=True, text=True, env=harness_env(),
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("cpu", "cuda", "tpu", "ipu", "tf"):
+        assert f"│ {name} " in proc.stdout
+    assert "Poplar SDK" in proc.stdout and "torch-xla" in proc.stdout
+    assert "auto resolves to: cpu" in proc.stdout
+
+
+def test_cuda_is_unavailable_here_with_the_reason(run_config):
+    from backends.cuda import CudaBackend
+
+    ok, reason = CudaBackend.available()
+    assert not ok and "no GPU driver" in reason
+    from harness.config import ConfigError
+
+    with pytest.raises(ConfigError, match="backend.device_index"):
+        run_config("+backend=cuda", "backend.device_index=-1")
+
+
+class FakePoptorch(types.SimpleNamespace):
+    """Records what the adapter asks of poptorch; 'runs' the model on the CPU."""
+
+    def __init__(self):
+        super().__init__(calls=[])
+        fake = self
+
+        class Settings:
+            def minElementsForOffChip(self, n):
+                fake.calls.append(("minElementsForOffChip", n))
+                return self
+
+            def useOnChipStorage(self, on):
+                fake.calls.append(("useOnChipStorage", on))
+                return self
+
+        class Options:
+            def __init__(self):
+                self.TensorLocations = types.SimpleNamespace(
+                    setWeightLocation=lambda s: fake.calls.append(("setWeightLocation", type(s).__name__)))
+
+            def deviceIterations(self, n):
+                fake.calls.append(("deviceIterations", n))
+
+            def replicationFactor(self, n):
+                fake.calls.append(("replicationFactor", n))
+
+            def enableExecutableCaching(self, path):
+                fake.calls.append(("enableExecutableCaching", path))
+
+        class InferenceModel:
+            def __init__(self, model, options):
+                self.model, self.options = model, options
+
+            def compile(self, *inputs):
+                fake.calls.append(("compile", tuple(t.dtype for t in inputs), tuple(t.shape for t in inputs)))
+
+            def __call__(self, dense, ids):
+                return self.model(dense, ids)
+
+        self.Options, self.TensorLocationSettings = Options, Settings
+        self.inferenceModel = lambda model, options: InferenceModel(model, options)
+        self.ipuHardwareIsAvailable = lambda: True
+
+
+def test_ipu_options_follow_the_config(run_config):
+    cfg = run_config("+backend=ipu", "backend.device_iterations=4", "backend.replication_factor=2",
+                     "backend.offload_min_elements=100000").backend
+    fake = FakePoptorch()
+    build_options(fake, cfg)
+    assert fake.calls == [("deviceIterations", 4), ("replicationFactor", 2), ("minElementsForOffChip", 100000),
+                          ("useOnChipStorage", False), ("setWeightLocation", "Settings")]
+
+
+def test_ipu_without_poptorch_says_what_to_install(run_config):
+    ok, reason = IpuBackend.available()
+    assert not ok and "Poplar SDK" in reason
+    adapter = IpuBackend(run_config("+backend=ipu").backend)
+    assert adapter.capacity_bytes() == (900_000_000, "nominal")
+
+
+def test_ipu_ids_are_int32_only_when_safe():
+    assert int32_ids(torch.tensor([[1, 2**31 - 1]])).dtype == torch.int32
+    with pytest.raises(ValueError, match="2\\^31"):
+        int32_ids(torch.tensor([2**31]))
+
+
+def test_ipu_adapter_end_to_end_with_a_fake_poptorch(run_config, monkeypatch):
+    fake = FakePoptorch()
+    monkeypatch.setitem(sys.modules, "poptorch", fake)
+    model, batch, expected = case("hybrid")
+    adapter = IpuBackend(run_config("+backend=ipu", "backend.device_iterations=3").backend)
+    assert IpuBackend.available()[0]
+    adapter.prepare(model, batch)
+    dhe_modules = [m for m in model.modules() if isinstance(m, DeepHashEmbedding)]
+    assert dhe_modules and all(m.hash_arithmetic == "int32" for m in dhe_modules)
+    compiled = [c for c in fake.calls if c[0] == "compile"][0]
+    assert compiled[1] == (torch.float32, torch.int32) and compiled[2][0][0] == 3 * 16
+    out = adapter.run(adapter.place(batch))
+    # 32-bit hashing gives the same buckets; the codes are scaled in float32 instead of float64.
+    torch.testing.assert_close(out[:16], expected, rtol=1e-4, atol=1e-4)
+    assert adapter.queries_per_call == 3
+
+
+def test_unavailable_backend_records_a_failed_run_naming_the_install(run_harness, store):
+    proc = run_harness("experiment=smoke", "+backend=ipu", store_uri=store, check=False)
+    assert proc.returncode == 2 and "Poplar SDK" in proc.stderr
+    mlflow.set_tracking_uri(store)
+    [run] = mlflow.search_runs(experiment_names=["mprec"], output_format="list")
+    assert run.info.status == "FAILED" and "poptorch is not installed" in run.data.tags["error"]
+
+
+@pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (pip install -e '.[tf]')")
+def test_a_sweep_over_backends_runs_what_is_here_and_records_what_is_not(run_harness, store):
+    proc = run_harness("-m", "experiment=smoke", "+backend=tf,tpu", "workload.query_sizes=[4]", "isolate=never",
+                       store_uri=store, check=False)
+    assert proc.returncode == 1  # one job failed; the sweep went on
+    mlflow.set_tracking_uri(store)
+    runs = {r.data.tags["backend"]: r for r in mlflow.search_runs(experiment_names=["mprec"], output_format="list")
+            if r.data.tags.get("mprec.kind") == "latency"}
+    assert runs["tf"].info.status == "FINISHED" and runs["tf"].data.metrics["latency_p50_ms"] > 0
+    assert runs["tpu"].info.status == "FAILED" and "torch_xla is not installed" in runs["tpu"].data.tags["error"]
+
+
+def test_table_pooling_variants_agree():
+    model, batch, expected = case("table", per_bag=3)
+    model.sparse_arch.pooling = "gather_sum"
+    with torch.no_grad():
+        torch.testing.assert_close(model(*batch), expected)
+    assert isinstance(batch, Batch) and build_model is not None
+
+
+def test_cuda_adapter_logic_with_a_simulated_device(run_config, monkeypatch):
+    """No GPU here: the CUDA adapter's control flow (events per iteration, peak memory per size, an
+    out-of-memory size recorded infeasible and the cache emptied) runs against a simulated torch.cuda."""
+    from backends.cuda import CudaBackend
+    from harness.measure import LadderSettings, run_ladder
+
+    calls = {"empty_cache": 0, "reset": 0, "synchronize": 0}
+
+    class Event:
+        def __init__(self, enable_timing):
+            self.t = None
+
+        def record(self):
+            import time
+
+            self.t = time.perf_counter()
+
+        def elapsed_time(self, end):
+            return (end.t - self.t) * 1e3
+
+    cuda = torch.cuda
+    monkeypatch.setattr(cuda, "set_device", lambda i: None)
+    monkeypatch.setattr(cuda, "Event", Event)
+    monkeypatch.setattr(cuda, "synchronize", lambda i=None: calls.__setitem__("synchronize", calls["synchronize"] + 1))
+    monkeypatch.setattr(cuda, "reset_peak_memory_stats", lambda i=None: calls.__setitem__("reset", calls["reset"] + 1))
+    monkeypatch.setattr(cuda, "max_memory_allocated", lambda i=None: 12345)
+    monkeypatch.setattr(cuda, "empty_cache", lambda: calls.__setitem__("empty_cache", calls["empty_cache"] + 1))
+
+    class Model(torch.nn.Module):
+        def forward(self, dense, ids):
+            if dense.shape[0] > 8:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return dense.sum(1)
+
+    adapter = CudaBackend(run_config("+backend=cuda").backend)
+    adapter.device = "cpu"  # the simulation: tensors stay on the host
+    adapter.prepare(Model(), None)
+    settings = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=4, min_time_s=0, max_iters=4, max_time_s=5)
+    results = run_ladder(adapter, [4, 16, 8], lambda q: [Batch(torch.rand(q, 13), torch.zeros(q, 26, 1))], settings)
+    assert [r.feasible for r in results] == [True, False, True]
+    assert calls["empty_cache"] == 1 and calls["reset"] == 3 and calls["synchronize"] > 0
+    assert len(results[0].device_latencies_s) == 4 and results[0].device_stats is not None
+    assert results[0].extra == {"peak_memory_bytes": 12345.0}
