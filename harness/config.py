@@ -325,6 +325,8 @@ def workload_spec(run: RunConfig) -> WorkloadSpec:
             top_mlp=top,
             ids_per_lookup=model.ids_per_lookup,
             representation=run.representation,
+            # The id popularity law, where the data follows a known one (the cost of a DHE cache uses it).
+            extras={"zipf_exponent": run.dataset.zipf_exponent} if run.dataset.kind == "synthetic" else {},
         )
     except ValueError as exc:
         raise ConfigError("model", str(exc)) from None

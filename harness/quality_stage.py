@@ -27,14 +27,22 @@ WEIGHTS = "model/state_dict.pt"
 
 
 def quality_key(run) -> str:
-    """What determines the trained model: not the backend, the query sizes or where results go."""
+    """What determines the trained model: not the backend, the query sizes, a cache or where results go."""
     config = run.as_dict()
     train_cfg = {k: v for k, v in config["train"].items() if k != "reuse"}
+    config["representation"] = _without_cache(config["representation"])
     identity = {
         "representation": config["representation"], "dataset": config["dataset"], "model": config["model"],
         "train": train_cfg, "seed": config["seed"], "harness": harness.__version__,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _without_cache(node):
+    """A cache serves the trained model's own outputs: it is not part of what training produces."""
+    if isinstance(node, dict):
+        return {k: _without_cache(v) for k, v in node.items() if k != "cache"}
+    return node
 
 
 def save_weights(model: torch.nn.Module, recorder) -> None:
@@ -48,7 +56,7 @@ def load_weights(model: torch.nn.Module, path: str | Path) -> None:
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
 
 
-def train_or_reuse(run, model: torch.nn.Module, dataset, recorder) -> dict[str, float]:
+def train_or_reuse(run, model: torch.nn.Module, dataset, recorder, observe=None) -> dict[str, float]:
     """Give `model` trained weights and record the path's quality; returns the quality metrics."""
     key = quality_key(run)
     recorder.set_tags({"quality_key": key})
@@ -63,7 +71,7 @@ def train_or_reuse(run, model: torch.nn.Module, dataset, recorder) -> dict[str, 
             log.info("quality reused from run %s (quality key %s)", source.info.run_id, key)
             return quality
 
-    result = train(model, dataset, run.train, run.seed, on_metrics=recorder.log_metrics)
+    result = train(model, dataset, run.train, run.seed, on_metrics=recorder.log_metrics, observe=observe)
     quality = {k: v for k, v in result.quality.as_dict().items() if k in QUALITY_METRICS}
     recorder.log_metrics({**quality, "eval_samples": result.quality.samples, "train_steps": result.steps,
                           "train_seconds": result.seconds, "train_final_loss": result.final_train_loss})

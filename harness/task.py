@@ -47,7 +47,9 @@ class Plan:
 
     @property
     def path(self) -> str:
-        return f"{self.run.representation.name}@{self.adapter.name}"
+        from harness.workload.representations import label
+
+        return f"{label(self.run.representation)}@{self.adapter.name}"
 
     def run_key(self) -> str:
         """Stable hash of what is measured (resolved config + harness version): a rerun's identity."""
@@ -181,7 +183,7 @@ def run_tags(p: Plan) -> dict[str, str]:
 
 
 def run_name(p: Plan) -> str:
-    return f"{p.run.representation.name}-{p.adapter.name}-{p.run.dataset.name}"
+    return f"{p.path.replace('@', '-')}-{p.run.dataset.name}"
 
 
 def measure_path(p: Plan, run_id: str | None = None) -> dict[str, Any]:
@@ -221,11 +223,17 @@ def measure_path(p: Plan, run_id: str | None = None) -> dict[str, Any]:
         model = build_model(spec, seed=run.seed)
         build_s = time.perf_counter() - t0
         dataset = open_dataset(run.dataset, spec)
+        from harness.cache_stage import IdCounter, attach_caches, cache_enabled
+
+        counter = IdCounter(model) if cache_enabled(spec) else None
         if run.train.steps > 0:
             from harness.quality_stage import train_or_reuse
 
-            train_or_reuse(run, model, dataset, recorder)
+            train_or_reuse(run, model, dataset, recorder, observe=counter.observe if counter else None)
             _log_reader_stats(dataset, recorder)
+        caches = attach_caches(model, spec, dataset, counter) if counter else None
+        if caches:
+            recorder.log_metrics(caches.summary())
 
         m = run.measure
 
@@ -252,6 +260,10 @@ def measure_path(p: Plan, run_id: str | None = None) -> dict[str, Any]:
         with ladder_progress(p.path, len(sizes)) as advance:
             results = run_ladder(adapter, sizes, make_pool, settings, on_size_done=advance)
         rows = [row for r in results for row in _size_metrics(r, p.cost, peaks)]
+        if caches:  # the same ladder without the cache, in the same run: its speedup, and hit rates
+            from harness.cache_stage import cache_comparison
+
+            rows += cache_comparison(caches, adapter, sizes, make_pool, settings, results)
         rows += [("fits_device", float(bool(p.fits(r.query_size))), r.query_size) for r in results]
         recorder.log_metric_rows(rows)
         recorder.log_text(_raw_samples_csv(results), "samples/latency_raw.csv")

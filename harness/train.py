@@ -67,7 +67,8 @@ class TrainingResult:
     final_train_loss: float
 
 
-def train(model: nn.Module, dataset, cfg, seed: int, on_metrics: MetricsCallback | None = None) -> TrainingResult:
+def train(model: nn.Module, dataset, cfg, seed: int, on_metrics: MetricsCallback | None = None,
+          observe: Callable[[object], None] | None = None) -> TrainingResult:
     """Train `model` for cfg.steps batches; evaluate every cfg.eval_every steps and at the end."""
     torch.manual_seed(seed)
     enable_sparse_gradients(model)
@@ -82,6 +83,8 @@ def train(model: nn.Module, dataset, cfg, seed: int, on_metrics: MetricsCallback
     quality = None
     step = 0
     for step, batch in enumerate(dataset.train_batches(cfg.batch_size), start=1):
+        if observe is not None:
+            observe(batch)  # e.g. count ids for a cache of the hottest
         logits = model(torch.from_numpy(batch.dense), torch.from_numpy(batch.ids))
         loss = loss_fn(logits, torch.from_numpy(batch.labels))
         optimizer.zero_grad(set_to_none=True)

@@ -47,3 +47,11 @@ def test_criteo_reader_benchmark_emits_every_figure(tmp_path, monkeypatch):
     assert set(figures["rows_per_s"]) == {"reader_one_core", "reader_threads", "pandas"}
     assert all(_finite_positive(v) for v in figures["rows_per_s"].values())
     assert _finite_positive(figures["reader_one_core_over_pandas"])
+
+
+def test_dhe_cache_benchmark_emits_every_figure(tmp_path, monkeypatch):
+    from benchmarks import dhe_cache
+
+    monkeypatch.chdir(tmp_path)
+    rows = dhe_cache.main(["--tiny"])["rows"]
+    assert rows and all(0 <= r["hit_rate"] <= 1 and _finite_positive(r["speedup"]) for r in rows)

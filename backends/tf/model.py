@@ -82,6 +82,8 @@ class DeepHash:
     """DHE: int64 universal hashes, dense codes, batched decoder matmuls over tables."""
 
     def __init__(self, module) -> None:
+        if module.cache is not None and module.cache_enabled:
+            raise NotImplementedError("dhe+cache (MP-Cache) runs on the torch backends; measure plain dhe on tf")
         self.a = tf.constant(_np(module.hash_a))  # [T, 1, k]
         self.b = tf.constant(_np(module.hash_b))
         self.p, self.m, self.k, self.dim = module.p, module.m, module.k, module.dim

@@ -127,6 +127,11 @@ class SyntheticDataset:
     def pool(self, query_size: int, batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
         return [self.generator.batch(i, query_size, split="timing") for i in range(batches)]
 
+    def hot_ids(self, feature: int, n: int, sample_rows: int = 0) -> np.ndarray:
+        """The `n` most popular ids of a field: known exactly, the generator's Zipf ranks 0..n-1."""
+        sampler = self.generator.samplers[feature]
+        return sampler.id_of_rank(np.arange(min(n, sampler.rows)))
+
 
 class CriteoDataset:
     def __init__(self, cfg: CriteoConfig, spec) -> None:
@@ -191,6 +196,24 @@ class CriteoDataset:
             raise ValueError(f"{self.cfg.path}: no test rows (every {self.cfg.test_every}th row is test)")
         return LabeledBatch(*(np.concatenate([getattr(p, f) for p in parts])[:samples]
                               for f in ("dense", "ids", "labels")))
+
+    def hot_ids(self, feature: int, n: int, sample_rows: int = 1_000_000) -> np.ndarray:
+        """The `n` most frequent ids of a field over the first `sample_rows` training rows of the file."""
+        if getattr(self, "_counts_rows", None) != sample_rows:
+            counts: dict[int, np.ndarray] = {}
+            seen = 0
+            for part in self._rows("train"):
+                for f in range(part.ids.shape[1]):
+                    c = np.bincount(part.ids[:, f, :].reshape(-1), minlength=len(counts.get(f, ())))
+                    c[: len(counts.get(f, ()))] += counts.get(f, np.zeros(0, dtype=np.int64))
+                    counts[f] = c
+                seen += len(part)
+                if seen >= sample_rows:
+                    break
+            self._counts, self._counts_rows = counts, sample_rows
+        counts = self._counts.get(feature, np.zeros(0, dtype=np.int64))
+        present = np.flatnonzero(counts)
+        return present[np.argsort(-counts[present], kind="stable")[:n]]
 
     def pool(self, query_size: int, batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The file's first rows, cut into batches; cycled again if the file is shorter."""

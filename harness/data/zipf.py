@@ -78,3 +78,17 @@ class ZipfSampler:
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         return self.id_of_rank(self.ranks(rng, size))
+
+
+def top_share(rows: int, exponent: float, top: int) -> float:
+    """Probability mass of the `top` most popular of `rows` ids under the bounded Zipf law: the hit rate
+    of a cache holding exactly those ids (no sampling; the same law the sampler draws from)."""
+    if top >= rows:
+        return 1.0
+    if top <= 0:
+        return 0.0
+    sampler = ZipfSampler(rows, exponent, seed=0)
+    total = sampler._head_mass + sampler._tail_mass
+    if top <= len(sampler._head_cdf):
+        return float(sampler._head_cdf[top - 1] / total)
+    return float((sampler._head_mass + sampler._integral(sampler._tail_start, top + 0.5)) / total)

@@ -52,6 +52,20 @@ class EmbeddingCost:
         )
 
 
+def cache_config(config):
+    """The MP-Cache settings of a representation config (its own, or its DHE part's), or None."""
+    cache = getattr(config, "cache", None)
+    if cache is None and getattr(config, "dhe", None) is not None:
+        cache = getattr(config.dhe, "cache", None)
+    return cache
+
+
+def label(config) -> str:
+    """The representation's name in a path: `dhe+cache` when a cache is on."""
+    cache = cache_config(config)
+    return f"{config.name}+cache" if cache is not None and cache.enabled else config.name
+
+
 def feature_names(num_tables: int) -> list[str]:
     """Criteo's names for the categorical columns: C1 .. C26."""
     return [f"C{i + 1}" for i in range(num_tables)]

@@ -17,9 +17,9 @@ for the 1024-128-16 decoder, which is why the hardware choice matters.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 from omegaconf import MISSING
@@ -34,6 +34,33 @@ MAX_BUCKETS = 1 << 26  # p^2 + p < 2^53 for the first prime above 2^26
 
 
 @dataclass
+class CacheConfig:
+    """MP-Cache: decoder outputs of each table's hottest ids (harness/workload/representations/dhe/cache.py)."""
+
+    rows: int = MISSING  # hot ids cached per table; 0: no cache
+    bytes: Optional[int] = MISSING  # or a total byte budget over the DHE tables (overrides rows)
+    sample_rows: int = MISSING  # rows of a Criteo file counted for popularity when this run did not train
+
+    def check(self) -> None:
+        if self.rows < 0:
+            raise ValueError(f"cache.rows: must be >= 0, got {self.rows}")
+        if self.bytes is not None and self.bytes <= 0:
+            raise ValueError(f"cache.bytes: must be > 0 or null, got {self.bytes}")
+        if self.sample_rows < 1:
+            raise ValueError(f"cache.sample_rows: must be >= 1, got {self.sample_rows}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.rows > 0 or self.bytes is not None
+
+    def rows_per_table(self, tables: int, dim: int) -> int:
+        """Cached ids per table: `rows`, or what `bytes` buys (a vector and an int64 key per id)."""
+        if self.bytes is not None:
+            return max(1, self.bytes // (max(1, tables) * (dim * FP32 + INDEX_BYTES)))
+        return self.rows
+
+
+@dataclass
 class DheParams:
     """The DHE part of a representation (the `dhe` representation's keys, `dhe.*` in hybrid/select)."""
 
@@ -44,8 +71,11 @@ class DheParams:
     activation: str = MISSING  # on the decoder's output: none | sigmoid | mish
     batch_norm: bool = MISSING  # BatchNorm after each hidden layer
     seed: int = MISSING  # draws the hash coefficients a, b
+    # The YAML sets every cache key; a DHE config built in code has no cache unless given one.
+    cache: CacheConfig = field(default_factory=lambda: CacheConfig(rows=0, bytes=None, sample_rows=1_000_000))
 
     def check(self) -> None:
+        self.cache.check()
         if self.k < 1:
             raise ValueError(f"k: must be >= 1, got {self.k}")
         if not self.decoder or min(self.decoder) < 1:
@@ -105,18 +135,38 @@ def hash_coefficients(seed: int, feature: int, k: int, m: int) -> tuple[np.ndarr
     return rng.integers(1, p, k, dtype=np.int64), rng.integers(0, p, k, dtype=np.int64)
 
 
-def dhe_cost(num_tables: int, params: DheParams, dim: int, ids_per_lookup: int) -> EmbeddingCost:
+def dhe_cost(num_tables: int, params: DheParams, dim: int, ids_per_lookup: int,
+             table_rows: tuple[int, ...] = (), zipf_exponent: float | None = None) -> EmbeddingCost:
+    """Cost of `num_tables` DHE tables; with a cache, its bytes count as memory and the expected hits
+    (from the Zipf law when `zipf_exponent` is known, else none assumed) skip the decoder's FLOPs."""
     widths = params.widths(dim)
     pairs = list(zip(widths[:-1], widths[1:]))
     per_table = sum(i * o + o for i, o in pairs)
     bn_floats = 4 * sum(widths[1:-1]) if params.batch_norm else 0  # gamma, beta, running mean and var
     flops_lookup = 2 * sum(i * o for i, o in pairs)
-    lookups = num_tables * ids_per_lookup
     decoder_bytes = num_tables * (per_table + bn_floats) * FP32
+    hit_rates = [0.0] * num_tables
+    cache_bytes = 0
+    details = {}
+    if params.cache.enabled:
+        from harness.data.zipf import top_share
+
+        rows = params.cache.rows_per_table(num_tables, dim)
+        sizes = list(table_rows) or [rows] * num_tables
+        cached = [min(rows, n) for n in sizes]
+        cache_bytes = sum(cached) * (dim * FP32 + INDEX_BYTES)
+        if zipf_exponent is not None:
+            hit_rates = [top_share(n, zipf_exponent, c) for n, c in zip(sizes, cached)]
+        details = {"cache_rows_per_table": rows, "cache_bytes": cache_bytes,
+                   "cache_expected_hit_rate": sum(hit_rates) / max(1, num_tables),
+                   "cache_hit_rate_basis": "zipf law" if zipf_exponent is not None else "unknown: 0 assumed"}
+    misses = sum(1.0 - h for h in hit_rates) * ids_per_lookup
+    hits = sum(hit_rates) * ids_per_lookup
+    lookups = num_tables * ids_per_lookup
     return EmbeddingCost(
-        param_bytes=decoder_bytes,
-        flops_per_sample=lookups * flops_lookup + num_tables * (ids_per_lookup - 1) * dim,
-        bytes_read_per_sample=lookups * INDEX_BYTES,
+        param_bytes=decoder_bytes + cache_bytes,
+        flops_per_sample=int(round(misses * flops_lookup)) + num_tables * (ids_per_lookup - 1) * dim,
+        bytes_read_per_sample=lookups * INDEX_BYTES + int(round(hits * dim * FP32)),
         bytes_read_per_query=decoder_bytes,
         activation_floats_per_sample=lookups * sum(widths),
         details={
@@ -125,6 +175,7 @@ def dhe_cost(num_tables: int, params: DheParams, dim: int, ids_per_lookup: int) 
             "dhe_decoder_params_per_table": per_table,
             "dhe_flops_per_lookup": flops_lookup,
             "dhe_p": first_prime_above(params.m),
+            **details,
         },
     )
 
@@ -134,7 +185,8 @@ def feature_vectors(spec) -> int:
 
 
 def cost(spec) -> EmbeddingCost:
-    return dhe_cost(spec.num_tables, spec.representation, spec.embedding_dim, spec.ids_per_lookup)
+    return dhe_cost(spec.num_tables, spec.representation, spec.embedding_dim, spec.ids_per_lookup,
+                    spec.table_rows, spec.extras.get("zipf_exponent"))
 
 
 def build(spec):

@@ -96,6 +96,8 @@ class DeepHashEmbedding(nn.Module):
         hidden = widths[1:-1]
         self.norms = nn.ModuleList(TableBatchNorm(tables, w) for w in hidden) if params.batch_norm else None
         self.activation = params.activation
+        self.cache = None  # an MP-Cache of hot ids' vectors (dhe/cache.py), attached after training
+        self.cache_enabled = False
         # How the hash is computed; all give the same buckets. float64: fastest on CPUs (the default);
         # int64: the definition; int32: for devices without 64-bit arithmetic (TPU, IPU), exact by limbs.
         # Backend adapters pick one in prepare(); the representation never knows the device.
@@ -110,17 +112,18 @@ class DeepHashEmbedding(nn.Module):
             self.register_buffer("hash_a_limbs", torch.stack(limbs[::-1]), persistent=False)
             self.register_buffer("hash_b32", self.hash_b.to(torch.int32), persistent=False)
 
-    def hash(self, ids: torch.Tensor) -> torch.Tensor:
+    def hash(self, ids: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
         """[T, N] int64 ids -> [T, N, k] int64 buckets: the definition, ((a x + b) mod p) mod m.
 
-        `encode` computes the same buckets faster; tests hold it to this.
+        `encode` computes the same buckets faster; tests hold it to this. `tables` selects the rows of
+        hash coefficients (a cache computes one table's misses).
         """
         # 64-bit arithmetic throughout: a < p ~ 1e6 times an id up to ~1e7 is ~1e13, and a 32-bit product
         # would overflow and silently change every code. Reducing x mod p first (the same value) keeps
         # a (x mod p) + b < p^2 + p, so raw 64-bit hashed ids cannot overflow either.
-        return ((ids % self.p).unsqueeze(-1) * self.hash_a + self.hash_b) % self.p % self.m
+        return ((ids % self.p).unsqueeze(-1) * self.hash_a[tables] + self.hash_b[tables]) % self.p % self.m
 
-    def hash_int32(self, ids: torch.Tensor) -> torch.Tensor:
+    def hash_int32(self, ids: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
         """The same buckets with 32-bit integers only: Horner's rule over limbs of a, reducing mod p
         after every step. With y = x mod p < 2^k and limbs of 30 - k bits, r * 2^limb < 2^30 and
         limb * y < 2^30, so no intermediate reaches 2^31 (p < 2^20 for the default m: two limbs)."""
@@ -129,9 +132,9 @@ class DeepHashEmbedding(nn.Module):
         y = torch.remainder(ids, self.p).to(torch.int32).unsqueeze(-1)
         r = torch.zeros(1, dtype=torch.int32, device=ids.device)
         shift = 1 << self.limb_bits
-        for limb in self.hash_a_limbs:
+        for limb in self.hash_a_limbs[:, tables]:
             r = torch.remainder(r * shift + limb * y, self.p)
-        r = torch.remainder(r + self.hash_b32, self.p)
+        r = torch.remainder(r + self.hash_b32[tables], self.p)
         return torch.where(r >= self.m, r - self.m, r)
 
     def _code(self, buckets: torch.Tensor) -> torch.Tensor:
@@ -157,18 +160,20 @@ class DeepHashEmbedding(nn.Module):
         through preallocated scratch, so no pass allocates or leaves the cache. 3x faster than int64
         arithmetic at query size 4096 (docs/performance.md).
         """
-        tables = ids.shape[1]
+        return self.encode_flat(ids.permute(1, 0, 2).reshape(ids.shape[1], -1))
+
+    def encode_flat(self, flat: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
+        """[T', N] ids of the tables `tables` selects -> codes [T', N, k] (see `encode`)."""
         if self.hash_arithmetic != "float64":
-            flat = ids.permute(1, 0, 2).reshape(tables, -1)
-            buckets = self.hash(flat) if self.hash_arithmetic == "int64" else self.hash_int32(flat)
-            return self._code(buckets)
-        y = torch.remainder(ids.permute(1, 0, 2).reshape(tables, -1), self.p).to(torch.float64).unsqueeze(-1)
-        lookups = y.shape[1]
-        a, b = self.hash_a.to(torch.float64), self.hash_b.to(torch.float64)
-        rows = max(1, min(lookups, _CHUNK_ELEMENTS // (tables * self.k)))
-        value = torch.empty(tables, rows, self.k, dtype=torch.float64, device=ids.device)
+            hashed = self.hash if self.hash_arithmetic == "int64" else self.hash_int32
+            return self._code(hashed(flat, tables))
+        y = torch.remainder(flat, self.p).to(torch.float64).unsqueeze(-1)
+        tables_n, lookups = y.shape[0], y.shape[1]
+        a, b = self.hash_a[tables].to(torch.float64), self.hash_b[tables].to(torch.float64)
+        rows = max(1, min(lookups, _CHUNK_ELEMENTS // (tables_n * self.k)))
+        value = torch.empty(tables_n, rows, self.k, dtype=torch.float64, device=flat.device)
         scratch = torch.empty_like(value)
-        codes = torch.empty(tables, lookups, self.k, dtype=torch.float32, device=ids.device)
+        codes = torch.empty(tables_n, lookups, self.k, dtype=torch.float32, device=flat.device)
         for start in range(0, lookups, rows):
             n = min(rows, lookups - start)
             t, s = value[:, :n], scratch[:, :n]
@@ -202,6 +207,19 @@ class DeepHashEmbedding(nn.Module):
                 x = torch.relu(x)
         return self._final(x)
 
+    def decode_table(self, t: int, codes: torch.Tensor) -> torch.Tensor:
+        """One table's decoder on codes [N, k] -> [N, D] (eval mode: BatchNorm with running statistics)."""
+        x = codes
+        last = len(self.weights) - 1
+        for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            x = torch.addmm(bias[t], x, weight[t])
+            if i < last:
+                if self.norms is not None:
+                    n = self.norms[i]
+                    x = (x - n.running_mean[t]) * torch.rsqrt(n.running_var[t] + n.eps) * n.weight[t] + n.bias[t]
+                x = torch.relu(x)
+        return self._final(x)
+
     def decode_per_table(self, codes: torch.Tensor) -> torch.Tensor:
         """`decode` as a Python loop of per-table GEMMs: the layout `decode` replaces, kept to measure it."""
         if self.norms is not None:
@@ -218,6 +236,8 @@ class DeepHashEmbedding(nn.Module):
         return torch.stack(out)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.cache is not None and self.cache_enabled and not self.training:
+            return self.cache.lookup(self, ids)
         batch, tables, per_bag = ids.shape
         x = self.decode(self.encode(ids)).view(tables, batch, per_bag, self.dim)
         x = x.sum(2) if per_bag > 1 else x.squeeze(2)

@@ -77,7 +77,8 @@ def cost(spec) -> EmbeddingCost:
     dhe_features = selected(spec)
     rows = tuple(r for t, r in enumerate(spec.table_rows) if t not in dhe_features)
     tables = table_cost(rows, spec.embedding_dim, spec.ids_per_lookup)
-    dhe = dhe_cost(len(dhe_features), spec.representation.dhe, spec.embedding_dim, spec.ids_per_lookup)
+    dhe = dhe_cost(len(dhe_features), spec.representation.dhe, spec.embedding_dim, spec.ids_per_lookup,
+                   tuple(spec.table_rows[t] for t in dhe_features), spec.extras.get("zipf_exponent"))
     return tables + EmbeddingCost(**{**dhe.__dict__, "details": {**dhe.details, "dhe_features": [
         f"C{t + 1}" for t in dhe_features]}})
 
