@@ -180,6 +180,7 @@ class RunConfig:
     isolate: str = MISSING  # run the work in a child process: auto (in multiruns), always or never
     job_timeout_s: Optional[float] = MISSING  # kill the work after this long (isolated jobs only)
     analysis_after_sweep: bool = MISSING  # a multirun ends by writing the experiment's analysis
+    serving_after_sweep: Optional[str] = MISSING  # a serving scenario to run at the end of a multirun
     backend: Any = None  # typed below by the adapter that backend.name selects
     representation: Any = None  # typed below by the representation that representation.name selects
     dataset: Any = None  # typed below by dataset.kind (harness/data/sources.py)

@@ -105,19 +105,36 @@ class SweepCallback(Callback):
             ledger.finish(self.parent_run_id, "FAILED" if counts["failed"] else "FINISHED")
         if self.experiment_name and OmegaConf.select(config, "analysis_after_sweep", default=False):
             self._analyse(config)
+        scenario = OmegaConf.select(config, "serving_after_sweep", default=None)
+        if self.experiment_name and scenario:
+            self._serve(scenario)
         if counts["failed"]:
             sys.exit(1)
 
-    def _analyse(self, config: DictConfig) -> None:
-        """The sweep ends by writing the experiment's analysis (python -m harness.analysis redoes it)."""
+    def _tracking_overrides(self) -> list[str]:
         from dataclasses import asdict
 
+        return [f"tracking.{k}={'null' if v is None else v}" for k, v in asdict(self.tracking).items()
+                if k != "parent_run_id"]
+
+    def _serve(self, scenario: str) -> None:
+        """A sweep whose experiment sets serving_after_sweep ends with that serving study."""
+        from harness.config import compose
+        from harness.serving import load_serving_config, run_serving
+
+        overrides = [f"serving={scenario}", f"experiment_name={self.experiment_name}", *self._tracking_overrides()]
+        try:
+            run_serving(load_serving_config(compose(overrides, config_name="serving")))
+        except Exception as exc:  # noqa: BLE001 - the sweep's results are recorded; the study can be redone
+            print(f"serving study failed ({type(exc).__name__}: {exc}); redo it with python -m harness.serving "
+                  f"serving={scenario} experiment_name={self.experiment_name}", file=sys.stderr)
+
+    def _analyse(self, config: DictConfig) -> None:
+        """The sweep ends by writing the experiment's analysis (python -m harness.analysis redoes it)."""
         from harness.analysis import load_analysis_config, run_analysis
         from harness.config import compose
 
-        overrides = [f"experiment_name={self.experiment_name}"]
-        overrides += [f"tracking.{k}={'null' if v is None else v}" for k, v in asdict(self.tracking).items()
-                      if k != "parent_run_id"]
+        overrides = [f"experiment_name={self.experiment_name}", *self._tracking_overrides()]
         try:
             run_analysis(load_analysis_config(compose(overrides, config_name="analysis")))
         except Exception as exc:  # noqa: BLE001 - the sweep's results are recorded; the analysis can be redone

@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 
 # Keys that say where results go or whether to run, not what is measured: left out of the run key.
 _NOT_IN_RUN_KEY = ("tracking", "dry_run", "experiment_name", "force", "isolate", "job_timeout_s", "debug",
-                   "analysis_after_sweep")
+                   "analysis_after_sweep", "serving_after_sweep")
 
 
 @dataclass

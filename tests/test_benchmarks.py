@@ -55,3 +55,11 @@ def test_dhe_cache_benchmark_emits_every_figure(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     rows = dhe_cache.main(["--tiny"])["rows"]
     assert rows and all(0 <= r["hit_rate"] <= 1 and _finite_positive(r["speedup"]) for r in rows)
+
+
+def test_serving_benchmark_emits_every_figure(tmp_path, monkeypatch):
+    from benchmarks import serving
+
+    monkeypatch.chdir(tmp_path)
+    figures = serving.main(["--tiny"])
+    assert len(figures) == 4 and all(_finite_positive(f["queries_per_s"]) for f in figures.values())

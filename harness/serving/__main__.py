@@ -1,0 +1,23 @@
+"""`python -m harness.serving [serving=mprec_headline] [target_ms=10] [live.enabled=true] ...`"""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from harness.config import config_dir
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="serving")
+def main(cfg: DictConfig) -> None:
+    from harness.serving import main_cli
+
+    code = main_cli(cfg)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Live serving under MLPerf LoadGen (Server scenario): the same policies, real models, this machine.
+
+Each measured path whose device is here is rebuilt from its run's resolved config, with its trained
+weights where the run has them, and bound to its device's worker (one thread per device: paths on one
+device share it, as in the simulator). LoadGen issues queries at the target QPS; each is routed by the
+policy, using every device's pending work (the profiled service times of what is queued) as its queue
+wait, and completed when its worker has run it. A path that raises completes its queries with an empty
+response (LoadGen must never hang) and the run records the errors. LoadGen's own results (validity, p99
+from mlperf_log_detail.txt, achieved QPS) are compared with the simulator's prediction for the same
+setting.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.data.pool import Batch
+from harness.serving.profiles import PathProfile
+
+
+@dataclass
+class LivePath:
+    profile: PathProfile
+    adapter: object
+    fails: bool = False  # fault injection: every call raises
+
+
+class DeviceWorker:
+    """One thread per device runs its queue in order (FIFO), as the simulator's server does."""
+
+    def __init__(self, device: str, complete) -> None:
+        self.device = device
+        self.queue: queue.Queue = queue.Queue()
+        self.pending_s = 0.0
+        self.lock = threading.Lock()
+        self.errors = 0
+        self.served = 0
+        self._complete = complete
+        self.thread = threading.Thread(target=self._loop, name=f"worker-{device}", daemon=True)
+        self.thread.start()
+
+    def pending_ms(self) -> float:
+        with self.lock:
+            return self.pending_s * 1e3
+
+    def submit(self, path: LivePath, batch: Batch, sample_id: int, estimate_s: float) -> None:
+        with self.lock:
+            self.pending_s += estimate_s
+        self.queue.put((path, batch, sample_id, estimate_s))
+
+    def _loop(self) -> None:
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            path, batch, sample_id, estimate_s = job
+            try:
+                if path.fails:
+                    raise RuntimeError(f"injected fault in {path.profile.path}")
+                out = path.adapter.run(batch)
+                path.adapter.synchronize(out)
+                self.served += 1
+            except Exception:  # noqa: BLE001 - any failure completes the query with an empty response
+                self.errors += 1
+            finally:
+                with self.lock:
+                    self.pending_s -= estimate_s
+                self._complete(sample_id)
+
+    def stop(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=30)
+
+
+def parse_detail_log(path: str | Path) -> dict:
+    """LoadGen's results from mlperf_log_detail.txt (:::MLLOG JSON lines)."""
+    wanted = {"result_validity": "validity", "result_99.00_percentile_latency_ns": "p99_ns",
+              "result_50.00_percentile_latency_ns": "p50_ns", "result_completed_samples_per_sec": "achieved_qps",
+              "result_scheduled_samples_per_sec": "scheduled_qps", "num_errors": "loadgen_errors"}
+    out = {}
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(":::MLLOG"):
+            record = json.loads(line[len(":::MLLOG"):])
+            if record.get("key") in wanted:
+                out[wanted[record["key"]]] = record["value"]
+    return out
+
+
+@dataclass
+class LiveResult:
+    policy: str
+    target_qps: float
+    loadgen: dict
+    errors: int
+    served: int
+    per_path: dict = field(default_factory=dict)
+    log_dir: str = ""
+
+    @property
+    def p99_ms(self) -> float:
+        return self.loadgen.get("p99_ns", float("nan")) / 1e6
+
+
+def serve(paths: list[LivePath], policy, batches: list[Batch], sizes: np.ndarray, qps: float, target_ms: float,
+          duration_s: float, log_dir: str | None = None) -> LiveResult:
+    """Run LoadGen's Server scenario against the paths, routed by `policy`."""
+    import mlperf_loadgen as lg
+
+    by_path = {p.profile.path: p for p in paths}
+    routed = {name: 0 for name in by_path}
+
+    def complete(sample_id: int) -> None:
+        lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, 0, 0)])
+
+    workers = {d: DeviceWorker(d, complete) for d in {p.profile.device for p in paths}}
+
+    def issue_queries(samples) -> None:
+        for s in samples:
+            size = int(sizes[s.index])
+            waits = {d: w.pending_ms() for d, w in workers.items()}
+            profile, _ = policy.choose(size, target_ms, waits)[0]
+            path = by_path[profile.path]
+            routed[profile.path] += 1
+            workers[profile.device].submit(path, batches[s.index], s.id, profile.service_ms(size) / 1e3)
+
+    sut = lg.ConstructSUT(issue_queries, lambda: None)
+    qsl = lg.ConstructQSL(len(batches), len(batches), lambda s: None, lambda s: None)
+    settings = lg.TestSettings()
+    settings.scenario = lg.TestScenario.Server
+    settings.mode = lg.TestMode.PerformanceOnly
+    settings.server_target_qps = qps
+    settings.server_target_latency_ns = int(target_ms * 1e6)
+    settings.min_duration_ms = int(duration_s * 1e3)
+    settings.max_duration_ms = int(duration_s * 1e3 * 3)
+    settings.min_query_count = max(1, int(qps * duration_s))
+    out_dir = log_dir or tempfile.mkdtemp(prefix="loadgen-")
+    Path(out_dir).mkdir(parents=True, exist_ok=True)  # LoadGen writes its logs there, it does not create it
+    output = lg.LogOutputSettings()
+    output.outdir = out_dir
+    output.copy_summary_to_stdout = False
+    log_settings = lg.LogSettings()
+    log_settings.log_output = output
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+        for w in workers.values():
+            w.stop()
+    return LiveResult(getattr(policy, "name", "policy"), qps, parse_detail_log(Path(out_dir) / "mlperf_log_detail.txt"),
+                      sum(w.errors for w in workers.values()), sum(w.served for w in workers.values()),
+                      routed, out_dir)
+
+
+def query_batches(generator, sizes: np.ndarray) -> list[Batch]:
+    """One pre-built query per LoadGen sample (generated before the test, never inside it)."""
+    return [Batch(*(torch.from_numpy(a) for a in generator.batch(i, int(q), split="timing")))
+            for i, q in enumerate(sizes)]

@@ -1,0 +1,101 @@
+"""Path-selection policies: pure functions of (query size, target, per-device queue wait, profiles).
+
+- static(path): every query to one path (the baseline any single deployment is).
+- size_threshold(small, large, threshold): DeepRecSys: queries up to `threshold` samples to one path,
+  larger ones to another.
+- mprec: the highest-accuracy path whose predicted completion (its device's queue wait + its profiled
+  service time at this size) meets the target; if none does, the one that completes first. With
+  `slack` < 1 a path must finish within slack x target: headroom that keeps a device from being filled
+  to the brim with slow, accurate work at high load (slack 1 is the rule as stated).
+- mprec_split: as mprec, but a query no single path can finish in time is split across devices (each
+  device's fastest path, parts sized by speed) when that finishes sooner.
+
+A choice is a list of (profile, part size): one entry, or one per device for a split.
+
+>>> from harness.serving.profiles import PathProfile
+>>> fast = PathProfile("table@cpu", "cpu", 0.75, (1, 100), (1.0, 10.0))
+>>> good = PathProfile("dhe@gpu", "gpu", 0.80, (1, 100), (2.0, 4.0))
+>>> [p.path for p, _ in MPRec([fast, good]).choose(50, 5.0, {"cpu": 0.0, "gpu": 0.0})]
+['dhe@gpu']
+>>> [p.path for p, _ in MPRec([fast, good]).choose(50, 5.0, {"cpu": 0.0, "gpu": 9.0})]   # gpu queue too long
+['table@cpu']
+"""
+
+from __future__ import annotations
+
+import math
+
+from harness.serving.profiles import PathProfile
+
+Choice = list[tuple[PathProfile, int]]
+
+
+def _accuracy(p: PathProfile) -> float:
+    return -math.inf if p.accuracy is None else p.accuracy
+
+
+class Static:
+    def __init__(self, path: PathProfile) -> None:
+        self.path = path
+        self.name = f"static:{path.path}"
+
+    def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice:
+        return [(self.path, size)]
+
+
+class SizeThreshold:
+    def __init__(self, small: PathProfile, large: PathProfile, threshold: int) -> None:
+        self.small, self.large, self.threshold = small, large, threshold
+        self.name = f"threshold:{small.path}|{threshold}|{large.path}"
+
+    def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice:
+        return [(self.small if size <= self.threshold else self.large, size)]
+
+
+class MPRec:
+    def __init__(self, paths: list[PathProfile], slack: float = 1.0) -> None:
+        # Highest accuracy first, then the fastest at a middling size: the order of preference.
+        self.paths = sorted(paths, key=lambda p: (-_accuracy(p), p.service_ms(64), p.path))
+        self.slack = slack
+        self.name = "mprec" if slack == 1.0 else f"mprec(slack={slack:g})"
+
+    def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice:
+        best, best_done = None, math.inf
+        budget = target_ms * self.slack
+        for p in self.paths:
+            done = wait_ms.get(p.device, 0.0) + p.service_ms(size)
+            if done <= budget:
+                return [(p, size)]  # the most accurate path that makes it
+            if done < best_done:
+                best, best_done = p, done
+        return [(best, size)]
+
+
+class MPRecSplit(MPRec):
+    def __init__(self, paths: list[PathProfile], min_size: int = 64, slack: float = 1.0) -> None:
+        super().__init__(paths, slack)
+        self.name = self.name.replace("mprec", "mprec_split")
+        self.min_size = min_size
+        self.fastest = {}
+        for p in paths:  # each device's fastest path at a large size
+            if p.device not in self.fastest or p.service_ms(1024) < self.fastest[p.device].service_ms(1024):
+                self.fastest[p.device] = p
+
+    def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice:
+        single = super().choose(size, target_ms, wait_ms)
+        path = single[0][0]
+        single_done = wait_ms.get(path.device, 0.0) + path.service_ms(size)
+        if single_done <= target_ms * self.slack or size < self.min_size or len(self.fastest) < 2:
+            return single
+        # Parts in proportion to each device's speed (samples per ms at this size).
+        speed = {d: size / p.service_ms(size) for d, p in self.fastest.items()}
+        total = sum(speed.values())
+        parts, left = [], size
+        for i, (d, p) in enumerate(self.fastest.items()):
+            part = left if i == len(self.fastest) - 1 else max(1, round(size * speed[d] / total))
+            part = min(part, left)
+            if part > 0:
+                parts.append((p, part))
+                left -= part
+        split_done = max(wait_ms.get(p.device, 0.0) + p.service_ms(n) for p, n in parts)
+        return parts if split_done < single_done else single

@@ -1,0 +1,108 @@
+"""Latency profiles of paths: what the policies and the simulator know about each path.
+
+A profile is a path's measured service time per query size (the p50 of its latency ladder), its
+device (paths on one device share a FIFO server) and its accuracy. Profiles come from an experiment's
+MLflow runs, or from a profile file (JSON) for devices not here, e.g. the GPU check's output, with its
+provenance. A *scaled* profile (labelled as such, never mistaken for a measurement) stands in for a
+device no profile exists for.
+
+>>> p = PathProfile("table@cpu", "cpu", 0.78, (1, 64, 1024), (0.5, 1.8, 18.0))
+>>> round(p.service_ms(32), 3), round(p.service_ms(2048), 3)   # interpolated; extrapolated linearly
+(1.14, 35.28)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PathProfile:
+    path: str  # representation@backend
+    device: str  # the server the path runs on
+    accuracy: float | None
+    sizes: tuple[int, ...]
+    latency_ms: tuple[float, ...]  # service time at each size (p50)
+    p99_ms: tuple[float, ...] = ()
+    source: str = "measured"
+    extra: dict = field(default_factory=dict, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.sizes or len(self.sizes) != len(self.latency_ms):
+            raise ValueError(f"profile of {self.path}: no measured query sizes (an empty profile)")
+        if list(self.sizes) != sorted(self.sizes):
+            raise ValueError(f"profile of {self.path}: query sizes must be increasing, got {self.sizes}")
+        if any(not (v > 0) for v in self.latency_ms):
+            raise ValueError(f"profile of {self.path}: latencies must be positive, got {self.latency_ms}")
+
+    def use_table(self, table: list[float] | None) -> None:
+        """Let `service_ms` read a precomputed table (seconds by size) while a simulation runs."""
+        object.__setattr__(self, "_table", table)
+
+    def service_ms(self, size: float) -> float:
+        """Piecewise-linear in query size; below the smallest size its latency; beyond the largest, the
+        last segment's slope (never below the largest measured latency)."""
+        table = getattr(self, "_table", None)
+        if table is not None and type(size) is int and size < len(table):
+            return table[size] * 1e3
+        sizes, lat = self.sizes, self.latency_ms
+        if size <= sizes[0] or len(sizes) == 1:
+            return lat[0] if size <= sizes[0] else lat[0] * size / sizes[0]
+        if size >= sizes[-1]:
+            slope = (lat[-1] - lat[-2]) / (sizes[-1] - sizes[-2])
+            return max(lat[-1], lat[-1] + slope * (size - sizes[-1]))
+        return float(np.interp(size, sizes, lat))
+
+    def service_table(self, max_size: int) -> list[float]:
+        """Service time (seconds) for every size 0..max_size: the simulator's lookup table."""
+        return [self.service_ms(max(1, q)) / 1e3 for q in range(max_size + 1)]
+
+    def scaled(self, device: str, factor_per_sample: float, fixed_ms: float, label: str) -> "PathProfile":
+        """A stand-in on another device: per-sample time divided by `factor_per_sample`, plus `fixed_ms`."""
+        base = self.latency_ms[0]
+        lat = tuple(fixed_ms + base / factor_per_sample + (v - base) / factor_per_sample for v in self.latency_ms)
+        rep = self.path.split("@")[0]
+        return PathProfile(f"{rep}@{device}", device, self.accuracy, self.sizes, lat, (), label)
+
+
+def from_runs(runs) -> list[PathProfile]:
+    """Profiles from the analysis' tidy table (harness.analysis.runs): the latest FINISHED run per path."""
+    from harness.analysis.mapping import latest_finished
+
+    done = latest_finished(runs)
+    done = done[done["feasible"] > 0]
+    out = []
+    for path, group in done.groupby("path", sort=True):
+        g = group.sort_values("query_size")
+        accuracy = g["accuracy"].iloc[0]
+        out.append(PathProfile(
+            path=path, device=str(g["device"].iloc[0]),
+            accuracy=None if accuracy is None or (isinstance(accuracy, float) and math.isnan(accuracy)) else float(accuracy),
+            sizes=tuple(int(q) for q in g["query_size"]), latency_ms=tuple(float(v) for v in g["p50_ms"]),
+            p99_ms=tuple(float(v) for v in g["p99_ms"]), source=f"measured (run {g['run_id'].iloc[0]})",
+        ))
+    return out
+
+
+def save(profiles: list[PathProfile], path: str | Path, provenance: dict) -> None:
+    Path(path).write_text(json.dumps({"provenance": provenance, "paths": [asdict(p) for p in profiles]}, indent=2))
+
+
+def load(path: str | Path) -> list[PathProfile]:
+    """Profiles from a JSON file (`save`'s format); errors name the file."""
+    try:
+        data = json.loads(Path(path).read_text())
+        entries = data["paths"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"{path}: not a profile file ({exc})") from None
+    source = data.get("provenance", {}).get("source", f"file {Path(path).name}")
+    try:
+        return [PathProfile(e["path"], e["device"], e.get("accuracy"), tuple(e["sizes"]), tuple(e["latency_ms"]),
+                            tuple(e.get("p99_ms", ())), e.get("source", source)) for e in entries]
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: {exc}") from None

@@ -1,0 +1,178 @@
+"""Serving: the policies' rules, the simulator against queueing theory, bad input, the CLI, LoadGen."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from harness.serving import policies as pol
+from harness.serving.profiles import PathProfile
+from harness.serving.report import check_target, threshold_policy
+from harness.serving.simulator import arrivals, max_qps, simulate
+from harness.serving.sizes import MLPERF_QUANTILES, from_quantiles, read_quantiles
+
+TABLE = PathProfile("table@cpu", "cpu", 0.75, (1, 64, 1024), (0.5, 2.0, 20.0))
+DHE_GPU = PathProfile("dhe@gpu", "gpu", 0.80, (1, 64, 1024), (1.0, 1.5, 6.0))
+HYBRID_GPU = PathProfile("hybrid@gpu", "gpu", 0.82, (1, 64, 1024), (1.2, 2.5, 15.0))
+
+
+def test_static_and_size_threshold_route_as_told():
+    assert pol.Static(TABLE).choose(500, 1.0, {})[0][0] is TABLE
+    threshold = pol.SizeThreshold(TABLE, DHE_GPU, 100)
+    assert threshold.choose(100, 10, {})[0][0] is TABLE and threshold.choose(101, 10, {})[0][0] is DHE_GPU
+
+
+def test_mprec_takes_the_most_accurate_path_that_meets_the_target():
+    policy = pol.MPRec([TABLE, DHE_GPU, HYBRID_GPU])
+    assert policy.choose(64, 10.0, {"cpu": 0, "gpu": 0})[0][0] is HYBRID_GPU
+    # hybrid would finish at 8 + 2.5 > 10 ms; dhe at 8 + 1.5 <= 10 ms
+    assert policy.choose(64, 10.0, {"cpu": 0, "gpu": 8.0})[0][0] is DHE_GPU
+    # the gpu queue is too long for both: the table on the idle cpu
+    assert policy.choose(64, 10.0, {"cpu": 0, "gpu": 20.0})[0][0] is TABLE
+    # nobody makes it: whoever finishes first
+    assert policy.choose(1024, 1.0, {"cpu": 0, "gpu": 0})[0][0] is DHE_GPU
+    slack = pol.MPRec([TABLE, DHE_GPU, HYBRID_GPU], slack=0.5)
+    assert slack.choose(64, 10.0, {"cpu": 0, "gpu": 3.0})[0][0] is DHE_GPU  # 3 + 2.5 > 5; 3 + 1.5 <= 5
+
+
+def test_mprec_split_divides_a_query_no_single_path_can_finish():
+    policy = pol.MPRecSplit([TABLE, DHE_GPU], min_size=64)
+    parts = policy.choose(1024, 5.0, {"cpu": 0, "gpu": 0})
+    assert {p.path for p, _ in parts} == {"table@cpu", "dhe@gpu"} and sum(n for _, n in parts) == 1024
+    assert len(policy.choose(64, 5.0, {"cpu": 0, "gpu": 0})) == 1  # fits as it is
+
+
+def test_the_threshold_policy_sends_large_queries_to_the_path_fast_on_them():
+    policy = threshold_policy([TABLE, DHE_GPU], np.array([1, 50, 1000]))
+    assert policy.small is TABLE and policy.large is DHE_GPU and 1 <= policy.threshold <= 64
+
+
+def test_arrivals_are_a_poisson_process():
+    gaps = np.diff(arrivals(np.random.default_rng(0), 200_000, qps=250.0))
+    assert gaps.mean() == pytest.approx(1 / 250, rel=0.01)
+    assert gaps.std() / gaps.mean() == pytest.approx(1.0, rel=0.02)  # exponential: CV 1
+    assert len(np.unique(gaps)) == len(gaps)  # times, not integer ticks
+
+
+def test_simulator_matches_md1_queueing_theory():
+    service = PathProfile("x@cpu", "cpu", 0.8, (1, 2), (2.0, 2.0))  # 2 ms, deterministic
+    qps, n = 300.0, 200_000  # rho = 0.6
+    r = simulate(pol.Static(service), [service], arrivals(np.random.default_rng(1), n, qps), np.ones(n, int), 100)
+    rho, mu = qps * 0.002, 1 / 0.002
+    wait_ms = 1e3 * rho / (2 * mu * (1 - rho))  # Pollaczek-Khinchine for M/D/1
+    assert r.latency_ms.mean() == pytest.approx(2.0 + wait_ms, rel=0.03)
+    assert r.utilisation("cpu") == pytest.approx(rho, rel=0.02)
+
+
+def test_simulation_is_deterministic_and_counts_correct_predictions():
+    sizes = np.random.default_rng(0).integers(1, 200, 5000)
+    run = lambda: simulate(pol.MPRec([TABLE, DHE_GPU]), [TABLE, DHE_GPU],  # noqa: E731
+                           arrivals(np.random.default_rng(3), 5000, 100.0), sizes, 5.0)
+    a, b = run(), run()
+    assert np.array_equal(a.latency_ms, b.latency_ms)
+    ok = a.latency_ms <= 5.0
+    assert a.correct_per_s == pytest.approx(np.sum(a.accuracy[ok] * sizes[ok]) / a.duration_s)
+    assert 0.75 <= a.accuracy_served <= 0.80
+
+
+def test_max_qps_is_the_edge_of_the_target():
+    sizes = np.full(20_000, 64)
+    qps, result = max_qps(pol.Static(TABLE), [TABLE], sizes, 5.0, 99, seed=0)
+    assert result.percentile(99) <= 5.0
+    base = np.cumsum(np.random.default_rng([0, 0xA11]).exponential(1.0, len(sizes)))
+    assert simulate(pol.Static(TABLE), [TABLE], base / (qps * 1.05), sizes, 5.0).percentile(99) > 5.0
+    assert 50 < qps < 500  # 2 ms of service: capacity 500 QPS
+
+
+def test_a_target_no_path_can_meet_is_refused_with_the_numbers():
+    with pytest.raises(ValueError, match=r"no path meets p99 <= 1 ms.*1024 samples.*dhe@gpu"):
+        check_target([TABLE, DHE_GPU], np.full(100, 1024), 1.0, 99)
+
+
+def test_an_empty_profile_is_refused():
+    with pytest.raises(ValueError, match="empty profile"):
+        PathProfile("x@cpu", "cpu", 0.7, (), ())
+
+
+def test_quantile_files(tmp_path):
+    sizes = from_quantiles(np.random.default_rng(0), 50_000, read_quantiles(MLPERF_QUANTILES))
+    assert sizes.min() >= 100 and sizes.max() <= 700 and 180 <= np.median(sizes) <= 220
+    bad = tmp_path / "q.txt"
+    bad.write_text("100, 200, -5, 300")
+    with pytest.raises(ValueError, match=r"q.txt: query sizes must be >= 1; value -5 at position 3"):
+        read_quantiles(bad)
+
+
+def _measure(run_harness, store, *args):
+    run_harness("-m", "+backend=cpu", "experiment=smoke", "representation=table,dhe", "dataset.scale=0.001",
+                "workload.query_sizes=[1,32,256]", "isolate=never", "train.steps=10", "train.eval_every=10",
+                "train.eval_samples=256", *args, store_uri=store)
+
+
+SCALED = ("scaled_devices=[{source: cpu, device: gpu-scaled, per_sample_speedup: {table: 4.0, dhe: 20.0}, "
+          "fixed_ms: 0.2, label: 'scaled, not measured'}]")
+
+
+def test_serving_cli_writes_the_policy_table_plot_and_an_mlflow_run(run_harness, store, tmp_path):
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from .conftest import harness_env
+
+    _measure(run_harness, store)
+    proc = subprocess.run([sys.executable, "-m", "harness.serving", f"tracking.results_dir={tmp_path / 'results'}",
+                           "target_ms=100", "queries=2000", "load_points=3", SCALED], cwd=tmp_path,
+                          env=harness_env(store), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    folder = tmp_path / "results" / "mprec" / "serving"
+    assert {"serving.csv", "serving_load.csv", "serving.md", "serving.png", "profiles.json"} <= {
+        p.name for p in folder.iterdir()}
+    text = (folder / "serving.md").read_text()
+    assert "static:table@cpu" in text and "mprec" in text and "Headline" in text
+    assert "dhe@gpu-scaled: scaled, not measured" in text
+    profiles = json.loads((folder / "profiles.json").read_text())["paths"]
+    assert {p["path"] for p in profiles} >= {"table@cpu", "dhe@cpu", "table@gpu-scaled", "dhe@gpu-scaled"}
+    mlflow.set_tracking_uri(store)
+    [run] = [r for r in mlflow.search_runs(experiment_names=["mprec"], output_format="list")
+             if r.data.tags.get("mprec.kind") == "serving"]
+    assert run.data.metrics["ratio"] > 0 and run.data.metrics["mprec.max_qps"] > 0
+
+
+def test_serving_refuses_an_impossible_target(run_harness, store, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import harness_env
+
+    _measure(run_harness, store)
+    proc = subprocess.run([sys.executable, "-m", "harness.serving", f"tracking.results_dir={tmp_path / 'results'}",
+                           "target_ms=0.001", "queries=500"], cwd=tmp_path, env=harness_env(store),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "no path meets p99 <= 0.001 ms" in proc.stderr
+
+
+def test_live_serving_under_loadgen_and_a_failing_path(run_harness, store, tmp_path, monkeypatch):
+    pytest.importorskip("mlperf_loadgen", reason="pip install -e '.[loadgen]'")
+    from harness.config import compose
+    from harness.serving import load_serving_config, run_serving
+
+    _measure(run_harness, store)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    base = [f"tracking.results_dir={tmp_path / 'results'}", "target_ms=200", "queries=1000", "load_points=2",
+            "live.enabled=true", "live.duration_s=2", "live.qps=40", "live.samples=64", "sizes.median=20",
+            "sizes.max=256"]
+    result = run_serving(load_serving_config(compose(base, config_name="serving")), quiet=True)
+    live = result["live"]
+    assert live["live_served"] >= 40 and live["live_errors"] == 0
+    assert live["live_p99_ms"] > 0 and live["simulated_p99_ms"] > 0 and np.isfinite(live["prediction_error"])
+    assert live["live_achieved_qps"] > 0 and live["live_validity"] in ("VALID", "INVALID")
+    assert (result["folder"] / "loadgen" / "mlperf_log_detail.txt").is_file()
+
+    # A path that raises answers every query with an error response: LoadGen finishes, the run says so.
+    broken = [*base, "live.policy=static:dhe@cpu", "live.fault_path=dhe@cpu"]
+    live = run_serving(load_serving_config(compose(broken, config_name="serving")), quiet=True)["live"]
+    assert live["live_errors"] >= 40 and live["live_served"] == 0
