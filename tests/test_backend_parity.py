@@ -99,3 +99,51 @@ def test_cpu_adapter_is_the_reference(run_config):
 
     model, batch, expected = case("hybrid")
     torch.testing.assert_close(run_on(CpuBackend(run_config("+backend=cpu").backend), model, batch), expected)
+
+
+# --- CUDA: runs where torch sees a GPU (scripts/gpu_check.sh runs these on a lent GPU machine) ---
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device (torch.cuda.is_available() is False)")
+
+
+@needs_cuda
+@pytest.mark.parametrize("name, per_bag", [(n, 1) for n in REPRESENTATIONS] + [("table", 3), ("tt", 2), ("dhe", 2)])
+def test_cuda_matches_torch_cpu(run_config, name, per_bag):
+    from backends.cuda import CudaBackend
+
+    model, batch, expected = case(name, per_bag)
+    adapter = CudaBackend(run_config("+backend=cuda").backend)
+    torch.testing.assert_close(run_on(adapter, model, batch), expected, rtol=1e-4, atol=1e-4)
+    assert adapter.device_time_s() > 0  # the CUDA events bracketed the call
+
+
+@needs_cuda
+def test_cuda_with_torch_compile_matches_torch_cpu(run_config):
+    from backends.cuda import CudaBackend
+
+    model, batch, expected = case("dhe")
+    adapter = CudaBackend(run_config("+backend=cuda", "backend.compile=true").backend)
+    torch.testing.assert_close(run_on(adapter, model, batch), expected, rtol=1e-4, atol=1e-4)
+    assert adapter.prepare_metrics()["compile_s"] > 0
+
+
+@needs_cuda
+def test_a_real_cuda_out_of_memory_is_recorded_and_the_ladder_goes_on(run_config):
+    """A query size whose forward asks for more than the GPU has raises torch.cuda.OutOfMemoryError;
+    the ladder records that size infeasible, empties the cache and measures the next size."""
+    from backends.cuda import CudaBackend
+    from harness.measure import LadderSettings, run_ladder
+
+    class Greedy(torch.nn.Module):
+        def forward(self, dense, ids):
+            if dense.shape[0] > 8:  # ~4 TB: more than any GPU has
+                return torch.empty(2**40, device=dense.device).sum() + dense.sum()
+            return dense.sum(1)
+
+    adapter = CudaBackend(run_config("+backend=cuda").backend)
+    adapter.prepare(Greedy(), None)
+    settings = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=4, min_time_s=0, max_iters=4, max_time_s=5)
+    pool = lambda q: [Batch(torch.rand(q, 13), torch.zeros(q, 26, 1, dtype=torch.long))]  # noqa: E731
+    results = run_ladder(adapter, [4, 16, 8], pool, settings)
+    assert [r.feasible for r in results] == [True, False, True]
+    assert results[0].extra["peak_memory_bytes"] > 0 and len(results[2].device_latencies_s) == 4

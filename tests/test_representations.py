@@ -123,6 +123,10 @@ def test_dhe_fast_encoding_is_bit_identical_to_the_definition(m, encoding):
     ids[: len(edges), 0, 0] = torch.tensor(edges)
     flat = ids.permute(1, 0, 2).reshape(2, -1)
     assert torch.equal(module.encode(ids), module._code(module.hash(flat).double()))
+    module.hash_chunk_elements = None  # one pass, as on GPUs; and chunks that leave a remainder
+    assert torch.equal(module.encode(ids), module._code(module.hash(flat).double()))
+    module.hash_chunk_elements = 32 * 2 * 7
+    assert torch.equal(module.encode(ids), module._code(module.hash(flat).double()))
 
 
 @pytest.mark.parametrize("m", [2, 7, 1_000_000, 1 << 26])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,6 +97,17 @@ def test_an_empty_profile_is_refused():
         PathProfile("x@cpu", "cpu", 0.7, (), ())
 
 
+def test_a_latency_only_profile_file_takes_its_representations_accuracy(tmp_path):
+    from harness.serving import profiles as prof
+
+    gpu = PathProfile("table@cuda", "cuda", None, (1, 64), (0.1, 0.2), source="gpu check")
+    prof.save([gpu, PathProfile("tt@cuda", "cuda", None, (1,), (0.3,))], tmp_path / "gpu.json", {"source": "x"})
+    filled = prof.with_accuracy_of([TABLE, DHE_GPU], prof.load(tmp_path / "gpu.json"))
+    assert filled[0].accuracy == TABLE.accuracy and "accuracy of table@cpu" in filled[0].source
+    assert filled[1].accuracy is None  # no measured tt path: nothing to borrow
+    assert prof.with_accuracy_of([TABLE], [DHE_GPU])[0].accuracy == 0.80  # a measured accuracy stays
+
+
 def test_quantile_files(tmp_path):
     sizes = from_quantiles(np.random.default_rng(0), 50_000, read_quantiles(MLPERF_QUANTILES))
     assert sizes.min() >= 100 and sizes.max() <= 700 and 180 <= np.median(sizes) <= 220
@@ -176,3 +188,18 @@ def test_live_serving_under_loadgen_and_a_failing_path(run_harness, store, tmp_p
     broken = [*base, "live.policy=static:dhe@cpu", "live.fault_path=dhe@cpu"]
     live = run_serving(load_serving_config(compose(broken, config_name="serving")), quiet=True)["live"]
     assert live["live_errors"] >= 40 and live["live_served"] == 0
+
+
+def test_the_measured_gpu_scenario_reads_the_recorded_h200_profiles():
+    from hydra import compose, initialize_config_dir
+
+    from harness.serving import profiles as prof
+
+    repo = Path(__file__).resolve().parent.parent
+    with initialize_config_dir(config_dir=str(repo / "conf"), version_base="1.3"):
+        cfg = compose("serving", overrides=["serving=mprec_headline_h200"])
+    assert cfg.scaled_devices == [] and cfg.sizes.kind == "mlperf"
+    [path] = cfg.profile_files
+    loaded = prof.load(repo / path)
+    assert sorted(p.path for p in loaded) == ["dhe@cuda", "hybrid@cuda", "table@cuda", "tt@cuda"]
+    assert all(p.device == "NVIDIA H200" and p.accuracy is None and "H200" in p.source for p in loaded)

@@ -29,7 +29,7 @@ def runs_of(store: str, experiment: str = "mprec", kind: str = "latency"):
 def test_fault_injection_sweep_then_resume_reruns_only_the_failed(run_harness, store):
     sweep = ["-m", *FAST, "seed=0,1,2,3,4,5"]
     # The timeout must leave a loaded machine time to start a worker (it imports torch and mlflow).
-    first = run_harness(*sweep, "job_timeout_s=25", 'debug.fault="raise@3,kill@4,hang@5"', store_uri=store,
+    first = run_harness(*sweep, "job_timeout_s=40", 'debug.fault="raise@3,kill@4,hang@5"', store_uri=store,
                         check=False)
     assert first.returncode == 1  # failed jobs make the sweep's exit status non-zero...
     runs = {r.data.params["seed"]: r for r in runs_of(store)}

@@ -47,7 +47,7 @@ def gather_profiles(cfg: ServingConfig) -> tuple[list[prof.PathProfile], list[di
 
     records = load_runs(cfg.tracking, cfg.experiment_name)
     measured = prof.from_runs(join_quality(tidy(records))) if records else []
-    extra = [p for f in cfg.profile_files for p in prof.load(f)]
+    extra = prof.with_accuracy_of(measured, [p for f in cfg.profile_files for p in prof.load(f)])
     profiles = measured + extra + scaled_profiles(measured, cfg.scaled_devices)
     if cfg.paths:
         known = {p.path for p in profiles}

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +89,21 @@ def from_runs(runs) -> list[PathProfile]:
     return out
 
 
+def with_accuracy_of(measured: list[PathProfile], profiles: list[PathProfile]) -> list[PathProfile]:
+    """Give a profile without accuracy (a latency-only file, e.g. the GPU check's) the accuracy of the
+    measured path of the same representation, and say so in its source. The harness trains on the host
+    whatever the backend, so a representation's weights, and so its accuracy, do not depend on the device
+    that serves them; a profile with no such path keeps None (the policies rank it last)."""
+    by_rep = {p.path.split("@")[0]: p for p in measured if p.accuracy is not None}
+    out = []
+    for p in profiles:
+        donor = by_rep.get(p.path.split("@")[0])
+        if p.accuracy is None and donor is not None:
+            p = replace(p, accuracy=donor.accuracy, source=f"{p.source}; accuracy of {donor.path} ({donor.source})")
+        out.append(p)
+    return out
+
+
 def save(profiles: list[PathProfile], path: str | Path, provenance: dict) -> None:
     Path(path).write_text(json.dumps({"provenance": provenance, "paths": [asdict(p) for p in profiles]}, indent=2))
 
@@ -101,8 +116,12 @@ def load(path: str | Path) -> list[PathProfile]:
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"{path}: not a profile file ({exc})") from None
     source = data.get("provenance", {}).get("source", f"file {Path(path).name}")
+
+    def origin(entry: dict) -> str:  # the path's own source (its run), then where the file came from
+        return f"{entry['source']}, {source}" if entry.get("source") else source
+
     try:
         return [PathProfile(e["path"], e["device"], e.get("accuracy"), tuple(e["sizes"]), tuple(e["latency_ms"]),
-                            tuple(e.get("p99_ms", ())), e.get("source", source)) for e in entries]
+                            tuple(e.get("p99_ms", ())), origin(e)) for e in entries]
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from None

@@ -102,6 +102,9 @@ class DeepHashEmbedding(nn.Module):
         # int64: the definition; int32: for devices without 64-bit arithmetic (TPU, IPU), exact by limbs.
         # Backend adapters pick one in prepare(); the representation never knows the device.
         self.hash_arithmetic = "float64"
+        # Elements per pass of the float64 hash: cache-sized chunks on CPUs; None (one pass) on GPUs,
+        # where each chunk's ten small kernels cost more in launches than the cache saves (backends/cuda.py).
+        self.hash_chunk_elements: int | None = _CHUNK_ELEMENTS
         # a split into limbs of `limb_bits` (most significant first) for the int32 Horner evaluation.
         self.limb_bits = 30 - self.p.bit_length()
         if self.limb_bits >= 1:
@@ -170,7 +173,8 @@ class DeepHashEmbedding(nn.Module):
         y = torch.remainder(flat, self.p).to(torch.float64).unsqueeze(-1)
         tables_n, lookups = y.shape[0], y.shape[1]
         a, b = self.hash_a[tables].to(torch.float64), self.hash_b[tables].to(torch.float64)
-        rows = max(1, min(lookups, _CHUNK_ELEMENTS // (tables_n * self.k)))
+        chunk = self.hash_chunk_elements or tables_n * lookups * self.k  # None: one pass
+        rows = max(1, min(lookups, chunk // (tables_n * self.k)))
         value = torch.empty(tables_n, rows, self.k, dtype=torch.float64, device=flat.device)
         scratch = torch.empty_like(value)
         codes = torch.empty(tables_n, lookups, self.k, dtype=torch.float32, device=flat.device)

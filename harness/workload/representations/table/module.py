@@ -61,6 +61,26 @@ class FusedTables(nn.Module):
             out = F.embedding_bag(flat, self.weight, mode="sum", sparse=self.sparse_grad)
         return out.view(batch, tables, self.dim)
 
+    def forward_jagged(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """Ragged bags (multi-hot features of varying length) -> [B, T, D] sums; one embedding_bag call.
+
+        The layout is TorchRec's KeyedJaggedTensor's: `lengths` [T, B] ids per (table, sample) bag and
+        `values` every id, table-major (table 0's bags in sample order, then table 1's, ...). An empty bag
+        sums to zeros.
+
+        >>> tables = build_tables((10, 20), dim=4)
+        >>> tables.forward_jagged(torch.tensor([1, 2, 3, 19]), torch.tensor([[2, 1], [0, 1]])).shape
+        torch.Size([2, 2, 4])
+        """
+        tables, batch = lengths.shape
+        per_table = lengths.sum(1)
+        shifted = values + torch.repeat_interleave(self.row_offsets, per_table, output_size=values.numel())
+        offsets = torch.zeros(tables * batch + 1, dtype=torch.int64, device=values.device)
+        torch.cumsum(lengths.reshape(-1), 0, out=offsets[1:])
+        out = F.embedding_bag(shifted, self.weight, offsets, mode="sum", sparse=self.sparse_grad,
+                              include_last_offset=True)
+        return out.view(tables, batch, self.dim).transpose(0, 1).contiguous()  # [B, T, D], as forward
+
 
 class PerTableBags(nn.Module):
     """One nn.EmbeddingBag(sum) per feature: the textbook layout, kept to measure against the fused one."""
