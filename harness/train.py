@@ -36,8 +36,22 @@ def enable_sparse_gradients(model: nn.Module) -> int:
     return switched
 
 
+def enable_fused_sgd(model: nn.Module, lr: float) -> int:
+    """Tables that can apply SGD inside their backward do so (table/fused_sgd.py: the same update as a
+    sparse gradient and SGD, 2-3x faster on multi-id bags); returns how many. Their weights then get no
+    .grad and are left out of the optimizer."""
+    return sum(1 for m in model.modules() if hasattr(m, "enable_fused_sgd") and m.enable_fused_sgd(lr))
+
+
+def disable_fused_sgd(model: nn.Module) -> None:
+    for module in model.modules():
+        if getattr(module, "fused_sgd_lr", None) is not None:
+            module.fused_sgd_lr = None
+
+
 def make_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:
-    params = [p for p in model.parameters() if p.requires_grad]
+    fused = {id(m.weight) for m in model.modules() if getattr(m, "fused_sgd_lr", None) is not None}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in fused]
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)  # plain SGD handles sparse gradients
     if name == "adagrad":
@@ -72,6 +86,8 @@ def train(model: nn.Module, dataset, cfg, seed: int, on_metrics: MetricsCallback
     """Train `model` for cfg.steps batches; evaluate every cfg.eval_every steps and at the end."""
     torch.manual_seed(seed)
     enable_sparse_gradients(model)
+    if cfg.optimizer == "sgd":
+        log.info("fused SGD in %d table module(s)", enable_fused_sgd(model, cfg.lr))
     optimizer = make_optimizer(model, cfg.optimizer, cfg.lr)
     loss_fn = nn.BCEWithLogitsLoss()
     eval_set = dataset.eval_set(cfg.eval_samples)
@@ -103,6 +119,7 @@ def train(model: nn.Module, dataset, cfg, seed: int, on_metrics: MetricsCallback
         if step >= cfg.steps:
             break
     model.eval()
+    disable_fused_sgd(model)
     if quality is None:
         quality = evaluate_model(model, eval_set)
     final_loss = float(np.mean(window)) if window else last_loss

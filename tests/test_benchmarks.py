@@ -1,65 +1,119 @@
-"""The benchmark scripts run on a tiny shape and emit every figure (a regression guard, not a timing)."""
+"""`python -m benchmarks --tiny` runs every benchmark on a tiny shape and emits every figure and ratio.
+
+A regression guard, not a timing: nothing here compares a time with a bound (these machines are noisy);
+the full-size figures and their ratios are in docs/performance.md.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import math
+
+import pytest
+
+HAS_TORCHREC = importlib.util.find_spec("torchrec") is not None and importlib.util.find_spec("fbgemm_gpu") is not None
 
 
 def _finite_positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_table_path_benchmark_emits_every_figure(tmp_path, monkeypatch):
-    from benchmarks import table_path
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One `python -m benchmarks --tiny` (TorchRec's comparison where scripts/install_bench.sh ran)."""
+    from benchmarks import __main__ as suite
 
-    monkeypatch.chdir(tmp_path)
-    figures = table_path.main(["--tiny"])
-    p = figures["path_vs_bare"]
+    folder = tmp_path_factory.mktemp("benchmarks")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(folder)
+    only = [n for n in suite.BENCHMARKS if HAS_TORCHREC or n != "torchrec_compare"]
+    try:
+        result = suite.main(["--tiny", "--only", ",".join(only)])
+    finally:
+        mp.undo()
+    reports = {name: json.loads((folder / "results" / "benchmarks" / f"{name}.json").read_text())["figures"]
+               for name in only}
+    return result, reports
+
+
+def test_every_benchmark_ran_and_every_ratio_is_recorded(tiny_run):
+    result, reports = tiny_run
+    assert all(not str(src).startswith("missing") for src in result["reports"].values())
+    ratios = result["ratios"]
+    assert ratios and all(_finite_positive(r["value"]) for r in ratios.values())
+    targeted = {k for k, r in ratios.items() if r["target"]}
+    assert {"table_path.harness_over_bare", "table_path.overhead_fraction_of_q1", "harness.dry_run_s",
+            "harness.default_sweep_s"} <= targeted
+    assert any(k.startswith("limits.table.") for k in targeted) and any(k.startswith("limits.dhe.") for k in targeted)
+    assert all(isinstance(r["meets"], bool) for k, r in ratios.items() if k in targeted)
+
+
+def test_table_path_figures(tiny_run):
+    p = tiny_run[1]["table_path"]["path_vs_bare"]
     for key in ("harness_samples_per_s", "bare_samples_per_s", "harness_over_bare", "loop_overhead_us",
                 "query_size_1_latency_us", "overhead_fraction_of_q1"):
         assert _finite_positive(p[key]), key
     assert len(p["harness_blocks_s"]) == len(p["bare_blocks_s"]) == 5
-    assert set(figures["layouts"]) == {1, 64, 1024}
-    assert all(_finite_positive(row["per_table_over_fused"]) for row in figures["layouts"].values())
-    assert (tmp_path / "results" / "benchmarks" / "table_path.json").is_file()
+    layouts = tiny_run[1]["table_path"]["layouts"]
+    assert set(layouts) == {"1", "64", "1024"}
+    assert all(_finite_positive(row["per_table_over_fused"]) for row in layouts.values())
 
 
-def test_representations_benchmark_emits_every_figure(tmp_path, monkeypatch):
-    from benchmarks import representations
+@pytest.mark.skipif(not HAS_TORCHREC, reason="TorchRec is not installed (scripts/install_bench.sh)")
+def test_torchrec_comparison_figures(tiny_run):
+    f = tiny_run[1]["torchrec_compare"]
+    assert {c["ids_per_feature"] for c in f["cases"]} == {"1", "1-16"}
+    for case in f["cases"]:
+        for key in ("infer_ours_ms", "infer_torchrec_ebc_ms", "infer_torchrec_fused_forward_ms", "train_ours_ms",
+                    "train_torchrec_fused_ms", "infer_ours_over_ebc", "train_ours_over_fused"):
+            assert _finite_positive(case[key]), key
+        assert all(len(b) == 5 for b in case["blocks_s"].values())
 
-    monkeypatch.chdir(tmp_path)
-    figures = representations.main(["--tiny"])
-    assert _finite_positive(figures["gemm_peak"]["gflops"])
-    assert set(figures["dhe_decoders"]) == {64, 1024}
-    for row in figures["dhe_decoders"].values():
+
+def test_limits_figures(tiny_run):
+    f = tiny_run[1]["limits"]
+    assert all(_finite_positive(f["limits"][k]) for k in ("gather_gbps", "gather64_gbps", "copy_gbps", "gemm_gflops"))
+    for row in f["table"]["sizes"].values():
+        assert _finite_positive(row["fraction_of_gather"]) and _finite_positive(row["gbps"])
+    for row in f["dhe"]["sizes"].values():
+        assert _finite_positive(row["decoders_fraction_of_gemm"]) and _finite_positive(row["lookup_fraction_of_gemm"])
+        assert row["lookup_ms"] >= row["decoders_ms"] * 0.5  # the whole lookup includes the decoders
+
+
+def test_representations_figures(tiny_run):
+    f = tiny_run[1]["representations"]
+    assert _finite_positive(f["gemm_peak"]["gflops"])
+    assert set(f["dhe_decoders"]) == {"64", "1024"}
+    for row in f["dhe_decoders"].values():
         for key in ("bmm_ms", "loop_ms", "bmm_gflops", "bmm_fraction_of_peak", "encode_ms"):
             assert _finite_positive(row[key]), key
-    tt = figures["tt_vs_dense"]
     for key in ("tt_ms", "dense_rebuild_ms", "dense_over_tt", "tt_core_bytes", "dense_table_bytes"):
-        assert _finite_positive(tt[key]), key
+        assert _finite_positive(f["tt_vs_dense"][key]), key
 
 
-def test_criteo_reader_benchmark_emits_every_figure(tmp_path, monkeypatch):
-    from benchmarks import criteo_reader
-
-    monkeypatch.chdir(tmp_path)
-    figures = criteo_reader.main(["--tiny"])
-    assert set(figures["rows_per_s"]) == {"reader_one_core", "reader_threads", "pandas"}
-    assert all(_finite_positive(v) for v in figures["rows_per_s"].values())
-    assert _finite_positive(figures["reader_one_core_over_pandas"])
-
-
-def test_dhe_cache_benchmark_emits_every_figure(tmp_path, monkeypatch):
-    from benchmarks import dhe_cache
-
-    monkeypatch.chdir(tmp_path)
-    rows = dhe_cache.main(["--tiny"])["rows"]
+def test_data_serving_and_cache_figures(tiny_run):
+    reports = tiny_run[1]
+    reader = reports["criteo_reader"]
+    assert set(reader["rows_per_s"]) == {"reader_one_core", "reader_threads", "pandas"}
+    assert all(_finite_positive(v) for v in reader["rows_per_s"].values())
+    assert len(reports["serving"]) == 4 and all(_finite_positive(f["queries_per_s"]) for f in reports["serving"].values())
+    rows = reports["dhe_cache"]["rows"]
     assert rows and all(0 <= r["hit_rate"] <= 1 and _finite_positive(r["speedup"]) for r in rows)
 
 
-def test_serving_benchmark_emits_every_figure(tmp_path, monkeypatch):
-    from benchmarks import serving
+def test_harness_overhead_figures(tiny_run):
+    f = tiny_run[1]["harness_overhead"]
+    assert _finite_positive(f["dry_run_s"]) and len(f["dry_run_samples_s"]) == 3
+    assert _finite_positive(f["sweep_s"]) and len(f["sweep_job_s"]) == 4  # table, tt, dhe, hybrid
+    assert all(0 < s < f["sweep_s"] for s in f["sweep_job_s"].values())
+
+
+def test_collect_names_what_is_missing(tmp_path, monkeypatch):
+    from benchmarks import __main__ as suite
 
     monkeypatch.chdir(tmp_path)
-    figures = serving.main(["--tiny"])
-    assert len(figures) == 4 and all(_finite_positive(f["queries_per_s"]) for f in figures.values())
+    result = suite.main(["--collect", "--only", "limits"])
+    assert result["ratios"] == {} and result["reports"]["limits"].startswith("missing")
+    with pytest.raises(SystemExit):
+        suite.main(["--collect", "--only", "nonsense"])

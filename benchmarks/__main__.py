@@ -1,0 +1,153 @@
+"""Every performance benchmark in one run, and the JSON of ratios that guards against regressions.
+
+    python -m benchmarks                      # all of them, full size (about 20 minutes on 2 cores)
+    python -m benchmarks --tiny               # seconds-long shapes: what the CI test runs
+    python -m benchmarks --only limits,torchrec_compare
+    python -m benchmarks --collect            # no runs: ratios from the reports already in results/benchmarks
+
+Each benchmark writes its own report (results/benchmarks/<name>.json, environment included); this writes
+results/benchmarks/ratios.json: every headline figure with its target, whether it met it, and the report
+it came from. Compare two ratios.json files to see a regression; no test times anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import time
+from typing import Any, Callable
+
+from benchmarks.common import RESULTS, write_report
+
+BENCHMARKS = ["table_path", "torchrec_compare", "limits", "representations", "dhe_cache", "criteo_reader",
+              "serving", "harness_overhead"]
+
+Ratio = dict[str, Any]
+
+
+def _ratio(value: float, target: str | None = None, note: str = "") -> Ratio:
+    meets = None
+    if target:
+        op, bound = target.split(" ")
+        meets = value >= float(bound) if op == ">=" else value < float(bound)
+    return {"value": value, "target": target, "meets": meets, "note": note}
+
+
+def _table_path(f: dict) -> dict[str, Ratio]:
+    p = f["path_vs_bare"]
+    return {
+        "table_path.harness_over_bare": _ratio(p["harness_over_bare"], ">= 0.8", "samples/s, same weights and ids"),
+        "table_path.loop_overhead_us": _ratio(p["loop_overhead_us"], None, "per iteration, empty model"),
+        "table_path.overhead_fraction_of_q1": _ratio(p["overhead_fraction_of_q1"], "< 0.02"),
+    }
+
+
+def _torchrec(f: dict) -> dict[str, Ratio]:
+    out = {"torchrec.min_infer_ours_over_ebc": _ratio(f["min_infer_ours_over_ebc"], ">= 1.0"),
+           "torchrec.min_train_ours_over_fused": _ratio(f["min_train_ours_over_fused"], ">= 0.8")}
+    for c in f["cases"]:
+        key = f"torchrec.scale{c['scale']:g}.q{c['query_size']}.ids{c['ids_per_feature']}"
+        out[f"{key}.infer_over_ebc"] = _ratio(c["infer_ours_over_ebc"], ">= 1.0")
+        out[f"{key}.infer_over_fused"] = _ratio(c["infer_ours_over_fused"])
+        out[f"{key}.train_over_fused"] = _ratio(c["train_ours_over_fused"], ">= 0.8")
+    return out
+
+
+def _limits(f: dict) -> dict[str, Ratio]:
+    out = {}
+    table_sizes = f["table"]["sizes"]
+    largest = max(table_sizes, key=int)
+    for q, row in table_sizes.items():
+        target = ">= 0.7" if q == largest else None
+        out[f"limits.table.q{q}.fraction_of_gather"] = _ratio(row["fraction_of_gather"], target)
+        out[f"limits.table.q{q}.fraction_of_gather64"] = _ratio(row["fraction_of_gather64"])
+    for q, row in f["dhe"]["sizes"].items():
+        target = ">= 0.6" if int(q) >= 1024 else None
+        out[f"limits.dhe.q{q}.decoders_fraction_of_gemm"] = _ratio(row["decoders_fraction_of_gemm"], target)
+        out[f"limits.dhe.q{q}.lookup_fraction_of_gemm"] = _ratio(row["lookup_fraction_of_gemm"], None,
+                                                                 "hashing included")
+    return out
+
+
+def _representations(f: dict) -> dict[str, Ratio]:
+    out = {f"representations.dhe.q{q}.loop_over_bmm": _ratio(r["loop_over_bmm"], ">= 1.0")
+           for q, r in f["dhe_decoders"].items()}
+    out["representations.tt.dense_over_tt"] = _ratio(f["tt_vs_dense"]["dense_over_tt"], ">= 1.0")
+    return out
+
+
+def _dhe_cache(f: dict) -> dict[str, Ratio]:
+    return {f"dhe_cache.zipf{r['zipf_exponent']}.rows{r['cache_rows_per_table']}.q{r['query_size']}.speedup": _ratio(r["speedup"])
+            for r in f["rows"]}
+
+
+def _criteo_reader(f: dict) -> dict[str, Ratio]:
+    return {"criteo_reader.one_core_over_pandas": _ratio(f["reader_one_core_over_pandas"]),
+            "criteo_reader.threads_over_pandas": _ratio(f["reader_threads_over_pandas"]),
+            "criteo_reader.rows_per_s": _ratio(f["rows_per_s"]["reader_one_core"])}
+
+
+def _serving(f: dict) -> dict[str, Ratio]:
+    return {f"serving.{name}.queries_per_s": _ratio(row["queries_per_s"]) for name, row in f.items()}
+
+
+def _harness_overhead(f: dict) -> dict[str, Ratio]:
+    return {"harness.dry_run_s": _ratio(f["dry_run_s"], "< 3"),
+            "harness.default_sweep_s": _ratio(f["sweep_s"], "< 300", f["sweep_command"])}
+
+
+RATIOS: dict[str, Callable[[dict], dict[str, Ratio]]] = {
+    "table_path": _table_path, "torchrec_compare": _torchrec, "limits": _limits,
+    "representations": _representations, "dhe_cache": _dhe_cache, "criteo_reader": _criteo_reader,
+    "serving": _serving, "harness_overhead": _harness_overhead,
+}
+
+
+def collect(names: list[str]) -> dict[str, Any]:
+    ratios, sources = {}, {}
+    for name in names:
+        path = RESULTS / f"{name}.json"
+        if not path.is_file():
+            sources[name] = "missing: run python -m benchmarks --only " + name
+            continue
+        report = json.loads(path.read_text())
+        sources[name] = str(path)
+        for key, value in RATIOS[name](report["figures"]).items():
+            ratios[key] = {**value, "report": name}
+    return {"ratios": ratios, "reports": sources}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated: " + ",".join(BENCHMARKS))
+    parser.add_argument("--collect", action="store_true", help="run nothing; gather the existing reports")
+    args = parser.parse_args(argv)
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    unknown = [n for n in names if n not in BENCHMARKS]
+    if unknown:
+        parser.error(f"--only: unknown benchmark(s) {unknown}; known: {BENCHMARKS}")
+    seconds = {}
+    if not args.collect:
+        for name in names:
+            print(f"\n=== benchmarks.{name}")
+            t0 = time.perf_counter()
+            importlib.import_module(f"benchmarks.{name}").main(["--tiny"] if args.tiny else [])
+            seconds[name] = time.perf_counter() - t0
+    result = collect(names)
+    result["tiny"] = args.tiny
+    result["seconds"] = seconds
+    path = write_report("ratios", result)
+    print(f"\n{'figure':<58} {'value':>12}  target      met")
+    for key, r in result["ratios"].items():
+        met = {True: "yes", False: "NO", None: ""}[r["meets"]]
+        print(f"{key:<58} {r['value']:>12.4g}  {r['target'] or '':<10}  {met}")
+    missed = [k for k, r in result["ratios"].items() if r["meets"] is False]
+    print(f"\n{len(result['ratios'])} figures, {len(missed)} below target" + (f": {', '.join(missed)}" if missed else ""))
+    print(f"written: {path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

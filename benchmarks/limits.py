@@ -1,0 +1,122 @@
+"""Our paths against this machine's physical limits: table lookups vs gather bandwidth, DHE vs GEMM peak.
+
+    python -m benchmarks.limits           # Kaggle shape at scale 1.0 (2.16 GB of tables); about 2 minutes
+    python -m benchmarks.limits --tiny    # seconds (CI)
+
+Limits, measured in this run with the kernels the analysis roofline uses (backends/torch_kernels.py through
+harness/device_peaks.measure_peaks): random-row gather bandwidth (256-byte rows, bytes read + written) and
+fp32 GEMM throughput; plus the same gather at the table path's own row width (dim 16: 64-byte rows), since
+a 64-byte row costs a DRAM access like a 256-byte one and moves a quarter of the bytes.
+Paths (medians of interleaved repetitions):
+1. the table representation (`FusedTables`, one gather for 26 tables), one id per feature, uniform ids:
+   bytes moved counted as the gather kernel counts them (rows read + pooled rows written); target >= 70%
+   of the gather limit at query size 4096;
+2. the DHE representation (26 decoders 1024-128-16): the decoders' GFLOP/s (one baddbmm per layer) and
+   the whole lookup's (hashing included, the FLOPs being the decoders'); target >= 60% of the GEMM peak
+   at query sizes >= 1024.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from benchmarks.common import interleaved, write_report
+from harness.workload.representations import dhe
+from harness.workload.representations.dhe.module import DeepHashEmbedding
+from harness.workload.representations.table.module import FusedTables
+from harness.workload.spec import WorkloadSpec
+
+FP32 = 4
+
+
+def machine_limits(size_scale: float) -> dict:
+    from backends.cpu import CpuBackend
+    from harness.config import compose, load_config
+    from harness.device_peaks import measure_peaks
+
+    adapter = CpuBackend(load_config(compose(["+backend=cpu"])).backend)
+    adapter.prepare(torch.nn.Identity(), None)
+    return measure_peaks(adapter, size_scale)
+
+
+def gather_at_width(width: int, table_bytes: int, reps: int, block_s: float) -> float:
+    """GB/s of index_select of random rows `width` floats wide from a table of `table_bytes`."""
+    rows = table_bytes // (width * FP32)
+    table = torch.rand(rows, width)
+    index = torch.randint(0, rows, (max(1024, rows // 8),))
+    out = torch.empty(index.numel(), width)
+    t = interleaved({"gather": lambda i: torch.index_select(table, 0, index, out=out)}, reps, block_s)
+    return 2.0 * index.numel() * width * FP32 / t["gather"]["median_s"] / 1e9
+
+
+def table_lookups(scale: float, sizes: list[int], limits: dict, reps: int, block_s: float) -> dict:
+    rows = WorkloadSpec.from_shape("kaggle", scale).table_rows
+    torch.manual_seed(0)
+    module = FusedTables(rows, 16).requires_grad_(False)
+    out = {}
+    for q in sizes:
+        pool = [torch.stack([torch.randint(0, r, (q, 1)) for r in rows], dim=1) for _ in range(4)]
+        t = interleaved({"lookup": lambda i: module(pool[i % 4])}, reps, block_s)["lookup"]
+        moved = 2.0 * q * len(rows) * 16 * FP32  # rows read + pooled rows written, as the gather kernel counts
+        gbps = moved / t["median_s"] / 1e9
+        out[q] = {"ms": t["median_s"] * 1e3, "gbps": gbps, "fraction_of_gather": gbps / limits["gather_gbps"],
+                  "fraction_of_gather64": gbps / limits["gather64_gbps"], "blocks_s": t["blocks_s"]}
+    return {"scale": scale, "table_bytes": sum(rows) * 16 * FP32, "sizes": out}
+
+
+def dhe_lookups(tables: int, sizes: list[int], gemm_gflops: float, reps: int, block_s: float) -> dict:
+    params = dhe.Config(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none",
+                        batch_norm=False, seed=0)
+    module = DeepHashEmbedding(range(tables), params, dim=16).requires_grad_(False)
+    widths = params.widths(16)
+    flops_per_lookup = 2 * sum(i * o for i, o in zip(widths[:-1], widths[1:]))
+    out = {}
+    for q in sizes:
+        ids = torch.randint(0, 10_000_000, (q, tables, 1))
+        codes = module.encode(ids)
+        t = interleaved({"decoders": lambda i: module.decode(codes), "lookup": lambda i: module(ids)},
+                        reps, block_s, min_iters=3)
+        flops = flops_per_lookup * q * tables
+        decoders, lookup = flops / t["decoders"]["median_s"] / 1e9, flops / t["lookup"]["median_s"] / 1e9
+        out[q] = {"decoders_ms": t["decoders"]["median_s"] * 1e3, "lookup_ms": t["lookup"]["median_s"] * 1e3,
+                  "decoders_gflops": decoders, "lookup_gflops": lookup,
+                  "decoders_fraction_of_gemm": decoders / gemm_gflops, "lookup_fraction_of_gemm": lookup / gemm_gflops}
+    return {"tables": tables, "flops_per_lookup": flops_per_lookup, "sizes": out}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--block-s", type=float, default=0.5)
+    parser.add_argument("--tiny", action="store_true", help="seconds-long run on small shapes (CI)")
+    args = parser.parse_args(argv)
+    scale, table_sizes, dhe_sizes, tables, peak_scale = 1.0, [64, 1024, 4096], [64, 1024, 4096], 26, 1.0
+    if args.tiny:
+        scale, table_sizes, dhe_sizes, tables, peak_scale = 0.001, [64], [64], 2, 0.05
+        args.repetitions, args.block_s = 3, 0.01
+    limits = machine_limits(peak_scale)
+    limits["gather64_gbps"] = gather_at_width(16, int((256 << 20) * peak_scale), args.repetitions, args.block_s)
+    figures = {
+        "threads": torch.get_num_threads(),
+        "limits": limits,
+        "table": table_lookups(scale, table_sizes, limits, args.repetitions, args.block_s),
+        "dhe": dhe_lookups(tables, dhe_sizes, limits["gemm_gflops"], args.repetitions, args.block_s),
+    }
+    print(f"limits ({figures['threads']} threads): gather {limits['gather_gbps']:.2f} GB/s (256-B rows), "
+          f"{limits['gather64_gbps']:.2f} GB/s (64-B rows), copy {limits['copy_gbps']:.2f} GB/s, "
+          f"GEMM {limits['gemm_gflops']:.1f} GFLOP/s")
+    for q, row in figures["table"]["sizes"].items():
+        print(f"  table q={q:>5}: {row['ms']:.3f} ms, {row['gbps']:.2f} GB/s = {100 * row['fraction_of_gather']:.0f}% "
+              f"of the gather limit ({100 * row['fraction_of_gather64']:.0f}% of the 64-B-row gather)")
+    for q, row in figures["dhe"]["sizes"].items():
+        print(f"  dhe   q={q:>5}: decoders {row['decoders_gflops']:.1f} GFLOP/s "
+              f"({100 * row['decoders_fraction_of_gemm']:.0f}% of GEMM); whole lookup {row['lookup_gflops']:.1f} "
+              f"({100 * row['lookup_fraction_of_gemm']:.0f}%)")
+    print(f"written: {write_report('limits', figures)}")
+    return figures
+
+
+if __name__ == "__main__":
+    main()
