@@ -12,7 +12,7 @@ Kernel = tuple[Callable[[], object], float, str]  # (launch, work per call, unit
 
 
 def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0) -> dict[str, Kernel]:
-    """copy (streaming bandwidth), gather (random 256-byte rows: what a table lookup does), fp32 GEMM."""
+    """copy (streaming bandwidth), gather (random 256-byte rows: a table lookup), gather64 (64-byte rows), GEMM."""
     import torch
 
     # Sizes well beyond any cache yet a small share of the device: 256 MB buffers (or 1/16 of memory).
@@ -28,6 +28,15 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0) 
     index = torch.randint(0, rows, (lookups,), device=device)
     gathered = torch.empty(lookups, row_floats, device=device)
 
+    # The same gather at one 64-byte cache line per row (a dim-16 fp32 row, Kaggle's): a random row
+    # costs a DRAM access whatever its width, so narrow rows reach fewer bytes/s; paths with such rows
+    # are judged against this ceiling too (docs/performance.md).
+    line_floats = 16
+    line_rows = max(1024, n // line_floats)
+    line_table = source[: line_rows * line_floats].view(line_rows, line_floats)
+    line_index = torch.randint(0, line_rows, (max(1024, line_rows // 8),), device=device)
+    line_gathered = torch.empty(line_index.numel(), line_floats, device=device)
+
     side = 2048 if size_scale >= 1 else 256
     a = torch.rand(side, side, device=device)
     b = torch.rand(side, side, device=device)
@@ -39,5 +48,7 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0) 
         # Rows read + written; the index read is small beside them.
         "gather": (lambda: torch.index_select(table, 0, index, out=gathered), 2.0 * lookups * row_floats * 4,
                    "bytes"),
+        "gather64": (lambda: torch.index_select(line_table, 0, line_index, out=line_gathered),
+                     2.0 * line_index.numel() * line_floats * 4, "bytes"),
         "gemm": (lambda: torch.mm(a, b, out=c), 2.0 * side**3, "flops"),
     }

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"zipf {exponent:<4} cache {rows:>6}/table ({f['cache_bytes'] / 1e6:6.1f} MB) q={q:>5}: "
                       f"hit rate {f['hit_rate']:.3f}  dhe {f['uncached_ms']:8.2f} ms  dhe+cache "
                       f"{f['cached_ms']:8.2f} ms  speedup {f['speedup']:5.2f}x")
-    print(f"written: {write_report('dhe_cache', figures)}")
+    print(f"written: {write_report('dhe_cache', {'rows': figures})}")
     return {"rows": figures}
 
 

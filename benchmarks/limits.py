@@ -4,9 +4,9 @@
     python -m benchmarks.limits --tiny    # seconds (CI)
 
 Limits, measured in this run with the kernels the analysis roofline uses (backends/torch_kernels.py through
-harness/device_peaks.measure_peaks): random-row gather bandwidth (256-byte rows, bytes read + written) and
-fp32 GEMM throughput; plus the same gather at the table path's own row width (dim 16: 64-byte rows), since
-a 64-byte row costs a DRAM access like a 256-byte one and moves a quarter of the bytes.
+harness/device_peaks.measure_peaks): random-row gather bandwidth (256-byte rows, bytes read + written), the
+same gather at one cache line per row (64 bytes: the dim-16 rows of the table path here; a random row costs
+a DRAM access whatever its width, so narrow rows cannot reach the wide-row bytes/s) and fp32 GEMM throughput.
 Paths (medians of interleaved repetitions):
 1. the table representation (`FusedTables`, one gather for 26 tables), one id per feature, uniform ids:
    bytes moved counted as the gather kernel counts them (rows read + pooled rows written); target >= 70%
@@ -39,16 +39,6 @@ def machine_limits(size_scale: float) -> dict:
     adapter = CpuBackend(load_config(compose(["+backend=cpu"])).backend)
     adapter.prepare(torch.nn.Identity(), None)
     return measure_peaks(adapter, size_scale)
-
-
-def gather_at_width(width: int, table_bytes: int, reps: int, block_s: float) -> float:
-    """GB/s of index_select of random rows `width` floats wide from a table of `table_bytes`."""
-    rows = table_bytes // (width * FP32)
-    table = torch.rand(rows, width)
-    index = torch.randint(0, rows, (max(1024, rows // 8),))
-    out = torch.empty(index.numel(), width)
-    t = interleaved({"gather": lambda i: torch.index_select(table, 0, index, out=out)}, reps, block_s)
-    return 2.0 * index.numel() * width * FP32 / t["gather"]["median_s"] / 1e9
 
 
 def table_lookups(scale: float, sizes: list[int], limits: dict, reps: int, block_s: float) -> dict:
@@ -97,7 +87,6 @@ def main(argv: list[str] | None = None) -> dict:
         scale, table_sizes, dhe_sizes, tables, peak_scale = 0.001, [64], [64], 2, 0.05
         args.repetitions, args.block_s = 3, 0.01
     limits = machine_limits(peak_scale)
-    limits["gather64_gbps"] = gather_at_width(16, int((256 << 20) * peak_scale), args.repetitions, args.block_s)
     figures = {
         "threads": torch.get_num_threads(),
         "limits": limits,

@@ -19,7 +19,8 @@ from harness.measure import LadderSettings, time_iterations
 CACHE_FILE = "device_peaks.json"
 _SETTINGS = LadderSettings(warmup_iters=2, warmup_s=0.1, min_iters=5, min_time_s=0.5, max_iters=10_000,
                            max_time_s=3.0)
-_METRIC = {"copy": "copy_gbps", "gather": "gather_gbps", "gemm": "gemm_gflops"}
+_KERNELS_VERSION = 2  # bumped when the kernel set changes (2: gather64), so older cached peaks are remeasured
+_METRIC = {"copy": "copy_gbps", "gather": "gather_gbps", "gather64": "gather64_gbps", "gemm": "gemm_gflops"}
 
 
 def cache_key(adapter, device) -> str:
@@ -39,7 +40,7 @@ def measure_peaks(adapter, size_scale: float = 1.0) -> dict[str, float]:
 def device_peaks(adapter, device, results_dir: str | Path, size_scale: float = 1.0) -> dict[str, float]:
     """Cached peaks for this device (measured now if the cache has none); {} if the adapter has no kernels."""
     path = Path(results_dir) / CACHE_FILE
-    key = cache_key(adapter, device) + f"|scale={size_scale:g}"
+    key = cache_key(adapter, device) + f"|scale={size_scale:g}|kernels={_KERNELS_VERSION}"
     cache = json.loads(path.read_text()) if path.is_file() else {}
     if key in cache:
         return {k: v for k, v in cache[key].items() if isinstance(v, float)}

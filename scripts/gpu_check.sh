@@ -8,7 +8,8 @@
 #      (latency does not depend on the weights' values; the harness trains on the host whatever the
 #      backend, so the serving study takes each representation's accuracy from its CPU run);
 #   4. their profiles written to <out>/gpu_profiles.json, with the device and versions as provenance,
-#      for `python -m harness.serving serving=mprec_headline profile_files=[...]` (docs/serving.md).
+#      for `python -m harness.serving serving=mprec_headline profile_files=[...]` (docs/serving.md);
+#      the H200's is harness/serving/data/gpu_profiles_h200.json (serving=mprec_headline_h200).
 #
 #   scripts/gpu_check.sh [out-dir]      (default: $OUT where set, else results/gpu_check)
 #

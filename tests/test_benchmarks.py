@@ -45,7 +45,8 @@ def test_every_benchmark_ran_and_every_ratio_is_recorded(tiny_run):
     targeted = {k for k, r in ratios.items() if r["target"]}
     assert {"table_path.harness_over_bare", "table_path.overhead_fraction_of_q1", "harness.dry_run_s",
             "harness.default_sweep_s"} <= targeted
-    assert any(k.startswith("limits.table.") for k in targeted) and any(k.startswith("limits.dhe.") for k in targeted)
+    assert any(k.startswith("limits.table.") for k in targeted)  # the largest size's (DHE's: >= 1024 only)
+    assert any(k.startswith("limits.dhe.") for k in ratios) and any(k.startswith("torchrec.") for k in ratios) == HAS_TORCHREC
     assert all(isinstance(r["meets"], bool) for k, r in ratios.items() if k in targeted)
 
 

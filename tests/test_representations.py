@@ -129,6 +129,41 @@ def test_dhe_fast_encoding_is_bit_identical_to_the_definition(m, encoding):
     assert torch.equal(module.encode(ids), module._code(module.hash(flat).double()))
 
 
+@pytest.mark.parametrize("tables, threads", [(3, 1), (3, 2), (1, 2), (1, 3)])
+def test_dhe_c_kernel_codes_are_bit_identical_to_torch(tables, threads, monkeypatch):
+    """The one-pass C hash (dhe/kernels.py) against the torch float64 path and the definition, split
+    across threads by table or, for one table, by lookups; and the fallback when it cannot be built."""
+    from harness.workload import ckernels
+    from harness.workload.representations.dhe import kernels
+
+    if not kernels.available()[0]:
+        pytest.skip(kernels.available()[1])  # no C compiler here: the torch hash is used (tested below)
+    monkeypatch.setattr(ckernels, "threads_for", lambda work, minimum: threads)
+    module = DeepHashEmbedding(range(tables), small_dhe(k=40, decoder=[40, 6], m=1_000_000), dim=4)
+    flat = torch.randint(0, 2**62, (tables, 999), generator=torch.Generator().manual_seed(tables))
+    c_codes = kernels.encode_uniform(flat, module.hash_a, module.hash_b, module.p, module.m)
+    assert torch.equal(c_codes, module._code(module.hash(flat).double()))
+    module.hash_chunk_elements = None  # the torch path (as on GPUs)
+    assert torch.equal(c_codes, module.encode_flat(flat))
+
+
+def test_dhe_without_a_compiler_keeps_the_torch_hash(monkeypatch, tmp_path):
+    from harness.workload import ckernels
+    from harness.workload.representations.dhe import kernels
+
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("MPREC_KERNEL_DIR", str(tmp_path))
+    ckernels.forget("dhe_hash")
+    try:
+        assert not kernels.available()[0] and "unavailable" in kernels.available()[1]
+        module = DeepHashEmbedding(range(2), small_dhe(k=16, decoder=[16, 6], m=1000), dim=4)
+        ids = torch.randint(0, 10**6, (50, 2, 1))
+        flat = ids.permute(1, 0, 2).reshape(2, -1)
+        assert torch.equal(module.encode(ids), module._code(module.hash(flat).double()))
+    finally:
+        ckernels.forget("dhe_hash")
+
+
 @pytest.mark.parametrize("m", [2, 7, 1_000_000, 1 << 26])
 def test_dhe_32_bit_hashing_gives_the_same_buckets(m):
     module = DeepHashEmbedding(range(3), small_dhe(k=32, decoder=[32, 6], m=m), dim=4)

@@ -200,6 +200,7 @@ def test_the_measured_gpu_scenario_reads_the_recorded_h200_profiles():
         cfg = compose("serving", overrides=["serving=mprec_headline_h200"])
     assert cfg.scaled_devices == [] and cfg.sizes.kind == "mlperf"
     [path] = cfg.profile_files
-    loaded = prof.load(repo / path)
+    assert path == "builtin:gpu_profiles_h200.json"
+    loaded = prof.load(path)
     assert sorted(p.path for p in loaded) == ["dhe@cuda", "hybrid@cuda", "table@cuda", "tt@cuda"]
     assert all(p.device == "NVIDIA H200" and p.accuracy is None and "H200" in p.source for p in loaded)

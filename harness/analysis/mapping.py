@@ -25,7 +25,7 @@ COLUMNS = (
     "run_id", "status", "path", "representation", "backend", "device", "workload", "query_size",
     "p50_ms", "p90_ms", "p95_ms", "p99_ms", "samples_per_s", "feasible", "param_bytes", "flops_per_sample",
     "bytes_read_per_sample", "bytes_read_fixed", "device_memory_bytes", "device_gemm_gflops",
-    "device_gather_gbps", "device_copy_gbps", "accuracy", "start_time",
+    "device_gather_gbps", "device_gather64_gbps", "device_copy_gbps", "accuracy", "start_time",
 )
 PERCENTILES = ("p50", "p90", "p95", "p99")
 RANKINGS = ("correct_throughput", "throughput")

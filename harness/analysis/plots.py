@@ -107,8 +107,8 @@ def roofline(runs: pd.DataFrame, device: str, folder: Path) -> Path | None:
     rows["gflops"] = flops / (q / rows["samples_per_s"]) / 1e9
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x = np.logspace(np.log10(max(rows["intensity"].min() / 4, 1e-3)), np.log10(rows["intensity"].max() * 4), 100)
-    for name, style in (("device_gather_gbps", ":"), ("device_copy_gbps", "--")):
-        bandwidth = rows[name].dropna()
+    for name, style in (("device_gather_gbps", ":"), ("device_gather64_gbps", "-."), ("device_copy_gbps", "--")):
+        bandwidth = rows[name].dropna() if name in rows else rows.iloc[0:0]
         if not bandwidth.empty:
             bw = float(bandwidth.iloc[0])
             ax.plot(x, np.minimum(peak, bw * x), style, color="black",

@@ -29,6 +29,7 @@ def tidy(records: list[dict]) -> pd.DataFrame:
             "device_memory_bytes": metrics.get("device_memory_bytes", np.nan),
             "device_gemm_gflops": metrics.get("device_gemm_gflops", np.nan),
             "device_gather_gbps": metrics.get("device_gather_gbps", np.nan),
+            "device_gather64_gbps": metrics.get("device_gather64_gbps", np.nan),
             "device_copy_gbps": metrics.get("device_copy_gbps", np.nan),
             "accuracy": metrics.get("accuracy", np.nan), "start_time": rec["start_time"],
             "quality_key": tags.get("quality_key"),

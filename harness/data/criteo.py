@@ -24,6 +24,8 @@ from __future__ import annotations
 import gzip
 import logging
 import math
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -209,7 +211,7 @@ class CriteoReader:
         emitted = 0  # rows pyarrow has handed us so far
         try:
             with pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert) as reader:
-                for batch in reader:
+                for batch in _prefetched(reader):
                     if batch.num_rows == 0:
                         continue
                     chunk = self._convert(batch, emitted, header_lines, sorted(column_skips))
@@ -282,6 +284,53 @@ class CriteoReader:
             keep = ~bad
             dense, ids, labels, rows = dense[keep], ids[keep], labels[keep], rows[keep]
         return CriteoChunk(dense, ids[:, :, None], labels, rows)
+
+
+def _prefetched(batches, depth: int = 2):
+    """Iterate `batches` with the next ones parsed on a helper thread meanwhile.
+
+    pyarrow parses a block in C++ without the GIL while this thread decodes the previous one (numpy and
+    pyarrow compute release it too): on 2 cores the parse and the conversion overlap instead of taking
+    turns (docs/performance.md). Errors reach the consumer in order; closing the iterator stops the helper.
+    Rows skipped while parsing ahead only have later line numbers, so earlier blocks' numbering holds.
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    done = object()
+
+    def produce() -> None:
+        try:
+            for batch in batches:
+                while not stop.is_set():
+                    try:
+                        items.put(batch, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            items.put(exc)
+
+    helper = threading.Thread(target=produce, name="criteo-prefetch", daemon=True)
+    helper.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while helper.is_alive():  # unblock a helper waiting to put, then let it see `stop`
+            try:
+                items.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        helper.join()
 
 
 def count_rows_estimate(path: str | Path) -> int | None:

@@ -108,8 +108,14 @@ def save(profiles: list[PathProfile], path: str | Path, provenance: dict) -> Non
     Path(path).write_text(json.dumps({"provenance": provenance, "paths": [asdict(p) for p in profiles]}, indent=2))
 
 
+BUILTIN = Path(__file__).parent / "data"  # profiles shipped with the package: `builtin:<name>`
+
+
 def load(path: str | Path) -> list[PathProfile]:
-    """Profiles from a JSON file (`save`'s format); errors name the file."""
+    """Profiles from a JSON file (`save`'s format), or `builtin:<name>` from harness/serving/data; errors
+    name the file."""
+    if str(path).startswith("builtin:"):
+        path = BUILTIN / str(path).split(":", 1)[1]
     try:
         data = json.loads(Path(path).read_text())
         entries = data["paths"]

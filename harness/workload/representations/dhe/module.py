@@ -170,6 +170,12 @@ class DeepHashEmbedding(nn.Module):
         if self.hash_arithmetic != "float64":
             hashed = self.hash if self.hash_arithmetic == "int64" else self.hash_int32
             return self._code(hashed(flat, tables))
+        if self.encoding == "uniform" and self.hash_chunk_elements is not None:  # CPU: one C pass if we can
+            from harness.workload.representations.dhe.kernels import encode_uniform
+
+            codes = encode_uniform(flat, self.hash_a[tables], self.hash_b[tables], self.p, self.m)
+            if codes is not None:
+                return codes
         y = torch.remainder(flat, self.p).to(torch.float64).unsqueeze(-1)
         tables_n, lookups = y.shape[0], y.shape[1]
         a, b = self.hash_a[tables].to(torch.float64), self.hash_b[tables].to(torch.float64)

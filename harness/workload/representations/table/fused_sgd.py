@@ -10,27 +10,17 @@ gradient from each id's row, in C, with the tables split across threads (rows of
 alias, so threads never race). The same arithmetic as sparse-gradient SGD: W[id] -= lr x sum of the
 gradients of the bags it is in (summed in another order: equal within float rounding).
 
-The kernel is compiled on first use with the system's C compiler (`$CC`, else cc) into
-`$MPREC_KERNEL_DIR` (default ~/.cache/mprec-harness) and loaded with ctypes, which releases the GIL. No
-compiler: `available()` says why, and training keeps sparse gradients and the optimizer (the same result).
+The kernel is compiled on first use (harness/workload/ckernels.py). No compiler: `available()` says why,
+and training keeps sparse gradients and the optimizer (the same result).
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import logging
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import torch
 
-log = logging.getLogger(__name__)
+from harness.workload import ckernels
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -58,81 +48,28 @@ void sgd_jagged(float *w, const int64_t *ids, const int64_t *bag, const float *g
 }
 """
 
-_state: dict[str, object] = {}
-
-
-def _build() -> ctypes.CDLL:
-    digest = hashlib.sha256((_SOURCE + platform.machine()).encode()).hexdigest()[:16]
-    folder = Path(os.environ.get("MPREC_KERNEL_DIR") or Path.home() / ".cache" / "mprec-harness")
-    target = folder / f"fused_sgd_{digest}.so"
-    if not target.is_file():
-        compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-        if not compiler:
-            raise RuntimeError("no C compiler (set CC or install gcc)")
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            source = Path(tmp) / "fused_sgd.c"
-            source.write_text(_SOURCE)
-            built = Path(tmp) / target.name
-            proc = subprocess.run([compiler, "-O3", "-shared", "-fPIC", "-o", str(built), str(source)],
-                                  capture_output=True, text=True, timeout=120)
-            if proc.returncode != 0:
-                raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-500:]}")
-            built.replace(target)  # atomic: concurrent workers load a whole library or build their own
-    lib = ctypes.CDLL(str(target))
-    i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.sgd_fixed.argtypes = [ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float]
-    lib.sgd_jagged.argtypes = [ptr, ptr, ptr, ptr, i64, i64, i64, ctypes.c_float]
-    return lib
-
-
-def available() -> tuple[bool, str]:
-    """Whether the kernel is built and loaded (building it on the first call), and if not, why."""
-    if "lib" not in _state and "why" not in _state:
-        try:
-            _state["lib"] = _build()
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            _state["why"] = f"fused SGD kernel unavailable ({exc}); training uses sparse gradients instead"
-            log.info(_state["why"])
-    return ("lib" in _state, str(_state.get("why", "compiled C kernel")))
-
-
+_NAME = "fused_sgd"
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+_SIGNATURES = {
+    "sgd_fixed": [_PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, ctypes.c_float],
+    "sgd_jagged": [_PTR, _PTR, _PTR, _PTR, _I64, _I64, _I64, ctypes.c_float],
+}
 # Below this many ids one thread does the update: starting work on another costs more than it saves.
 _PARALLEL_MIN_IDS = 32_768
 
 
+def _lib():
+    return ckernels.load(_NAME, _SOURCE, _SIGNATURES)
+
+
+def available() -> tuple[bool, str]:
+    """Whether the kernel is built and loaded (building it on the first call), and if not, why."""
+    lib, why = _lib()
+    return lib is not None, why
+
+
 def _threads(ids: int) -> int:
-    return max(1, torch.get_num_threads()) if ids >= _PARALLEL_MIN_IDS else 1
-
-
-def _pool(workers: int) -> ThreadPoolExecutor:
-    pool = _state.get("pool")
-    if pool is None or pool._max_workers < workers:  # grows with torch.set_num_threads
-        pool = _state["pool"] = ThreadPoolExecutor(workers, thread_name_prefix="fused-sgd")
-    return pool
-
-
-def _spans(weights: list[int], parts: int) -> list[tuple[int, int]]:
-    """Split items 0..n-1 into <= parts contiguous spans of about equal total weight."""
-    total, spans, start, acc = sum(weights), [], 0, 0
-    for i, w in enumerate(weights):
-        acc += w
-        if acc >= total * (len(spans) + 1) / parts and i + 1 < len(weights):
-            spans.append((start, i + 1))
-            start = i + 1
-    spans.append((start, len(weights)))
-    return [s for s in spans if s[0] < s[1]]
-
-
-def _run(calls: list) -> None:
-    if len(calls) == 1:
-        calls[0]()
-        return
-    pool = _pool(len(calls))  # ctypes releases the GIL: the spans run in parallel
-    futures = [pool.submit(c) for c in calls[1:]]
-    calls[0]()  # this thread takes the first span
-    for future in futures:
-        future.result()
+    return ckernels.threads_for(ids, _PARALLEL_MIN_IDS)
 
 
 def _check(weight: torch.Tensor, *tensors: torch.Tensor) -> None:
@@ -148,11 +85,11 @@ def update_fixed(weight: torch.Tensor, ids: torch.Tensor, grad: torch.Tensor, ta
     grad = grad.reshape(batch * tables, -1).contiguous()
     ids = ids.contiguous()
     _check(weight, ids, grad)
-    lib, d = _state["lib"], weight.shape[1]
+    lib, d = _lib()[0], weight.shape[1]
     calls = [lambda t0=t0, t1=t1: lib.sgd_fixed(weight.data_ptr(), ids.data_ptr(), grad.data_ptr(), batch, tables,
                                                 per_bag, t0, t1, d, lr)
-             for t0, t1 in _spans([1] * tables, _threads(ids.numel()))]
-    _run(calls)
+             for t0, t1 in ckernels.spans([1] * tables, _threads(ids.numel()))]
+    ckernels.run_parallel(calls)
 
 
 def update_jagged(weight: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, grad: torch.Tensor,
@@ -168,11 +105,11 @@ def update_jagged(weight: torch.Tensor, values: torch.Tensor, lengths: torch.Ten
     starts = [0]
     for n in per_table:
         starts.append(starts[-1] + n)
-    lib, d = _state["lib"], weight.shape[1]
+    lib, d = _lib()[0], weight.shape[1]
     calls = [lambda v0=starts[a], v1=starts[b]: lib.sgd_jagged(weight.data_ptr(), values.data_ptr(), bag.data_ptr(),
                                                                grad.data_ptr(), v0, v1, d, lr)
-             for a, b in _spans(per_table, _threads(values.numel()))]
-    _run(calls)
+             for a, b in ckernels.spans(per_table, _threads(values.numel()))]
+    ckernels.run_parallel(calls)
 
 
 class FixedBagsSGD(torch.autograd.Function):
