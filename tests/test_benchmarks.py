@@ -105,8 +105,8 @@ def test_data_serving_and_cache_figures(tiny_run):
 
 def test_harness_overhead_figures(tiny_run):
     f = tiny_run[1]["harness_overhead"]
-    assert _finite_positive(f["dry_run_s"]) and len(f["dry_run_samples_s"]) == 3
-    assert _finite_positive(f["sweep_s"]) and len(f["sweep_job_s"]) == 4  # table, tt, dhe, hybrid
+    assert _finite_positive(f["dry_run_s"]) and len(f["dry_run_samples_s"]) == 2
+    assert _finite_positive(f["sweep_s"]) and len(f["sweep_job_s"]) == 2  # table, tt (tiny)
     assert all(0 < s < f["sweep_s"] for s in f["sweep_job_s"].values())
 
 
