@@ -23,8 +23,7 @@ import argparse
 import torch
 
 from benchmarks.common import interleaved, write_report
-from harness.workload.representations import dhe
-from harness.workload.representations.dhe.module import DeepHashEmbedding
+from benchmarks.representations import kaggle_dhe
 from harness.workload.representations.table.module import FusedTables
 from harness.workload.spec import WorkloadSpec
 
@@ -57,11 +56,7 @@ def table_lookups(scale: float, sizes: list[int], limits: dict, reps: int, block
 
 
 def dhe_lookups(tables: int, sizes: list[int], gemm_gflops: float, reps: int, block_s: float) -> dict:
-    params = dhe.Config(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none",
-                        batch_norm=False, seed=0)
-    module = DeepHashEmbedding(range(tables), params, dim=16).requires_grad_(False)
-    widths = params.widths(16)
-    flops_per_lookup = 2 * sum(i * o for i, o in zip(widths[:-1], widths[1:]))
+    module, flops_per_lookup = kaggle_dhe(tables)
     out = {}
     for q in sizes:
         ids = torch.randint(0, 10_000_000, (q, tables, 1))

@@ -33,12 +33,17 @@ def gemm_peak(n: int, reps: int, block_s: float) -> dict:
     return {"n": n, "median_s": t["median_s"], "gflops": 2 * n**3 / t["median_s"] / 1e9}
 
 
-def dhe_decoders(query_sizes: list[int], peak_gflops: float, reps: int, block_s: float, tables: int) -> dict:
+def kaggle_dhe(tables: int) -> tuple[DeepHashEmbedding, int]:
+    """The Kaggle DHE (k = 1024, decoders 1024-128-16) for `tables` tables, and its FLOPs per lookup."""
     params = dhe.Config(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none",
                         batch_norm=False, seed=0)
     module = DeepHashEmbedding(range(tables), params, dim=16).requires_grad_(False)
     widths = params.widths(16)
-    flops_per_lookup = 2 * sum(i * o for i, o in zip(widths[:-1], widths[1:]))
+    return module, 2 * sum(i * o for i, o in zip(widths[:-1], widths[1:]))
+
+
+def dhe_decoders(query_sizes: list[int], peak_gflops: float, reps: int, block_s: float, tables: int) -> dict:
+    module, flops_per_lookup = kaggle_dhe(tables)
     out = {}
     for q in query_sizes:
         ids = torch.randint(0, 10_000_000, (q, tables, 1))
