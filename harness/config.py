@@ -341,6 +341,22 @@ def workload_spec(run: RunConfig) -> WorkloadSpec:
     return spec
 
 
+def load_section(cfg: DictConfig | dict, schema: type, validate: str, root: str) -> Any:
+    """A tool's own config (analysis, serving) as its typed dataclass: merged onto the schema, then
+    `validate` (the method name) run; any error becomes a ConfigError naming the key (`root` if none)."""
+    node = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
+    node.pop("hydra", None)
+    try:
+        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+        getattr(config, validate)()
+    except OmegaConfBaseException as exc:
+        raise ConfigError(getattr(exc, "full_key", "") or root, str(exc).splitlines()[0]) from None
+    except ValueError as exc:
+        key, _, message = str(exc).partition(": ")
+        raise ConfigError(key, message) from None
+    return config
+
+
 def config_dir() -> Path:
     """The Hydra config tree: `harness/conf` inside an installed wheel, else `conf/` of the checkout."""
     here = Path(__file__).resolve().parent

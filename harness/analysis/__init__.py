@@ -16,22 +16,9 @@ from harness.analysis.report import Analysis, AnalysisConfig, write_analysis
 
 
 def load_analysis_config(cfg) -> AnalysisConfig:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from harness.config import load_section
 
-    from harness.config import ConfigError
-
-    node = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-    node.pop("hydra", None)
-    try:
-        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(AnalysisConfig), node))
-        config.settings()
-    except OmegaConfBaseException as exc:
-        raise ConfigError(getattr(exc, "full_key", "") or "analysis", str(exc).splitlines()[0]) from None
-    except ValueError as exc:
-        key, _, message = str(exc).partition(": ")
-        raise ConfigError(key, message) from None
-    return config
+    return load_section(cfg, AnalysisConfig, "settings", "analysis")
 
 
 def run_analysis(config: AnalysisConfig, quiet: bool = False) -> Analysis:

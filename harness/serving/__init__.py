@@ -22,22 +22,9 @@ from harness.serving.report import ServingConfig, plot, run_study, scaled_profil
 
 
 def load_serving_config(cfg) -> ServingConfig:
-    from omegaconf import OmegaConf
-    from omegaconf.errors import OmegaConfBaseException
+    from harness.config import load_section
 
-    from harness.config import ConfigError
-
-    node = OmegaConf.to_container(cfg, resolve=True) if not isinstance(cfg, dict) else dict(cfg)
-    node.pop("hydra", None)
-    try:
-        config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ServingConfig), node))
-        config.check()
-    except OmegaConfBaseException as exc:
-        raise ConfigError(getattr(exc, "full_key", "") or "serving", str(exc).splitlines()[0]) from None
-    except ValueError as exc:
-        key, _, message = str(exc).partition(": ")
-        raise ConfigError(key, message) from None
-    return config
+    return load_section(cfg, ServingConfig, "check", "serving")
 
 
 def gather_profiles(cfg: ServingConfig) -> tuple[list[prof.PathProfile], list[dict]]:
