@@ -1,0 +1,29 @@
+"""A run records what it recorded before the layout change (issue 14): same params, tags, metrics, artifacts.
+
+The reference shapes were captured from the code before the move (tests/record_shape.py says how);
+run keys are hashes of the resolved config, so equal run keys also mean an unchanged config schema.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from .conftest import harness_env
+from .record_shape import CASES, record
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "record_shapes.json").read_text())
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_move(case, tmp_path):
+    now = record(case, tmp_path, env=harness_env())
+    before = REFERENCE[case]
+    assert now["status"] == before["status"]
+    assert now["params"] == before["params"]
+    assert now["tags"] == before["tags"]  # run_key and quality_key included: the same hashes
+    assert now["metrics"] == before["metrics"]  # every metric, at the same steps
+    assert now["artifacts"] == before["artifacts"]
+    assert now["plan"] == before["plan"]  # the analytic cost and the representation details
