@@ -1,5 +1,9 @@
 """One adapter per platform, resolved lazily by name so no optional framework is imported up front.
 
+The registry also types the `backend` config section: each adapter's config dataclass is its schema,
+its YAML in conf/backend/ its defaults. Backends depend only on the harness's contract (harness.core
+and harness.workload), never on its orchestration (docs/architecture.md).
+
 >>> from backends import adapter_class
 >>> adapter_class("cpu").name
 'cpu'
@@ -7,12 +11,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 
+from omegaconf import OmegaConf
+
 from backends.base import Backend, BackendConfig, BackendUnavailable, DeviceInfo
+from harness.core.conf import config_dir
+from harness.core.errors import ConfigError
+from harness.core.schema import typed
 
 __all__ = ["Backend", "BackendConfig", "BackendUnavailable", "DeviceInfo", "adapter_class", "names",
-           "resolve_name"]
+           "resolve_name", "typed_config", "resolve_auto", "default_config"]
 
 # name -> "module:Class". The module must import its framework only inside methods.
 ADAPTERS: dict[str, str] = {
@@ -51,3 +61,30 @@ def resolve_name(name: str) -> str:
         if adapter_class(candidate).available()[0]:
             return candidate
     return "cpu"
+
+
+def typed_config(node: dict) -> BackendConfig:
+    """The `backend` section as the config dataclass of the adapter `name` selects, checked; `auto`
+    stays a bare BackendConfig until `resolve_auto`."""
+    name = (node or {}).get("name")
+    if name is None:
+        raise ConfigError("backend.name", "missing: auto, or a backend selected with +backend=<name>")
+    if name == "auto":
+        return typed(BackendConfig, node, "backend")
+    try:
+        schema = adapter_class(name).config_class
+    except KeyError as exc:
+        raise ConfigError("backend.name", str(exc.args[0])) from None
+    return typed(schema, node, "backend")
+
+
+def default_config(name: str) -> dict:
+    """The YAML defaults of backend `name` (conf/backend/<name>.yaml)."""
+    path = config_dir() / "backend" / f"{name}.yaml"
+    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {"name": name}
+
+
+def resolve_auto(config: BackendConfig, name: str) -> BackendConfig:
+    """`auto` resolved to `name`: that backend's YAML defaults with the values set inline on top."""
+    inline = {k: v for k, v in dataclasses.asdict(config).items() if k != "name" and v is not None}
+    return typed_config({**default_config(name), **inline, "name": name})

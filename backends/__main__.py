@@ -4,24 +4,22 @@ from __future__ import annotations
 
 import sys
 
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import backends
+
 
 def main() -> int:
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    from backends import adapter_class, names, resolve_name
-    from harness.config import compose, load_config, resolve_backend_config
-
     table = Table(title="backends", title_justify="left")
     for column in ("backend", "available", "device", "memory", "framework"):
         table.add_column(column, no_wrap=True)
     table.add_column("why / what to install")
-    base = load_config(compose()).backend
-    for name in names():
-        cls = adapter_class(name)
+    for name in backends.names():
+        cls = backends.adapter_class(name)
         ok, reason = cls.available()
-        adapter = cls(resolve_backend_config(base, name))
+        adapter = cls(backends.typed_config(backends.default_config(name)))  # its conf/backend/<name>.yaml
         device, memory, framework = "", "", ""
         try:
             if ok:
@@ -36,7 +34,7 @@ def main() -> int:
                       style=None if ok else "dim")
     console = Console(width=max(Console().width, 160))
     console.print(table)
-    console.print(f"backend.name=auto resolves to: {resolve_name('auto')}")
+    console.print(f"backend.name=auto resolves to: {backends.resolve_name('auto')}")
     return 0
 
 

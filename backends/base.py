@@ -1,4 +1,4 @@
-"""The backend adapter contract (DESIGN.md): small, and the owner of everything device-specific.
+"""The backend adapter contract (docs/architecture.md): small, and the owner of everything device-specific.
 
 An adapter is a config dataclass plus a class. The class must import its framework lazily (inside
 methods), so `python -m harness` works, and says what to install, when the framework is missing.
@@ -16,10 +16,13 @@ The harness drives an adapter in this order:
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar, Optional
+
+from omegaconf import MISSING
+
+from harness.core.errors import ConfigError
 
 
 class BackendUnavailable(RuntimeError):
@@ -44,14 +47,14 @@ class DeviceInfo:
 class BackendConfig:
     """Fields every backend config has; adapters subclass this with their own."""
 
-    name: str = "auto"
+    name: str = MISSING  # auto, or an adapter of the registry (backends/__init__.py)
     # Capacity for feasibility checks when the device cannot be queried (or to model a smaller one);
     # null: the device's own (or nominal) capacity.
-    memory_bytes: Optional[int] = None
+    memory_bytes: Optional[int] = MISSING
 
     def check(self) -> None:
         if self.memory_bytes is not None and self.memory_bytes <= 0:
-            raise ValueError(f"memory_bytes: must be > 0, got {self.memory_bytes}")
+            raise ConfigError("memory_bytes", f"must be > 0, got {self.memory_bytes}")
 
 
 class Backend(ABC):
@@ -139,7 +142,7 @@ class Backend(ABC):
     def peak_kernels(self, size_scale: float = 1.0) -> dict[str, tuple]:
         """Microbenchmark kernels for the device's peaks (copy, gather bandwidth; fp32 GEMM):
         {name: (launch, work per call, "bytes" | "flops")}; empty if the adapter has none. Called after
-        `prepare`; the harness times them with `synchronize` (harness/device_peaks.py)."""
+        `prepare`; the harness times them with `synchronize` (harness/pipeline/peaks.py)."""
         return {}
 
     def run_params(self) -> dict[str, Any]:
@@ -148,15 +151,3 @@ class Backend(ABC):
 
     def close(self) -> None:
         """Release the device."""
-
-
-def host_memory_bytes() -> int:
-    """Physical memory of this machine (the CPU backend's capacity), without importing torch."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return 0
-
-
-def config_dict(config: BackendConfig) -> dict[str, Any]:
-    return asdict(config)

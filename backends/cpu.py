@@ -14,9 +14,10 @@ from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from backends.base import DeviceInfo, host_memory_bytes
+from backends.base import DeviceInfo
 from backends.torch_backend import TorchBackend, TorchConfig
-from harness.environment import cpu_model_name, physical_cores
+from harness.core.errors import ConfigError
+from harness.core.host import cpu_model_name, host_memory_bytes, physical_cores
 
 
 @dataclass
@@ -31,7 +32,7 @@ class CpuConfig(TorchConfig):
         for key in ("num_threads", "interop_threads"):
             value = getattr(self, key)
             if value is not None and value < 1:
-                raise ValueError(f"{key}: must be >= 1 or null, got {value}")
+                raise ConfigError(key, f"must be >= 1 or null, got {value}")
 
 
 class CpuBackend(TorchBackend):

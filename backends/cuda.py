@@ -18,6 +18,7 @@ from omegaconf import MISSING
 
 from backends.base import DeviceInfo
 from backends.torch_backend import TorchBackend, TorchConfig
+from harness.core.errors import ConfigError
 
 # Device nodes of the NVIDIA driver (Linux, containers), WSL2's GPU bridge, and ROCm. Looking for them
 # first lets `auto` decide without importing torch on machines that plainly have no GPU.
@@ -32,7 +33,7 @@ class CudaConfig(TorchConfig):
     def check(self) -> None:
         super().check()
         if self.device_index < 0:
-            raise ValueError(f"device_index: must be >= 0, got {self.device_index}")
+            raise ConfigError("device_index", f"must be >= 0, got {self.device_index}")
 
 
 class CudaBackend(TorchBackend):

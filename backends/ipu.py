@@ -21,6 +21,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from backends.base import Backend, BackendConfig, DeviceInfo
+from harness.core.errors import ConfigError
 
 GC200_MEMORY_BYTES = 900_000_000
 INSTALL = ("poptorch is not installed: it ships with the Graphcore Poplar SDK, not PyPI. Download the SDK, "
@@ -41,9 +42,9 @@ class IpuConfig(BackendConfig):
         super().check()
         for key in ("device_iterations", "replication_factor"):
             if getattr(self, key) < 1:
-                raise ValueError(f"{key}: must be >= 1, got {getattr(self, key)}")
+                raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         if self.offload_min_elements is not None and self.offload_min_elements < 1:
-            raise ValueError(f"offload_min_elements: must be >= 1 or null, got {self.offload_min_elements}")
+            raise ConfigError("offload_min_elements", f"must be >= 1 or null, got {self.offload_min_elements}")
 
 
 def build_options(poptorch, config: IpuConfig):

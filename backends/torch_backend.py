@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from backends.base import Backend, BackendConfig
+from harness.core.errors import ConfigError
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
@@ -21,7 +22,7 @@ class TorchConfig(BackendConfig):
     def check(self) -> None:
         super().check()
         if self.compile_mode not in COMPILE_MODES:
-            raise ValueError(f"compile_mode: must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
+            raise ConfigError("compile_mode", f"must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
 
 
 class TorchBackend(Backend):

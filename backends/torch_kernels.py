@@ -1,7 +1,7 @@
 """The microbenchmark kernels behind a device's measured peaks, for torch devices (cpu, cuda, xla).
 
 Each kernel is a callable that launches one unit of work plus the work it does (bytes or FLOPs); the
-harness times them with its own loop and the adapter's synchronize (harness/device_peaks.py).
+harness times them with its own loop and the adapter's synchronize (harness/pipeline/peaks.py).
 """
 
 from __future__ import annotations

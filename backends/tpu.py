@@ -21,8 +21,9 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from backends.base import DeviceInfo, host_memory_bytes
+from backends.base import DeviceInfo
 from backends.torch_backend import TorchBackend, TorchConfig
+from harness.core.host import host_memory_bytes
 
 TPU_V3_CORE_BYTES = 16 * 2**30
 INSTALL = ("torch_xla is not installed: pip install torch-xla matching your torch (torch-xla 2.9 needs torch "

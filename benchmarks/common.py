@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from harness import environment
+from harness.tracking import environment
 
 RESULTS = Path("results") / "benchmarks"
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS, interleaved, write_report
+from harness.core.spec import KAGGLE_ROWS
 from harness.data.criteo import CriteoReader
-from harness.workload.spec import KAGGLE_ROWS
 
 
 def write_criteo_tsv(path: Path, rows: int, seed: int = 0) -> None:

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from benchmarks.common import interleaved, write_report
+from harness.core.spec import WorkloadSpec
 from harness.data.synthetic import SyntheticCriteo
 from harness.workload.representations import dhe
 from harness.workload.representations.dhe.cache import attach
 from harness.workload.representations.dhe.module import DeepHashEmbedding
-from harness.workload.spec import WorkloadSpec
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -24,16 +24,17 @@ import torch
 
 from benchmarks.common import interleaved, write_report
 from benchmarks.representations import kaggle_dhe
+from harness.core.spec import WorkloadSpec
 from harness.workload.representations.table.module import FusedTables
-from harness.workload.spec import WorkloadSpec
 
 FP32 = 4
 
 
 def machine_limits(size_scale: float) -> dict:
     from backends.cpu import CpuBackend
-    from harness.config import compose, load_config
-    from harness.device_peaks import measure_peaks
+    from harness.core.conf import compose
+    from harness.pipeline.config import load_config
+    from harness.pipeline.peaks import measure_peaks
 
     adapter = CpuBackend(load_config(compose(["+backend=cpu"])).backend)
     adapter.prepare(torch.nn.Identity(), None)

@@ -19,10 +19,10 @@ import argparse
 import torch
 
 from benchmarks.common import interleaved, write_report
+from harness.core.spec import WorkloadSpec
 from harness.workload.representations import dhe, tt
 from harness.workload.representations.dhe.module import DeepHashEmbedding
 from harness.workload.representations.tt.module import TTTables
-from harness.workload.spec import WorkloadSpec
 
 FP32 = 4
 

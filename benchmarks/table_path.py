@@ -19,15 +19,17 @@ import statistics
 import torch
 import torch.nn.functional as F
 
+import backends
 from backends.cpu import CpuBackend
 from benchmarks.common import interleaved, write_report
-from harness.config import compose, load_config, resolve_backend_config
+from harness.core.conf import compose
+from harness.core.spec import WorkloadSpec
 from harness.data.pool import build_pool
 from harness.data.synthetic import SyntheticCriteo
-from harness.measure import LadderSettings, time_iterations
+from harness.pipeline.config import load_config
+from harness.pipeline.timing import LadderSettings, time_iterations
 from harness.workload.dlrm import build_model
 from harness.workload.representations.table import Config as TableConfig
-from harness.workload.spec import WorkloadSpec
 
 
 class EmptyModel(torch.nn.Module):
@@ -39,7 +41,7 @@ class EmptyModel(torch.nn.Module):
 
 def cpu_backend() -> CpuBackend:
     run = load_config(compose(["+backend=cpu"]))
-    return CpuBackend(resolve_backend_config(run.backend, "cpu"))
+    return CpuBackend(backends.resolve_auto(run.backend, "cpu"))
 
 
 def bare_forward(model, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -26,8 +26,8 @@ import gc
 import torch
 
 from benchmarks.common import interleaved, write_report
+from harness.core.spec import WorkloadSpec
 from harness.workload.representations.table.module import FusedTables
-from harness.workload.spec import WorkloadSpec
 
 DIM = 16
 POOL = 4  # distinct batches per case, cycled, so no candidate times a cache-warm repeat of one batch

@@ -1,41 +1,6 @@
-"""`python -m harness`: one Hydra app; `-m` sweeps; `+backend=<name>` picks a backend.
+"""`python -m harness`: the Hydra app of harness/app/cli.py (the `mprec` script too)."""
 
-Examples:
-    python -m harness                                   # table path on the best available backend
-    python -m harness +backend=cpu dataset.scale=0.001
-    python -m harness -m dataset.scale=0.001,0.01       # one MLflow run per job, one experiment
-    python -m harness dry_run=true dataset.scale=1.0    # the plan as JSON; allocates nothing
-"""
-
-from __future__ import annotations
-
-import logging
-import sys
-
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from omegaconf import DictConfig
-
-from backends.base import BackendUnavailable
-from harness.config import ConfigError, config_dir
-
-log = logging.getLogger("harness")
-
-
-@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
-def main(cfg: DictConfig):
-    from harness.jobs import run_job
-
-    try:
-        return run_job(cfg)
-    except (ConfigError, BackendUnavailable) as exc:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # the launcher records the failed job; the message is in its log
-        # A single run: the message is the whole story, a traceback would only hide it.
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
-
+from harness.app.cli import main
 
 if __name__ == "__main__":
     main()

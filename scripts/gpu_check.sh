@@ -78,12 +78,12 @@ $py - "$out" <<'PY' || status=1
 import os, platform, sys
 import torch
 from harness.analysis.runs import join_quality, tidy
-from harness.config import TrackingConfig
+from harness.core.schema import TrackingConfig
 from harness.serving import profiles as prof
-from harness.tracking import load_runs
+from harness.tracking import Store
 
 out = sys.argv[1]
-runs = load_runs(TrackingConfig(uri=None, results_dir="unused", parent_run_id=None), "mprec_headline")
+runs = Store(TrackingConfig(uri=None, results_dir="unused", parent_run_id=None), "mprec_headline", create=False).load_runs()
 profiles = [p for p in prof.from_runs(join_quality(tidy(runs))) if p.path.endswith("@" + os.environ["GPU_CHECK_BACKEND"])]
 device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else platform.processor() or "cpu"
 prof.save(profiles, f"{out}/gpu_profiles.json", {

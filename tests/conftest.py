@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.config import compose, load_config
+from harness.core.conf import compose
+from harness.pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -9,12 +9,13 @@ import pandas as pd
 import pytest
 
 from harness.analysis import mapping as mp
-from harness.analysis.report import AnalysisConfig, write_analysis
+from harness.analysis.output import AnalysisConfig, write_analysis
 from harness.analysis.runs import join_quality, tidy
-from harness.config import TrackingConfig
+from harness.core.schema import TrackingConfig
 
 GB = 1e9
-SETTINGS = mp.MappingSettings(targets_ms=(1, 10, 100), percentile="p99", memory_headroom=0.1)
+SETTINGS = mp.MappingSettings(targets_ms=(1, 10, 100), percentile="p99", memory_headroom=0.1,
+                             rank_by="correct_throughput")
 
 
 def record(path, status="FINISHED", sizes=None, accuracy=0.78, param_bytes=1e6, capacity=16 * GB,
@@ -102,7 +103,7 @@ def test_a_path_without_quality_is_never_given_one():
     assert runs.loc[runs["path"] == "tt@cpu", "accuracy"].isna().all()
     only_unrated = cell(mp.mapping(table_of(record("tt@cpu", sizes={64: (1.0, 9e4)}, accuracy=None)), SETTINGS), 64, 10)
     assert not mp.chosen(only_unrated["choice"]) and "fastest unrated: tt@cpu" in only_unrated["note"]
-    by_throughput = mp.MappingSettings(targets_ms=(10,), rank_by="throughput")
+    by_throughput = mp.MappingSettings(targets_ms=(10,), percentile="p99", memory_headroom=0.1, rank_by="throughput")
     assert cell(mp.mapping(runs, by_throughput), 64, 10)["choice"] == "tt@cpu"
 
 

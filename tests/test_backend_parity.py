@@ -12,10 +12,10 @@ import os
 import pytest
 import torch
 
+from harness.core.spec import WorkloadSpec
 from harness.data.pool import Batch
 from harness.workload.dlrm import build_model
 from harness.workload.representations import dhe, hybrid, select, table, tt
-from harness.workload.spec import WorkloadSpec
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
@@ -132,7 +132,7 @@ def test_a_real_cuda_out_of_memory_is_recorded_and_the_ladder_goes_on(run_config
     """A query size whose forward asks for more than the GPU has raises torch.cuda.OutOfMemoryError;
     the ladder records that size infeasible, empties the cache and measures the next size."""
     from backends.cuda import CudaBackend
-    from harness.measure import LadderSettings, run_ladder
+    from harness.pipeline.timing import LadderSettings, run_ladder
 
     class Greedy(torch.nn.Module):
         def forward(self, dense, ids):

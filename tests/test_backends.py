@@ -35,7 +35,7 @@ def test_cuda_is_unavailable_here_with_the_reason(run_config):
 
     ok, reason = CudaBackend.available()
     assert not ok and "no GPU driver" in reason
-    from harness.config import ConfigError
+    from harness.core.errors import ConfigError
 
     with pytest.raises(ConfigError, match="backend.device_index"):
         run_config("+backend=cuda", "backend.device_index=-1")
@@ -157,7 +157,7 @@ def test_cuda_adapter_logic_with_a_simulated_device(run_config, monkeypatch):
     """No GPU here: the CUDA adapter's control flow (events per iteration, peak memory per size, an
     out-of-memory size recorded infeasible and the cache emptied) runs against a simulated torch.cuda."""
     from backends.cuda import CudaBackend
-    from harness.measure import LadderSettings, run_ladder
+    from harness.pipeline.timing import LadderSettings, run_ladder
 
     calls = {"empty_cache": 0, "reset": 0, "synchronize": 0}
 

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from harness.core.spec import WorkloadSpec
+from harness.core.zipf import ZipfSampler, top_share
 from harness.data.synthetic import SyntheticCriteo
-from harness.data.zipf import ZipfSampler, top_share
 from harness.workload.cost import path_cost
 from harness.workload.dlrm import build_model
 from harness.workload.representations import dhe, hybrid, label, select
 from harness.workload.representations.dhe.cache import StaleCache, attach
 from harness.workload.representations.dhe.module import DeepHashEmbedding
-from harness.workload.spec import WorkloadSpec
 
 CACHE = dhe.CacheConfig(rows=0, bytes=None, sample_rows=1000)
 
@@ -130,7 +130,7 @@ def test_a_byte_budget_sets_the_rows():
 
 
 def test_bad_cache_values_name_their_key(run_config):
-    from harness.config import ConfigError
+    from harness.core.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         run_config("representation=dhe", "representation.cache.rows=-1")
@@ -141,9 +141,9 @@ def test_bad_cache_values_name_their_key(run_config):
 
 
 def test_ids_counted_in_training_pick_the_hot_ids(run_config):
-    from harness.cache_stage import IdCounter
-    from harness.config import workload_spec
     from harness.data.sources import open_dataset
+    from harness.pipeline.cache import IdCounter
+    from harness.pipeline.config import workload_spec
 
     run = run_config("representation=dhe", "dataset.scale=0.001", "representation.k=8", "representation.decoder=[8,6]")
     spec = workload_spec(run)

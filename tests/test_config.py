@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from harness.config import ConfigError, compose, load_config
+from harness.core.conf import compose
+from harness.core.errors import ConfigError
+from harness.pipeline.config import load_config
 
 
 def test_default_config_is_table_on_auto_backend_with_kaggle_shape(run_config):
@@ -60,7 +62,7 @@ def test_bad_values_fail_with_a_message_naming_the_key(run_config, overrides, ke
 
 
 def test_a_new_embedding_dim_resizes_the_reference_bottom_mlp(run_config):
-    from harness.config import workload_spec
+    from harness.pipeline.config import workload_spec
 
     spec = workload_spec(run_config("model.embedding_dim=32"))
     assert spec.bottom_mlp == (13, 512, 256, 64, 32)

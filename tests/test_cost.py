@@ -6,11 +6,9 @@ import json
 import subprocess
 import sys
 
-import pytest
-
+from harness.core.spec import WorkloadSpec
 from harness.workload.cost import path_cost
 from harness.workload.representations.table import Config as TableConfig
-from harness.workload.spec import WorkloadSpec
 
 from .conftest import harness_env
 

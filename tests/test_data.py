@@ -11,11 +11,11 @@ import sys
 import numpy as np
 import pytest
 
+from harness.core.spec import KAGGLE_ROWS, scale_rows
+from harness.core.zipf import ZipfSampler
 from harness.data.criteo import CriteoReader, MalformedLine
 from harness.data.synthetic import SyntheticCriteo
-from harness.data.zipf import ZipfSampler
-from harness.quality import auc, evaluate, log_loss
-from harness.workload.spec import KAGGLE_ROWS, scale_rows
+from harness.workload.metrics import auc, evaluate, log_loss
 
 from .conftest import SHARED_DATA
 
@@ -26,7 +26,7 @@ needs_sample = pytest.mark.skipif(not SAMPLE.is_file(), reason="../shared/data/c
 # ------------------------------------------------------------------ synthetic generator
 
 _DIGEST = ("import hashlib; from harness.data.synthetic import SyntheticCriteo as S;"
-           "from harness.workload.spec import KAGGLE_ROWS, scale_rows;"
+           "from harness.core.spec import KAGGLE_ROWS, scale_rows;"
            "g = S(scale_rows(KAGGLE_ROWS, 0.001), seed=7); d, i, l = g.samples('train', 123_456, 300);"
            "print(hashlib.sha256(d.tobytes() + i.tobytes() + l.tobytes()).hexdigest())")
 
@@ -84,10 +84,10 @@ def test_labels_have_criteos_positive_rate():
 
 
 def test_planted_signal_is_learnable_by_a_table_model_briefly_trained(run_config):
-    from harness.config import workload_spec
     from harness.data.sources import open_dataset
-    from harness.train import train
+    from harness.pipeline.config import workload_spec
     from harness.workload.dlrm import build_model
+    from harness.workload.training import train
 
     run = run_config("dataset.scale=0.001", "train.steps=300", "train.eval_every=300", "train.eval_samples=8192")
     spec = workload_spec(run)
@@ -190,7 +190,7 @@ def test_max_ind_range_hashes_into_the_smaller_range():
 
 
 def test_missing_or_empty_file_fails_in_config_naming_the_path(run_config, tmp_path):
-    from harness.config import ConfigError
+    from harness.core.errors import ConfigError
 
     empty = tmp_path / "empty.txt"
     empty.write_text("")
@@ -202,8 +202,8 @@ def test_missing_or_empty_file_fails_in_config_naming_the_path(run_config, tmp_p
 
 @needs_sample
 def test_criteo_dataset_splits_every_nth_row_to_test(run_config):
-    from harness.config import workload_spec
     from harness.data.sources import open_dataset
+    from harness.pipeline.config import workload_spec
 
     run = run_config("dataset=criteo_kaggle", f"dataset.path={SAMPLE}", "dataset.test_every=4")
     dataset = open_dataset(run.dataset, workload_spec(run))

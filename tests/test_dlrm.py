@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from harness.core.spec import WorkloadSpec
 from harness.workload.dlrm import DotInteraction, build_model
 from harness.workload.representations.table import Config as TableConfig
-from harness.workload.spec import WorkloadSpec
 
 
 def tiny_spec(layout: str = "fused", ids_per_lookup: int = 1) -> WorkloadSpec:

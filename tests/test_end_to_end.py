@@ -124,7 +124,8 @@ TRAIN = ["dataset.scale=0.001", "train.steps=60", "train.eval_every=30", "train.
 def test_training_logs_quality_and_weights_then_another_run_reuses_them(run_harness, store):
     import torch
 
-    from harness.config import compose, load_config, workload_spec
+    from harness.core.conf import compose
+    from harness.pipeline.config import load_config, workload_spec
     from harness.workload.dlrm import build_model
 
     run_harness(*SMOKE, *TRAIN, store_uri=store)

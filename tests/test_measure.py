@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from harness.measure import LadderSettings, percentile, run_ladder, summarize, time_iterations
+from harness.pipeline.timing import LadderSettings, percentile, run_ladder, summarize, time_iterations
 
 
 def test_statistics_of_one_to_hundred_ms():

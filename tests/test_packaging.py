@@ -31,7 +31,7 @@ def test_wheel_ships_conf_and_runs_outside_the_checkout(tmp_path):
     env = harness_env()
     env["PYTHONPATH"] = str(target)
     proc = subprocess.run(
-        [sys.executable, "-c", "from harness.config import config_dir; print(config_dir())"],
+        [sys.executable, "-c", "from harness.core.conf import config_dir; print(config_dir())"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.stdout.strip() == str(target / "harness" / "conf")

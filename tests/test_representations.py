@@ -9,13 +9,14 @@ import sys
 import pytest
 import torch
 
-from harness.config import ConfigError, workload_spec
+from harness.core.errors import ConfigError
+from harness.core.spec import WorkloadSpec
+from harness.pipeline.config import workload_spec
 from harness.workload.cost import path_cost
 from harness.workload.dlrm import build_model
 from harness.workload.representations import dhe, hybrid, select, tt
 from harness.workload.representations.dhe.module import DeepHashEmbedding
 from harness.workload.representations.tt.module import TTTables
-from harness.workload.spec import WorkloadSpec
 
 DHE = dict(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none", batch_norm=False,
            seed=0)

@@ -10,9 +10,9 @@ import pytest
 
 from harness.serving import policies as pol
 from harness.serving.profiles import PathProfile
-from harness.serving.report import check_target, threshold_policy
 from harness.serving.simulator import arrivals, max_qps, simulate
 from harness.serving.sizes import MLPERF_QUANTILES, from_quantiles, read_quantiles
+from harness.serving.study import check_target, threshold_policy
 
 TABLE = PathProfile("table@cpu", "cpu", 0.75, (1, 64, 1024), (0.5, 2.0, 20.0))
 DHE_GPU = PathProfile("dhe@gpu", "gpu", 0.80, (1, 64, 1024), (1.0, 1.5, 6.0))
@@ -169,7 +169,7 @@ def test_serving_refuses_an_impossible_target(run_harness, store, tmp_path):
 
 def test_live_serving_under_loadgen_and_a_failing_path(run_harness, store, tmp_path, monkeypatch):
     pytest.importorskip("mlperf_loadgen", reason="pip install -e '.[loadgen]'")
-    from harness.config import compose
+    from harness.core.conf import compose
     from harness.serving import load_serving_config, run_serving
 
     _measure(run_harness, store)

@@ -126,9 +126,9 @@ def test_fused_sgd_on_ragged_bags_equals_sparse_gradients_and_sgd(monkeypatch):
 
 
 def test_without_the_kernel_training_keeps_sparse_gradients(monkeypatch, tmp_path):
-    from harness.train import enable_fused_sgd, make_optimizer
     from harness.workload import ckernels
     from harness.workload.representations.table import fused_sgd
+    from harness.workload.training import enable_fused_sgd, make_optimizer
 
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setenv("MPREC_KERNEL_DIR", str(tmp_path))  # no cached build: it must compile, and cannot

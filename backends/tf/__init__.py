@@ -10,13 +10,15 @@ tensorflow is imported only inside this adapter's methods: `pip install -e ".[tf
 from __future__ import annotations
 
 import importlib.util
+from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Optional
 
 from omegaconf import MISSING
 
-from backends.base import Backend, BackendConfig, DeviceInfo, host_memory_bytes
+from backends.base import Backend, BackendConfig, DeviceInfo
+from harness.core.host import cpu_model_name, host_memory_bytes
 
 INSTALL = "tensorflow is not installed: pip install -e '.[tf]' (tensorflow-cpu, or tensorflow for GPUs)"
 
@@ -61,8 +63,6 @@ class TfBackend(Backend):
         return "tensorflow", "not installed"
 
     def device_info(self) -> DeviceInfo:
-        from harness.environment import cpu_model_name
-
         tf = _tf()
         gpus = tf.config.list_physical_devices("GPU")
         on_gpu = bool(gpus) and (self.config.device is None or "GPU" in self.config.device.upper())
@@ -77,12 +77,12 @@ class TfBackend(Backend):
         tf = _tf()
         from backends.tf.model import TfDLRM
 
-        with tf.device(self.config.device) if self.config.device else _nullcontext():
+        with tf.device(self.config.device) if self.config.device else nullcontext():
             self.model = TfDLRM.from_torch(model.eval(), jit_compile=self.config.xla)
 
     def place(self, batch):
         tf = _tf()
-        with tf.device(self.config.device) if self.config.device else _nullcontext():
+        with tf.device(self.config.device) if self.config.device else nullcontext():
             return (tf.constant(batch.dense.numpy()), tf.constant(batch.ids.numpy()))
 
     def run(self, batch):
@@ -102,11 +102,3 @@ class TfBackend(Backend):
 
     def run_params(self) -> dict[str, Any]:
         return {"xla": self.config.xla, "device": self.config.device}
-
-
-class _nullcontext:  # contextlib.nullcontext, kept local to keep imports lazy
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False

@@ -6,7 +6,7 @@ be compared (tests/test_backend_parity.py). Integer work (ids, TT digits, DHE ha
 
 >>> import torch
 >>> from harness.workload.dlrm import build_model
->>> from harness.workload.spec import WorkloadSpec
+>>> from harness.core.spec import WorkloadSpec
 >>> from harness.workload.representations.table import Config
 >>> model = build_model(WorkloadSpec((5, 7), 4, (13, 8, 4), (6, 1), representation=Config(layout="fused")))
 >>> tf_model = TfDLRM.from_torch(model)

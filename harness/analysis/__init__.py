@@ -3,45 +3,47 @@
     python -m harness.analysis experiment_name=mprec            # or parent_run_id=<a sweep's parent run>
 
 `mapping.py` holds the rules as pure functions over a tidy table; `runs.py` builds that table from run
-records; `plots.py` draws; `report.py` writes `paths.csv`, `mapping.csv`, `mapping.md`,
+records; `plots.py` draws; `output.py` writes `paths.csv`, `mapping.csv`, `mapping.md`,
 `feasibility.csv` and the PNGs into `<results_dir>/<experiment>/analysis/`, which `run_analysis` also
-logs as an MLflow run of its own (tag `mprec.kind=analysis`).
+records as an MLflow run of its own (tag `mprec.kind=analysis`); `config.py` is the typed config.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from harness.analysis.report import Analysis, AnalysisConfig, write_analysis
+from rich.console import Console
+from rich.markup import escape
+
+from harness.analysis.config import AnalysisConfig
+from harness.analysis.output import Analysis, write_analysis
+from harness.core.host import host_memory_bytes
+from harness.core.schema import container, typed
+from harness.tracking import Store
+
+__all__ = ["Analysis", "AnalysisConfig", "load_analysis_config", "run_analysis"]
 
 
 def load_analysis_config(cfg) -> AnalysisConfig:
-    from harness.config import load_section
-
-    return load_section(cfg, AnalysisConfig, "settings", "analysis")
+    return typed(AnalysisConfig, container(cfg))
 
 
 def run_analysis(config: AnalysisConfig, quiet: bool = False) -> Analysis:
-    """Load the experiment's runs from MLflow, write the analysis, log it as a run, print the summary."""
-    from backends.base import host_memory_bytes
-    from harness.tracking import load_runs, log_analysis_run
-
-    records = load_runs(config.tracking, config.experiment_name, config.parent_run_id)
+    """Load the experiment's runs from MLflow, write the analysis, record it as a run, print the summary."""
+    store = Store(config.tracking, config.experiment_name, create=False)
+    records = store.load_runs("latency", config.parent_run_id)
     errors = {r["run_id"]: r["tags"].get("error", "") for r in records if r["status"] != "FINISHED"}
     folder = Path(config.output_dir or Path(config.tracking.results_dir) / config.experiment_name / "analysis")
     analysis = write_analysis(records, config, folder, errors, float(host_memory_bytes()))
     if config.log_to_mlflow and records:
         tags = {"parent_run_id": config.parent_run_id} if config.parent_run_id else {}
-        analysis.run_id = log_analysis_run(config.tracking, config.experiment_name, folder, tags)
+        analysis.run_id = store.record_files("analysis", "analysis", folder, tags)
     if not quiet:
         print_analysis(analysis, config)
     return analysis
 
 
 def print_analysis(analysis: Analysis, config: AnalysisConfig) -> None:
-    from rich.console import Console
-    from rich.markup import escape
-
     console = Console(stderr=True, width=160)
     console.print(f"[bold]analysis of '{config.experiment_name}'[/bold] -> {analysis.folder}")
     for sentence in analysis.summary:

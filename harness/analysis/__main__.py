@@ -7,13 +7,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from harness.config import ConfigError, config_dir
+from harness.analysis import load_analysis_config, run_analysis
+from harness.core.conf import config_dir
+from harness.core.errors import ConfigError
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="analysis")
 def main(cfg: DictConfig) -> None:
-    from harness.analysis import load_analysis_config, run_analysis
-
     try:
         run_analysis(load_analysis_config(cfg))
     except ConfigError as exc:

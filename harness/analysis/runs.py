@@ -1,4 +1,4 @@
-"""From MLflow run records (harness.tracking.load_runs) to the tidy table the mapping works on."""
+"""From MLflow run records (harness.tracking.Store.load_runs) to the tidy table the mapping works on."""
 
 from __future__ import annotations
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import math
 import queue
 import threading
 from dataclasses import dataclass, field
@@ -331,14 +330,3 @@ def _prefetched(batches, depth: int = 2):
             except queue.Empty:
                 pass
         helper.join()
-
-
-def count_rows_estimate(path: str | Path) -> int | None:
-    """Rows of an uncompressed file estimated from its size and first lines; None for gzip."""
-    fmt = detect_format(path)
-    if fmt.gzip:
-        return None
-    with open(path, "rb") as f:
-        sample = f.read(1 << 20)
-    lines = sample.count(b"\n") or 1
-    return math.ceil(Path(path).stat().st_size / (len(sample) / lines))

@@ -33,3 +33,18 @@ def build_pool(generator: SyntheticCriteo, query_size: int, batches: int) -> lis
         dense, ids = generator.batch(index, query_size, split="timing")
         pool.append(Batch(torch.from_numpy(dense), torch.from_numpy(ids)))
     return pool
+
+
+class Pools:
+    """The pools a run's ladder cycles: for each query size, about `pool_samples` distinct samples of the
+    dataset's timing split as host batches, built before that size is timed. `pools(query_size)` is the
+    `make_pool` that `run_ladder` (harness/pipeline/timing.py) takes.
+    """
+
+    def __init__(self, dataset, pool_samples: int) -> None:
+        self.dataset = dataset
+        self.pool_samples = pool_samples
+
+    def __call__(self, query_size: int) -> list[Batch]:
+        batches = self.dataset.pool(query_size, pool_size(query_size, self.pool_samples))
+        return [Batch(torch.from_numpy(dense), torch.from_numpy(ids)) for dense, ids in batches]

@@ -15,8 +15,11 @@ from typing import Iterator, List, Optional
 import numpy as np
 from omegaconf import MISSING
 
-from harness.workload.representations import feature_names
-from harness.workload.spec import SHAPES
+from harness.core.errors import ConfigError
+from harness.core.schema import typed
+from harness.core.spec import SHAPES, feature_names
+from harness.data.criteo import CriteoReader, EmptyInput, detect_format
+from harness.data.synthetic import SyntheticCriteo
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +36,9 @@ class LabeledBatch:
 
 def _check_common(cfg) -> None:
     if cfg.shape not in SHAPES:
-        raise ValueError(f"shape: unknown dataset shape {cfg.shape!r}; known: {sorted(SHAPES)}")
+        raise ConfigError("shape", f"unknown dataset shape {cfg.shape!r}; known: {sorted(SHAPES)}")
     if not cfg.scale > 0:
-        raise ValueError(f"scale: must be > 0, got {cfg.scale}")
+        raise ConfigError("scale", f"must be > 0, got {cfg.scale}")
 
 
 @dataclass
@@ -62,15 +65,15 @@ class SyntheticConfig:
     def check(self) -> None:
         _check_common(self)
         if self.zipf_exponent < 0:
-            raise ValueError(f"zipf_exponent: must be >= 0, got {self.zipf_exponent}")
+            raise ConfigError("zipf_exponent", f"must be >= 0, got {self.zipf_exponent}")
         known = feature_names(len(SHAPES[self.shape].table_rows))
         unknown = [f for f in self.signal.fields if f not in known]
         if unknown:
-            raise ValueError(f"signal.fields: {unknown} are not features of the {self.shape} shape (C1..C26)")
+            raise ConfigError("signal.fields", f"{unknown} are not features of the {self.shape} shape (C1..C26)")
         if self.signal.latent_dim < 1:
-            raise ValueError(f"signal.latent_dim: must be >= 1, got {self.signal.latent_dim}")
+            raise ConfigError("signal.latent_dim", f"must be >= 1, got {self.signal.latent_dim}")
         if not 0 < self.signal.positive_rate < 1:
-            raise ValueError(f"signal.positive_rate: must be in (0, 1), got {self.signal.positive_rate}")
+            raise ConfigError("signal.positive_rate", f"must be in (0, 1), got {self.signal.positive_rate}")
 
 
 @dataclass
@@ -88,26 +91,31 @@ class CriteoConfig:
     def check(self) -> None:
         _check_common(self)
         if self.path in (None, "", MISSING):
-            raise ValueError("path: set it to a Criteo file, e.g. dataset.path=/data/train.txt")
-        from harness.data.criteo import EmptyInput, detect_format
-
+            raise ConfigError("path", "set it to a Criteo file, e.g. dataset.path=/data/train.txt")
         try:
             detect_format(self.path)
         except EmptyInput as exc:
-            raise ValueError(f"path: {exc}") from None
+            raise ConfigError("path", f"{exc}") from None
         if self.max_ind_range is not None and self.max_ind_range < 2:
-            raise ValueError(f"max_ind_range: must be >= 2 or null, got {self.max_ind_range}")
+            raise ConfigError("max_ind_range", f"must be >= 2 or null, got {self.max_ind_range}")
         if self.test_every < 2:
-            raise ValueError(f"test_every: must be >= 2, got {self.test_every}")
+            raise ConfigError("test_every", f"must be >= 2, got {self.test_every}")
 
 
 KINDS: dict[str, type] = {"synthetic": SyntheticConfig, "criteo": CriteoConfig}
 
 
+def typed_config(node: dict | None) -> SyntheticConfig | CriteoConfig:
+    """The `dataset` section as the Config dataclass its `kind` selects, checked."""
+    if not node or "kind" not in node:
+        raise ConfigError("dataset.kind", "missing: choose a dataset with dataset=<name> (conf/dataset/)")
+    if node["kind"] not in KINDS:
+        raise ConfigError("dataset.kind", f"unknown dataset kind {node['kind']!r}; known: {sorted(KINDS)}")
+    return typed(KINDS[node["kind"]], node, "dataset")
+
+
 class SyntheticDataset:
     def __init__(self, cfg: SyntheticConfig, spec) -> None:
-        from harness.data.synthetic import SyntheticCriteo
-
         names = feature_names(spec.num_tables)
         self.generator = SyntheticCriteo(
             spec.table_rows, spec.num_dense, cfg.zipf_exponent, cfg.seed, spec.ids_per_lookup,
@@ -136,14 +144,12 @@ class SyntheticDataset:
 class CriteoDataset:
     def __init__(self, cfg: CriteoConfig, spec) -> None:
         if spec.ids_per_lookup != 1:
-            raise ValueError("Criteo files hold one id per feature: model.ids_per_lookup must be 1")
+            raise ConfigError("model.ids_per_lookup", "Criteo files hold one id per feature: it must be 1")
         self.cfg = cfg
         self.table_rows = spec.table_rows
         self.stats = None
 
     def _reader(self):
-        from harness.data.criteo import CriteoReader
-
         reader = CriteoReader(self.cfg.path, self.table_rows, self.cfg.max_ind_range, self.cfg.strict,
                               use_threads=self.cfg.use_threads)
         self.stats = reader.stats  # the latest pass; counts grow as it reads

@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from harness.data.zipf import ZipfSampler
+from harness.core.zipf import ZipfSampler
 
 BLOCK = 1024
 # Disjoint regions of the sample index space.
@@ -157,7 +157,3 @@ class SyntheticCriteo:
         """(dense, ids) of batch `index` of `size` samples in `split`."""
         dense, ids, _ = self.samples(split, index * size, size)
         return dense, ids
-
-    def optimal_logits(self, dense: np.ndarray, ids: np.ndarray) -> np.ndarray:
-        """The planted model's own logits: the best any model can do (for tests and reports)."""
-        return self._logit(dense.astype(np.float64), ids)

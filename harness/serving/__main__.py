@@ -7,13 +7,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from harness.config import config_dir
+from harness.core.conf import config_dir
+from harness.serving.run import main_cli
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="serving")
 def main(cfg: DictConfig) -> None:
-    from harness.serving import main_cli
-
     code = main_cli(cfg)
     if code:
         sys.exit(code)

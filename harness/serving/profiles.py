@@ -30,6 +30,7 @@ class PathProfile:
     latency_ms: tuple[float, ...]  # service time at each size (p50)
     p99_ms: tuple[float, ...] = ()
     source: str = "measured"
+    run_id: str | None = None  # the MLflow run a measured profile comes from
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -85,6 +86,7 @@ def from_runs(runs) -> list[PathProfile]:
             accuracy=None if accuracy is None or (isinstance(accuracy, float) and math.isnan(accuracy)) else float(accuracy),
             sizes=tuple(int(q) for q in g["query_size"]), latency_ms=tuple(float(v) for v in g["p50_ms"]),
             p99_ms=tuple(float(v) for v in g["p99_ms"]), source=f"measured (run {g['run_id'].iloc[0]})",
+            run_id=str(g["run_id"].iloc[0]),
         ))
     return out
 
@@ -128,6 +130,6 @@ def load(path: str | Path) -> list[PathProfile]:
 
     try:
         return [PathProfile(e["path"], e["device"], e.get("accuracy"), tuple(e["sizes"]), tuple(e["latency_ms"]),
-                            tuple(e.get("p99_ms", ())), origin(e)) for e in entries]
+                            tuple(e.get("p99_ms", ())), origin(e), e.get("run_id")) for e in entries]
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from None

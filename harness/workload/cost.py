@@ -9,7 +9,7 @@ Counting rules (the same for every representation, so paths compare on one roofl
 - activation bytes per sample sum every intermediate (an upper bound on the peak in inference), so the
   dry run can tell whether the largest query of the ladder fits beside the parameters.
 
->>> from harness.workload.spec import WorkloadSpec
+>>> from harness.core.spec import WorkloadSpec
 >>> from harness.workload.representations.table import Config
 >>> cost = path_cost(WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused")))
 >>> cost.embedding.param_bytes, cost.top_input_width
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.core.spec import WorkloadSpec, interaction_width
 from harness.workload import representations
 from harness.workload.representations import EmbeddingCost
-from harness.workload.spec import WorkloadSpec, interaction_width
 
 FP32 = 4
 

@@ -4,7 +4,7 @@ The sparse part is whichever embedding representation the spec names; nothing he
 nor which backend will run it.
 
 >>> import torch
->>> from harness.workload.spec import WorkloadSpec
+>>> from harness.core.spec import WorkloadSpec
 >>> from harness.workload.representations.table import Config
 >>> spec = WorkloadSpec((5, 7, 3), embedding_dim=4, bottom_mlp=(13, 8, 4), top_mlp=(6, 1),
 ...                     representation=Config(layout="fused"))
@@ -21,8 +21,8 @@ import math
 import torch
 from torch import nn
 
+from harness.core.spec import WorkloadSpec, interaction_width
 from harness.workload import representations
-from harness.workload.spec import WorkloadSpec, interaction_width
 
 
 def _mlp(widths: tuple[int, ...], relu_last: bool) -> nn.Sequential:

@@ -3,9 +3,9 @@
 A representation is a package under this folder whose `__init__` is torch-free and exposes:
 
 - `Config`: a dataclass; its fields are the YAML keys under `representation:` (conf/representation/<name>.yaml),
-  declared MISSING so values come only from the YAML; `Config.check()` raises `ValueError("<field>: why")`
-  for values that cannot work, and an optional module-level `check_spec(spec)` does the same for values
-  that depend on the model (the number of tables, say).
+  declared MISSING so values come only from the YAML; `Config.check()` raises `ConfigError("<field>", why)`
+  (harness/core/errors.py) for values that cannot work, and an optional module-level `check_spec(spec)`
+  does the same for values that depend on the model (the number of tables, say).
 - `feature_vectors(spec) -> int`: how many vectors it feeds to the dot interaction (tables: one per feature).
 - `cost(spec) -> EmbeddingCost`: analytic parameter bytes, FLOPs and bytes read per sample.
 - `build(spec) -> torch.nn.Module`: the torch module (imports torch lazily), mapping ids [B, T, L] -> [B, V, D].
@@ -19,6 +19,10 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
+
+from harness.core.errors import ConfigError
+from harness.core.schema import typed
 
 REGISTRY: dict[str, str] = {
     "table": "harness.workload.representations.table",
@@ -66,11 +70,6 @@ def label(config) -> str:
     return f"{config.name}+cache" if cache is not None and cache.enabled else config.name
 
 
-def feature_names(num_tables: int) -> list[str]:
-    """Criteo's names for the categorical columns: C1 .. C26."""
-    return [f"C{i + 1}" for i in range(num_tables)]
-
-
 def names() -> list[str]:
     return sorted(REGISTRY)
 
@@ -85,3 +84,24 @@ def get(name: str) -> ModuleType:
             "(conf/representation/)"
         ) from None
     return importlib.import_module(module_path)
+
+
+def typed_config(node: dict | None) -> Any:
+    """The `representation` section as the Config dataclass its `name` selects, checked."""
+    if not node or "name" not in node:
+        raise ConfigError("representation.name", "missing: choose one with representation=<name>")
+    try:
+        module = get(node["name"])
+    except KeyError as exc:
+        raise ConfigError("representation.name", str(exc.args[0])) from None
+    return typed(module.Config, node, "representation")
+
+
+def check_spec(spec) -> None:
+    """The representation's own rules that depend on the model (its `check_spec`, if it has one)."""
+    check = getattr(get(spec.representation.name), "check_spec", None)
+    if check is not None:
+        try:
+            check(spec)
+        except ConfigError as exc:
+            raise exc.within("representation") from None

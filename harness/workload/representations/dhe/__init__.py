@@ -5,7 +5,7 @@ code ((h / (m - 1)) * 2 - 1 for `uniform`, Box-Muller pairs for `gaussian`) goes
 decoder (k -> hidden... -> D). No table at all: megabytes of decoder weights and ~0.27 MFLOPs per lookup
 for the 1024-128-16 decoder, which is why the hardware choice matters.
 
->>> from harness.workload.spec import WorkloadSpec
+>>> from harness.core.spec import WorkloadSpec
 >>> params = DheParams(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none",
 ...                    batch_norm=False, seed=0)
 >>> c = dhe_cost(26, params, dim=16, ids_per_lookup=1)
@@ -24,6 +24,8 @@ from typing import List, Optional
 import numpy as np
 from omegaconf import MISSING
 
+from harness.core.errors import ConfigError
+from harness.core.zipf import top_share
 from harness.workload.representations import EmbeddingCost
 
 FP32 = 4
@@ -43,11 +45,11 @@ class CacheConfig:
 
     def check(self) -> None:
         if self.rows < 0:
-            raise ValueError(f"cache.rows: must be >= 0, got {self.rows}")
+            raise ConfigError("cache.rows", f"must be >= 0, got {self.rows}")
         if self.bytes is not None and self.bytes <= 0:
-            raise ValueError(f"cache.bytes: must be > 0 or null, got {self.bytes}")
+            raise ConfigError("cache.bytes", f"must be > 0 or null, got {self.bytes}")
         if self.sample_rows < 1:
-            raise ValueError(f"cache.sample_rows: must be >= 1, got {self.sample_rows}")
+            raise ConfigError("cache.sample_rows", f"must be >= 1, got {self.sample_rows}")
 
     @property
     def enabled(self) -> bool:
@@ -77,26 +79,26 @@ class DheParams:
     def check(self) -> None:
         self.cache.check()
         if self.k < 1:
-            raise ValueError(f"k: must be >= 1, got {self.k}")
+            raise ConfigError("k", f"must be >= 1, got {self.k}")
         if not self.decoder or min(self.decoder) < 1:
-            raise ValueError(f"decoder: widths must be positive, got {self.decoder}")
+            raise ConfigError("decoder", f"widths must be positive, got {self.decoder}")
         if self.decoder[0] != self.k:
-            raise ValueError(
-                f"k: is {self.k} but the decoder's first width is {self.decoder[0]}: the code of k hashes is "
+            raise ConfigError(
+                "k", f"is {self.k} but the decoder's first width is {self.decoder[0]}: the code of k hashes is "
                 "the decoder's input, so they must be equal"
             )
         if not 2 <= self.m <= MAX_BUCKETS:
-            raise ValueError(
-                f"m: must be in [2, {MAX_BUCKETS:,}], got {self.m:,}: hashing computes a (x mod p) + b < p^2 "
+            raise ConfigError(
+                "m", f"must be in [2, {MAX_BUCKETS:,}], got {self.m:,}: hashing computes a (x mod p) + b < p^2 "
                 "exactly in float64 (53-bit mantissa), which bounds p and so m"
             )
         if self.encoding not in ENCODINGS:
-            raise ValueError(f"encoding: must be one of {ENCODINGS}, got {self.encoding!r}")
+            raise ConfigError("encoding", f"must be one of {ENCODINGS}, got {self.encoding!r}")
         if self.encoding == "gaussian" and self.k % 2:
-            raise ValueError(f"k: the gaussian encoding turns hashes into pairs (Box-Muller), so k must be "
+            raise ConfigError("k", f"the gaussian encoding turns hashes into pairs (Box-Muller), so k must be "
                              f"even, got {self.k}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation: must be one of {ACTIVATIONS}, got {self.activation!r}")
+            raise ConfigError("activation", f"must be one of {ACTIVATIONS}, got {self.activation!r}")
 
     def widths(self, dim: int) -> list[int]:
         return [*self.decoder, dim]
@@ -149,8 +151,6 @@ def dhe_cost(num_tables: int, params: DheParams, dim: int, ids_per_lookup: int,
     cache_bytes = 0
     details = {}
     if params.cache.enabled:
-        from harness.data.zipf import top_share
-
         rows = params.cache.rows_per_table(num_tables, dim)
         sizes = list(table_rows) or [rows] * num_tables
         cached = [min(rows, n) for n in sizes]

@@ -3,7 +3,7 @@
 The interaction sees 2T + 1 vectors (top-MLP input 1394 on the Kaggle shape, 1442 on Terabyte): the best
 quality of the family, at the memory of the tables plus the compute of DHE.
 
->>> from harness.workload.spec import WorkloadSpec, interaction_width
+>>> from harness.core.spec import WorkloadSpec, interaction_width
 >>> interaction_width(2 * 26 + 1, 16), interaction_width(2 * 26 + 1, 64)
 (1394, 1442)
 """
@@ -14,17 +14,12 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
+from harness.core.errors import ConfigError
+from harness.core.schema import check_section
 from harness.workload.representations import EmbeddingCost
 from harness.workload.representations.dhe import Config as DheConfig
-from harness.workload.representations.dhe import DheParams, dhe_cost
+from harness.workload.representations.dhe import dhe_cost
 from harness.workload.representations.table import LAYOUTS, table_cost
-
-
-def check_dhe(params: DheParams) -> None:
-    try:
-        params.check()
-    except ValueError as exc:
-        raise ValueError(f"dhe.{exc}") from None
 
 
 @dataclass
@@ -35,8 +30,8 @@ class Config:
 
     def check(self) -> None:
         if self.layout not in LAYOUTS:
-            raise ValueError(f"layout: must be one of {LAYOUTS}, got {self.layout!r}")
-        check_dhe(self.dhe)
+            raise ConfigError("layout", f"must be one of {LAYOUTS}, got {self.layout!r}")
+        check_section(self.dhe, "dhe")
 
 
 def feature_vectors(spec) -> int:

@@ -3,7 +3,7 @@
 By default the `num_largest` largest tables (five: C3, C12, C21, C16 and C4 on the Kaggle shape) use
 DHE, which removes most of the memory while keeping most lookups a cheap row read.
 
->>> from harness.workload.spec import WorkloadSpec
+>>> from harness.core.spec import WorkloadSpec
 >>> from harness.workload.representations.dhe import Config as DheConfig
 >>> dhe = DheConfig(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none",
 ...                 batch_norm=False, seed=0)
@@ -20,10 +20,12 @@ from typing import List, Optional
 
 from omegaconf import MISSING
 
-from harness.workload.representations import EmbeddingCost, feature_names
+from harness.core.errors import ConfigError
+from harness.core.schema import check_section
+from harness.core.spec import feature_names
+from harness.workload.representations import EmbeddingCost
 from harness.workload.representations.dhe import Config as DheConfig
 from harness.workload.representations.dhe import dhe_cost
-from harness.workload.representations.hybrid import check_dhe
 from harness.workload.representations.table import LAYOUTS, table_cost
 
 
@@ -38,12 +40,12 @@ class Config:
 
     def check(self) -> None:
         if self.layout not in LAYOUTS:
-            raise ValueError(f"layout: must be one of {LAYOUTS}, got {self.layout!r}")
+            raise ConfigError("layout", f"must be one of {LAYOUTS}, got {self.layout!r}")
         if self.features is None and self.num_largest < 1:
-            raise ValueError(f"num_largest: must be >= 1, got {self.num_largest}")
+            raise ConfigError("num_largest", f"must be >= 1, got {self.num_largest}")
         if self.features is not None and not self.features:
-            raise ValueError("features: list at least one feature, or null for the largest tables")
-        check_dhe(self.dhe)
+            raise ConfigError("features", "list at least one feature, or null for the largest tables")
+        check_section(self.dhe, "dhe")
 
 
 def check_spec(spec) -> None:
@@ -52,11 +54,11 @@ def check_spec(spec) -> None:
     if cfg.features is not None:
         unknown = [f for f in cfg.features if f not in known]
         if unknown:
-            raise ValueError(f"features: {unknown} not among this model's features C1..C{spec.num_tables}")
+            raise ConfigError("features", f"{unknown} not among this model's features C1..C{spec.num_tables}")
         if len(set(cfg.features)) != len(cfg.features):
-            raise ValueError(f"features: duplicates in {cfg.features}")
+            raise ConfigError("features", f"duplicates in {cfg.features}")
     elif cfg.num_largest > spec.num_tables:
-        raise ValueError(f"num_largest: {cfg.num_largest} exceeds the {spec.num_tables} tables")
+        raise ConfigError("num_largest", f"{cfg.num_largest} exceeds the {spec.num_tables} tables")
 
 
 def selected(spec) -> list[int]:

@@ -2,7 +2,7 @@
 
 Cost per lookup: read L rows of D fp32 values and their int64 ids; (L-1) x D additions for pooling.
 
->>> from harness.workload.spec import WorkloadSpec
+>>> from harness.core.spec import WorkloadSpec
 >>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused"))
 >>> cost(spec).param_bytes
 2160804928
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
+from harness.core.errors import ConfigError
 from harness.workload.representations import EmbeddingCost
 
 FP32 = 4
@@ -32,7 +33,7 @@ class Config:
 
     def check(self) -> None:
         if self.layout not in LAYOUTS:
-            raise ValueError(f"layout: must be one of {LAYOUTS}, got {self.layout!r}")
+            raise ConfigError("layout", f"must be one of {LAYOUTS}, got {self.layout!r}")
 
 
 def feature_vectors(spec) -> int:

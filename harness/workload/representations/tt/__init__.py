@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from omegaconf import MISSING
 
+from harness.core.errors import ConfigError
 from harness.workload.representations import EmbeddingCost
 from harness.workload.representations.table import INDEX_BYTES, table_cost
 
@@ -35,13 +36,13 @@ class Config:
 
     def check(self) -> None:
         if self.rank < 1:
-            raise ValueError(f"rank: must be >= 1, got {self.rank}")
+            raise ConfigError("rank", f"must be >= 1, got {self.rank}")
         if self.cores < 2:
-            raise ValueError(f"cores: a tensor train needs at least 2 cores, got {self.cores}")
+            raise ConfigError("cores", f"a tensor train needs at least 2 cores, got {self.cores}")
         if self.min_rows < 1:
-            raise ValueError(f"min_rows: must be >= 1, got {self.min_rows}")
+            raise ConfigError("min_rows", f"must be >= 1, got {self.min_rows}")
         if self.layout not in ("fused", "per_table"):
-            raise ValueError(f"layout: must be fused or per_table, got {self.layout!r}")
+            raise ConfigError("layout", f"must be fused or per_table, got {self.layout!r}")
 
 
 def _prime_factors(n: int) -> list[int]:

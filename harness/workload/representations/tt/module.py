@@ -22,7 +22,7 @@ from torch import nn
 
 from harness.workload.representations.mixed import MixedEmbedding
 from harness.workload.representations.table.module import build_tables
-from harness.workload.representations.tt import TTFactorization, split_tables, factorizations
+from harness.workload.representations.tt import TTFactorization, factorizations, split_tables
 
 
 class TTTables(nn.Module):

@@ -14,7 +14,7 @@ import statistics
 import time
 from pathlib import Path
 
-from harness.measure import LadderSettings, time_iterations
+from harness.pipeline.timing import LadderSettings, time_iterations
 
 CACHE_FILE = "device_peaks.json"
 _SETTINGS = LadderSettings(warmup_iters=2, warmup_s=0.1, min_iters=5, min_time_s=0.5, max_iters=10_000,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from harness.quality import Quality, evaluate
+from harness.workload.metrics import Quality, evaluate
 
 log = logging.getLogger(__name__)
 

@@ -9,90 +9,19 @@ at its highest load against the best static path's at its own.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import MISSING
 
-from harness.config import TrackingConfig
+from harness.core.errors import ConfigError
 from harness.serving import policies as pol
 from harness.serving import sizes as size_dist
+from harness.serving.config import ScaledDevice, ServingConfig
 from harness.serving.profiles import PathProfile
 from harness.serving.simulator import max_qps, simulate
-
-
-@dataclass
-class SizesConfig:
-    kind: str = MISSING  # lognormal | mlperf (MLPerf DLRM's quantiles, shipped) | quantiles (from `file`)
-    median: float = MISSING
-    sigma: float = MISSING
-    max: int = MISSING
-    file: Optional[str] = MISSING  # quantiles: e.g. ../shared/data/mlperf_dlrm_query_size_quantiles.txt
-
-
-@dataclass
-class ScaledDevice:
-    """A labelled stand-in device built from a measured one's profiles, when no real profile exists."""
-
-    source: str = MISSING  # backend of the measured paths to scale (e.g. cpu)
-    device: str = MISSING  # the stand-in's name, e.g. gpu-scaled
-    per_sample_speedup: Dict[str, float] = MISSING  # representation -> how much faster per sample
-    fixed_ms: float = MISSING  # added per query (launch and transfer overhead)
-    label: str = MISSING
-
-
-@dataclass
-class LiveConfig:
-    enabled: bool = MISSING
-    policy: str = MISSING  # which policy routes the live queries
-    qps: Optional[float] = MISSING  # null: 80% of the simulated max load of that policy
-    duration_s: float = MISSING
-    samples: int = MISSING  # distinct pre-built queries LoadGen draws from
-    fault_path: Optional[str] = MISSING  # a path whose every call raises (fault-handling test)
-
-
-@dataclass
-class ServingConfig:
-    experiment_name: str = MISSING
-    profile_files: List[str] = MISSING
-    scaled_devices: List[ScaledDevice] = MISSING
-    paths: Optional[List[str]] = MISSING
-    target_ms: float = MISSING
-    percentile: float = MISSING
-    sizes: SizesConfig = field(default_factory=SizesConfig)
-    queries: int = MISSING
-    load_points: int = MISSING
-    policies: List[str] = MISSING
-    mprec_slack: List[float] = MISSING  # one mprec (and mprec_split) policy per slack value
-    split_min_size: int = MISSING
-    seed: int = MISSING
-    output_dir: Optional[str] = MISSING
-    log_to_mlflow: bool = MISSING
-    live: LiveConfig = field(default_factory=LiveConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    def check(self) -> None:
-        if not self.target_ms > 0:
-            raise ValueError(f"target_ms: must be > 0, got {self.target_ms}")
-        if not 0 < self.percentile < 100:
-            raise ValueError(f"percentile: must be in (0, 100), got {self.percentile}")
-        if self.sizes.kind not in ("lognormal", "mlperf", "quantiles"):
-            raise ValueError(f"sizes.kind: must be lognormal, mlperf or quantiles, got {self.sizes.kind!r}")
-        if self.sizes.kind == "quantiles" and not self.sizes.file:
-            raise ValueError("sizes.file: a quantile file is needed with sizes.kind=quantiles")
-        unknown = [p for p in self.policies if p not in POLICIES]
-        if unknown:
-            raise ValueError(f"policies: unknown {unknown}; known: {sorted(POLICIES)}")
-        if not self.mprec_slack or any(not 0 < v <= 1 for v in self.mprec_slack):
-            raise ValueError(f"mprec_slack: values in (0, 1], got {self.mprec_slack}")
-        if self.queries < 100:
-            raise ValueError(f"queries: must be >= 100, got {self.queries}")
-
-
-POLICIES = {"static", "size_threshold", "mprec", "mprec_split"}
 
 
 def draw_sizes(cfg: ServingConfig, n: int, seed: int) -> np.ndarray:
@@ -155,8 +84,8 @@ def check_target(profiles: list[PathProfile], sizes: np.ndarray, target_ms: floa
         by_device[p.device] = max(by_device.get(p.device, 0.0), size / p.service_ms(size))
     split_ms = size / sum(by_device.values())
     if min(fastest.service_ms(size), split_ms) > target_ms:
-        raise ValueError(
-            f"target_ms: no path meets p{percentile:g} <= {target_ms:g} ms even with empty queues: the "
+        raise ConfigError(
+            "target_ms", f"no path meets p{percentile:g} <= {target_ms:g} ms even with empty queues: the "
             f"p{percentile:g} query has {size} samples and the fastest path, {fastest.path}, takes "
             f"{fastest.service_ms(size):.3g} ms (all devices together {split_ms:.3g} ms)")
 

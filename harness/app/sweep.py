@@ -9,49 +9,58 @@
   with their overrides, record the summary on the parent run, and exit non-zero if any job failed.
 
 Callbacks run in the process that launches the jobs, so this works the same with the basic, joblib and
-submitit launchers (the files live in the shared sweep folder).
+submitit launchers (the files live in the shared sweep folder). Jobs are expanded as Hydra's basic
+sweeper expands them (the cartesian product of every key's values, a later override of a key replacing
+an earlier one), with Hydra's public override parser.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from harness.jobs import PARENT_RUN_FILE, STATUS_FILE
+from harness.app.console import print_sweep_summary
+from harness.app.jobs import PARENT_RUN_FILE, STATUS_FILE
+from harness.core.conf import compose
+from harness.core.schema import RunConfig
+from harness.pipeline.config import load_config
+from harness.tracking import KIND_TAG, Store
 
 
 def expand_jobs(config: DictConfig) -> list[list[str]]:
-    """Each job's overrides, as Hydra's basic sweeper will launch them (sweeper params, then the CLI)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
+    """Each job's overrides, in the order the basic sweeper launches them (sweeper params, then the CLI)."""
     params = OmegaConf.select(config, "hydra.sweeper.params") or {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     loader = GlobalHydra.instance().config_loader() if GlobalHydra.instance().is_initialized() else None
-    overrides = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
-    return [list(job) for batch in BasicSweeper.split_arguments(overrides, None) for job in batch]
+    choices: dict[str, list[str]] = {}
+    for override in OverridesParser.create(config_loader=loader).parse_overrides(arguments):
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            raise ValueError(f"{key}: a sweep over an interval needs a sweeper that samples it (e.g. Optuna)")
+    return [list(job) for job in itertools.product(*choices.values())]
 
 
-def validate_jobs(config: DictConfig, jobs: list[list[str]]):
+def validate_jobs(config: DictConfig, jobs: list[list[str]]) -> RunConfig | None:
     """Compose and validate every job; returns the first job's RunConfig; exits 2 naming the bad job."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from harness.config import ConfigError, load_config, workload_spec
-
     loader = GlobalHydra.instance().config_loader()
     first = None
     for number, overrides in enumerate(jobs):
         try:
-            job_config = loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides))
-            run = load_config(job_config)
-            workload_spec(run)
-        except (ConfigError, Exception) as exc:  # noqa: BLE001 - any composition error stops the sweep
+            run = load_config(loader.load_sweep_config(master_config=config, sweep_overrides=list(overrides)))
+        except Exception as exc:  # noqa: BLE001 - any composition error stops the sweep
             message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             print(f"error: job #{number} ({' '.join(overrides)}): {message}", file=sys.stderr)
             print("error: no job was started", file=sys.stderr)
@@ -73,18 +82,16 @@ class SweepCallback(Callback):
         first = validate_jobs(config, jobs)
         if first is None or first.dry_run:
             return
-        from harness.tracking import Ledger
-
-        ledger = Ledger(first.tracking, first.experiment_name)  # creates the experiment once, up front
+        store = Store(first.tracking, first.experiment_name)  # creates the experiment once, up front
         sweep_dir = Path(config.hydra.sweep.dir)
-        self.parent_run_id = ledger.create(
+        self.parent_run_id = store.create_run(
             f"sweep {sweep_dir.name}",
-            {"mprec.kind": "sweep", "sweep_dir": str(sweep_dir), "jobs": str(len(jobs)),
+            {KIND_TAG: "sweep", "sweep_dir": str(sweep_dir), "jobs": str(len(jobs)),
              "overrides": " ".join(config.hydra.overrides.task)[:5000]},
         )
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps(
-            {"run_id": self.parent_run_id, "experiment_name": first.experiment_name, "uri": ledger.uri}))
+            {"run_id": self.parent_run_id, "experiment_name": first.experiment_name, "uri": store.uri}))
         self.tracking, self.experiment_name = first.tracking, first.experiment_name
         print(f"sweep of {len(jobs)} jobs: MLflow parent run {self.parent_run_id} in experiment "
               f"'{first.experiment_name}'", file=sys.stderr)
@@ -95,14 +102,12 @@ class SweepCallback(Callback):
         if not statuses or all(s.get("status") == "dry_run" for s in statuses):
             return
         counts = {k: sum(s["status"] == k for s in statuses) for k in ("finished", "skipped", "failed")}
-        print_summary(statuses, counts)
+        print_sweep_summary(statuses, counts)
         if self.parent_run_id:
-            from harness.tracking import Ledger
-
-            ledger = Ledger(self.tracking, self.experiment_name)
-            ledger.set_tags(self.parent_run_id, {f"jobs_{k}": v for k, v in counts.items()})
-            ledger.log_text(self.parent_run_id, json.dumps(statuses, indent=2), "sweep_summary.json")
-            ledger.finish(self.parent_run_id, "FAILED" if counts["failed"] else "FINISHED")
+            store = Store(self.tracking, self.experiment_name)
+            store.set_tags(self.parent_run_id, {f"jobs_{k}": v for k, v in counts.items()})
+            store.log_text(self.parent_run_id, json.dumps(statuses, indent=2), "sweep_summary.json")
+            store.finish(self.parent_run_id, "FAILED" if counts["failed"] else "FINISHED")
         if self.experiment_name and OmegaConf.select(config, "analysis_after_sweep", default=False):
             self._analyse(config)
         scenario = OmegaConf.select(config, "serving_after_sweep", default=None)
@@ -112,15 +117,12 @@ class SweepCallback(Callback):
             sys.exit(1)
 
     def _tracking_overrides(self) -> list[str]:
-        from dataclasses import asdict
-
         return [f"tracking.{k}={'null' if v is None else v}" for k, v in asdict(self.tracking).items()
                 if k != "parent_run_id"]
 
     def _serve(self, scenario: str) -> None:
         """A sweep whose experiment sets serving_after_sweep ends with that serving study."""
-        from harness.config import compose
-        from harness.serving import load_serving_config, run_serving
+        from harness.serving import load_serving_config, run_serving  # pandas, matplotlib: only when asked
 
         overrides = [f"serving={scenario}", f"experiment_name={self.experiment_name}", *self._tracking_overrides()]
         try:
@@ -131,8 +133,7 @@ class SweepCallback(Callback):
 
     def _analyse(self, config: DictConfig) -> None:
         """The sweep ends by writing the experiment's analysis (python -m harness.analysis redoes it)."""
-        from harness.analysis import load_analysis_config, run_analysis
-        from harness.config import compose
+        from harness.analysis import load_analysis_config, run_analysis  # pandas, matplotlib: only when asked
 
         overrides = [f"experiment_name={self.experiment_name}", *self._tracking_overrides()]
         try:
@@ -140,18 +141,3 @@ class SweepCallback(Callback):
         except Exception as exc:  # noqa: BLE001 - the sweep's results are recorded; the analysis can be redone
             print(f"analysis failed ({type(exc).__name__}: {exc}); redo it with "
                   f"python -m harness.analysis experiment_name={self.experiment_name}", file=sys.stderr)
-
-
-def print_summary(statuses: list[dict], counts: dict[str, int]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"sweep: {counts['finished']} finished, {counts['skipped']} skipped, "
-                        f"{counts['failed']} failed", title_justify="left")
-    for column in ("status", "path", "overrides", "run", "error"):
-        table.add_column(column)
-    style = {"finished": "green", "skipped": "blue", "failed": "red"}
-    for s in statuses:
-        table.add_row(s["status"], s.get("path", ""), " ".join(s.get("overrides", [])), s.get("run_id") or "",
-                      (s.get("error") or "")[:120], style=style.get(s["status"]))
-    Console(stderr=True, width=200).print(table)

@@ -1,4 +1,4 @@
-"""Timed ladders over query sizes, and the statistics of their raw samples.
+"""The timing contract: timed ladders over query sizes, and the statistics of their raw samples.
 
 The harness owns the clock; the backend owns synchronization. Every timed iteration is
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 Clock = Callable[[], float]
@@ -22,12 +22,19 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True)
 class LadderSettings:
-    warmup_iters: int = 5
-    warmup_s: float = 0.2
-    min_iters: int = 20
-    min_time_s: float = 1.0
-    max_iters: int = 100_000
-    max_time_s: float = 10.0
+    """How long each query size is timed; no defaults here: a run's come from conf/ (`measure.*`)."""
+
+    warmup_iters: int
+    warmup_s: float
+    min_iters: int
+    min_time_s: float
+    max_iters: int
+    max_time_s: float
+
+    @classmethod
+    def of(cls, measure) -> "LadderSettings":
+        """The settings of a validated `measure` config section."""
+        return cls(**{f.name: getattr(measure, f.name) for f in fields(cls)})
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.measure import run_ladder
+from harness.pipeline.timing import run_ladder
 from harness.workload.representations import cache_config
 from harness.workload.representations.dhe.cache import attach
 from harness.workload.representations.dhe.module import DeepHashEmbedding
@@ -74,7 +74,9 @@ class Caches:
         return hits / lookups if lookups else 0.0
 
 
-def attach_caches(model, spec, dataset, counter: IdCounter | None) -> Caches | None:
+def attach_caches(model, spec, dataset, counter: IdCounter | None, recorder=None) -> Caches | None:
+    """Caches of each DHE table's hottest ids, attached to the model (None without a cache); their size
+    is recorded (`cache_bytes`, `cache_rows`) when a recorder is given."""
     cfg = cache_config(spec.representation)
     modules = _dhe_modules(model)
     if cfg is None or not cfg.enabled or not modules:
@@ -91,12 +93,18 @@ def attach_caches(model, spec, dataset, counter: IdCounter | None) -> Caches | N
                 ids = dataset.hot_ids(f, rows, sample_rows=cfg.sample_rows)
             hot.append(torch.as_tensor(np.asarray(ids), dtype=torch.int64))
         attach(m, hot)
-    return Caches(modules, " and ".join(sorted(sources)))
+    caches = Caches(modules, " and ".join(sorted(sources)))
+    if recorder is not None:
+        recorder.log_metrics(caches.summary())
+    return caches
 
 
-def cache_comparison(caches: Caches, adapter, sizes, make_pool, settings, cached_results):
-    """Metric rows: hit rate per query size, and the uncached ladder's latency and the cache's speedup."""
+def cache_comparison(caches: Caches | None, adapter, sizes, make_pool, settings, cached_results):
+    """Metric rows: hit rate per query size, and the uncached ladder's latency and the cache's speedup,
+    measured in the same run (none without a cache)."""
     rows = []
+    if caches is None:
+        return rows
     for q in sizes:
         pool = make_pool(q)
         rows.append(("cache_hit_rate", float(np.mean([caches.hit_rate(b.ids) for b in pool])), q))

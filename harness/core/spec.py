@@ -1,7 +1,8 @@
 """Framework-neutral description of a DLRM workload: shapes, MLP widths, representation params.
 
 Nothing here imports torch: the spec is what the cost model, the dry run, every backend and the TF
-port agree on.
+port agree on. Its invariants (how the MLP widths fit the embedding) are checked here and only here; an
+error names the config key the value comes from.
 
 >>> spec = WorkloadSpec.from_shape("kaggle", scale=1.0)
 >>> sum(spec.table_rows), spec.embedding_dim, spec.bottom_mlp, spec.top_mlp
@@ -15,6 +16,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from harness.core.errors import ConfigError
 
 NUM_DENSE = 13
 
@@ -76,20 +79,26 @@ class WorkloadSpec:
 
     def __post_init__(self) -> None:
         if not self.table_rows or any(int(r) < 1 for r in self.table_rows):
-            raise ValueError("table_rows must be a non-empty list of positive row counts")
+            raise ConfigError("dataset.scale", f"every table needs at least one row, got {self.table_rows}")
         if self.embedding_dim < 1:
-            raise ValueError(f"embedding_dim must be >= 1, got {self.embedding_dim}")
-        if len(self.bottom_mlp) < 2 or self.bottom_mlp[0] != self.num_dense:
-            raise ValueError(f"bottom_mlp must start at num_dense={self.num_dense}: {self.bottom_mlp}")
-        if self.bottom_mlp[-1] != self.embedding_dim:
-            raise ValueError(
-                f"bottom_mlp ends at {self.bottom_mlp[-1]} but embedding_dim is {self.embedding_dim}: "
-                "the dense vector joins the dot interaction, so the widths must match"
+            raise ConfigError("model.embedding_dim", f"must be >= 1, got {self.embedding_dim}")
+        bottom, top = list(self.bottom_mlp), list(self.top_mlp)
+        for key, widths in (("model.bottom_mlp", bottom), ("model.top_mlp", top)):
+            if not widths or min(widths) < 1:
+                raise ConfigError(key, f"widths must be positive integers, got {widths}")
+        if len(bottom) < 2 or bottom[0] != self.num_dense:
+            raise ConfigError("model.bottom_mlp", f"must start at the {self.num_dense} dense features and have "
+                                                  f"at least one layer, got {bottom}")
+        if bottom[-1] != self.embedding_dim:
+            raise ConfigError(
+                "model.embedding_dim",
+                f"{self.embedding_dim} does not match the bottom MLP's output {bottom[-1]} (model.bottom_mlp="
+                f"{bottom}); the dense vector joins the dot interaction, so they must be equal",
             )
-        if not self.top_mlp or self.top_mlp[-1] != 1:
-            raise ValueError(f"top_mlp must end at 1 (the logit): {self.top_mlp}")
+        if top[-1] != 1:
+            raise ConfigError("model.top_mlp", f"must end at 1 (the logit), got {top}")
         if self.ids_per_lookup < 1:
-            raise ValueError(f"ids_per_lookup must be >= 1, got {self.ids_per_lookup}")
+            raise ConfigError("model.ids_per_lookup", f"must be >= 1, got {self.ids_per_lookup}")
 
     @classmethod
     def from_shape(cls, shape: str, scale: float = 1.0, **overrides: Any) -> "WorkloadSpec":
@@ -125,3 +134,8 @@ def interaction_width(num_vectors: int, dim: int) -> int:
     Kaggle, tables: 27 vectors -> 351 pairs + 16 = 367; hybrid: 53 -> 1378 + 16 = 1394.
     """
     return num_vectors * (num_vectors - 1) // 2 + dim
+
+
+def feature_names(num_tables: int) -> list[str]:
+    """Criteo's names for the categorical columns: C1 .. C26."""
+    return [f"C{i + 1}" for i in range(num_tables)]

@@ -4,11 +4,14 @@
    reruns it). A RUNNING run with the same key whose process is gone (killed, machine lost) is ended
    FAILED as stale before the job runs again.
 2. **Isolation** (`isolate=auto`: in multiruns): the job process creates the MLflow run and hands the work
-   to a child process (`harness.worker`). If the child raises, it ends the run FAILED itself; if it is
+   to a child process (`harness.app.worker`). If the child raises, it ends the run FAILED itself; if it is
    killed (the OOM killer's SIGKILL) or runs past `job_timeout_s`, the job process ends the run FAILED
    with the reason. Either way the job returns normally, so no launcher stops the sweep.
 3. **Report**: every job writes `job_status.json` (status, path, run id, overrides, error) into its Hydra
-   output folder; the sweep callback (harness/sweep.py) sums them up at the end.
+   output folder; the sweep callback (harness/app/sweep.py) sums them up at the end.
+
+The job process always creates the run itself (isolated or not), so it knows the run's id whatever
+happens to the work.
 """
 
 from __future__ import annotations
@@ -23,9 +26,14 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 
-from harness.task import Plan, measure_path, plan, run_name, run_tags
+from harness.app.console import ladder_progress, print_path_summary
+from harness.core.schema import container as plain_config
+from harness.pipeline.plan import Plan, plan
+from harness.tracking import OWNER_TAG, Store, is_stale
+from harness.tracking.environment import process_identity
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +43,10 @@ _KILL_GRACE_S = 10.0
 
 
 def _hydra():
-    from hydra.core.hydra_config import HydraConfig
-
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
 def _is_multirun() -> bool:
-    from hydra.types import RunMode
-
     hc = _hydra()
     return hc is not None and hc.mode == RunMode.MULTIRUN
 
@@ -59,12 +63,6 @@ def _sweep_parent(experiment_name: str) -> str | None:
     return parent["run_id"] if parent.get("experiment_name") == experiment_name else None
 
 
-def _config_container(cfg: Any) -> dict:
-    container = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
-    container.pop("hydra", None)
-    return container
-
-
 def run_job(cfg: Any) -> dict[str, Any]:
     """The Hydra task. Returns (and writes) the job's status; raises only outside multiruns."""
     p = plan(cfg)
@@ -72,7 +70,7 @@ def run_job(cfg: Any) -> dict[str, Any]:
         print(json.dumps(p.dry_run_report(), indent=2))
         return {"status": "dry_run", "path": p.path}
     multirun = _is_multirun()
-    container = _config_container(cfg)
+    container = plain_config(cfg)
     hc = _hydra()
     fault = p.run.debug.for_job(hc.job.num if hc is not None and multirun else None)
     p.run.debug.fault = container["debug"]["fault"] = fault
@@ -112,50 +110,48 @@ def _write_status(status: dict) -> None:
 
 
 def _run(p: Plan, container: dict, multirun: bool) -> dict[str, Any]:
-    from harness.tracking import Ledger, is_stale
+    # The one import of the run's stages (torch, the model): here, past the dry run, which never loads them.
+    from harness.pipeline.run import measure_path
 
     run = p.run
-    ledger = Ledger(run.tracking, run.experiment_name)
+    store = Store(run.tracking, run.experiment_name)
     key = p.run_key()
     if not run.force:
-        done = ledger.find({"run_key": key}, ("FINISHED",))
+        done = store.find({"run_key": key}, ("FINISHED",))
         if done:
             log.info("skipped %s: run key %s already has FINISHED run %s (force=true reruns it)",
                      p.path, key, done[0].info.run_id)
             print(f"skipped {p.path}: already measured in run {done[0].info.run_id} (run key {key})")
             return {"status": "skipped", "run_id": done[0].info.run_id}
-    for stale in (r for r in ledger.find({"run_key": key}, ("RUNNING",)) if is_stale(r)):
-        ledger.fail(stale.info.run_id, "stale: the process that owned this run ended without closing it "
-                                       "(killed?); marked FAILED when the job was run again")
+    for stale in (r for r in store.find({"run_key": key}, ("RUNNING",)) if is_stale(r)):
+        store.fail(stale.info.run_id, "stale: the process that owned this run ended without closing it "
+                                      "(killed?); marked FAILED when the job was run again")
         log.warning("marked stale run %s FAILED", stale.info.run_id)
 
     isolated = run.isolate == "always" or (run.isolate == "auto" and (multirun or run.job_timeout_s))
-    if not isolated:
-        if run.job_timeout_s:
-            log.warning("job_timeout_s is ignored with isolate=never")
-        try:
-            result = measure_path(p)
-        except Exception as exc:  # the recorder has ended the run FAILED
-            if not multirun:
-                raise
-            return {"status": "failed", "run_id": getattr(exc, "mlflow_run_id", None),
-                    "error": f"{type(exc).__name__}: {exc}"}
-        return {"status": "finished", "run_id": result["run_id"]}
-    return _run_isolated(p, container, ledger)
+    if isolated:
+        return _run_isolated(p, container, store)
+    if run.job_timeout_s:
+        log.warning("job_timeout_s is ignored with isolate=never")
+    run_id = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity()})
+    try:
+        print_path_summary(p, measure_path(p, run_id, progress=ladder_progress))
+    except Exception as exc:  # the recorder has ended the run FAILED
+        if not multirun:
+            raise
+        return {"status": "failed", "run_id": run_id, "error": f"{type(exc).__name__}: {exc}"}
+    return {"status": "finished", "run_id": run_id}
 
 
-def _run_isolated(p: Plan, container: dict, ledger) -> dict[str, Any]:
-    from harness.environment import process_identity
-    from harness.tracking import OWNER_TAG
-
-    run_id = ledger.create(run_name(p), {**run_tags(p), OWNER_TAG: process_identity(), "mprec.isolated": "true"})
+def _run_isolated(p: Plan, container: dict, store: Store) -> dict[str, Any]:
+    run_id = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity(), "mprec.isolated": "true"})
     hc = _hydra()
     folder = Path(hc.runtime.output_dir) if hc is not None else Path(p.run.tracking.results_dir) / "jobs"
     folder.mkdir(parents=True, exist_ok=True)
     job_file = folder / "job.json"
     job_file.write_text(json.dumps({"config": container, "run_id": run_id}, default=str))
 
-    child = subprocess.Popen([sys.executable, "-m", "harness.worker", str(job_file)], stderr=subprocess.PIPE,
+    child = subprocess.Popen([sys.executable, "-m", "harness.app.worker", str(job_file)], stderr=subprocess.PIPE,
                              text=True, errors="replace")
     tail: deque[str] = deque(maxlen=60)
     relay = threading.Thread(target=_relay, args=(child.stderr, tail), daemon=True)
@@ -163,7 +159,7 @@ def _run_isolated(p: Plan, container: dict, ledger) -> dict[str, Any]:
     timed_out = _wait(child, p.run.job_timeout_s)
     relay.join(timeout=5)
 
-    status = ledger.status(run_id)
+    status = store.status(run_id)
     if child.returncode == 0 and status == "FINISHED":
         return {"status": "finished", "run_id": run_id}
     if timed_out:
@@ -175,9 +171,9 @@ def _run_isolated(p: Plan, container: dict, ledger) -> dict[str, Any]:
     else:
         reason = f"worker exited with status {child.returncode}"
     if status == "RUNNING":  # the worker could not close its run: say why
-        ledger.fail(run_id, reason, "".join(tail))
+        store.fail(run_id, reason, "".join(tail))
     else:
-        reason = ledger.get(run_id).data.tags.get("error", reason)
+        reason = store.get(run_id).data.tags.get("error", reason)
     return {"status": "failed", "run_id": run_id, "error": reason}
 
 

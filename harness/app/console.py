@@ -1,15 +1,21 @@
-"""Terminal output: a progress bar over the ladder (stderr) and the final summary table (stdout)."""
+"""Terminal output: a progress bar over the ladder (stderr), a path's summary table (stdout), a sweep's
+summary (stderr). stdout carries results only (the summary table, the dry run's JSON)."""
 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.measure import QuerySizeResult
+from harness.pipeline.plan import Plan
+from harness.pipeline.timing import QuerySizeResult
+from harness.tracking import tracking_uri
+
+if TYPE_CHECKING:  # the run's stages import torch; the terminal never needs to
+    from harness.pipeline.run import PathResult
 
 
 @contextmanager
@@ -52,3 +58,27 @@ def print_summary(title: str, results: Sequence[QuerySizeResult], footer: str = 
     console.print(summary_table(title, results))
     if footer:
         console.print(footer)
+
+
+def print_path_summary(p: Plan, result: PathResult) -> None:
+    """The summary of one measured path, with where its MLflow run is."""
+    run = p.run
+    print_summary(
+        f"{p.path} on {result.device.name} ({run.dataset.name}, scale {run.dataset.scale}, "
+        f"{p.cost.param_bytes / 2**20:,.1f} MiB parameters)",
+        result.results,
+        footer=f"MLflow run {result.run_id} in experiment '{run.experiment_name}' at {tracking_uri(run.tracking)}",
+    )
+
+
+def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:
+    """One row per job of a sweep (stderr): status, path, overrides, run, error."""
+    table = Table(title=f"sweep: {counts['finished']} finished, {counts['skipped']} skipped, "
+                        f"{counts['failed']} failed", title_justify="left")
+    for column in ("status", "path", "overrides", "run", "error"):
+        table.add_column(column)
+    style = {"finished": "green", "skipped": "blue", "failed": "red"}
+    for s in statuses:
+        table.add_row(s["status"], s.get("path", ""), " ".join(s.get("overrides", [])), s.get("run_id") or "",
+                      (s.get("error") or "")[:120], style=style.get(s["status"]))
+    Console(stderr=True, width=200).print(table)

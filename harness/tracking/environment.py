@@ -6,6 +6,7 @@ that change performance (thread counts, visible devices). Secrets in the environ
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import subprocess
@@ -15,6 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 import harness
+from harness.core.host import cpu_model_name, host_memory_bytes, physical_cores
 
 # Distributions whose versions are recorded when installed.
 LIBRARIES = (
@@ -28,32 +30,6 @@ ENV_ALLOWLIST = (
     "CUDA_VISIBLE_DEVICES", "PJRT_DEVICE", "TPU_NUM_DEVICES", "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS",
     "POPLAR_SDK_ENABLED", "IPUOF_VIPU_API_PARTITION_ID",
 )
-
-
-@lru_cache(maxsize=1)
-def _cpuinfo() -> str:
-    try:
-        return Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-
-
-def cpu_model_name() -> str:
-    for line in _cpuinfo().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def physical_cores() -> int:
-    """Distinct (physical id, core id) pairs in /proc/cpuinfo; the logical count where that is absent."""
-    cores, phys = set(), "0"
-    for line in _cpuinfo().splitlines():
-        if line.startswith("physical id"):
-            phys = line.split(":", 1)[1].strip()
-        elif line.startswith("core id"):
-            cores.add((phys, line.split(":", 1)[1].strip()))
-    return len(cores) or (os.cpu_count() or 1)
 
 
 def library_versions() -> dict[str, str]:
@@ -83,7 +59,6 @@ def git_revision() -> tuple[str, bool]:
 @lru_cache(maxsize=1)
 def machine_fingerprint() -> str:
     """A stable anonymous id of this machine (a hash of /etc/machine-id, never the hostname)."""
-    import hashlib
 
     for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         try:
@@ -117,8 +92,6 @@ def process_alive(identity: str) -> bool | None:
 
 
 def capture() -> dict:
-    from backends.base import host_memory_bytes
-
     sha, dirty = git_revision()
     return {
         "harness_version": harness.__version__,

@@ -1,40 +1,16 @@
-"""Write an experiment's analysis: tables, plots, a summary, and an MLflow run holding them all."""
+"""Write an experiment's analysis into a folder: tables, plots, a summary (recorded as a run by __init__)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
 
 import pandas as pd
-from omegaconf import MISSING
 
 from harness.analysis import mapping as mp
 from harness.analysis import plots
+from harness.analysis.config import AnalysisConfig
 from harness.analysis.runs import join_quality, tidy
-from harness.config import TrackingConfig
-
-
-@dataclass
-class AnalysisConfig:
-    experiment_name: str = MISSING
-    parent_run_id: Optional[str] = MISSING  # only this sweep's runs
-    targets_ms: List[float] = MISSING
-    percentile: str = MISSING
-    memory_headroom: float = MISSING
-    rank_by: str = MISSING
-    output_dir: Optional[str] = MISSING  # null: <results_dir>/<experiment>/analysis
-    log_to_mlflow: bool = MISSING
-    plots: bool = MISSING
-    devices: Dict[str, Optional[float]] = MISSING  # nominal capacities in bytes; null: this machine's RAM
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    def settings(self) -> mp.MappingSettings:
-        if not self.targets_ms or min(self.targets_ms) <= 0:
-            raise ValueError(f"targets_ms: must be positive latency targets, got {self.targets_ms}")
-        if not 0 <= self.memory_headroom < 1:
-            raise ValueError(f"memory_headroom: must be in [0, 1), got {self.memory_headroom}")
-        return mp.MappingSettings(tuple(self.targets_ms), self.percentile, self.memory_headroom, self.rank_by)
 
 
 @dataclass

@@ -1,0 +1,30 @@
+"""The child process of an isolated job: `python -m harness.app.worker <job.json>`.
+
+The job process (harness/app/jobs.py) creates the MLflow run, writes the validated config and the run
+id to `job.json`, and waits. The worker measures the path into that run. If the worker dies (SIGKILL from
+the OOM killer, a timeout), the job process sees it and ends the run FAILED; the sweep goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+from harness.app.console import ladder_progress, print_path_summary
+from harness.pipeline.plan import plan
+from harness.pipeline.run import measure_path
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    job = json.loads(Path(argv[0]).read_text())
+    p = plan(job["config"])
+    print_path_summary(p, measure_path(p, job["run_id"], progress=ladder_progress))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

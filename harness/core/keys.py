@@ -1,0 +1,48 @@
+"""The identities of what a run measures and of the model it trains, as stable hashes of its config.
+
+- `run_key`: what is measured (the resolved config, less where results go and how the job is run, plus
+  the harness version). A sweep skips a job whose run key already has a FINISHED run (resume).
+- `quality_key`: what determines the trained weights (representation without its cache, dataset, model,
+  training, seed; not the backend). Runs with the same quality key share one training.
+
+Both take `RunConfig.as_dict()`, so they never depend on how the config was typed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Mapping
+
+import harness
+
+# Keys that say where results go or whether to run, not what is measured: left out of the run key.
+NOT_IN_RUN_KEY = ("tracking", "dry_run", "experiment_name", "force", "isolate", "job_timeout_s", "debug",
+                  "analysis_after_sweep", "serving_after_sweep")
+
+
+def _digest(identity: Any) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_key(config: Mapping[str, Any]) -> str:
+    """Stable hash of what is measured: a rerun's identity."""
+    measured = {k: v for k, v in config.items() if k not in NOT_IN_RUN_KEY}
+    return _digest({"config": measured, "harness": harness.__version__})
+
+
+def quality_key(config: Mapping[str, Any]) -> str:
+    """What determines the trained model: not the backend, the query sizes, a cache or where results go."""
+    identity = {
+        "representation": _without_cache(config["representation"]), "dataset": config["dataset"],
+        "model": config["model"], "train": {k: v for k, v in config["train"].items() if k != "reuse"},
+        "seed": config["seed"], "harness": harness.__version__,
+    }
+    return _digest(identity)
+
+
+def _without_cache(node: Any) -> Any:
+    """A cache serves the trained model's own outputs: it is not part of what training produces."""
+    if isinstance(node, dict):
+        return {k: _without_cache(v) for k, v in node.items() if k != "cache"}
+    return node

@@ -1,0 +1,104 @@
+"""The plan of one job: its validated config, the workload spec, the analytic cost and the adapter.
+
+`plan` is cheap and never allocates the model or imports torch: it is all a dry run does, and what a
+sweep checks for every job before the first one starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import backends
+import harness
+from backends.base import Backend
+from harness.core.keys import run_key
+from harness.core.schema import RunConfig
+from harness.core.spec import WorkloadSpec
+from harness.pipeline.config import load_config, resolved_backend, workload_spec
+from harness.tracking.environment import git_revision
+from harness.tracking.store import KIND_TAG
+from harness.workload.cost import PathCost, path_cost
+from harness.workload.representations import label
+
+
+@dataclass
+class Plan:
+    run: RunConfig
+    spec: WorkloadSpec
+    cost: PathCost
+    adapter: Backend
+    capacity_bytes: int | None
+    capacity_source: str
+
+    @property
+    def path(self) -> str:
+        """The path's label, `<representation>@<backend>` (e.g. `dhe+cache@cpu`)."""
+        return f"{label(self.run.representation)}@{self.adapter.name}"
+
+    @property
+    def run_name(self) -> str:
+        return f"{self.path.replace('@', '-')}-{self.run.dataset.name}"
+
+    def run_key(self) -> str:
+        return run_key(self.run.as_dict())
+
+    def run_tags(self) -> dict[str, str]:
+        """The tags a path's run is created with (harness/tracking: searched by run_key and kind)."""
+        run = self.run
+        sha, dirty = git_revision()
+        tags = {
+            "path": self.path,
+            "representation": run.representation.name,
+            "backend": self.adapter.name,
+            "dataset": run.dataset.name,
+            "harness_version": harness.__version__,
+            "git_sha": sha,
+            "git_dirty": str(dirty).lower(),
+            "run_key": self.run_key(),
+            KIND_TAG: "latency",
+        }
+        if run.tracking.parent_run_id:
+            tags["mlflow.parentRunId"] = run.tracking.parent_run_id
+        return tags
+
+    def fits(self, query_size: int) -> bool | None:
+        if self.capacity_bytes is None:
+            return None
+        return self.cost.fits(self.capacity_bytes, query_size, self.run.workload.memory_headroom)
+
+    def dry_run_report(self) -> dict[str, Any]:
+        sizes = self.run.workload.query_sizes
+        largest = max(sizes)
+        return {
+            "path": self.path,
+            "representation": self.run.representation.name,
+            "backend": self.adapter.name,
+            "dataset": self.run.dataset.name,
+            "scale": self.run.dataset.scale,
+            "num_tables": self.spec.num_tables,
+            "total_rows": self.spec.total_rows,
+            "embedding_dim": self.spec.embedding_dim,
+            **self.cost.summary(),
+            "embedding_details": self.cost.embedding.details,
+            "query_sizes": sizes,
+            "flops_per_query": {q: self.cost.flops(q) for q in sizes},
+            "bytes_read_per_query": {q: self.cost.bytes_read(q) for q in sizes},
+            "memory_needed_bytes": self.cost.memory_needed(largest),
+            "device_capacity_bytes": self.capacity_bytes,
+            "capacity_source": self.capacity_source,
+            "memory_headroom": self.run.workload.memory_headroom,
+            "fits_device": self.fits(largest),
+            "fits_device_per_query_size": {q: self.fits(q) for q in sizes},
+            "run_key": self.run_key(),
+        }
+
+
+def plan(cfg: Any) -> Plan:
+    """Validate the config, resolve the backend and compute the analytic cost; allocates nothing."""
+    run = load_config(cfg)
+    run.backend = resolved_backend(run)
+    adapter = backends.adapter_class(run.backend.name)(run.backend)
+    spec = workload_spec(run)
+    capacity, source = adapter.capacity_bytes()
+    return Plan(run, spec, path_cost(spec), adapter, capacity, source)

@@ -1,0 +1,127 @@
+"""One path measured into one MLflow run: a readable sequence of stages (docs/architecture.md).
+
+    record the plan -> check the device -> build -> train or reuse quality -> attach caches -> prepare
+    -> measure peaks -> time the ladder -> record the results
+
+The run exists before this starts (the job creates it, so it always knows the run's id); the recorder
+ends it FINISHED, or FAILED with the error when a stage raises, and the adapter is closed whatever
+happens (an IPU is detached, a device released), so one failed path never holds the device for the next.
+This module and its stages import torch; planning (harness/pipeline/plan.py) does not, so a dry run never
+loads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Callable, ContextManager
+
+from backends.base import DeviceInfo
+from harness.data.pool import Pools
+from harness.data.sources import open_dataset
+from harness.pipeline import record
+from harness.pipeline.cache import IdCounter, attach_caches, cache_comparison, cache_enabled
+from harness.pipeline.peaks import device_peaks
+from harness.pipeline.plan import Plan
+from harness.pipeline.quality import train_or_reuse
+from harness.pipeline.timing import LadderSettings, QuerySizeResult, run_ladder
+from harness.tracking import RunRecorder, Store
+from harness.workload.dlrm import build_model
+
+# The terminal's progress over the ladder (harness/app/console.py): given the path's label and the number
+# of sizes, a context yielding the callback each finished size is reported to.
+Progress = Callable[[str, int], ContextManager[Callable[[QuerySizeResult], None]]]
+
+
+def no_progress(label: str, total: int) -> ContextManager[Callable[[QuerySizeResult], None]]:
+    return contextlib.nullcontext(lambda result: None)
+
+
+@dataclass
+class PathResult:
+    run_id: str
+    path: str
+    device: DeviceInfo
+    results: list[QuerySizeResult]
+
+
+def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> PathResult:
+    """Build, (train,) prepare and measure the path, recording into run `run_id`."""
+    run, adapter = p.run, p.adapter
+    with RunRecorder(Store(run.tracking, run.experiment_name), run_id, p.run_tags()) as recorder:
+        record.record_plan(recorder, p)
+        try:
+            device = check_device(p, recorder)
+            model, build_s = build(p)
+            dataset = open_dataset(run.dataset, p.spec)
+            counter = IdCounter(model) if cache_enabled(p.spec) else None
+            if run.train.steps > 0:
+                train_or_reuse(run, model, dataset, recorder, observe=counter.observe if counter else None)
+                record.record_reader_stats(recorder, dataset)
+            caches = attach_caches(model, p.spec, dataset, counter, recorder)
+            pools = Pools(dataset, run.measure.pool_samples)
+            prepare(p, model, pools, device, build_s, recorder)
+            peaks = measure_peaks(p, device, recorder)
+            settings = LadderSettings.of(run.measure)
+            with progress(p.path, len(run.workload.query_sizes)) as advance:
+                results = run_ladder(adapter, run.workload.query_sizes, pools, settings, on_size_done=advance)
+            extra = cache_comparison(caches, adapter, run.workload.query_sizes, pools, settings, results)
+            record.record_ladder(recorder, p, results, peaks, extra)
+            record.record_reader_stats(recorder, dataset)
+        finally:
+            adapter.close()
+    return PathResult(run_id, p.path, device, results)
+
+
+def check_device(p: Plan, recorder: RunRecorder) -> DeviceInfo:
+    """The backend is here, the device is described and recorded, and the model can fit on it."""
+    p.adapter.require_available()
+    device = p.adapter.device_info()
+    record.record_device(recorder, device)
+    inject_fault(p.run.debug.fault)
+    if p.fits(1) is False:
+        raise MemoryError(
+            f"{p.path} needs {p.cost.memory_needed(1):,} bytes but {device.name} has {p.capacity_bytes:,} "
+            f"(with headroom {p.run.workload.memory_headroom}); lower dataset.scale or pick another path"
+        )
+    return device
+
+
+def build(p: Plan):
+    """The torch DLRM of the plan's spec, seeded; and how long building took."""
+    t0 = time.perf_counter()
+    model = build_model(p.spec, seed=p.run.seed)
+    return model, time.perf_counter() - t0
+
+
+def prepare(p: Plan, model, pools: Pools, device: DeviceInfo, build_s: float, recorder: RunRecorder) -> None:
+    """Hand the model to the adapter (placement, compilation), timed apart from the steady state."""
+    t0 = time.perf_counter()
+    p.adapter.prepare(model, pools(1)[0])
+    prepare_s = time.perf_counter() - t0
+    recorder.log_params({"backend_resolved": p.adapter.run_params()})
+    recorder.log_metrics({"build_s": build_s, "prepare_s": prepare_s, "device_memory_bytes": device.memory_bytes,
+                          **p.adapter.prepare_metrics()})
+
+
+def measure_peaks(p: Plan, device: DeviceInfo, recorder: RunRecorder) -> dict[str, float]:
+    """The device's copy/gather bandwidth and GEMM peak (cached per device), if `measure.device_peaks`."""
+    if not p.run.measure.device_peaks:
+        return {}
+    peaks = device_peaks(p.adapter, device, p.run.tracking.results_dir, p.run.measure.peaks_scale)
+    recorder.log_metrics({f"device_{k}": v for k, v in peaks.items()})
+    return peaks
+
+
+def inject_fault(fault: str) -> None:
+    """debug.fault: fail on purpose once the run exists, the ways real jobs fail (reliability tests)."""
+    if fault == "raise":
+        raise RuntimeError("injected fault (debug.fault=raise)")
+    if fault == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's OOM killer does
+    if fault == "hang":
+        while True:
+            time.sleep(3600)

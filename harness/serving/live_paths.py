@@ -1,0 +1,102 @@
+"""Live serving of a study: rebuild the experiment's measured paths on this machine, serve them under
+LoadGen with one policy, and compare what LoadGen measured with the simulator's prediction.
+
+Each measured path whose device is here is rebuilt from its run's resolved config, with the trained
+weights of its quality run where it has one, and prepared on its adapter; adapters are closed after.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from harness.core.errors import ConfigError
+from harness.data.sources import SyntheticDataset
+from harness.pipeline.cache import attach_caches, cache_enabled
+from harness.pipeline.plan import plan
+from harness.pipeline.quality import WEIGHTS, load_weights
+from harness.serving.config import ServingConfig
+from harness.serving.live import LivePath, query_batches, serve
+from harness.serving.simulator import simulate
+from harness.serving.study import build_policies, draw_sizes
+from harness.tracking import Store
+from harness.workload.dlrm import build_model
+
+
+def run_live(cfg: ServingConfig, study, profiles, records: list[dict], store: Store, folder: Path) -> dict:
+    live_paths, generator = build_live_paths(cfg, profiles, records, store)
+    try:
+        return _serve_and_compare(cfg, study, live_paths, generator, folder)
+    finally:
+        for path in live_paths:
+            path.adapter.close()
+
+
+def _serve_and_compare(cfg: ServingConfig, study, live_paths: list[LivePath], generator, folder: Path) -> dict:
+    live_profiles = [p.profile for p in live_paths]
+    sizes = draw_sizes(cfg, cfg.live.samples, cfg.seed + 1)
+    candidates = {p.name: p for p in build_policies(cfg, live_profiles, sizes)}
+    if cfg.live.policy not in candidates:
+        raise ConfigError("live.policy", f"{cfg.live.policy!r} is not among this study's policies {sorted(candidates)}")
+    policy = candidates[cfg.live.policy]
+    qps = cfg.live.qps
+    if qps is None:
+        row = study.table[study.table["policy"] == cfg.live.policy]
+        qps = 0.8 * float(row["max_qps"].iloc[0]) if len(row) else 10.0
+    result = serve(live_paths, policy, query_batches(generator, sizes), sizes, qps, cfg.target_ms,
+                   cfg.live.duration_s, log_dir=str(folder / "loadgen"))
+    # The simulator's prediction for the same setting: same paths, policy, sizes and offered load.
+    n = max(2000, int(qps * cfg.live.duration_s))
+    rng = np.random.default_rng([cfg.seed, 0x11FE])
+    sim_sizes = draw_sizes(cfg, n, cfg.seed + 2)
+    predicted = simulate(policy, live_profiles, np.cumsum(rng.exponential(1.0, n)) / qps, sim_sizes, cfg.target_ms)
+    predicted_p99 = predicted.percentile(99)
+    out = {"live_target_qps": qps, "live_p99_ms": result.p99_ms, "simulated_p99_ms": predicted_p99,
+           "prediction_error": (result.p99_ms - predicted_p99) / predicted_p99,
+           "live_errors": float(result.errors), "live_served": float(result.served),
+           "live_achieved_qps": float(result.loadgen.get("achieved_qps", float("nan"))),
+           "live_valid": float(result.loadgen.get("validity") == "VALID")}
+    out["live_validity"] = result.loadgen.get("validity", "?")
+    (folder / "live.json").write_text(json.dumps({**out, "routed": result.per_path}, indent=2, default=str))
+    return out
+
+
+def build_live_paths(cfg: ServingConfig, profiles, records: list[dict], store: Store):
+    """Rebuild each measured, present path from its run (weights where trained) on its backend."""
+    by_run = {r["run_id"]: r for r in records}
+    live, generator, workload = [], None, None
+    for profile in profiles:
+        record = by_run.get(profile.run_id)
+        if record is None:
+            continue  # a file's or a scaled stand-in's profile: nothing here to run
+        with tempfile.TemporaryDirectory() as tmp:
+            config = OmegaConf.to_container(OmegaConf.load(store.download(profile.run_id, "config/resolved.yaml",
+                                                                          tmp)))
+            p = plan({**config, "dry_run": False})
+            if not p.adapter.available()[0]:
+                continue
+            model = build_model(p.spec, seed=p.run.seed)
+            source = record["tags"].get("quality_source_run")
+            if source:
+                load_weights(model, store.download(source, WEIGHTS, tmp))
+        key = (p.run.dataset.name, p.run.dataset.scale)
+        if workload not in (None, key):
+            raise ValueError(f"live paths must share one workload; {profile.path} is {key}, others {workload}")
+        workload = key
+        if generator is None:
+            if p.run.dataset.kind != "synthetic":
+                raise ValueError("live serving draws its queries from the synthetic generator of the paths' dataset")
+            generator = SyntheticDataset(p.run.dataset, p.spec).generator
+        if cache_enabled(p.spec):
+            attach_caches(model, p.spec, SyntheticDataset(p.run.dataset, p.spec), None)
+        p.adapter.prepare(model, None)
+        live.append(LivePath(profile, p.adapter, fails=profile.path == cfg.live.fault_path))
+    if not live:
+        raise ValueError("live: no measured path of this experiment can run on this machine")
+    return live, generator
+
+

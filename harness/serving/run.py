@@ -1,0 +1,116 @@
+"""A serving study from recorded runs: gather the profiles, simulate every policy, write and record it.
+
+Profiles come from the experiment's latency runs (profiles.py), profile files and labelled scaled
+stand-ins; results go to `<results_dir>/<experiment>/serving/` and an MLflow run (tag mprec.kind=serving).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from harness.analysis.runs import join_quality, tidy
+from harness.core.errors import ConfigError
+from harness.core.schema import container, typed
+from harness.serving import profiles as prof
+from harness.serving.config import ServingConfig
+from harness.serving.study import plot, run_study, scaled_profiles
+from harness.tracking import Store
+
+
+def load_serving_config(cfg) -> ServingConfig:
+    return typed(ServingConfig, container(cfg))
+
+
+def gather_profiles(cfg: ServingConfig, records: list[dict]) -> list[prof.PathProfile]:
+    """Measured profiles of the experiment's runs, profile files, labelled scaled stand-ins."""
+    measured = prof.from_runs(join_quality(tidy(records))) if records else []
+    extra = prof.with_accuracy_of(measured, [p for f in cfg.profile_files for p in prof.load(f)])
+    profiles = measured + extra + scaled_profiles(measured, cfg.scaled_devices)
+    if cfg.paths:
+        known = {p.path for p in profiles}
+        missing = [p for p in cfg.paths if p not in known]
+        if missing:
+            raise ConfigError("paths", f"{missing} have no profile; known: {sorted(known)}")
+        profiles = [p for p in profiles if p.path in cfg.paths]
+    return profiles
+
+
+def study_metrics(study, live: dict | None) -> dict[str, float]:
+    """The headline and each policy's figures at its max load, as flat metrics."""
+    metrics = {k: v for k, v in study.headline.items() if isinstance(v, (int, float))}
+    for _, row in study.table.iterrows():
+        for key in ("max_qps", "correct_per_s", "p99_ms", "accuracy_served"):
+            if key in row and row[key] == row[key]:
+                metrics[f"{row['policy']}.{key}".replace("@", "_at_")] = row[key]
+    if live is not None:
+        metrics.update({k: v for k, v in live.items() if isinstance(v, (int, float))})
+    return metrics
+
+
+def run_serving(cfg: ServingConfig, quiet: bool = False) -> dict:
+    store = Store(cfg.tracking, cfg.experiment_name, create=False)  # a study that fails creates nothing
+    records = store.load_runs("latency")
+    profiles = gather_profiles(cfg, records)
+    study = run_study(cfg, profiles)
+    folder = Path(cfg.output_dir or Path(cfg.tracking.results_dir) / cfg.experiment_name / "serving")
+    folder.mkdir(parents=True, exist_ok=True)
+    study.table.to_csv(folder / "serving.csv", index=False)
+    study.sweep.to_csv(folder / "serving_load.csv", index=False)
+    prof.save(profiles, folder / "profiles.json", {"experiment": cfg.experiment_name})
+    plot(study, cfg, folder / "serving.png")
+    live = None
+    if cfg.live.enabled:
+        from harness.serving.live_paths import run_live  # loads the models (torch); a simulation never does
+
+        live = run_live(cfg, study, profiles, records, store, folder)
+    (folder / "serving.md").write_text(markdown(cfg, study, live))
+    run_id = None
+    if cfg.log_to_mlflow:
+        tags = {"target_ms": cfg.target_ms, "percentile": cfg.percentile, "live": cfg.live.enabled}
+        if live is not None:
+            tags["live_validity"] = live.get("live_validity", "?")
+        if not store.exists:  # profiles from files only: the study still gets its experiment
+            store = Store(cfg.tracking, cfg.experiment_name)
+        run_id = store.record_files("serving", "serving", folder, tags, study_metrics(study, live))
+    if not quiet:
+        print(markdown(cfg, study, live))
+    return {"headline": study.headline, "table": study.table, "live": live, "folder": folder, "run_id": run_id}
+
+
+def markdown(cfg: ServingConfig, study, live: dict | None) -> str:
+    pct = f"p{cfg.percentile:g}"
+    lines = [f"# Serving: experiment '{cfg.experiment_name}', {pct} <= {cfg.target_ms:g} ms", "",
+             "| policy | max QPS at target | p50 ms | p95 ms | p99 ms | SLA violations | accuracy served | correct predictions/s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for _, r in study.table.iterrows():
+        if not r["max_qps"] > 0:
+            lines.append(f"| {r['policy']} | cannot meet the target at any load | | | | | | |")
+            continue
+        lines.append(f"| {r['policy']} | {r['max_qps']:,.1f} | {r.get('p50_ms', float('nan')):.2f} | "
+                     f"{r.get('p95_ms', float('nan')):.2f} | {r.get('p99_ms', float('nan')):.2f} | "
+                     f"{100 * r.get('violation_rate', float('nan')):.2f}% | {r.get('accuracy_served', float('nan')):.4f} | "
+                     f"{r.get('correct_per_s', float('nan')):,.0f} |")
+    h = study.headline
+    if h:
+        lines += ["", f"**Headline**: {h['mprec_policy']} serves {h['mprec_correct_per_s']:,.0f} correct predictions/s "
+                      f"at {h['mprec_max_qps']:,.1f} QPS against {h['static_correct_per_s']:,.0f} for the best static "
+                      f"path ({h['best_static']} at {h['static_max_qps']:,.1f} QPS): **{h['ratio']:.2f}x**, with "
+                      f"{h['accuracy_gain_points']:+.2f} accuracy points."]
+    sources = sorted({f"{p.path}: {p.source}" for p in study.profiles})
+    lines += ["", "Profiles:", *(f"- {s}" for s in sources)]
+    if live:
+        lines += ["", f"**Live (LoadGen, Server scenario)**: target {live['live_target_qps']:.1f} QPS, achieved "
+                      f"{live.get('live_achieved_qps', float('nan')):.1f}; p99 {live.get('live_p99_ms', float('nan')):.2f} ms "
+                      f"vs simulated {live['simulated_p99_ms']:.2f} ms (error {100 * live['prediction_error']:+.1f}%); "
+                      f"validity {live.get('live_validity', '?')}; errors {live['live_errors']:.0f}."]
+    return "\n".join(lines) + "\n"
+
+
+def main_cli(cfg) -> int:
+    try:
+        run_serving(load_serving_config(cfg))
+    except ValueError as exc:  # ConfigError included: a bad key, a missing input, an impossible target
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

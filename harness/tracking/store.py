@@ -1,0 +1,248 @@
+"""The MLflow store of one experiment: where it is, and every query and write the harness makes to it.
+
+The store defaults to SQLite under `results/` (an explicit `sqlite:///` URI: MLflow 3's plain-file store
+is gone) with artifacts beside it; `MLFLOW_TRACKING_URI` points a team at an `mlflow server` instead.
+All calls go through an explicit `MlflowClient` and run id, never the fluent global "active run", so
+jobs of one process (a Hydra multirun) cannot log into each other's runs. Search filters are built by
+`tag_filter`, which quotes every value (and refuses what MLflow's syntax cannot quote).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from harness.core.schema import TrackingConfig
+from harness.tracking.environment import process_alive
+
+DB_FILE = "mlflow.db"
+HEARTBEAT_TAG = "mprec.heartbeat"
+OWNER_TAG = "mprec.owner"
+HEARTBEAT_S = 30.0
+KIND_TAG = "mprec.kind"  # latency (a path's run), sweep (a sweep's parent), analysis, serving
+MAX_KEY = 250
+# Per-size metrics the analysis and serving read back (their histories, step = query size).
+PER_SIZE_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "samples_per_s",
+                    "feasible")
+
+
+def tracking_uri(config: TrackingConfig) -> str:
+    uri = config.uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    results = Path(config.results_dir).resolve()
+    results.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{results / DB_FILE}"
+
+
+def artifact_location(uri: str, config: TrackingConfig) -> str | None:
+    """Artifacts beside a SQLite store (`<db folder>/artifacts`); a server decides its own."""
+    if uri.startswith("sqlite:///"):
+        db_path = Path(uri[len("sqlite:///"):])
+        return (db_path.parent / "artifacts").resolve().as_uri()
+    if "://" not in uri:
+        return (Path(config.results_dir) / "artifacts").resolve().as_uri()
+    return None
+
+
+def tag_filter(tags: Mapping[str, Any]) -> str:
+    """An MLflow search filter matching every tag exactly.
+
+    MLflow's search syntax has no escape inside a quoted value: a value is quoted with the quote it does
+    not contain, and one it cannot quote (both quotes, or a backslash) is refused rather than mismatched.
+
+    >>> tag_filter({"run_key": "ab12", "note": "it's"})
+    'tags.`run_key` = \\'ab12\\' and tags.`note` = "it\\'s"'
+    """
+    clauses = []
+    for key, value in tags.items():
+        text = str(value)
+        if "`" in key or "\\" in text or ("'" in text and '"' in text):
+            raise ValueError(f"tag {key}={text!r} cannot be searched for exactly in MLflow's filter syntax")
+        quote = '"' if "'" in text else "'"
+        clauses.append(f"tags.`{key}` = {quote}{text}{quote}")
+    return " and ".join(clauses)
+
+
+def metric_name(text: str) -> str:
+    """`text` as a valid MLflow metric name: letters, digits and _-. :/ (others become _), 250 chars."""
+    return re.sub(r"[^\w\-. :/]", "_", text)[:MAX_KEY]
+
+
+def _is_lock_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+class _RetryingClient:
+    """MlflowClient whose calls retry with exponential backoff while SQLite reports a lock.
+
+    Parallel jobs on one SQLite store collide on writes; SQLite answers "database is locked" instead of
+    waiting long enough. Retrying for up to ~60 s loses no run and no metric.
+    """
+
+    def __init__(self, client, attempts: int = 12, first_delay_s: float = 0.05) -> None:
+        self._client = client
+        self._attempts = attempts
+        self._first_delay_s = first_delay_s
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):  # not delegated (and keeps unpickling from recursing)
+            raise AttributeError(name)
+        target = getattr(self._client, name)
+        if not callable(target):
+            return target
+
+        def call(*args, **kwargs):
+            delay = self._first_delay_s
+            for attempt in range(self._attempts):
+                try:
+                    return target(*args, **kwargs)
+                except Exception as exc:  # noqa: BLE001 - only lock errors are retried
+                    if not _is_lock_error(exc) or attempt == self._attempts - 1:
+                        raise
+                    time.sleep(delay * (1 + random.random()))
+                    delay = min(delay * 2, 10.0)
+
+        return call
+
+
+def client_for(uri: str):
+    # mlflow is imported here, not at the top: it costs ~1 s, and `dry_run=true` never touches a store.
+    from mlflow.tracking import MlflowClient
+
+    return _RetryingClient(MlflowClient(tracking_uri=uri))
+
+
+class Store:
+    """One experiment of one MLflow store: the harness's only way to read and write runs.
+
+    `create=False` opens an experiment only if it exists (a study reading runs must not create one);
+    then `exists` is False and searches return nothing.
+    """
+
+    def __init__(self, config: TrackingConfig, experiment_name: str, create: bool = True) -> None:
+        self.config = config
+        self.uri = tracking_uri(config)
+        self.experiment_name = experiment_name
+        self.client = client_for(self.uri)
+        self.experiment_id = self._ensure_experiment() if create else self._existing_experiment()
+
+    @property
+    def exists(self) -> bool:
+        return self.experiment_id is not None
+
+    def _existing_experiment(self) -> str | None:
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        return experiment.experiment_id if experiment is not None else None
+
+    def _ensure_experiment(self) -> str:
+        from mlflow.exceptions import MlflowException
+
+        existing = self._existing_experiment()
+        if existing is not None:
+            return existing
+        try:
+            return self.client.create_experiment(self.experiment_name,
+                                                 artifact_location=artifact_location(self.uri, self.config))
+        except MlflowException:
+            existing = self._existing_experiment()  # another job created it between lookup and create
+            if existing is None:
+                raise
+            return existing
+
+    # --- runs -----------------------------------------------------------------------------------------
+    def create_run(self, name: str, tags: Mapping[str, Any]) -> str:
+        tags = {k: str(v) for k, v in tags.items()}
+        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+
+    def get(self, run_id: str):
+        return self.client.get_run(run_id)
+
+    def status(self, run_id: str) -> str:
+        return self.get(run_id).info.status
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        self.client.log_text(run_id, text, artifact_file)
+
+    def finish(self, run_id: str, status: str = "FINISHED") -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def fail(self, run_id: str, message: str, details: str | None = None) -> None:
+        """End a run FAILED with `message` as its `error` tag (and `details` as error/traceback.txt)."""
+        try:
+            self.client.set_tag(run_id, "error", message[:5000])
+            if details:
+                self.client.log_text(run_id, details, "error/traceback.txt")
+        finally:
+            self.finish(run_id, "FAILED")
+
+    def download(self, run_id: str, artifact_path: str, dst: str | Path) -> str:
+        """A local copy of a run's artifact."""
+        return self.client.download_artifacts(run_id, artifact_path, str(dst))
+
+    def record_files(self, kind: str, name: str, folder: Path, tags: Mapping[str, Any],
+                     metrics: Mapping[str, float] | None = None) -> str:
+        """One finished run of `kind` (analysis, serving) holding `folder`'s files and `metrics`."""
+        run_id = self.create_run(name, {KIND_TAG: kind, **tags})
+        for key, value in (metrics or {}).items():
+            self.client.log_metric(run_id, metric_name(key), float(value))
+        self.client.log_artifacts(run_id, str(folder))
+        self.finish(run_id)
+        return run_id
+
+    # --- searches -------------------------------------------------------------------------------------
+    def _search(self, filter_string: str, **kwargs) -> list:
+        if not self.exists:
+            return []
+        runs, page = [], None
+        while True:
+            found = self.client.search_runs([self.experiment_id], filter_string, max_results=1000,
+                                            page_token=page, **kwargs)
+            runs += list(found)
+            page = found.token
+            if not page:
+                return runs
+
+    def find(self, tags: Mapping[str, Any], statuses: tuple[str, ...] = ("FINISHED",)) -> list:
+        """Runs carrying all `tags` in one of `statuses`, newest first."""
+        runs = self._search(tag_filter(tags), order_by=["attributes.start_time DESC"])
+        return [r for r in runs if r.info.status in statuses]
+
+    def newest_finished(self, tags: Mapping[str, Any], other_than: str | None = None):
+        """The newest FINISHED run carrying all `tags` (not `other_than`), or None."""
+        return next((r for r in self.find(tags) if r.info.run_id != other_than), None)
+
+    def load_runs(self, kind: str = "latency", parent_run_id: str | None = None) -> list[dict]:
+        """Plain records of the experiment's runs of one kind: status, tags, params, latest metrics, and
+        the per-query-size metrics (their histories, step = query size). [] if there is no experiment."""
+        tags = {KIND_TAG: kind, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+        records = []
+        for r in self._search(tag_filter(tags)):
+            per_size = {key: {m.step: m.value for m in self.client.get_metric_history(r.info.run_id, key)}
+                        for key in PER_SIZE_METRICS if key in r.data.metrics}
+            records.append({"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
+                            "tags": dict(r.data.tags), "params": dict(r.data.params),
+                            "metrics": dict(r.data.metrics), "per_size": per_size})
+        return records
+
+
+def is_stale(run, now: float | None = None) -> bool:
+    """A RUNNING run whose process is gone: dead on this machine, or silent for 4 heartbeats elsewhere."""
+    owner = run.data.tags.get(OWNER_TAG)
+    if owner:
+        alive = process_alive(owner)
+        if alive is not None:
+            return not alive
+    now = time.time() if now is None else now
+    beat = run.data.tags.get(HEARTBEAT_TAG)
+    last = float(beat) if beat else run.info.start_time / 1000.0
+    return now - last > 4 * HEARTBEAT_S
