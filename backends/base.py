@@ -8,6 +8,7 @@ The harness drives an adapter in this order:
     ok, why = Adapter.available()            # cheap; never raises
     adapter = Adapter(config)
     adapter.device_info()                    # name, memory capacity, framework version
+    adapter.capabilities()                   # what the device needs; the workload configures the model
     adapter.prepare(model, example_batch)    # placement, compilation: never timed as steady state
     batch = adapter.place(host_batch)        # once per pooled batch, before timing
     out = adapter.run(batch)                 # may return before the device is done...
@@ -23,6 +24,7 @@ from typing import Any, ClassVar, Optional
 from omegaconf import MISSING
 
 from harness.core.errors import ConfigError
+from harness.workload.device import DeviceCapabilities
 
 
 class BackendUnavailable(RuntimeError):
@@ -90,6 +92,12 @@ class Backend(ABC):
     @abstractmethod
     def device_info(self) -> DeviceInfo:
         """Device name and memory capacity; must not allocate the model."""
+
+    def capabilities(self) -> DeviceCapabilities:
+        """What the device can do natively (integer and float width, pooling ops, launch cost). The
+        workload turns it into module settings (harness/workload/device.py) before `prepare`; an adapter
+        declares, it never sets a module's attributes. The default is a host CPU's."""
+        return DeviceCapabilities()
 
     @abstractmethod
     def prepare(self, model: Any, example: Any) -> None:

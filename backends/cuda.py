@@ -19,6 +19,7 @@ from omegaconf import MISSING
 from backends.base import DeviceInfo
 from backends.torch_backend import TorchBackend, TorchConfig
 from harness.core.errors import ConfigError
+from harness.workload.device import DeviceCapabilities
 
 # Device nodes of the NVIDIA driver (Linux, containers), WSL2's GPU bridge, and ROCm. Looking for them
 # first lets `auto` decide without importing torch on machines that plainly have no GPU.
@@ -73,19 +74,14 @@ class CudaBackend(TorchBackend):
                      "multiprocessors": props.multi_processor_count},
         )
 
+    def capabilities(self) -> DeviceCapabilities:
+        # Launch-bound: the DHE hash in CPU-sized float64 chunks (~10 kernels each) took 21.2 ms at query
+        # size 1024 on an H200, one int64 pass 1.18 ms (scripts/gpu_check.sh, docs/backends.md).
+        return DeviceCapabilities(launch_bound=True)
+
     def prepare(self, model, example) -> None:
         import torch
 
-        from harness.workload.representations.dhe.module import DeepHashEmbedding
-
-        for module in model.modules():
-            if isinstance(module, DeepHashEmbedding):
-                # The DHE hash in one pass of int64 arithmetic (the definition): the CPU's float64 in
-                # cache-sized chunks (~10 kernels each) made the hash launch-bound on an H200. Forward at
-                # query size 1024: 21.2 ms chunked, 2.33 ms float64 in one pass, 1.18 ms int64
-                # (scripts/gpu_check.sh, docs/backends.md). Same buckets, bit for bit.
-                module.hash_arithmetic = "int64"
-                module.hash_chunk_elements = None
         torch.cuda.set_device(self.config.device_index)
         self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
         super().prepare(model, example)

@@ -8,8 +8,9 @@ untested here (docs/backends.md).
 Timing: a poptorch model call blocks until the device has finished, so `synchronize` has nothing to
 wait for. With `device_iterations = n` one call runs n queries back to back on the IPU (the host sends
 n batches at once); the harness divides each call's time by n (`queries_per_call`).
-Ids go to the device as int32 (every table has fewer than 2^31 rows, checked); DHE hashes with 32-bit
-integers only (exact: Horner's rule over limbs of a, harness/workload/representations/dhe/module.py).
+Ids go to the device as int32 (every table has fewer than 2^31 rows, checked); the adapter declares no
+64-bit arithmetic, so DHE hashes with 32-bit integers only (exact: Horner's rule over limbs of a,
+harness/workload/representations/dhe/hashing.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from omegaconf import MISSING
 
 from backends.base import Backend, BackendConfig, DeviceInfo
 from harness.core.errors import ConfigError
+from harness.workload.device import DeviceCapabilities
 
 GC200_MEMORY_BYTES = 900_000_000
 INSTALL = ("poptorch is not installed: it ships with the Graphcore Poplar SDK, not PyPI. Download the SDK, "
@@ -104,15 +106,13 @@ class IpuBackend(Backend):
             details={"replication_factor": replicas, "device_iterations": self.config.device_iterations},
         )
 
+    def capabilities(self) -> DeviceCapabilities:
+        return DeviceCapabilities(int64=False, float64=False)  # no 64-bit integer or float arithmetic
+
     def prepare(self, model, example) -> None:
         import poptorch
 
-        from harness.workload.representations.dhe.module import DeepHashEmbedding
-
         model = model.eval().requires_grad_(False)
-        for module in model.modules():
-            if isinstance(module, DeepHashEmbedding):
-                module.hash_arithmetic = "int32"  # no 64-bit integer or float arithmetic on the IPU
         self.model = poptorch.inferenceModel(model, options=build_options(poptorch, self.config))
         if example is not None:
             self.model.compile(*self.place(example))

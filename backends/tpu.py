@@ -24,6 +24,7 @@ from omegaconf import MISSING
 from backends.base import DeviceInfo
 from backends.torch_backend import TorchBackend, TorchConfig
 from harness.core.host import host_memory_bytes
+from harness.workload.device import DeviceCapabilities
 
 TPU_V3_CORE_BYTES = 16 * 2**30
 INSTALL = ("torch_xla is not installed: pip install torch-xla matching your torch (torch-xla 2.9 needs torch "
@@ -102,15 +103,11 @@ class TpuBackend(TorchBackend):
                           framework="torch_xla", framework_version=metadata.version("torch_xla"),
                           details={"pjrt_device": os.environ.get("PJRT_DEVICE")})
 
-    def prepare(self, model, example) -> None:
-        from harness.workload.representations.dhe.module import DeepHashEmbedding
-
-        for module in model.modules():
-            if hasattr(module, "pooling"):
-                module.pooling = "gather_sum"
-            if isinstance(module, DeepHashEmbedding) and self._hardware() == "TPU":
-                module.hash_arithmetic = "int32"  # TPUs have no float64 (and emulate int64 slowly)
-        super().prepare(model, example)
+    def capabilities(self) -> DeviceCapabilities:
+        # embedding_bag falls back to the host under XLA; a real TPU has no float64 and emulates int64
+        # slowly (on PJRT's CPU device both are native).
+        tpu = self._hardware() == "TPU"
+        return DeviceCapabilities(int64=not tpu, float64=not tpu, embedding_bag=False)
 
     def synchronize(self, output) -> None:
         torch_xla, xm, _ = _xla()

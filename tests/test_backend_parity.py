@@ -14,6 +14,7 @@ import torch
 
 from harness.core.spec import WorkloadSpec
 from harness.data.pool import Batch
+from harness.pipeline.run import prepare_on
 from harness.workload.dlrm import build_model
 from harness.workload.representations import dhe, hybrid, select, table, tt
 
@@ -55,7 +56,7 @@ def case(name: str, per_bag: int = 1):
 
 
 def run_on(adapter, model, batch) -> torch.Tensor:
-    adapter.prepare(model, batch)
+    prepare_on(adapter, model, batch)  # configured for what the adapter declares, as a run is
     out = adapter.run(adapter.place(batch))
     adapter.synchronize(out)
     return adapter.to_host(out).float()

@@ -11,9 +11,11 @@ import mlflow
 import pytest
 import torch
 
+import backends
 from backends.ipu import IpuBackend, build_options, int32_ids
 from harness.data.pool import Batch
-from harness.workload.dlrm import build_model
+from harness.pipeline.run import prepare_on
+from harness.workload.device import DeviceCapabilities, configure_for
 from harness.workload.representations.dhe.module import DeepHashEmbedding
 
 from .conftest import harness_env
@@ -114,9 +116,9 @@ def test_ipu_adapter_end_to_end_with_a_fake_poptorch(run_config, monkeypatch):
     model, batch, expected = case("hybrid")
     adapter = IpuBackend(run_config("+backend=ipu", "backend.device_iterations=3").backend)
     assert IpuBackend.available()[0]
-    adapter.prepare(model, batch)
+    prepare_on(adapter, model, batch)  # the workload configures the model for what the IPU declares
     dhe_modules = [m for m in model.modules() if isinstance(m, DeepHashEmbedding)]
-    assert dhe_modules and all(m.hash_arithmetic == "int32" for m in dhe_modules)
+    assert dhe_modules and all(m.hash_method == "int32" for m in dhe_modules)
     compiled = [c for c in fake.calls if c[0] == "compile"][0]
     assert compiled[1] == (torch.float32, torch.int32) and compiled[2][0][0] == 3 * 16
     out = adapter.run(adapter.place(batch))
@@ -147,10 +149,21 @@ def test_a_sweep_over_backends_runs_what_is_here_and_records_what_is_not(run_har
 
 def test_table_pooling_variants_agree():
     model, batch, expected = case("table", per_bag=3)
-    model.sparse_arch.pooling = "gather_sum"
+    configure_for(model, DeviceCapabilities(embedding_bag=False))  # an XLA device's: no embedding_bag
+    assert model.sparse_arch.pooling == "gather_sum"
     with torch.no_grad():
         torch.testing.assert_close(model(*batch), expected)
-    assert isinstance(batch, Batch) and build_model is not None
+
+
+@pytest.mark.parametrize("name, hash_method, pooling", [("cpu", "float64", "bag"), ("cuda", "int64", "bag"),
+                                                        ("ipu", "int32", "bag"), ("tf", "float64", "bag")])
+def test_each_adapter_declares_capabilities_and_the_workload_configures_the_model(run_config, name, hash_method,
+                                                                                  pooling):
+    adapter = backends.adapter_class(name)(run_config(f"+backend={name}").backend)
+    model, _, _ = case("hybrid")
+    settings = configure_for(model, adapter.capabilities())
+    assert (settings.hash_method, settings.bag_pooling) == (hash_method, pooling)
+    assert model.sparse_arch.dhe.hash_method == hash_method and model.sparse_arch.tables.pooling == pooling
 
 
 def test_cuda_adapter_logic_with_a_simulated_device(run_config, monkeypatch):

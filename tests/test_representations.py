@@ -13,8 +13,10 @@ from harness.core.errors import ConfigError
 from harness.core.spec import WorkloadSpec
 from harness.pipeline.config import workload_spec
 from harness.workload.cost import path_cost
+from harness.workload.device import DeviceCapabilities, configure_for
 from harness.workload.dlrm import build_model
 from harness.workload.representations import dhe, hybrid, select, tt
+from harness.workload.representations.dhe import hashing
 from harness.workload.representations.dhe.module import DeepHashEmbedding
 from harness.workload.representations.tt.module import TTTables
 
@@ -123,11 +125,13 @@ def test_dhe_fast_encoding_is_bit_identical_to_the_definition(m, encoding):
     edges = [((target - b) * pow(a, -1, p)) % p + j * p for target in (0, 1, p - 1, m % p) for j in (0, 3, 10**9)]
     ids[: len(edges), 0, 0] = torch.tensor(edges)
     flat = ids.permute(1, 0, 2).reshape(2, -1)
-    assert torch.equal(module.encode(ids), module._code(module.hash(flat).double()))
-    module.hash_chunk_elements = None  # one pass, as on GPUs; and chunks that leave a remainder
-    assert torch.equal(module.encode(ids), module._code(module.hash(flat).double()))
-    module.hash_chunk_elements = 32 * 2 * 7
-    assert torch.equal(module.encode(ids), module._code(module.hash(flat).double()))
+    definition = hashing.code(module.hash(flat), encoding, module.m)
+    assert torch.equal(module.encode(ids), definition)
+    a, b, p = module.hash_a, module.hash_b, module.p
+    for chunk in (10**9, 32 * 2 * 7):  # the torch path in one chunk, and in chunks that leave a remainder
+        assert torch.equal(hashing.codes_float64(flat, a, b, p, m, encoding, chunk, use_kernel=False), definition)
+    configure_for(module, DeviceCapabilities(launch_bound=True))  # a GPU's setting: one int64 pass
+    assert module.hash_method == "int64" and torch.equal(module.encode(ids), definition)
 
 
 @pytest.mark.parametrize("tables, threads", [(3, 1), (3, 2), (1, 2), (1, 3)])
@@ -143,9 +147,9 @@ def test_dhe_c_kernel_codes_are_bit_identical_to_torch(tables, threads, monkeypa
     module = DeepHashEmbedding(range(tables), small_dhe(k=40, decoder=[40, 6], m=1_000_000), dim=4)
     flat = torch.randint(0, 2**62, (tables, 999), generator=torch.Generator().manual_seed(tables))
     c_codes = kernels.encode_uniform(flat, module.hash_a, module.hash_b, module.p, module.m)
-    assert torch.equal(c_codes, module._code(module.hash(flat).double()))
-    module.hash_chunk_elements = None  # the torch path (as on GPUs)
-    assert torch.equal(c_codes, module.encode_flat(flat))
+    assert torch.equal(c_codes, hashing.code(module.hash(flat), "uniform", module.m))
+    assert torch.equal(c_codes, hashing.codes_float64(flat, module.hash_a, module.hash_b, module.p, module.m,
+                                                      "uniform", use_kernel=False))
 
 
 def test_dhe_without_a_compiler_keeps_the_torch_hash(monkeypatch, tmp_path):
@@ -160,7 +164,7 @@ def test_dhe_without_a_compiler_keeps_the_torch_hash(monkeypatch, tmp_path):
         module = DeepHashEmbedding(range(2), small_dhe(k=16, decoder=[16, 6], m=1000), dim=4)
         ids = torch.randint(0, 10**6, (50, 2, 1))
         flat = ids.permute(1, 0, 2).reshape(2, -1)
-        assert torch.equal(module.encode(ids), module._code(module.hash(flat).double()))
+        assert torch.equal(module.encode(ids), hashing.code(module.hash(flat), "uniform", module.m))
     finally:
         ckernels.forget("dhe_hash")
 
@@ -169,12 +173,16 @@ def test_dhe_without_a_compiler_keeps_the_torch_hash(monkeypatch, tmp_path):
 def test_dhe_32_bit_hashing_gives_the_same_buckets(m):
     module = DeepHashEmbedding(range(3), small_dhe(k=32, decoder=[32, 6], m=m), dim=4)
     ids = torch.randint(0, 2**62, (3, 2000), generator=torch.Generator().manual_seed(m))
-    assert torch.equal(module.hash_int32(ids).long(), module.hash(ids))
+    def int32(x):
+        return hashing.buckets_int32(x, module.hash_a_limbs, module.limb_bits, module.hash_b32, module.p, module.m)
+
+    assert torch.equal(int32(ids).long(), module.hash(ids))
     small = torch.randint(0, 2**31 - 1, (3, 2000), dtype=torch.int32)  # int32 ids, as an IPU receives them
-    assert torch.equal(module.hash_int32(small).long(), module.hash(small.long()))
-    module.hash_arithmetic = "int32"
+    assert torch.equal(int32(small).long(), module.hash(small.long()))
+    configure_for(module, DeviceCapabilities(int64=False, float64=False))  # an IPU's, a TPU's setting
+    assert module.hash_method == "int32"
     codes = module.encode(ids.T.reshape(-1, 3, 1))
-    module.hash_arithmetic = "float64"
+    configure_for(module, DeviceCapabilities())
     torch.testing.assert_close(codes, module.encode(ids.T.reshape(-1, 3, 1)), rtol=0, atol=1e-6)
 
 
@@ -198,11 +206,13 @@ def test_dhe_same_id_same_code_in_every_process():
     assert eval(runs[0]) == here.flatten().tolist()
 
 
-def test_dhe_batched_decoders_equal_the_per_table_loop():
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_dhe_batched_decoders_equal_each_tables_own_decoder(batch_norm):
     torch.manual_seed(0)
-    module = DeepHashEmbedding(range(5), small_dhe(decoder=[8, 12, 7]), dim=4)
+    module = DeepHashEmbedding(range(5), small_dhe(decoder=[8, 12, 7], batch_norm=batch_norm), dim=4).eval()
     codes = module.encode(torch.randint(0, 10**6, (9, 5, 1)))
-    torch.testing.assert_close(module.decode(codes), module.decode_per_table(codes))
+    per_table = torch.stack([module.decode_table(t, codes[t]) for t in range(5)])
+    torch.testing.assert_close(module.decode(codes), per_table)
 
 
 @pytest.mark.parametrize("activation", ["none", "sigmoid", "mish"])

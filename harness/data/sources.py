@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
-from typing import Iterator, List, Optional
+from typing import Iterator, List, Optional, Protocol
 
 import numpy as np
 from omegaconf import MISSING
@@ -32,6 +32,22 @@ class LabeledBatch:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+
+class Dataset(Protocol):
+    """What a run needs of a dataset: an endless training stream, a fixed held-out set, the batches the
+    ladder cycles, and the most popular ids of a field (for MP-Cache). `stats` counts rows read and
+    malformed lines of a file (None for generated data)."""
+
+    stats: object | None
+
+    def train_batches(self, batch_size: int) -> Iterator[LabeledBatch]: ...
+
+    def eval_set(self, samples: int) -> LabeledBatch: ...
+
+    def pool(self, query_size: int, batches: int) -> list[tuple[np.ndarray, np.ndarray]]: ...
+
+    def hot_ids(self, feature: int, n: int, sample_rows: int = ...) -> np.ndarray: ...
 
 
 def _check_common(cfg) -> None:
@@ -232,6 +248,6 @@ class CriteoDataset:
         return out
 
 
-def open_dataset(cfg, spec):
+def open_dataset(cfg, spec) -> Dataset:
     """The runtime dataset for a validated dataset config and the model's spec."""
     return SyntheticDataset(cfg, spec) if cfg.kind == "synthetic" else CriteoDataset(cfg, spec)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager
 
-from backends.base import DeviceInfo
+from backends.base import Backend, DeviceInfo
 from harness.data.pool import Pools
 from harness.data.sources import open_dataset
 from harness.pipeline import record
@@ -29,6 +29,7 @@ from harness.pipeline.plan import Plan
 from harness.pipeline.quality import train_or_reuse
 from harness.pipeline.timing import LadderSettings, QuerySizeResult, run_ladder
 from harness.tracking import RunRecorder, Store
+from harness.workload.device import configure_for
 from harness.workload.dlrm import build_model
 
 # The terminal's progress over the ladder (harness/app/console.py): given the path's label and the number
@@ -97,10 +98,16 @@ def build(p: Plan):
     return model, time.perf_counter() - t0
 
 
+def prepare_on(adapter: Backend, model, example) -> None:
+    """The model configured for the adapter's device (harness/workload/device.py), then handed to it."""
+    configure_for(model, adapter.capabilities())
+    adapter.prepare(model, example)
+
+
 def prepare(p: Plan, model, pools: Pools, device: DeviceInfo, build_s: float, recorder: RunRecorder) -> None:
     """Hand the model to the adapter (placement, compilation), timed apart from the steady state."""
     t0 = time.perf_counter()
-    p.adapter.prepare(model, pools(1)[0])
+    prepare_on(p.adapter, model, pools(1)[0])
     prepare_s = time.perf_counter() - t0
     recorder.log_params({"backend_resolved": p.adapter.run_params()})
     recorder.log_metrics({"build_s": build_s, "prepare_s": prepare_s, "device_memory_bytes": device.memory_bytes,

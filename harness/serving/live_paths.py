@@ -19,6 +19,7 @@ from harness.data.sources import SyntheticDataset
 from harness.pipeline.cache import attach_caches, cache_enabled
 from harness.pipeline.plan import plan
 from harness.pipeline.quality import WEIGHTS, load_weights
+from harness.pipeline.run import prepare_on
 from harness.serving.config import ServingConfig
 from harness.serving.live import LivePath, query_batches, serve
 from harness.serving.simulator import simulate
@@ -93,7 +94,7 @@ def build_live_paths(cfg: ServingConfig, profiles, records: list[dict], store: S
             generator = SyntheticDataset(p.run.dataset, p.spec).generator
         if cache_enabled(p.spec):
             attach_caches(model, p.spec, SyntheticDataset(p.run.dataset, p.spec), None)
-        p.adapter.prepare(model, None)
+        prepare_on(p.adapter, model, None)
         live.append(LivePath(profile, p.adapter, fails=profile.path == cfg.live.fault_path))
     if not live:
         raise ValueError("live: no measured path of this experiment can run on this machine")

@@ -24,10 +24,23 @@ A choice is a list of (profile, part size): one entry, or one per device for a s
 from __future__ import annotations
 
 import math
+from typing import Protocol
 
 from harness.serving.profiles import PathProfile
 
 Choice = list[tuple[PathProfile, int]]
+
+
+class Policy(Protocol):
+    """What the simulator and live serving ask of a policy: a name, and for each query where it goes.
+
+    `wait_ms` is each device's queued work (ms) when the query arrives; the choice is one (path, size)
+    entry, or one per device when the query is split. A policy never reads a clock or a device.
+    """
+
+    name: str
+
+    def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice: ...
 
 
 def _accuracy(p: PathProfile) -> float:

@@ -19,10 +19,22 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from harness.core.errors import ConfigError
 from harness.core.schema import typed
+
+class Representation(Protocol):
+    """The contract of a representation package (the functions above; `Config` is its dataclass)."""
+
+    Config: type
+
+    def feature_vectors(self, spec) -> int: ...
+
+    def cost(self, spec) -> "EmbeddingCost": ...
+
+    def build(self, spec) -> Any: ...
+
 
 REGISTRY: dict[str, str] = {
     "table": "harness.workload.representations.table",
@@ -74,7 +86,7 @@ def names() -> list[str]:
     return sorted(REGISTRY)
 
 
-def get(name: str) -> ModuleType:
+def get(name: str) -> Representation | ModuleType:
     """The representation package for `name`; a clear error for an unknown one."""
     try:
         module_path = REGISTRY[name]

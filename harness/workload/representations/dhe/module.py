@@ -1,7 +1,8 @@
-"""Torch module for DHE: hashing and encoding on the device, then all decoders as batched GEMMs.
+"""Torch module for DHE: hashing and encoding on the device (hashing.py), then all decoders as batched GEMMs.
 
 The T decoders (one per table) share a shape, so each layer is one `baddbmm` over a [T, in, out] weight
-instead of T small GEMMs in a Python loop (benchmarks/representations.py measures both).
+instead of T small GEMMs in a Python loop (benchmarks/representations.py measures both). How the hash is
+computed is a device setting, given by `configure` (harness/workload/device.py), never chosen here.
 
 >>> import torch
 >>> from harness.workload.representations.dhe import DheParams
@@ -22,31 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.workload.representations.dhe import DheParams, first_prime_above, hash_coefficients
-
-# Elements of the float64 hash intermediate per chunk (2 MB per buffer): measured best of 2^15..2^21 at
-# query size 4096 on the development machine (570 ms vs 790 ms at 2^16 and 980 ms at 2^19).
-_CHUNK_ELEMENTS = 1 << 18
-
-
-def _reduce_small(t: torch.Tensor, scratch: torch.Tensor, modulus: int) -> None:
-    """t <- t mod modulus, in place, for integer-valued float64 t in [-modulus, 2 modulus).
-
-    (t + 0.5) / modulus is never within 0.5 / modulus of an integer, far more than float64's error on
-    values this small, so its floor is exact.
-    """
-    inv = 1.0 / modulus
-    torch.mul(t, inv, out=scratch)
-    scratch.add_(0.5 * inv).floor_()
-    t.add_(scratch, alpha=-modulus)
-
-
-def _reduce_large(t: torch.Tensor, scratch: torch.Tensor, modulus: int) -> None:
-    """t <- t mod modulus, in place, for integer-valued float64 0 <= t < 2^52."""
-    # floor(t / modulus) from a rounded product may be off by one: t lands in [-modulus, 2 modulus).
-    torch.mul(t, 1.0 / modulus, out=scratch)
-    t.add_(scratch.floor_(), alpha=-modulus)
-    _reduce_small(t, scratch, modulus)
+from harness.workload.representations.dhe import DheParams, first_prime_above, hash_coefficients, hashing
 
 
 class TableBatchNorm(nn.Module):
@@ -98,105 +75,39 @@ class DeepHashEmbedding(nn.Module):
         self.activation = params.activation
         self.cache = None  # an MP-Cache of hot ids' vectors (dhe/cache.py), attached after training
         self.cache_enabled = False
-        # How the hash is computed; all give the same buckets. float64: fastest on CPUs (the default);
-        # int64: the definition; int32: for devices without 64-bit arithmetic (TPU, IPU), exact by limbs.
-        # Backend adapters pick one in prepare(); the representation never knows the device.
-        self.hash_arithmetic = "float64"
-        # Elements per pass of the float64 hash: cache-sized chunks on CPUs; None (one pass) on GPUs,
-        # where each chunk's ten small kernels cost more in launches than the cache saves (backends/cuda.py).
-        self.hash_chunk_elements: int | None = _CHUNK_ELEMENTS
-        # a split into limbs of `limb_bits` (most significant first) for the int32 Horner evaluation.
-        self.limb_bits = 30 - self.p.bit_length()
-        if self.limb_bits >= 1:
-            limbs, a = [], self.hash_a.clone()
-            for _ in range(-(-self.p.bit_length() // self.limb_bits)):
-                limbs.append((a % (1 << self.limb_bits)).to(torch.int32))
-                a = a // (1 << self.limb_bits)
-            self.register_buffer("hash_a_limbs", torch.stack(limbs[::-1]), persistent=False)
+        self.hash_method = "float64"  # hashing.METHODS; the device's setting, given by `configure`
+        split = hashing.limbs(self.hash_a, self.p)
+        self.limb_bits = split[1] if split else 0
+        if split:  # for the int32 method; not saved: derived from hash_a
+            self.register_buffer("hash_a_limbs", split[0], persistent=False)
             self.register_buffer("hash_b32", self.hash_b.to(torch.int32), persistent=False)
 
-    def hash(self, ids: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
-        """[T, N] int64 ids -> [T, N, k] int64 buckets: the definition, ((a x + b) mod p) mod m.
-
-        `encode` computes the same buckets faster; tests hold it to this. `tables` selects the rows of
-        hash coefficients (a cache computes one table's misses).
-        """
-        # 64-bit arithmetic throughout: a < p ~ 1e6 times an id up to ~1e7 is ~1e13, and a 32-bit product
-        # would overflow and silently change every code. Reducing x mod p first (the same value) keeps
-        # a (x mod p) + b < p^2 + p, so raw 64-bit hashed ids cannot overflow either.
-        return ((ids % self.p).unsqueeze(-1) * self.hash_a[tables] + self.hash_b[tables]) % self.p % self.m
-
-    def hash_int32(self, ids: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
-        """The same buckets with 32-bit integers only: Horner's rule over limbs of a, reducing mod p
-        after every step. With y = x mod p < 2^k and limbs of 30 - k bits, r * 2^limb < 2^30 and
-        limb * y < 2^30, so no intermediate reaches 2^31 (p < 2^20 for the default m: two limbs)."""
-        if self.limb_bits < 1:
+    def configure(self, settings) -> None:
+        """Take the device's settings (harness/workload/device.py): here, which hash arithmetic to use."""
+        if settings.hash_method == "int32" and not self.limb_bits:
             raise ValueError(f"representation.m={self.m:,} is too large for 32-bit hashing (p must be < 2^29)")
-        y = torch.remainder(ids, self.p).to(torch.int32).unsqueeze(-1)
-        r = torch.zeros(1, dtype=torch.int32, device=ids.device)
-        shift = 1 << self.limb_bits
-        for limb in self.hash_a_limbs[:, tables]:
-            r = torch.remainder(r * shift + limb * y, self.p)
-        r = torch.remainder(r + self.hash_b32[tables], self.p)
-        return torch.where(r >= self.m, r - self.m, r)
+        self.hash_method = settings.hash_method
 
-    def _code(self, buckets: torch.Tensor) -> torch.Tensor:
-        # Integer buckets become float64 for the scaling where the device has it (bit-identical codes on
-        # every such device); int32 hashing means no float64 either: scale in float32 (within 1e-7).
-        wide = torch.float32 if self.hash_arithmetic == "int32" else torch.float64
-        buckets = buckets.to(wide)
-        if self.encoding == "uniform":
-            return (buckets * (2.0 / (self.m - 1)) - 1.0).to(torch.float32)
-        # gaussian: Box-Muller on consecutive pairs; u1 in (0, 1] keeps the log finite.
-        u1 = ((buckets[..., 0::2] + 1.0) / self.m).to(torch.float32)
-        u2 = (buckets[..., 1::2] / self.m).to(torch.float32)
-        radius = torch.sqrt(-2.0 * torch.log(u1))
-        angle = (2.0 * math.pi) * u2
-        return torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=-1).flatten(-2)
+    def hash(self, ids: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
+        """[T, N] int64 ids -> [T, N, k] int64 buckets: the definition every method equals.
+
+        `tables` selects the rows of hash coefficients (a cache computes one table's misses)."""
+        return hashing.buckets_int64(ids, self.hash_a[tables], self.hash_b[tables], self.p, self.m)
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [B, T, L] -> dense codes [T, B*L, k] float32, bit-identical to `_code(hash(ids))`.
-
-        (a x + b) mod p = (a (x mod p) + b) mod p, and with x mod p < p < 2^20 the value stays below 2^41:
-        exact in float64, where the reductions are a few vectorised multiply/floor passes instead of
-        int64 division or libm's fmod (both ~5 ns per element here). Lookups go in cache-sized chunks
-        through preallocated scratch, so no pass allocates or leaves the cache. 3x faster than int64
-        arithmetic at query size 4096 (docs/performance.md).
-        """
+        """ids [B, T, L] -> dense codes [T, B*L, k] float32, by the configured hash method."""
         return self.encode_flat(ids.permute(1, 0, 2).reshape(ids.shape[1], -1))
 
     def encode_flat(self, flat: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
         """[T', N] ids of the tables `tables` selects -> codes [T', N, k] (see `encode`)."""
-        if self.hash_arithmetic != "float64":
-            hashed = self.hash if self.hash_arithmetic == "int64" else self.hash_int32
-            return self._code(hashed(flat, tables))
-        if self.encoding == "uniform" and self.hash_chunk_elements is not None:  # CPU: one C pass if we can
-            from harness.workload.representations.dhe.kernels import encode_uniform
-
-            codes = encode_uniform(flat, self.hash_a[tables], self.hash_b[tables], self.p, self.m)
-            if codes is not None:
-                return codes
-        y = torch.remainder(flat, self.p).to(torch.float64).unsqueeze(-1)
-        tables_n, lookups = y.shape[0], y.shape[1]
-        a, b = self.hash_a[tables].to(torch.float64), self.hash_b[tables].to(torch.float64)
-        chunk = self.hash_chunk_elements or tables_n * lookups * self.k  # None: one pass
-        rows = max(1, min(lookups, chunk // (tables_n * self.k)))
-        value = torch.empty(tables_n, rows, self.k, dtype=torch.float64, device=flat.device)
-        scratch = torch.empty_like(value)
-        codes = torch.empty(tables_n, lookups, self.k, dtype=torch.float32, device=flat.device)
-        for start in range(0, lookups, rows):
-            n = min(rows, lookups - start)
-            t, s = value[:, :n], scratch[:, :n]
-            torch.mul(y[:, start : start + n], a, out=t)
-            t.add_(b)
-            _reduce_large(t, s, self.p)  # t = (a x + b) mod p
-            _reduce_small(t, s, self.m)  # t = that mod m (p < 2m: one step)
-            if self.encoding == "uniform":
-                torch.mul(t, 2.0 / (self.m - 1), out=s)
-                codes[:, start : start + n] = s.sub_(1.0)
-            else:
-                codes[:, start : start + n] = self._code(t)
-        return codes
+        a, b = self.hash_a[tables], self.hash_b[tables]
+        if self.hash_method == "int64":
+            return hashing.code(hashing.buckets_int64(flat, a, b, self.p, self.m), self.encoding, self.m)
+        if self.hash_method == "int32":  # no float64 on such devices either: scale in float32
+            buckets = hashing.buckets_int32(flat, self.hash_a_limbs[:, tables], self.limb_bits, self.hash_b32[tables],
+                                            self.p, self.m)
+            return hashing.code(buckets, self.encoding, self.m, wide=torch.float32)
+        return hashing.codes_float64(flat, a, b, self.p, self.m, self.encoding)
 
     def _final(self, x: torch.Tensor) -> torch.Tensor:
         if self.activation == "sigmoid":
@@ -229,21 +140,6 @@ class DeepHashEmbedding(nn.Module):
                     x = (x - n.running_mean[t]) * torch.rsqrt(n.running_var[t] + n.eps) * n.weight[t] + n.bias[t]
                 x = torch.relu(x)
         return self._final(x)
-
-    def decode_per_table(self, codes: torch.Tensor) -> torch.Tensor:
-        """`decode` as a Python loop of per-table GEMMs: the layout `decode` replaces, kept to measure it."""
-        if self.norms is not None:
-            raise NotImplementedError("decode_per_table is a benchmark baseline without BatchNorm")
-        last = len(self.weights) - 1
-        out = []
-        for t in range(codes.shape[0]):
-            x = codes[t]
-            for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
-                x = torch.addmm(bias[t], x, weight[t])
-                if i < last:
-                    x = torch.relu(x)
-            out.append(self._final(x))
-        return torch.stack(out)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if self.cache is not None and self.cache_enabled and not self.training:

@@ -34,8 +34,9 @@ class FusedTables(nn.Module):
         self.table_rows = tuple(int(r) for r in table_rows)
         self.dim = dim
         self.sparse_grad = sparse_grad
-        # bag: F.embedding_bag for multi-id bags (fastest on CPU and CUDA); gather_sum: F.embedding then
-        # a sum, which XLA compiles natively where embedding_bag falls back to the host. Adapters choose.
+        # How multi-id bags are pooled, a device setting given by `configure` (harness/workload/device.py):
+        # bag, F.embedding_bag (fastest on CPU and CUDA); gather_sum, F.embedding then a sum, which XLA
+        # compiles natively where embedding_bag falls back to the host.
         self.pooling = "bag"
         self.weight = nn.Parameter(torch.empty(sum(self.table_rows), dim))
         starts = [0]
@@ -46,6 +47,10 @@ class FusedTables(nn.Module):
         self.fused_sgd_lr: float | None = None  # set by enable_fused_sgd: SGD inside the backward
         for start, rows in zip(starts, self.table_rows):
             _dlrm_init_(self.weight[start : start + rows], rows)
+
+    def configure(self, settings) -> None:
+        """Take the device's settings (harness/workload/device.py): here, how bags are pooled."""
+        self.pooling = settings.bag_pooling
 
     def enable_fused_sgd(self, lr: float) -> bool:
         """Apply SGD to this table inside the backward (fused_sgd.py) instead of producing a gradient;

@@ -1,0 +1,55 @@
+"""What a device needs from the model, and the module settings that follow: decided here, in one place.
+
+An adapter declares its device's `DeviceCapabilities` (backends/base.py: `Backend.capabilities`); it never
+touches the model's modules. `configure_for` turns the capabilities into `ModuleSettings` and hands them
+to every module that takes settings (a `configure(settings)` method: FusedTables, DeepHashEmbedding).
+
+>>> settings_for(DeviceCapabilities())
+ModuleSettings(hash_method='float64', bag_pooling='bag')
+>>> settings_for(DeviceCapabilities(int64=False, float64=False, embedding_bag=False))   # a TPU
+ModuleSettings(hash_method='int32', bag_pooling='gather_sum')
+>>> settings_for(DeviceCapabilities(launch_bound=True)).hash_method                      # a GPU
+'int64'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DeviceCapabilities:
+    """What a device can do natively. The defaults describe a host CPU, the reference every adapter
+    departs from (backends/base.py); they are facts about hardware, not settings a user chooses."""
+
+    int64: bool = True  # fast 64-bit integer arithmetic (TPUs emulate it slowly; IPUs have none)
+    float64: bool = True  # 64-bit floating point (neither TPUs nor IPUs have it)
+    embedding_bag: bool = True  # F.embedding_bag runs on the device (XLA falls back to the host)
+    launch_bound: bool = False  # a kernel launch costs more than cache-sized chunks save (GPUs)
+
+
+@dataclass(frozen=True)
+class ModuleSettings:
+    hash_method: str  # DHE: float64 (chunked, C kernel on CPUs), int64 (one pass) or int32 (limbs)
+    bag_pooling: str  # tables' multi-id bags: bag (F.embedding_bag) or gather_sum
+
+
+def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
+    """The settings a device with `caps` runs the model with; every choice computes the same function."""
+    if not caps.int64:
+        hash_method = "int32"  # exact by limbs (dhe/hashing.py)
+    elif caps.launch_bound or not caps.float64:
+        hash_method = "int64"  # one pass of the definition: a few kernels, whatever the query size
+    else:
+        hash_method = "float64"  # cache-sized chunks of exact float64, or one C pass
+    return ModuleSettings(hash_method=hash_method, bag_pooling="bag" if caps.embedding_bag else "gather_sum")
+
+
+def configure_for(model, caps: DeviceCapabilities) -> ModuleSettings:
+    """Give every module of `model` that takes settings the ones `caps` call for; returns them."""
+    settings = settings_for(caps)
+    for module in model.modules():
+        configure = getattr(module, "configure", None)
+        if callable(configure):
+            configure(settings)
+    return settings
