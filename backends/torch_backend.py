@@ -9,6 +9,7 @@ from typing import Any
 from omegaconf import MISSING
 
 from backends.base import Backend, BackendConfig
+from backends.torch_kernels import torch_peak_kernels
 from harness.core.errors import ConfigError
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
@@ -62,6 +63,4 @@ class TorchBackend(Backend):
         return {"compile_s": self.compile_s} if self.compile_s is not None else {}
 
     def peak_kernels(self, size_scale: float = 1.0) -> dict[str, tuple]:
-        from backends.torch_kernels import torch_peak_kernels
-
         return torch_peak_kernels(self.device, self.device_info().memory_bytes, size_scale)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from harness.analysis.mapping import latest_finished
+
 
 @dataclass(frozen=True)
 class PathProfile:
@@ -73,8 +75,6 @@ class PathProfile:
 
 def from_runs(runs) -> list[PathProfile]:
     """Profiles from the analysis' tidy table (harness.analysis.runs): the latest FINISHED run per path."""
-    from harness.analysis.mapping import latest_finished
-
     done = latest_finished(runs)
     done = done[done["feasible"] > 0]
     out = []

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from harness.core.errors import ConfigError
 from harness.core.schema import typed
 
+
 class Representation(Protocol):
     """The contract of a representation package (the functions above; `Config` is its dataclass)."""
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.workload.representations.table import fused_sgd
+
 
 def _dlrm_init_(weight: torch.Tensor, rows: int) -> None:
     # The DLRM reference initialises each table uniformly in +-sqrt(1/rows).
@@ -55,8 +57,6 @@ class FusedTables(nn.Module):
     def enable_fused_sgd(self, lr: float) -> bool:
         """Apply SGD to this table inside the backward (fused_sgd.py) instead of producing a gradient;
         False (nothing changed) where the kernel is unavailable. The weight then never gets a .grad."""
-        from harness.workload.representations.table import fused_sgd
-
         if not fused_sgd.available()[0]:
             return False
         self.fused_sgd_lr = lr
@@ -72,9 +72,8 @@ class FusedTables(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         batch, tables, per_bag = ids.shape
         if self._fused_training():
-            from harness.workload.representations.table.fused_sgd import FixedBagsSGD
-
-            return FixedBagsSGD.apply(self.weight, ids + self.row_offsets.view(1, tables, 1), self.fused_sgd_lr)
+            shifted = ids + self.row_offsets.view(1, tables, 1)
+            return fused_sgd.FixedBagsSGD.apply(self.weight, shifted, self.fused_sgd_lr)
         flat = (ids + self.row_offsets.view(1, tables, 1)).view(batch * tables, per_bag)
         if per_bag == 1:
             # One id per bag (Criteo): a plain gather; the bag machinery only adds work here.
@@ -104,9 +103,7 @@ class FusedTables(nn.Module):
         offsets = torch.zeros(tables * batch + 1, dtype=torch.int64, device=values.device)
         torch.cumsum(lengths.reshape(-1), 0, out=offsets[1:])
         if self._fused_training():
-            from harness.workload.representations.table.fused_sgd import JaggedBagsSGD
-
-            out = JaggedBagsSGD.apply(self.weight, shifted, lengths, offsets, self.fused_sgd_lr)
+            out = fused_sgd.JaggedBagsSGD.apply(self.weight, shifted, lengths, offsets, self.fused_sgd_lr)
         else:
             out = F.embedding_bag(shifted, self.weight, offsets, mode="sum", sparse=self.sparse_grad,
                                   include_last_offset=True)
