@@ -27,7 +27,7 @@ class Config:
     name: str = "table"
     # Values come from conf/representation/table.yaml.
     # fused: one weight with all tables stacked and one embedding_bag call with per-table row offsets;
-    # per_table: one nn.EmbeddingBag per feature (26 calls). benchmarks/table_layout.py measures both;
+    # per_table: one nn.EmbeddingBag per feature (26 calls). benchmarks/table_path.py measures both;
     # fused won at every query size on the CPU (docs/performance.md), so it is the default.
     layout: str = MISSING
 
