@@ -132,7 +132,9 @@ class IpuBackend(Backend):
         return None  # a poptorch call returns when the IPU has finished
 
     def close(self) -> None:
-        if self.model is not None and hasattr(self.model, "detachFromDevice"):
+        # detachFromDevice raises for a model that was never compiled or attached (a failed compile).
+        attached = getattr(self.model, "isAttachedToDevice", None)
+        if attached is not None and attached():
             self.model.detachFromDevice()
 
     def run_params(self) -> dict[str, Any]:

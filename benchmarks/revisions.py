@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 
 from benchmarks.common import write_report
+from harness.core.schema import TrackingConfig
+from harness.tracking import Store
 
 # Measured paths of the default comparison: the table and DHE paths on a small Kaggle shape, four sizes.
 DEFAULT_RUNS = [
@@ -53,16 +55,9 @@ def harness(checkout: Path, args: list[str], store: str, results: Path, timeout:
 
 def p50_by_path(store: str) -> dict[str, dict[int, float]]:
     """Each latency run's p50 per query size, by path (the latest run of a path wins)."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(store)
-    experiment = client.get_experiment_by_name("mprec")
-    out: dict[str, dict[int, float]] = {}
-    for run in client.search_runs([experiment.experiment_id], "tags.`mprec.kind` = 'latency'",
-                                  order_by=["attributes.start_time ASC"]):
-        history = client.get_metric_history(run.info.run_id, "latency_p50_ms")
-        out[run.data.tags["path"]] = {m.step: m.value for m in history}
-    return out
+    tracking = TrackingConfig(uri=store, results_dir="unused", parent_run_id=None)
+    records = sorted(Store(tracking, "mprec", create=False).load_runs(), key=lambda r: r["start_time"])
+    return {r["tags"]["path"]: r["per_size"]["latency_p50_ms"] for r in records if r["status"] == "FINISHED"}
 
 
 def compare(repo: Path, revisions: tuple[str, str], runs: list[list[str]], rounds: int, dry_runs: int) -> dict:

@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
     times = arrivals(rng, n, qps)
     figures = {}
     for policy in (pol.Static(paths[0]), pol.SizeThreshold(paths[0], paths[3], 128), pol.MPRec(paths),
-                   pol.MPRecSplit(paths)):
+                   pol.MPRecSplit(paths, min_size=64)):
         t0 = time.perf_counter()
         result = simulate(policy, paths, times, sizes, target_ms=10.0)
         seconds = time.perf_counter() - t0

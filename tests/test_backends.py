@@ -16,7 +16,7 @@ import backends
 from backends.cuda import CudaBackend
 from backends.ipu import IpuBackend, build_options, int32_ids
 from harness.data.pool import Batch
-from harness.pipeline.run import prepare_on
+from harness.pipeline.run import close_quietly, prepare_on
 from harness.workload.device import DeviceCapabilities, configure_for
 from harness.workload.representations.dhe.module import DeepHashEmbedding
 
@@ -59,7 +59,7 @@ class FakePoptorch(types.SimpleNamespace):
     """Records what the adapter asks of poptorch; 'runs' the model on the CPU."""
 
     def __init__(self):
-        super().__init__(calls=[])
+        super().__init__(calls=[], compile_error=None)
         fake = self
 
         class Settings:
@@ -87,10 +87,22 @@ class FakePoptorch(types.SimpleNamespace):
 
         class InferenceModel:
             def __init__(self, model, options):
-                self.model, self.options = model, options
+                self.model, self.options, self.attached = model, options, False
 
             def compile(self, *inputs):
                 fake.calls.append(("compile", tuple(t.dtype for t in inputs), tuple(t.shape for t in inputs)))
+                if fake.compile_error:
+                    raise RuntimeError(fake.compile_error)
+                self.attached = True
+
+            def isAttachedToDevice(self):
+                return self.attached
+
+            def detachFromDevice(self):  # poptorch raises for a model that is not attached
+                if not self.attached:
+                    raise RuntimeError("detachFromDevice: the model is not attached")
+                fake.calls.append(("detachFromDevice",))
+                self.attached = False
 
             def __call__(self, dense, ids):
                 return self.model(dense, ids)
@@ -137,6 +149,31 @@ def test_ipu_adapter_end_to_end_with_a_fake_poptorch(run_config, monkeypatch):
     # 32-bit hashing gives the same buckets; the codes are scaled in float32 instead of float64.
     torch.testing.assert_close(out[:16], expected, rtol=1e-4, atol=1e-4)
     assert adapter.queries_per_call == 3
+    adapter.close()
+    assert fake.calls[-1] == ("detachFromDevice",)
+
+
+def test_a_failed_ipu_compile_is_the_error_the_run_reports(run_config, monkeypatch, caplog):
+    """The adapter is closed in `finally`; closing an IPU model that never attached must not raise over
+    the compile error (poptorch's detach raises there), nor may any failing close."""
+    fake = FakePoptorch()
+    fake.compile_error = "out of IPU memory: 1.2 GB needed"
+    monkeypatch.setitem(sys.modules, "poptorch", fake)
+    model, batch, _ = case("table")
+    adapter = IpuBackend(run_config("+backend=ipu").backend)
+    with pytest.raises(RuntimeError, match="out of IPU memory"):
+        try:
+            prepare_on(adapter, model, batch)
+        finally:
+            close_quietly(adapter)
+    assert ("detachFromDevice",) not in fake.calls
+
+    def broken_close():
+        raise RuntimeError("device lost")
+
+    adapter.close = broken_close
+    close_quietly(adapter)  # logged, not raised
+    assert "closing the ipu adapter failed: RuntimeError: device lost" in caplog.text
 
 
 def test_unavailable_backend_records_a_failed_run_naming_the_install(run_harness, store):

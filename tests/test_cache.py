@@ -153,7 +153,7 @@ def test_ids_counted_in_training_pick_the_hot_ids(run_config):
     for _, batch in zip(range(20), dataset.train_batches(512)):
         counter.observe(batch)
     counted = counter.hottest(2, 20)  # C3, a large table
-    exact = dataset.hot_ids(2, 20)
+    exact = dataset.hot_ids(2, 20, sample_rows=0)  # the generator knows its ranks: nothing to count
     assert len(set(counted.tolist()) & set(exact.tolist())) >= 15
 
 

@@ -200,6 +200,16 @@ def test_missing_or_empty_file_fails_in_config_naming_the_path(run_config, tmp_p
         assert info.value.key == "dataset.path" and str(path) in str(info.value)
 
 
+def test_multi_hot_ids_on_a_criteo_file_are_refused_when_planning(run_config, tmp_path):
+    from harness.core.errors import ConfigError
+
+    path = tmp_path / "day_0.tsv"
+    _write_tsv(path, [["1", *["1"] * 13, *["a1"] * 26]])
+    with pytest.raises(ConfigError) as info:  # before any run exists, not when the file is opened
+        run_config("dataset=criteo_kaggle", f"dataset.path={path}", "model.ids_per_lookup=2")
+    assert info.value.key == "model.ids_per_lookup" and "one id per feature" in str(info.value)
+
+
 @needs_sample
 def test_criteo_dataset_splits_every_nth_row_to_test(run_config):
     from harness.data.sources import open_dataset

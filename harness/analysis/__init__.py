@@ -25,7 +25,7 @@ __all__ = ["Analysis", "AnalysisConfig", "load_analysis_config", "run_analysis"]
 
 
 def load_analysis_config(cfg) -> AnalysisConfig:
-    return typed(AnalysisConfig, container(cfg))
+    return typed(AnalysisConfig, container(cfg), root="analysis")
 
 
 def run_analysis(config: AnalysisConfig, quiet: bool = False) -> Analysis:

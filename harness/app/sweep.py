@@ -25,6 +25,7 @@ from typing import Any
 
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -49,7 +50,8 @@ def expand_jobs(config: DictConfig) -> list[list[str]]:
         elif override.is_discrete_sweep():
             choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
         else:
-            raise ValueError(f"{key}: a sweep over an interval needs a sweeper that samples it (e.g. Optuna)")
+            raise HydraException(f"{key}: the basic sweeper cannot sweep an interval; use a sampling sweeper "
+                                 "(e.g. Optuna) or list the values")
     return [list(job) for job in itertools.product(*choices.values())]
 
 

@@ -195,18 +195,19 @@ def check_section(section: Any, key: str) -> None:
         raise exc.within(key) from None
 
 
-def typed(schema: type, node: Any, key: str = "") -> Any:
+def typed(schema: type, node: Any, key: str = "", root: str = "") -> Any:
     """`node` (a dict or DictConfig) as an instance of the dataclass `schema`, checked.
 
     Unknown keys, wrong types and MISSING values are OmegaConf's errors; bad values are the schema's own
-    `check`; both become a ConfigError whose key is under `key`.
+    `check`; both become a ConfigError whose key is under `key` (`root` names an error about the whole
+    node, for a tool's own config such as the analysis').
     """
     try:
         config = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
     except OmegaConfBaseException as exc:
         inner = getattr(exc, "full_key", None) or ""
         message = str(getattr(exc, "msg", None) or exc).splitlines()[0]
-        raise ConfigError(".".join(k for k in (key, inner) if k), message) from None
+        raise ConfigError(".".join(k for k in (key, inner) if k) or root, message) from None
     if hasattr(config, "check"):
         check_section(config, key)
     return config

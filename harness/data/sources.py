@@ -47,7 +47,7 @@ class Dataset(Protocol):
 
     def pool(self, query_size: int, batches: int) -> list[tuple[np.ndarray, np.ndarray]]: ...
 
-    def hot_ids(self, feature: int, n: int, sample_rows: int = ...) -> np.ndarray: ...
+    def hot_ids(self, feature: int, n: int, sample_rows: int) -> np.ndarray: ...
 
 
 def _check_common(cfg) -> None:
@@ -117,6 +117,10 @@ class CriteoConfig:
         if self.test_every < 2:
             raise ConfigError("test_every", f"must be >= 2, got {self.test_every}")
 
+    def check_spec(self, spec) -> None:
+        if spec.ids_per_lookup != 1:
+            raise ConfigError("model.ids_per_lookup", "Criteo files hold one id per feature: it must be 1")
+
 
 KINDS: dict[str, type] = {"synthetic": SyntheticConfig, "criteo": CriteoConfig}
 
@@ -151,7 +155,7 @@ class SyntheticDataset:
     def pool(self, query_size: int, batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
         return [self.generator.batch(i, query_size, split="timing") for i in range(batches)]
 
-    def hot_ids(self, feature: int, n: int, sample_rows: int = 0) -> np.ndarray:
+    def hot_ids(self, feature: int, n: int, sample_rows: int) -> np.ndarray:
         """The `n` most popular ids of a field: known exactly, the generator's Zipf ranks 0..n-1."""
         sampler = self.generator.samplers[feature]
         return sampler.id_of_rank(np.arange(min(n, sampler.rows)))
@@ -159,8 +163,6 @@ class SyntheticDataset:
 
 class CriteoDataset:
     def __init__(self, cfg: CriteoConfig, spec) -> None:
-        if spec.ids_per_lookup != 1:
-            raise ConfigError("model.ids_per_lookup", "Criteo files hold one id per feature: it must be 1")
         self.cfg = cfg
         self.table_rows = spec.table_rows
         self.stats = None
@@ -219,7 +221,7 @@ class CriteoDataset:
         return LabeledBatch(*(np.concatenate([getattr(p, f) for p in parts])[:samples]
                               for f in ("dense", "ids", "labels")))
 
-    def hot_ids(self, feature: int, n: int, sample_rows: int = 1_000_000) -> np.ndarray:
+    def hot_ids(self, feature: int, n: int, sample_rows: int) -> np.ndarray:
         """The `n` most frequent ids of a field over the first `sample_rows` training rows of the file."""
         if getattr(self, "_counts_rows", None) != sample_rows:
             counts: dict[int, np.ndarray] = {}
@@ -248,6 +250,9 @@ class CriteoDataset:
         return out
 
 
+DATASETS: dict[str, type] = {"synthetic": SyntheticDataset, "criteo": CriteoDataset}
+
+
 def open_dataset(cfg, spec) -> Dataset:
     """The runtime dataset for a validated dataset config and the model's spec."""
-    return SyntheticDataset(cfg, spec) if cfg.kind == "synthetic" else CriteoDataset(cfg, spec)
+    return DATASETS[cfg.kind](cfg, spec)

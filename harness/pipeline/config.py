@@ -27,7 +27,7 @@ from harness.workload import representations
 def load_config(cfg: DictConfig | dict) -> RunConfig:
     """Validate a composed config; raises ConfigError naming the first bad key."""
     node = container(cfg)
-    backend = node.pop("backend", None) or {"name": "auto"}
+    backend = node.pop("backend", None)
     representation = node.pop("representation", None)
     dataset = node.pop("dataset", None)
     run = typed(RunConfig, node)
@@ -60,6 +60,9 @@ def workload_spec(run: RunConfig) -> WorkloadSpec:
         extras={"zipf_exponent": run.dataset.zipf_exponent} if run.dataset.kind == "synthetic" else {},
     )
     representations.check_spec(spec)
+    check_dataset = getattr(run.dataset, "check_spec", None)  # a dataset's rules for the model (Criteo's)
+    if check_dataset is not None:
+        check_dataset(spec)
     return spec
 
 

@@ -13,6 +13,7 @@ loads it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -31,6 +32,8 @@ from harness.pipeline.timing import LadderSettings, QuerySizeResult, run_ladder
 from harness.tracking import RunRecorder, Store
 from harness.workload.device import configure_for
 from harness.workload.dlrm import build_model
+
+log = logging.getLogger(__name__)
 
 # The terminal's progress over the ladder (harness/app/console.py): given the path's label and the number
 # of sizes, a context yielding the callback each finished size is reported to.
@@ -53,8 +56,8 @@ def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> Path
     """Build, (train,) prepare and measure the path, recording into run `run_id`."""
     run, adapter = p.run, p.adapter
     with RunRecorder(Store(run.tracking, run.experiment_name), run_id, p.run_tags()) as recorder:
-        record.record_plan(recorder, p)
         try:
+            record.record_plan(recorder, p)
             device = check_device(p, recorder)
             model, build_s = build(p)
             dataset = open_dataset(run.dataset, p.spec)
@@ -73,8 +76,17 @@ def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> Path
             record.record_ladder(recorder, p, results, peaks, extra)
             record.record_reader_stats(recorder, dataset)
         finally:
-            adapter.close()
+            close_quietly(adapter)
     return PathResult(run_id, p.path, device, results)
+
+
+def close_quietly(adapter: Backend) -> None:
+    """Release the device; a failure to release is logged, never raised over the error that ended the
+    run (or over a measurement that succeeded)."""
+    try:
+        adapter.close()
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.warning("closing the %s adapter failed: %s: %s", adapter.name, type(exc).__name__, exc)
 
 
 def check_device(p: Plan, recorder: RunRecorder) -> DeviceInfo:

@@ -19,7 +19,7 @@ from harness.data.sources import SyntheticDataset
 from harness.pipeline.cache import attach_caches, cache_enabled
 from harness.pipeline.plan import plan
 from harness.pipeline.quality import WEIGHTS, load_weights
-from harness.pipeline.run import prepare_on
+from harness.pipeline.run import close_quietly, prepare_on
 from harness.serving.config import ServingConfig
 from harness.serving.live import LivePath, query_batches, serve
 from harness.serving.simulator import simulate
@@ -34,7 +34,7 @@ def run_live(cfg: ServingConfig, study, profiles, records: list[dict], store: St
         return _serve_and_compare(cfg, study, live_paths, generator, folder)
     finally:
         for path in live_paths:
-            path.adapter.close()
+            close_quietly(path.adapter)
 
 
 def _serve_and_compare(cfg: ServingConfig, study, live_paths: list[LivePath], generator, folder: Path) -> dict:
@@ -97,7 +97,7 @@ def build_live_paths(cfg: ServingConfig, profiles, records: list[dict], store: S
         prepare_on(p.adapter, model, None)
         live.append(LivePath(profile, p.adapter, fails=profile.path == cfg.live.fault_path))
     if not live:
-        raise ValueError("live: no measured path of this experiment can run on this machine")
+        raise ConfigError("live.enabled", "no measured path of this experiment can run on this machine")
     return live, generator
 
 

@@ -66,7 +66,7 @@ class SizeThreshold:
 
 
 class MPRec:
-    def __init__(self, paths: list[PathProfile], slack: float = 1.0) -> None:
+    def __init__(self, paths: list[PathProfile], slack: float = 1.0) -> None:  # 1: the rule as stated
         # Highest accuracy first, then the fastest at a middling size: the order of preference.
         self.paths = sorted(paths, key=lambda p: (-_accuracy(p), p.service_ms(64), p.path))
         self.slack = slack
@@ -85,7 +85,7 @@ class MPRec:
 
 
 class MPRecSplit(MPRec):
-    def __init__(self, paths: list[PathProfile], min_size: int = 64, slack: float = 1.0) -> None:
+    def __init__(self, paths: list[PathProfile], min_size: int, slack: float = 1.0) -> None:
         super().__init__(paths, slack)
         self.name = self.name.replace("mprec", "mprec_split")
         self.min_size = min_size

@@ -129,7 +129,8 @@ def load(path: str | Path) -> list[PathProfile]:
         return f"{entry['source']}, {source}" if entry.get("source") else source
 
     try:
+        # No run_id: a file's profile is served from its figures, never rebuilt as this experiment's run.
         return [PathProfile(e["path"], e["device"], e.get("accuracy"), tuple(e["sizes"]), tuple(e["latency_ms"]),
-                            tuple(e.get("p99_ms", ())), origin(e), e.get("run_id")) for e in entries]
+                            tuple(e.get("p99_ms", ())), origin(e)) for e in entries]
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from None

@@ -19,7 +19,7 @@ from harness.tracking import Store
 
 
 def load_serving_config(cfg) -> ServingConfig:
-    return typed(ServingConfig, container(cfg))
+    return typed(ServingConfig, container(cfg), root="serving")
 
 
 def gather_profiles(cfg: ServingConfig, records: list[dict]) -> list[prof.PathProfile]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from harness.core.errors import ConfigError
 from harness.workload.metrics import Quality, evaluate
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ def make_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimi
         return torch.optim.SGD(params, lr=lr)  # plain SGD handles sparse gradients
     if name == "adagrad":
         return torch.optim.Adagrad(params, lr=lr)
-    raise ValueError(f"train.optimizer: unknown optimizer {name!r}")
+    raise ConfigError("train.optimizer", f"unknown optimizer {name!r}")
 
 
 @torch.no_grad()

@@ -5,7 +5,8 @@ instead of T small GEMMs in a Python loop (benchmarks/representations.py measure
 computed is a device setting, given by `configure` (harness/workload/device.py), never chosen here.
 
 >>> import torch
->>> from harness.workload.representations.dhe import DheParams
+>>> from harness.core.errors import ConfigError
+from harness.workload.representations.dhe import DheParams
 >>> params = DheParams(k=8, decoder=[8, 6], m=1000, encoding="uniform", activation="none",
 ...                    batch_norm=False, seed=0)
 >>> dhe = DeepHashEmbedding(features=[0, 1, 2], params=params, dim=4)
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.core.errors import ConfigError
 from harness.workload.representations.dhe import DheParams, first_prime_above, hash_coefficients, hashing
 
 
@@ -85,7 +87,7 @@ class DeepHashEmbedding(nn.Module):
     def configure(self, settings) -> None:
         """Take the device's settings (harness/workload/device.py): here, which hash arithmetic to use."""
         if settings.hash_method == "int32" and not self.limb_bits:
-            raise ValueError(f"representation.m={self.m:,} is too large for 32-bit hashing (p must be < 2^29)")
+            raise ConfigError("representation.m", f"{self.m:,} is too large for 32-bit hashing (p must be < 2^29)")
         self.hash_method = settings.hash_method
 
     def hash(self, ids: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from harness.core.errors import ConfigError
 from harness.workload.representations.table import fused_sgd
 
 
@@ -137,4 +138,4 @@ def build_tables(table_rows: tuple[int, ...], dim: int, layout: str = "fused", s
         return FusedTables(table_rows, dim, sparse_grad)
     if layout == "per_table":
         return PerTableBags(table_rows, dim, sparse_grad)
-    raise ValueError(f"representation.layout: unknown table layout {layout!r}")
+    raise ConfigError("representation.layout", f"unknown table layout {layout!r}")
