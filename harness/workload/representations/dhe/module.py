@@ -5,8 +5,7 @@ instead of T small GEMMs in a Python loop (benchmarks/representations.py measure
 computed is a device setting, given by `configure` (harness/workload/device.py), never chosen here.
 
 >>> import torch
->>> from harness.core.errors import ConfigError
-from harness.workload.representations.dhe import DheParams
+>>> from harness.workload.representations.dhe import DheParams
 >>> params = DheParams(k=8, decoder=[8, 6], m=1000, encoding="uniform", activation="none",
 ...                    batch_norm=False, seed=0)
 >>> dhe = DeepHashEmbedding(features=[0, 1, 2], params=params, dim=4)
