@@ -20,6 +20,22 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SMOKE = ["+backend=cpu", "experiment=smoke"]
 
 
+def write_criteo_csv(path: Path, rows: int, seed: int = 0) -> Path:
+    """A Criteo-Kaggle-format CSV (header; label, I1..I13, C1..C26; empty fields as in the real data), so
+    tests of the reader and of runs on files need nothing beside the repository."""
+    import random
+
+    rng = random.Random(seed)
+    header = ["label", *(f"I{i}" for i in range(1, 14)), *(f"C{i}" for i in range(1, 27))]
+    lines = [",".join(header)]
+    for _ in range(rows):
+        ints = ["" if rng.random() < 0.3 else str(rng.randint(-1, 5000)) for _ in range(13)]
+        cats = ["" if rng.random() < 0.1 else f"{rng.getrandbits(32):08x}" for _ in range(26)]
+        lines.append(",".join([str(int(rng.random() < 0.25)), *ints, *cats]))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 @pytest.fixture
 def run_config():
     """load_config(compose(overrides)): the validated config a job would see."""

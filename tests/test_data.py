@@ -7,6 +7,7 @@ import gzip
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +18,7 @@ from harness.data.criteo import CriteoReader, MalformedLine
 from harness.data.synthetic import SyntheticCriteo
 from harness.workload.metrics import auc, evaluate, log_loss
 
-from .conftest import SHARED_DATA
+from .conftest import SHARED_DATA, write_criteo_csv
 
 SAMPLE = SHARED_DATA / "criteo_sample.csv"
 ROWS = scale_rows(KAGGLE_ROWS, 0.001)
@@ -107,8 +108,13 @@ def _read(path, **kw):
     return cat("dense"), cat("ids"), cat("labels"), reader.stats
 
 
-def _sample_rows() -> list[list[str]]:
-    with open(SAMPLE) as f:
+def _generated(tmp_path, rows: int = 200) -> Path:
+    """A Criteo-format CSV written by the test (tests/conftest.py): what runs wherever the repo is cloned."""
+    return write_criteo_csv(tmp_path / "generated.csv", rows)
+
+
+def _rows(path) -> list[list[str]]:
+    with open(path) as f:
         return list(csv.reader(f))[1:]
 
 
@@ -140,21 +146,30 @@ def test_reader_on_the_csv_sample():
     assert (ids[:, :, 0] < np.array(KAGGLE_ROWS)).all()
 
 
-@needs_sample
 @pytest.mark.parametrize("compressed", [False, True])
 def test_reader_on_a_tsv_of_the_same_rows(tmp_path, compressed):
+    source = _generated(tmp_path)
     path = tmp_path / ("day_0.gz" if compressed else "train.txt")
-    _write_tsv(path, _sample_rows(), gzip.open if compressed else open)
+    _write_tsv(path, _rows(source), gzip.open if compressed else open)
     dense, ids, labels, stats = _read(path)
-    assert len(labels) == 200 and labels.mean() == pytest.approx(0.245)
-    _check_first_rows(dense, ids)
-    csv_dense, csv_ids, _, _ = _read(SAMPLE)
+    csv_dense, csv_ids, csv_labels, _ = _read(source)
+    assert len(labels) == 200 and stats.malformed == 0
+    np.testing.assert_array_equal(labels, csv_labels)
     np.testing.assert_array_equal(ids, csv_ids)
     np.testing.assert_array_equal(dense, csv_dense)
 
 
+@needs_sample
+def test_reader_on_a_tsv_of_the_real_rows(tmp_path):
+    path = tmp_path / "train.txt"
+    _write_tsv(path, _rows(SAMPLE))
+    dense, ids, labels, _ = _read(path)
+    assert len(labels) == 200 and labels.mean() == pytest.approx(0.245)
+    _check_first_rows(dense, ids)
+
+
 def _with_malformed(tmp_path):
-    rows = _sample_rows()[:20]
+    rows = _rows(_generated(tmp_path, 20))
     lines = ["\t".join(r) for r in rows]
     lines[3] = lines[3] + "\textra"  # line 4: one column too many
     lines[7] = "\t".join(rows[7][:30])  # line 8: too few
@@ -166,7 +181,6 @@ def _with_malformed(tmp_path):
     return path
 
 
-@needs_sample
 def test_malformed_lines_are_counted_and_skipped_with_line_numbers(tmp_path):
     _, _, labels, stats = _read(_with_malformed(tmp_path))
     assert len(labels) == 15 and stats.malformed == 5
@@ -175,16 +189,14 @@ def test_malformed_lines_are_counted_and_skipped_with_line_numbers(tmp_path):
     assert "columns" in reasons[4] and "I2" in reasons[12] and "label" in reasons[16] and "C1" in reasons[18]
 
 
-@needs_sample
 def test_strict_mode_stops_at_the_first_malformed_line(tmp_path):
     path = _with_malformed(tmp_path)
     with pytest.raises(MalformedLine, match=rf"{path.name}:4\b"):
         _read(path, strict=True)
 
 
-@needs_sample
-def test_max_ind_range_hashes_into_the_smaller_range():
-    _, ids, _, _ = _read(SAMPLE, max_ind_range=1000)
+def test_max_ind_range_hashes_into_the_smaller_range(tmp_path):
+    _, ids, _, _ = _read(_generated(tmp_path), max_ind_range=1000)
     assert ids.max() < 1000
     assert (ids[:, 0, 0] < 1000).all() and len(np.unique(ids[:, 2, 0])) > 50
 
@@ -210,12 +222,11 @@ def test_multi_hot_ids_on_a_criteo_file_are_refused_when_planning(run_config, tm
     assert info.value.key == "model.ids_per_lookup" and "one id per feature" in str(info.value)
 
 
-@needs_sample
-def test_criteo_dataset_splits_every_nth_row_to_test(run_config):
+def test_criteo_dataset_splits_every_nth_row_to_test(run_config, tmp_path):
     from harness.data.sources import open_dataset
     from harness.pipeline.config import workload_spec
 
-    run = run_config("dataset=criteo_kaggle", f"dataset.path={SAMPLE}", "dataset.test_every=4")
+    run = run_config("dataset=criteo_kaggle", f"dataset.path={_generated(tmp_path)}", "dataset.test_every=4")
     dataset = open_dataset(run.dataset, workload_spec(run))
     assert len(dataset.eval_set(1000)) == 50
     first = next(dataset.train_batches(150))

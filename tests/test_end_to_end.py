@@ -152,10 +152,10 @@ def test_training_logs_quality_and_weights_then_another_run_reuses_them(run_harn
 
 
 def test_malformed_criteo_lines_are_logged_with_the_count(run_harness, store, tmp_path):
-    from .conftest import SHARED_DATA
+    from .conftest import write_criteo_csv
 
-    sample = SHARED_DATA / "criteo_sample.csv"
-    lines = sample.read_text().splitlines()
+    # Written here, not read from ../shared/data: the README's test command passes wherever it is cloned.
+    lines = write_criteo_csv(tmp_path / "sample.csv", rows=200).read_text().splitlines()
     lines[5] = lines[5] + ",extra"
     lines[9] = "oops"
     path = tmp_path / "criteo.csv"

@@ -167,6 +167,23 @@ def test_serving_refuses_an_impossible_target(run_harness, store, tmp_path):
     assert proc.returncode == 2 and "no path meets p99 <= 0.001 ms" in proc.stderr
 
 
+def test_a_study_without_its_measured_inputs_is_refused_with_the_command_that_records_them(store, tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import harness_env
+
+    # The headline's GPU profiles exist (shipped); its CPU runs, which give every path its accuracy, do not.
+    proc = subprocess.run([sys.executable, "-m", "harness.serving", "serving=mprec_headline_h200",
+                           f"tracking.results_dir={tmp_path / 'results'}"], cwd=tmp_path, env=harness_env(store),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "no measured accuracy for dhe@cuda, hybrid@cuda, table@cuda, tt@cuda" in line
+    assert line.endswith("python -m harness experiment=mprec_headline")
+    assert "nan" not in proc.stdout.lower() and not (tmp_path / "results" / "mprec_headline" / "serving").exists()
+
+
 def test_live_serving_under_loadgen_and_a_failing_path(run_harness, store, tmp_path, monkeypatch):
     pytest.importorskip("mlperf_loadgen", reason="pip install -e '.[loadgen]'")
     from harness.core.conf import compose

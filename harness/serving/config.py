@@ -45,6 +45,8 @@ class LiveConfig:
 @dataclass
 class ServingConfig:
     experiment_name: str = MISSING
+    # The command that records this study's measured paths, named when they are missing (null: a generic hint).
+    inputs_command: Optional[str] = MISSING
     profile_files: List[str] = MISSING
     scaled_devices: List[ScaledDevice] = MISSING
     paths: Optional[List[str]] = MISSING

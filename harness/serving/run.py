@@ -36,6 +36,22 @@ def gather_profiles(cfg: ServingConfig, records: list[dict]) -> list[prof.PathPr
     return profiles
 
 
+def check_inputs(cfg: ServingConfig, profiles: list[prof.PathProfile], where: str) -> None:
+    """Refuse a study whose inputs are missing, before simulating: no profile at all, or a path without a
+    measured accuracy (the study scores correct predictions/s, which would be NaN), saying how to record them."""
+    unrated = sorted(p.path for p in profiles if p.accuracy is None)
+    if profiles and not unrated:
+        return
+    command = cfg.inputs_command or (f"python -m harness -m representation=table,dhe train.steps=2000 "
+                                     f"experiment_name={cfg.experiment_name}")
+    how = f"record paths with their quality first: {command}"
+    if not profiles:
+        raise ValueError(f"no profiles: experiment '{cfg.experiment_name}' has no finished latency runs in {where} "
+                         f"and no profile file was given; {how}")
+    raise ValueError(f"no measured accuracy for {', '.join(unrated)} (experiment '{cfg.experiment_name}' in "
+                     f"{where} has no finished run of their representation with quality); {how}")
+
+
 def study_metrics(study, live: dict | None) -> dict[str, float]:
     """The headline and each policy's figures at its max load, as flat metrics."""
     metrics = {k: v for k, v in study.headline.items() if isinstance(v, (int, float))}
@@ -52,6 +68,7 @@ def run_serving(cfg: ServingConfig, quiet: bool = False) -> dict:
     store = Store(cfg.tracking, cfg.experiment_name, create=False)  # a study that fails creates nothing
     records = store.load_runs("latency")
     profiles = gather_profiles(cfg, records)
+    check_inputs(cfg, profiles, store.uri)
     study = run_study(cfg, profiles)
     folder = Path(cfg.output_dir or Path(cfg.tracking.results_dir) / cfg.experiment_name / "serving")
     folder.mkdir(parents=True, exist_ok=True)
