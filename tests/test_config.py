@@ -75,3 +75,33 @@ def test_missing_yaml_values_are_reported_not_defaulted():
     del cfg["measure"]["min_iters"]
     with pytest.raises(ConfigError, match="measure.min_iters"):
         load_config(cfg)
+
+
+def test_a_typo_in_a_key_is_answered_with_the_closest_key_before_hydras_advice(tmp_path):
+    import subprocess
+    import sys
+
+    from .conftest import harness_env
+
+    proc = subprocess.run([sys.executable, "-m", "harness", "workload.query_size=[1,8]"], cwd=tmp_path,
+                          env=harness_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: config key 'workload.query_size' does not exist; "
+                                   "did you mean 'workload.query_sizes'?")
+
+
+@pytest.mark.parametrize("config_name, argv, problem", [
+    ("config", ["representation.rnk=4"], "did you mean 'representation.rank'?"),  # tt's key, tt not chosen
+    ("config", ["+backend=cpu", "backend.num_thread=2"], "did you mean 'backend.num_threads'?"),
+    ("config", ["-m", "dataset.sclae=0.1,1.0"], "did you mean 'dataset.scale'?"),
+    ("analysis", ["targets=[1,10]"], "did you mean 'targets_ms'?"),
+    ("serving", ["serving=mprec_headline", "live.enabld=true"], "did you mean 'live.enabled'?"),
+    ("config", ["representation=hybrid", "representation.dhe.k=8", "backend.num_threads=2", "+model.depth=3",
+                "hydra.job.chdir=true", "experiment=smoke", "dataset.path=x"], None),
+])
+def test_override_keys_are_checked_against_every_option_of_the_tree(config_name, argv, problem):
+    from harness.core.conf import config_dir
+    from harness.core.overrides import unknown_override
+
+    message = unknown_override(argv, config_dir(), config_name)
+    assert message == problem if problem is None else message.endswith(problem)

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 from harness.analysis import load_analysis_config, run_analysis
 from harness.core.conf import config_dir
 from harness.core.errors import ConfigError
+from harness.core.overrides import refuse_unknown_keys
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="analysis")
@@ -22,4 +23,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_unknown_keys(sys.argv[1:], "analysis")
     main()

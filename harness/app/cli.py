@@ -21,8 +21,16 @@ from backends.base import BackendUnavailable
 from harness.app.jobs import run_job
 from harness.core.conf import config_dir
 from harness.core.errors import ConfigError
+from harness.core.overrides import refuse_unknown_keys
 
 log = logging.getLogger("harness")
+
+
+def run() -> None:
+    """`python -m harness` and the `mprec` script: a typo in an override's key is answered with the closest
+    key before Hydra composes (its advice to append with '+' would mislead), then the Hydra app runs."""
+    refuse_unknown_keys(sys.argv[1:], "config")
+    main()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")

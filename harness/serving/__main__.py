@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig
 
 from harness.core.conf import config_dir
+from harness.core.overrides import refuse_unknown_keys
 from harness.serving.run import main_cli
 
 
@@ -19,4 +20,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    refuse_unknown_keys(sys.argv[1:], "serving")
     main()
