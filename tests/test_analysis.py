@@ -152,6 +152,17 @@ def test_a_partial_experiment_reports_what_is_missing(tmp_path):
     assert not row["ipu_gc200"] and row["cpu_here"]  # 2.2 GB fits 24 GB of RAM, not a 900 MB IPU
 
 
+def test_a_run_measured_again_after_an_interruption_is_not_reported_missing():
+    sizes = {64: (1.0, 64000)}
+    killed = record("table@cpu", status="KILLED", start=1, error="interrupted (Ctrl-C)")
+    rerun = record("table@cpu", sizes=sizes, start=2)
+    earlier_finished = record("dhe@cpu", sizes=sizes, start=1)
+    failed_after = record("dhe@cpu", status="FAILED", start=2, error="RuntimeError: boom")
+    missing = "\n".join(mp.missing_report(table_of(killed, rerun, earlier_finished, failed_after)))
+    assert "table@cpu" not in missing  # its KILLED run was redone: the rerun is what the analysis uses
+    assert "run dhe@cpu-2 is FAILED" in missing  # its latest attempt failed after the finished one
+
+
 def test_an_empty_experiment_yields_a_report_not_a_crash(tmp_path):
     out = write_analysis([], _config(tmp_path), tmp_path, {}, 24 * GB)
     assert out.missing == ["no runs of kind 'latency' in this experiment"]

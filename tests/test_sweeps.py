@@ -52,6 +52,40 @@ def test_fault_injection_sweep_then_resume_reruns_only_the_failed(run_harness, s
     assert sorted(r.data.params["seed"] for r in finished) == ["0", "1", "2", "3", "4", "5"]
 
 
+def test_ctrl_c_ends_the_job_and_the_sweep_killed_with_one_line_and_the_rerun_resumes(run_harness, store, tmp_path):
+    sweep = ["-m", *FAST, "seed=0,1"]
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *sweep, 'debug.fault="hang@1"',
+                             f"tracking.results_dir={tmp_path / 'results'}"], cwd=tmp_path, env=harness_env(store),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:  # job 1's worker hangs once its run has started
+        if proc.poll() is not None:
+            raise AssertionError(f"the sweep ended before the interrupt:\n{proc.communicate()[1][-3000:]}")
+        if any(r.data.params.get("seed") == "1" and r.info.status == "RUNNING" for r in _runs_if_any(store)):
+            break
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("interrupted:")]) == 1
+    runs = {r.data.params["seed"]: r for r in runs_of(store)}
+    assert runs["0"].info.status == "FINISHED"
+    assert runs["1"].info.status == "KILLED" and runs["1"].data.tags["error"].startswith("interrupted")
+    [parent] = runs_of(store, kind="sweep")
+    assert parent.info.status == "KILLED"  # not RUNNING forever
+
+    rerun = run_harness(*sweep, store_uri=store)  # the same command resumes
+    assert "1 finished, 1 skipped, 0 failed" in rerun.stderr
+
+
+def _runs_if_any(store: str):
+    try:
+        return runs_of(store)
+    except Exception:  # noqa: BLE001 - the experiment does not exist yet
+        return []
+
+
 def test_a_killed_in_process_run_is_marked_failed_when_resumed(run_harness, store):
     dead = run_harness(*FAST, "isolate=never", "debug.fault=kill", store_uri=store, check=False)
     assert dead.returncode == -signal.SIGKILL

@@ -208,9 +208,12 @@ def missing_report(runs: pd.DataFrame, errors: dict[str, str] | None = None) -> 
     """What the analysis could not use, in words: failed or unfinished runs, unrated paths, OOM sizes."""
     lines = []
     errors = errors or {}
+    finished = runs[runs["status"] == "FINISHED"].groupby(["workload", "path"])["start_time"].max().to_dict()
     for run_id, group in runs.groupby("run_id", sort=True):
         first = group.iloc[0]
-        if first["status"] != "FINISHED":
+        # A run that failed or was interrupted and then measured again is not missing: the rerun is used.
+        redone = finished.get((first["workload"], first["path"]), -1) > first["start_time"]
+        if first["status"] != "FINISHED" and not redone:
             reason = errors.get(run_id, "")
             lines.append(f"{first['path']} ({first['workload']}): run {run_id} is {first['status']}"
                          + (f": {reason}" if reason else ""))

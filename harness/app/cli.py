@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from backends.base import BackendUnavailable
+from harness.app.console import INTERRUPTED_EXIT, print_interrupted
 from harness.app.jobs import run_job
 from harness.core.conf import config_dir
 from harness.core.errors import ConfigError
@@ -30,7 +31,11 @@ def run() -> None:
     """`python -m harness` and the `mprec` script: a typo in an override's key is answered with the closest
     key before Hydra composes (its advice to append with '+' would mislead), then the Hydra app runs."""
     refuse_unknown_keys(sys.argv[1:], "config")
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # the job has ended its run KILLED (and a sweep its parent run)
+        print_interrupted()
+        sys.exit(INTERRUPTED_EXIT)
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")

@@ -3,6 +3,7 @@ summary (stderr). stdout carries results only (the summary table, the dry run's 
 
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -13,6 +14,15 @@ from rich.table import Table
 from harness.pipeline.plan import Plan
 from harness.pipeline.timing import QuerySizeResult
 from harness.tracking import tracking_uri
+
+INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
+
+
+def print_interrupted() -> None:
+    """The one line an interrupted command prints (no traceback: nothing went wrong)."""
+    print("interrupted: the measurement in progress is recorded as KILLED; run the same command again to "
+          "resume (finished paths are skipped)", file=sys.stderr)
+
 
 if TYPE_CHECKING:  # the run's stages import torch; the terminal never needs to
     from harness.pipeline.run import PathResult

@@ -82,6 +82,10 @@ def run_job(cfg: Any) -> dict[str, Any]:
     status = {"path": p.path, "run_key": p.run_key(), "overrides": _overrides(), "run_id": None, "error": None}
     try:
         status.update(_run(p, container, multirun))
+    except KeyboardInterrupt:
+        status.update(status="interrupted", error="interrupted (Ctrl-C)")
+        _write_status(status)
+        raise
     except Exception as exc:
         status.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         _write_status(status)
@@ -136,6 +140,9 @@ def _run(p: Plan, container: dict, multirun: bool) -> dict[str, Any]:
     run_id = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity()})
     try:
         print_path_summary(p, measure_path(p, run_id, progress=ladder_progress))
+    except KeyboardInterrupt:
+        store.kill(run_id)  # already KILLED by the recorder, unless Ctrl-C came before it started
+        raise
     except Exception as exc:  # the recorder has ended the run FAILED
         if not multirun:
             raise
@@ -156,7 +163,14 @@ def _run_isolated(p: Plan, container: dict, store: Store) -> dict[str, Any]:
     tail: deque[str] = deque(maxlen=60)
     relay = threading.Thread(target=_relay, args=(child.stderr, tail), daemon=True)
     relay.start()
-    timed_out = _wait(child, p.run.job_timeout_s)
+    try:
+        timed_out = _wait(child, p.run.job_timeout_s)
+    except KeyboardInterrupt:
+        # Ctrl-C reached the worker too (one process group): let it end its run KILLED, then make sure.
+        _stop(child)
+        relay.join(timeout=5)
+        store.kill(run_id)
+        raise
     relay.join(timeout=5)
 
     status = store.status(run_id)
@@ -190,11 +204,17 @@ def _wait(child: subprocess.Popen, timeout_s: float | None) -> bool:
         child.wait(timeout=timeout_s)
         return False
     except subprocess.TimeoutExpired:
-        child.terminate()
-        try:
-            child.wait(timeout=_KILL_GRACE_S)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        _stop(child, terminate=True)
         return True
+
+
+def _stop(child: subprocess.Popen, terminate: bool = False) -> None:
+    """Give the worker the grace period to end (after SIGTERM if `terminate`), then SIGKILL it."""
+    if terminate:
+        child.terminate()
+    try:
+        child.wait(timeout=_KILL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        child.kill()
+        child.wait()
 

@@ -16,6 +16,7 @@ an earlier one), with Hydra's public override parser.
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import sys
@@ -95,6 +96,8 @@ class SweepCallback(Callback):
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps(
             {"run_id": self.parent_run_id, "experiment_name": first.experiment_name, "uri": store.uri}))
         self.tracking, self.experiment_name = first.tracking, first.experiment_name
+        # An interrupted sweep never reaches on_multirun_end: its parent run is ended KILLED at exit instead.
+        atexit.register(self._kill_parent_if_running)
         print(f"sweep of {len(jobs)} jobs: MLflow parent run {self.parent_run_id} in experiment "
               f"'{first.experiment_name}'", file=sys.stderr)
 
@@ -117,6 +120,12 @@ class SweepCallback(Callback):
             self._serve(scenario)
         if counts["failed"]:
             sys.exit(1)
+
+    def _kill_parent_if_running(self) -> None:
+        try:
+            Store(self.tracking, self.experiment_name).kill(self.parent_run_id)
+        except Exception:  # noqa: BLE001 - at exit, a store that cannot be reached leaves nothing to do
+            pass
 
     def _tracking_overrides(self) -> list[str]:
         return [f"tracking.{k}={'null' if v is None else v}" for k, v in asdict(self.tracking).items()

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from harness.app.console import ladder_progress, print_path_summary
+from harness.app.console import INTERRUPTED_EXIT, ladder_progress, print_path_summary
 from harness.pipeline.plan import plan
 from harness.pipeline.run import measure_path
 
@@ -22,7 +22,10 @@ def main(argv: list[str]) -> int:
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     job = json.loads(Path(argv[0]).read_text())
     p = plan(job["config"])
-    print_path_summary(p, measure_path(p, job["run_id"], progress=ladder_progress))
+    try:
+        print_path_summary(p, measure_path(p, job["run_id"], progress=ladder_progress))
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the recorder has ended the run KILLED
+        return INTERRUPTED_EXIT
     return 0
 
 

@@ -4,8 +4,8 @@
     with RunRecorder(store, store.create_run("table-cpu", tags)) as rec:
         rec.log_params({...}); rec.log_metrics({"latency_p50_ms": 1.2}, step=64); rec.log_text(...)
 
-The run ends FINISHED when the body returns and FAILED, with the error as its `error` tag and the
-traceback as `error/traceback.txt`, when it raises. While open, a thread refreshes a heartbeat tag and the
+The run ends FINISHED when the body returns, FAILED, with the error as its `error` tag and the
+traceback as `error/traceback.txt`, when it raises, and KILLED when the user interrupts it (Ctrl-C). While open, a thread refreshes a heartbeat tag and the
 run names its process, so a run whose process was killed can be told from one still running.
 """
 
@@ -83,6 +83,8 @@ class RunRecorder:
         self._stop.set()
         if exc is None:
             self.store.finish(self.run_id)
+        elif isinstance(exc, KeyboardInterrupt):  # the user stopped it: KILLED, not a failure to explain
+            self.store.kill(self.run_id)
         else:
             self.store.fail(self.run_id, f"{exc_type.__name__}: {exc}",
                             "".join(traceback.format_exception(exc_type, exc, tb)))

@@ -23,6 +23,7 @@ DB_FILE = "mlflow.db"
 HEARTBEAT_TAG = "mprec.heartbeat"
 OWNER_TAG = "mprec.owner"
 HEARTBEAT_S = 30.0
+INTERRUPTED = "interrupted (Ctrl-C): run the same command again to resume"
 KIND_TAG = "mprec.kind"  # latency (a path's run), sweep (a sweep's parent), analysis, serving
 MAX_KEY = 250
 # Per-size metrics the analysis and serving read back (their histories, step = query size).
@@ -184,6 +185,12 @@ class Store:
                 self.client.log_text(run_id, details, "error/traceback.txt")
         finally:
             self.finish(run_id, "FAILED")
+
+    def kill(self, run_id: str, reason: str = INTERRUPTED) -> None:
+        """End a run KILLED (interrupted by the user), unless it has already ended."""
+        if self.status(run_id) == "RUNNING":
+            self.client.set_tag(run_id, "error", reason)
+            self.finish(run_id, "KILLED")
 
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> str:
         """A local copy of a run's artifact."""
