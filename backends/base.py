@@ -23,12 +23,8 @@ from typing import Any, ClassVar, Optional
 
 from omegaconf import MISSING
 
-from harness.core.errors import ConfigError
+from harness.core.errors import BackendUnavailable, ConfigError
 from harness.workload.device import DeviceCapabilities
-
-
-class BackendUnavailable(RuntimeError):
-    """The backend cannot run here; the message says what is missing and how to install it."""
 
 
 @dataclass

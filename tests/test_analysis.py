@@ -139,10 +139,16 @@ def _config(tmp_path) -> AnalysisConfig:
 def test_a_partial_experiment_reports_what_is_missing(tmp_path):
     records = [record("table@cpu", sizes={1: (0.5, 2000), 64: (2.0, 30_000)}, param_bytes=2.2 * GB),
                record("dhe@cuda", status="FAILED", error="BackendUnavailable: no GPU driver found"),
+               record("table@cuda", status="FAILED", error="BackendUnavailable: no GPU driver found"),
+               record("hybrid@cpu", status="FAILED", error="RuntimeError: injected fault"),
                record("tt@cpu", sizes={64: (1.0, 90_000)}, accuracy=None)]
-    out = write_analysis(records, _config(tmp_path), tmp_path, {"dhe@cuda-0": "BackendUnavailable: no GPU"}, 24 * GB)
+    errors = {r["run_id"]: r["tags"]["error"] for r in records if "error" in r["tags"]}
+    out = write_analysis(records, _config(tmp_path), tmp_path, errors, 24 * GB)
     missing = "\n".join(out.missing)
-    assert "dhe@cuda" in missing and "FAILED" in missing and "no GPU" in missing
+    # Paths whose backend is not on the machine are grouped apart from real failures, one line per reason.
+    assert ("could not run here: dhe@cuda (synthetic_kaggle x0.1), table@cuda (synthetic_kaggle x0.1): "
+            "no GPU driver found") in out.missing
+    assert "run hybrid@cpu-0 is FAILED: RuntimeError: injected fault" in missing and "cuda-0 is FAILED" not in missing
     assert "tt@cpu" in missing and "no measured quality" in missing
     for name in ("paths.csv", "mapping.csv", "mapping.md", "feasibility.csv"):
         assert (tmp_path / name).is_file()

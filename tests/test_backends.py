@@ -196,6 +196,15 @@ def test_a_sweep_over_backends_runs_what_is_here_and_records_what_is_not(run_har
     assert runs["tpu"].info.status == "FAILED" and "torch_xla is not installed" in runs["tpu"].data.tags["error"]
 
 
+def test_an_unavailable_backend_in_an_isolated_sweep_is_one_line_and_counted_apart(run_harness, store):
+    proc = run_harness("-m", "experiment=smoke", "+backend=cpu,ipu", "workload.query_sizes=[4]", store_uri=store,
+                       check=False)
+    assert proc.returncode == 1  # the sweep did not do everything it was asked
+    assert "Traceback" not in proc.stderr  # the worker says it in one line, as a single run does
+    assert len([line for line in proc.stderr.splitlines() if line.startswith("error: backend 'ipu'")]) == 1
+    assert "1 finished, 0 skipped, 0 failed, 1 could not run here" in proc.stderr
+
+
 def test_table_pooling_variants_agree():
     model, batch, expected = case("table", per_bag=3)
     configure_for(model, DeviceCapabilities(embedding_bag=False))  # an XLA device's: no embedding_bag

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from harness.core.errors import could_not_run_here
+
 COLUMNS = (
     "run_id", "status", "path", "representation", "backend", "device", "workload", "query_size",
     "p50_ms", "p90_ms", "p95_ms", "p99_ms", "samples_per_s", "feasible", "param_bytes", "flops_per_sample",
@@ -205,8 +207,10 @@ def regimes(table: pd.DataFrame, percentile: str = "p99") -> list[str]:
 
 
 def missing_report(runs: pd.DataFrame, errors: dict[str, str] | None = None) -> list[str]:
-    """What the analysis could not use, in words: failed or unfinished runs, unrated paths, OOM sizes."""
+    """What the analysis could not use, in words: failed or unfinished runs (paths whose backend was not
+    available grouped apart: "could not run here"), unrated paths, out-of-memory sizes."""
     lines = []
+    elsewhere: dict[str, set[str]] = {}  # why a backend could not run -> its paths
     errors = errors or {}
     finished = runs[runs["status"] == "FINISHED"].groupby(["workload", "path"])["start_time"].max().to_dict()
     for run_id, group in runs.groupby("run_id", sort=True):
@@ -215,8 +219,12 @@ def missing_report(runs: pd.DataFrame, errors: dict[str, str] | None = None) -> 
         redone = finished.get((first["workload"], first["path"]), -1) > first["start_time"]
         if first["status"] != "FINISHED" and not redone:
             reason = errors.get(run_id, "")
+            if could_not_run_here(reason):  # not a failure of the path: its backend is not on that machine
+                elsewhere.setdefault(reason.split(": ", 1)[1], set()).add(f"{first['path']} ({first['workload']})")
+                continue
             lines.append(f"{first['path']} ({first['workload']}): run {run_id} is {first['status']}"
                          + (f": {reason}" if reason else ""))
+    lines += [f"could not run here: {', '.join(sorted(paths))}: {why}" for why, paths in sorted(elsewhere.items())]
     done = latest_finished(runs)
     for (workload, path), group in done.groupby(["workload", "path"], sort=True):
         if group["accuracy"].isna().all():

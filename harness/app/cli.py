@@ -17,11 +17,10 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from backends.base import BackendUnavailable
 from harness.app.console import INTERRUPTED_EXIT, print_interrupted
 from harness.app.jobs import run_job
 from harness.core.conf import config_dir
-from harness.core.errors import ConfigError
+from harness.core.errors import BackendUnavailable, ConfigError
 from harness.core.overrides import refuse_unknown_keys
 
 log = logging.getLogger("harness")

@@ -83,11 +83,13 @@ def print_path_summary(p: Plan, result: PathResult) -> None:
 
 def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:
     """One row per job of a sweep (stderr): status, path, overrides, run, error."""
-    table = Table(title=f"sweep: {counts['finished']} finished, {counts['skipped']} skipped, "
-                        f"{counts['failed']} failed", title_justify="left")
+    title = f"sweep: {counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed"
+    if counts.get("unavailable"):
+        title += f", {counts['unavailable']} could not run here (backend not available)"
+    table = Table(title=title, title_justify="left")
     for column in ("status", "path", "overrides", "run", "error"):
         table.add_column(column)
-    style = {"finished": "green", "skipped": "blue", "failed": "red"}
+    style = {"finished": "green", "skipped": "blue", "failed": "red", "unavailable": "yellow"}
     for s in statuses:
         table.add_row(s["status"], s.get("path", ""), " ".join(s.get("overrides", [])), s.get("run_id") or "",
                       (s.get("error") or "")[:120], style=style.get(s["status"]))

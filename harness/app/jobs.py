@@ -30,6 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from harness.app.console import ladder_progress, print_path_summary
+from harness.core.errors import BackendUnavailable, could_not_run_here
 from harness.core.schema import container as plain_config
 from harness.pipeline.plan import Plan, plan
 from harness.tracking import OWNER_TAG, Store, is_stale
@@ -88,14 +89,23 @@ def run_job(cfg: Any) -> dict[str, Any]:
         raise
     except Exception as exc:
         status.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        _write_status(status)
         if not multirun:
+            _write_status(_classified(status))
             raise
-        log.error("job failed: %s", status["error"])
+    _write_status(_classified(status))
+    if status["status"] not in ("failed", "unavailable"):
         return status
-    _write_status(status)
-    if status["status"] == "failed" and not multirun:
-        raise RuntimeError(status["error"])
+    if not multirun:  # an isolated single run: the worker's failure, raised as the error it was
+        unavailable = status["status"] == "unavailable"
+        raise (BackendUnavailable(status["error"].split(": ", 1)[1]) if unavailable else RuntimeError(status["error"]))
+    log.error("job %s: %s", status["status"], status["error"])
+    return status
+
+
+def _classified(status: dict) -> dict:
+    """A failure because the backend is not on this machine is told apart from a real one."""
+    if status["status"] == "failed" and could_not_run_here(status["error"]):
+        status["status"] = "unavailable"
     return status
 
 

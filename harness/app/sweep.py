@@ -106,19 +106,19 @@ class SweepCallback(Callback):
         statuses = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob(STATUS_FILE))]
         if not statuses or all(s.get("status") == "dry_run" for s in statuses):
             return
-        counts = {k: sum(s["status"] == k for s in statuses) for k in ("finished", "skipped", "failed")}
+        counts = {k: sum(s["status"] == k for s in statuses) for k in ("finished", "skipped", "failed", "unavailable")}
         print_sweep_summary(statuses, counts)
         if self.parent_run_id:
             store = Store(self.tracking, self.experiment_name)
             store.set_tags(self.parent_run_id, {f"jobs_{k}": v for k, v in counts.items()})
             store.log_text(self.parent_run_id, json.dumps(statuses, indent=2), "sweep_summary.json")
-            store.finish(self.parent_run_id, "FAILED" if counts["failed"] else "FINISHED")
+            store.finish(self.parent_run_id, "FAILED" if counts["failed"] + counts["unavailable"] else "FINISHED")
         if self.experiment_name and OmegaConf.select(config, "analysis_after_sweep", default=False):
             self._analyse(config)
         scenario = OmegaConf.select(config, "serving_after_sweep", default=None)
         if self.experiment_name and scenario:
             self._serve(scenario)
-        if counts["failed"]:
+        if counts["failed"] or counts["unavailable"]:
             sys.exit(1)
 
     def _kill_parent_if_running(self) -> None:

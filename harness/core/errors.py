@@ -3,6 +3,19 @@
 from __future__ import annotations
 
 
+class BackendUnavailable(RuntimeError):
+    """The backend cannot run on this machine; the message says what is missing and how to install it.
+
+    A run that raises it is recorded FAILED with the error tag `BackendUnavailable: ...`; sweeps and the
+    analysis tell such "could not run here" runs apart from real failures (`could_not_run_here`).
+    """
+
+
+def could_not_run_here(error: str | None) -> bool:
+    """Whether a run's `error` tag says its backend was not available on the machine that ran it."""
+    return bool(error) and error.startswith(f"{BackendUnavailable.__name__}:")
+
+
 class ConfigError(ValueError):
     """A config value that cannot work; `key` is its dotted path, `message` what is wrong with it.
 
