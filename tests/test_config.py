@@ -97,7 +97,7 @@ def test_a_typo_in_a_key_is_answered_with_the_closest_key_before_hydras_advice(t
     ("analysis", ["targets=[1,10]"], "did you mean 'targets_ms'?"),
     ("serving", ["serving=mprec_headline", "live.enabld=true"], "did you mean 'live.enabled'?"),
     ("config", ["representation=hybrid", "representation.dhe.k=8", "backend.num_threads=2", "+model.depth=3",
-                "hydra.job.chdir=true", "experiment=smoke", "dataset.path=x"], None),
+                "hydra.job.chdir=true", "hydra/launcher=joblib", "experiment=smoke", "dataset.path=x"], None),
 ])
 def test_override_keys_are_checked_against_every_option_of_the_tree(config_name, argv, problem):
     from harness.core.conf import config_dir

@@ -79,9 +79,12 @@ def refuse_unknown_keys(argv: list[str], config_name: str) -> None:
 def unknown_override(argv: list[str], conf: Path, config_name: str) -> str | None:
     """A message for the first override of a key the tree does not have, or None if all are known.
 
-    Overrides that add (`+key`), delete (`~key`) or set Hydra's own keys are left to Hydra.
+    Overrides that add (`+key`), delete (`~key`), set Hydra's own keys or choose a group by its path are
+    left to Hydra.
     """
-    candidates = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra."))]
+    # Hydra's own keys and group paths (hydra/launcher=joblib) are Hydra's to check.
+    candidates = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra.", "hydra/"))
+                  and "/" not in a.split("=", 1)[0]]
     if not candidates:
         return None
     keys = None
