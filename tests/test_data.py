@@ -201,6 +201,37 @@ def test_max_ind_range_hashes_into_the_smaller_range(tmp_path):
     assert (ids[:, 0, 0] < 1000).all() and len(np.unique(ids[:, 2, 0])) > 50
 
 
+def test_files_that_are_not_criteo_text_are_refused_naming_the_file_in_printable_text(run_config, tmp_path):
+    from harness.core.errors import ConfigError
+
+    rows = _generated(tmp_path).read_bytes()
+    header_only = tmp_path / "header.csv"
+    header_only.write_bytes(rows.split(b"\n")[0] + b"\n")
+    truncated = tmp_path / "cut.gz"
+    truncated.write_bytes(gzip.compress(rows)[:2000])
+    binary = tmp_path / "random.bin"
+    binary.write_bytes(bytes(np.random.default_rng(0).integers(1, 256, 5000, dtype=np.uint8)) + b"\x00")
+    cases = {header_only: "a header line and no rows", truncated: "not a readable gzip file",
+             binary: "not a text file"}
+    for path, why in cases.items():
+        with pytest.raises(ConfigError) as info:  # when the config is checked, before any work
+            run_config("dataset=criteo_kaggle", f"dataset.path={path}")
+        message = str(info.value)
+        assert info.value.key == "dataset.path" and str(path) in message and why in message
+        assert message.isprintable()
+
+
+def test_a_gzip_cut_short_past_its_start_is_a_data_error_naming_the_file(tmp_path):
+    from harness.core.errors import DataError
+
+    rows = write_criteo_csv(tmp_path / "big.csv", 4000).read_bytes()
+    data = gzip.compress(rows)
+    path = tmp_path / "day_0.gz"
+    path.write_bytes(data[: int(len(data) * 0.7)])  # the start reads fine: the cut is found while reading
+    with pytest.raises(DataError, match=rf"{path.name}: cannot read past row \d+"):
+        _read(path)
+
+
 def test_missing_or_empty_file_fails_in_config_naming_the_path(run_config, tmp_path):
     from harness.core.errors import ConfigError
 

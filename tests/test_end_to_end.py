@@ -151,6 +151,23 @@ def test_training_logs_quality_and_weights_then_another_run_reuses_them(run_harn
     assert not torch.equal(model.sparse_arch.weight, build_model(model.spec, seed=0).sparse_arch.weight)
 
 
+def test_a_data_error_is_one_printable_line_in_the_terminal_and_the_run(run_harness, store, tmp_path):
+    from .conftest import write_criteo_csv
+
+    lines = write_criteo_csv(tmp_path / "sample.csv", rows=200).read_text().splitlines()
+    lines[7] = lines[7].replace(",", ",\x01\x7f", 1) + ",extra"  # line 8: control bytes and a column too many
+    path = tmp_path / "criteo.csv"
+    path.write_text("\n".join(lines) + "\n")
+    proc = run_harness(*SMOKE, "dataset=criteo_kaggle", f"dataset.path={path}", "dataset.strict=true",
+                       "train.steps=4", "train.batch_size=32", "train.eval_samples=16", store_uri=store, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert line == f"error: {path}:8: expected 40 columns, found 41"
+    [run] = _runs(store)
+    assert run.info.status == "FAILED" and run.data.tags["error"] == f"MalformedLine: {path}:8: expected 40 columns, found 41"
+    assert run.data.tags["error"].isprintable()
+
+
 def test_malformed_criteo_lines_are_logged_with_the_count(run_harness, store, tmp_path):
     from .conftest import write_criteo_csv
 

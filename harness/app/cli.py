@@ -18,9 +18,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness.app.console import INTERRUPTED_EXIT, print_interrupted
-from harness.app.jobs import run_job
+from harness.app.jobs import RunFailed, run_job
 from harness.core.conf import config_dir
-from harness.core.errors import BackendUnavailable, ConfigError
+from harness.core.errors import BackendUnavailable, ConfigError, DataError
 from harness.core.overrides import refuse_unknown_keys
 
 log = logging.getLogger("harness")
@@ -41,9 +41,12 @@ def run() -> None:
 def main(cfg: DictConfig):
     try:
         return run_job(cfg)
-    except (ConfigError, BackendUnavailable) as exc:
+    except (ConfigError, BackendUnavailable, DataError) as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the launcher records the failed job; the message is in its log
         # A single run: the message is the whole story, a traceback would only hide it.
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
+    except RunFailed as exc:  # the worker printed the details (a traceback where it was a bug)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -38,6 +38,10 @@ from harness.tracking.environment import process_identity
 
 log = logging.getLogger(__name__)
 
+class RunFailed(RuntimeError):
+    """An isolated single run's worker failed: its output said why, the run records it."""
+
+
 PARENT_RUN_FILE = "mlflow_parent_run.json"
 STATUS_FILE = "job_status.json"
 _KILL_GRACE_S = 10.0
@@ -95,9 +99,9 @@ def run_job(cfg: Any) -> dict[str, Any]:
     _write_status(_classified(status))
     if status["status"] not in ("failed", "unavailable"):
         return status
-    if not multirun:  # an isolated single run: the worker's failure, raised as the error it was
+    if not multirun:  # an isolated single run: the worker has printed why; the command fails in one line
         unavailable = status["status"] == "unavailable"
-        raise (BackendUnavailable(status["error"].split(": ", 1)[1]) if unavailable else RuntimeError(status["error"]))
+        raise (BackendUnavailable(status["error"].split(": ", 1)[1]) if unavailable else RunFailed(status["error"]))
     log.error("job %s: %s", status["status"], status["error"])
     return status
 

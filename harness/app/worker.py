@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from harness.app.console import INTERRUPTED_EXIT, ladder_progress, print_path_summary
-from harness.core.errors import BackendUnavailable, ConfigError
+from harness.core.errors import BackendUnavailable, ConfigError, DataError
 from harness.pipeline.plan import plan
 from harness.pipeline.run import measure_path
 
@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
         print_path_summary(p, measure_path(p, job["run_id"], progress=ladder_progress))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the recorder has ended the run KILLED
         return INTERRUPTED_EXIT
-    except (BackendUnavailable, ConfigError) as exc:  # recorded FAILED; the message is the whole story
+    except (BackendUnavailable, ConfigError, DataError) as exc:  # recorded FAILED; the message says it all
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0

@@ -3,6 +3,30 @@
 from __future__ import annotations
 
 
+def printable(text: str, limit: int = 500) -> str:
+    """`text` safe for a terminal and an MLflow tag: control characters and undecodable bytes escaped
+    (`\\x00`, `\\ufffd`), cut to `limit` characters.
+
+    >>> printable("bad\\x00row\\ufffd: é")
+    'bad\\\\x00row\\\\ufffd: é'
+    """
+    def safe(c: str) -> str:
+        if c.isprintable() and c != "\ufffd":
+            return c
+        return f"\\x{ord(c):02x}" if ord(c) < 256 else f"\\u{ord(c):04x}"
+
+    out = "".join(safe(c) for c in text)
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+class DataError(ValueError):
+    """A data file that cannot be read as asked: the message names the file (and the line, where known)
+    in printable text, whatever bytes the file holds."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(printable(message))
+
+
 class BackendUnavailable(RuntimeError):
     """The backend cannot run on this machine; the message says what is missing and how to install it.
 

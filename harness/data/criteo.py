@@ -31,6 +31,7 @@ from typing import Iterator
 
 import numpy as np
 
+from harness.core.errors import DataError
 from harness.data.synthetic import splitmix64
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,12 @@ for _i, _c in enumerate("0123456789abcdef"):
     _HEX[ord(_c.upper())] = _i
 
 
-class MalformedLine(ValueError):
+class MalformedLine(DataError):
     """A line that cannot be read (strict mode): the message names the file and line."""
 
 
-class EmptyInput(ValueError):
-    """The file is missing or holds no rows."""
+class EmptyInput(DataError):
+    """The file is missing, holds no rows, or is not text."""
 
 
 @dataclass
@@ -78,20 +79,43 @@ class FileFormat:
     header: bool
 
 
+SNIFF_BYTES = 1 << 16  # the start of a file read to tell its format (and that it is text at all)
+
+
 def detect_format(path: str | Path) -> FileFormat:
-    """gzip by magic bytes; a header when the first field is 'label'; comma if the first line has no tab."""
+    """gzip by magic bytes; a header when the first field is 'label'; comma if the first line has no tab.
+
+    A file that is not text (a NUL byte, or bytes that are not UTF-8, at its start), a truncated gzip
+    stream, and a file with a header but no row are refused here, naming the file, before any work.
+    """
     path = Path(path)
     if not path.is_file():
         raise EmptyInput(f"{path}: no such file")
     with open(path, "rb") as raw:
         is_gzip = raw.read(2) == b"\x1f\x8b"
     opener = gzip.open if is_gzip else open
-    with opener(path, "rb") as f:
-        first = f.readline()
+    try:
+        with opener(path, "rb") as f:
+            start = f.read(SNIFF_BYTES)
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile, a truncated stream
+        raise EmptyInput(f"{path}: not a readable gzip file ({exc})") from None
+    if b"\x00" in start:
+        raise EmptyInput(f"{path}: not a text file (a NUL byte at offset {start.index(0)}); Criteo data is "
+                         "TSV or CSV text, plain or gzip")
+    try:
+        start.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(start) - 4:  # not just a character cut at the end of the sample
+            raise EmptyInput(f"{path}: not a text file (byte 0x{start[exc.start]:02x} at offset {exc.start} is "
+                             "not UTF-8); Criteo data is TSV or CSV text, plain or gzip") from None
+    lines = start.split(b"\n", 2)
+    first = lines[0]
     if not first.strip():
         raise EmptyInput(f"{path}: empty file (no rows)")
     delimiter = "\t" if b"\t" in first else ","
     header = first.split(delimiter.encode())[0].strip().lower() == b"label"
+    if header and (len(lines) < 2 or not lines[1].strip()):
+        raise EmptyInput(f"{path}: a header line and no rows")
     return FileFormat(is_gzip, delimiter, header)
 
 
@@ -220,6 +244,9 @@ class CriteoReader:
                         yield chunk
         except pa.ArrowInvalid as exc:
             raise MalformedLine(strict_failure[0] if strict_failure else f"{self.path}: {exc}") from None
+        except OSError as exc:  # e.g. a gzip stream cut short after its start: rows read so far were used
+            raise DataError(f"{self.path}: cannot read past row {emitted + header_lines} ({exc}); a truncated "
+                            "or corrupt file?") from None
 
     def _line_of(self, emitted_index: np.ndarray, header_lines: int, skips: list[int]) -> np.ndarray:
         """File line numbers (1-based) of rows by their index among the rows pyarrow emitted."""

@@ -15,7 +15,7 @@ from typing import Iterator, List, Optional, Protocol
 import numpy as np
 from omegaconf import MISSING
 
-from harness.core.errors import ConfigError
+from harness.core.errors import ConfigError, DataError
 from harness.core.schema import typed
 from harness.core.spec import SHAPES, feature_names
 from harness.data.criteo import CriteoReader, EmptyInput, detect_format
@@ -206,7 +206,7 @@ class CriteoDataset:
                 produced = True
                 yield batch
             if not produced:
-                raise ValueError(f"{self.cfg.path}: fewer training rows than one batch of {batch_size}")
+                raise DataError(f"{self.cfg.path}: fewer training rows than one batch of {batch_size}")
             log.info("finished epoch %d over %s", epoch, self.cfg.path)
 
     def eval_set(self, samples: int) -> LabeledBatch:
@@ -217,7 +217,7 @@ class CriteoDataset:
             if have >= samples:
                 break
         if not parts:
-            raise ValueError(f"{self.cfg.path}: no test rows (every {self.cfg.test_every}th row is test)")
+            raise DataError(f"{self.cfg.path}: no test rows (every {self.cfg.test_every}th row is test)")
         return LabeledBatch(*(np.concatenate([getattr(p, f) for p in parts])[:samples]
                               for f in ("dense", "ids", "labels")))
 
@@ -246,7 +246,7 @@ class CriteoDataset:
         for batch in itertools.islice(source, batches):
             out.append((batch.dense, batch.ids))
         if not out:
-            raise ValueError(f"{self.cfg.path}: fewer rows than one query of {query_size}")
+            raise DataError(f"{self.cfg.path}: fewer rows than one query of {query_size}")
         return out
 
 

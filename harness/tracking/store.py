@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
+from harness.core.errors import printable
 from harness.core.schema import TrackingConfig
 from harness.tracking.environment import process_alive
 
@@ -178,9 +179,10 @@ class Store:
         self.client.set_terminated(run_id, status=status)
 
     def fail(self, run_id: str, message: str, details: str | None = None) -> None:
-        """End a run FAILED with `message` as its `error` tag (and `details` as error/traceback.txt)."""
+        """End a run FAILED with `message` as its `error` tag (and `details` as error/traceback.txt); the tag
+        holds printable text only, whatever bytes an error quoted."""
         try:
-            self.client.set_tag(run_id, "error", message[:5000])
+            self.client.set_tag(run_id, "error", printable(message, 5000))
             if details:
                 self.client.log_text(run_id, details, "error/traceback.txt")
         finally:
