@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -101,10 +102,25 @@ def test_a_path_without_quality_is_never_given_one():
     c = cell(mp.mapping(runs, SETTINGS), 64, 10)
     assert c["choice"] == "table@cpu" and "unrated (no quality): tt@cpu" in c["note"]
     assert runs.loc[runs["path"] == "tt@cpu", "accuracy"].isna().all()
+    # A workload where no path has a measured quality is ranked by throughput rather than choosing nothing.
     only_unrated = cell(mp.mapping(table_of(record("tt@cpu", sizes={64: (1.0, 9e4)}, accuracy=None)), SETTINGS), 64, 10)
-    assert not mp.chosen(only_unrated["choice"]) and "fastest unrated: tt@cpu" in only_unrated["note"]
+    assert only_unrated["choice"] == "tt@cpu" and only_unrated["basis"] == "throughput"
     by_throughput = mp.MappingSettings(targets_ms=(10,), percentile="p99", memory_headroom=0.1, rank_by="throughput")
     assert cell(mp.mapping(runs, by_throughput), 64, 10)["choice"] == "tt@cpu"
+
+
+def test_a_latency_only_experiment_is_ranked_by_throughput_and_says_so_once(tmp_path):
+    records = [record("table@cpu", sizes={1: (0.12, 8000), 4096: (30.0, 140_000)}, accuracy=None),
+               record("dhe@cpu", sizes={1: (0.5, 2000), 4096: (400.0, 10_000)}, accuracy=None)]
+    out = write_analysis(records, _config(tmp_path), tmp_path, {}, 24 * GB)
+    notices = [s for s in out.summary if "quality is not measured" in s]
+    assert len(notices) == 1 and "train.steps=2000" in notices[0]
+    assert "[synthetic_kaggle x0.1] p99 <= 1, 10 ms: table@cpu for query sizes 1;" in " ".join(out.summary)
+    assert "quality is not measured for synthetic_kaggle x0.1 " in notices[0]
+    assert not any("no measured quality" in m for m in out.missing)  # said once, in the summary
+    names = {p.name for p in out.figures}
+    assert "mapping_synthetic_kaggle_x0_1.png" in names and not any(n.startswith("pareto") for n in names)
+    assert "samples/s (quality not measured" in (tmp_path / "mapping.md").read_text()
 
 
 def test_quality_is_joined_from_the_same_representation_and_workload():
@@ -127,6 +143,10 @@ def test_regime_sentences_merge_query_size_ranges():
     sentences = mp.regimes(mp.mapping(runs, SETTINGS))
     assert "p99 <= 1 ms: table@cpu for query sizes 1-8; no path for query sizes 64-1024." in sentences[0]
     assert "p99 <= 10 ms: table@cpu for query sizes 1-8; dhe@gpu for query sizes 64-1024." in sentences[1]
+    merged = mp.regimes(mp.mapping(runs, replace(SETTINGS, targets_ms=(10, 25, 100))))  # same winners: one line
+    assert merged == ["[synthetic_kaggle x0.1] p99 <= 10 ms: table@cpu for query sizes 1-8; dhe@gpu for query sizes "
+                      "64-1024.", "[synthetic_kaggle x0.1] p99 <= 25, 100 ms: table@cpu for query sizes 1-64; dhe@gpu "
+                      "for query sizes 1024."]
 
 
 def _config(tmp_path) -> AnalysisConfig:

@@ -9,14 +9,15 @@ Rules (docs/analysis.md):
   chosen percentile meets the target;
 - the choice maximises correct-prediction throughput = accuracy x samples/s; a path without a measured
   quality is never given one: it is left out of the ranking and reported as unrated (or, with
-  rank_by="throughput", everything is ranked by samples/s and says so);
+  rank_by="throughput", everything is ranked by samples/s and says so). A workload where no path has a
+  measured quality (a latency-only sweep) is ranked by throughput, and the analysis says so once;
 - ties go to the lower latency, then the smaller model, then the path's name: deterministic.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -105,14 +106,36 @@ def choose(rows: pd.DataFrame, query_size: int, target_ms: float, settings: Mapp
     return cell
 
 
+def basis_for(rows: pd.DataFrame, settings: MappingSettings) -> MappingSettings:
+    """The rules a workload is ranked by: correct throughput needs accuracy, so a workload where no path has
+    a measured quality is ranked by throughput (samples/s) instead of choosing nothing."""
+    if settings.rank_by == "correct_throughput" and rows["accuracy"].isna().all():
+        return replace(settings, rank_by="throughput")
+    return settings
+
+
+def quality_notices(runs: pd.DataFrame, settings: MappingSettings) -> list[str]:
+    """One sentence naming the workloads ranked by throughput because no path of theirs has a measured
+    quality (none if every workload has one)."""
+    rows = latest_finished(runs)
+    unmeasured = [w for w, group in rows.groupby("workload", sort=True)
+                  if basis_for(group, settings).rank_by != settings.rank_by]
+    if not unmeasured:
+        return []
+    return [f"quality is not measured for {', '.join(unmeasured)} (no run trained: train.steps=0), so their "
+            "paths are ranked by throughput (samples/s) alone; train.steps > 0 measures accuracy, e.g. "
+            "python -m harness -m representation=table,dhe train.steps=2000"]
+
+
 def mapping(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
     """One row per (workload, query size, target): the chosen path, its score, the runner-up and margin."""
     rows = latest_finished(runs)
     cells = []
     for workload, group in rows.groupby("workload", sort=True):
+        rules = basis_for(group, settings)
         for q in sorted(group["query_size"].unique()):
             for target in settings.targets_ms:
-                cells.append({"workload": workload, **choose(group, int(q), float(target), settings)})
+                cells.append({"workload": workload, **choose(group, int(q), float(target), rules)})
     return pd.DataFrame(cells, columns=["workload", "query_size", "target_ms", "choice", "score", "latency_ms",
                                         "runner_up", "runner_up_score", "margin", "basis", "note"])
 
@@ -186,9 +209,11 @@ def _ranges(values: list[int]) -> str:
 
 
 def regimes(table: pd.DataFrame, percentile: str = "p99") -> list[str]:
-    """One sentence per workload and target: which path wins over which query sizes, runs merged."""
+    """One sentence per workload and target: which path wins over which query sizes, runs merged; targets
+    with the same winners share one sentence (`p99 <= 10, 25 ms: ...`)."""
     sentences = []
     for workload, group in table.groupby("workload", sort=True):
+        described_by_target: list[tuple[float, str]] = []
         for target, cells in group.groupby("target_ms", sort=True):
             cells = cells.sort_values("query_size")
             parts, current, sizes = [], None, []
@@ -202,7 +227,13 @@ def regimes(table: pd.DataFrame, percentile: str = "p99") -> list[str]:
             if sizes:
                 parts.append((current, sizes))
             described = "; ".join(f"{'no path' if w == 'none' else w} for query sizes {_ranges(s)}" for w, s in parts)
-            sentences.append(f"[{workload}] {percentile} <= {target:g} ms: {described}.")
+            if described_by_target and described_by_target[-1][1] == described:
+                described_by_target[-1] = (described_by_target[-1][0] + (target,), described)
+            else:
+                described_by_target.append(((target,), described))
+        for targets, described in described_by_target:
+            bounds = ", ".join(f"{t:g}" for t in targets)
+            sentences.append(f"[{workload}] {percentile} <= {bounds} ms: {described}.")
     return sentences
 
 
@@ -226,8 +257,9 @@ def missing_report(runs: pd.DataFrame, errors: dict[str, str] | None = None) -> 
                          + (f": {reason}" if reason else ""))
     lines += [f"could not run here: {', '.join(sorted(paths))}: {why}" for why, paths in sorted(elsewhere.items())]
     done = latest_finished(runs)
+    unmeasured = {w for w, g in done.groupby("workload") if g["accuracy"].isna().all()}  # said once, elsewhere
     for (workload, path), group in done.groupby(["workload", "path"], sort=True):
-        if group["accuracy"].isna().all():
+        if group["accuracy"].isna().all() and workload not in unmeasured:
             lines.append(f"{path} ({workload}): no measured quality (train.steps > 0 measures it)")
         oom = sorted(int(q) for q in group.loc[group["feasible"] <= 0, "query_size"])
         if oom:

@@ -29,9 +29,11 @@ def _mapping_markdown(table: pd.DataFrame, percentile: str) -> str:
     lines = []
     for workload, cells in table.groupby("workload", sort=True):
         targets = sorted(cells["target_ms"].unique())
+        score = ("samples/s (quality not measured: ranked by throughput)" if (cells["basis"] == "throughput").all()
+                 else "correct predictions/s (accuracy x samples/s)")
         lines += [f"## {workload}", "",
                   f"Chosen path per query size (rows) and {percentile} latency target (columns), with its "
-                  "correct predictions/s (accuracy x samples/s), the runner-up and the margin.", "",
+                  f"{score}, the runner-up and the margin.", "",
                   "| query size | " + " | ".join(f"<= {t:g} ms" for t in targets) + " |",
                   "|---" * (len(targets) + 1) + "|"]
         for q, row in cells.groupby("query_size", sort=True):
@@ -59,7 +61,7 @@ def write_analysis(records: list[dict], config: AnalysisConfig, folder: Path, er
     paths = mp.paths_table(runs, settings) if records else pd.DataFrame()
     devices = {name: (cap if cap else ram_bytes) for name, cap in config.devices.items()}
     feasibility = mp.feasibility_matrix(paths, devices, settings.memory_headroom) if len(paths) else pd.DataFrame()
-    summary = mp.regimes(table, settings.percentile) if len(table) else []
+    summary = (mp.quality_notices(runs, settings) + mp.regimes(table, settings.percentile)) if len(table) else []
     missing = mp.missing_report(runs, errors) if records else ["no runs of kind 'latency' in this experiment"]
     paths.to_csv(folder / "paths.csv", index=False)
     table.to_csv(folder / "mapping.csv", index=False)
@@ -76,9 +78,10 @@ def write_analysis(records: list[dict], config: AnalysisConfig, folder: Path, er
         for workload in sorted(done["workload"].unique()):
             figures.append(plots.latency_vs_query_size(done, workload, settings.percentile, folder))
             figures.append(plots.mapping_heatmap(table, workload, settings.percentile, folder))
-            rated = paths[paths["workload"] == workload]
-            front = mp.pareto_front(rated.fillna({"accuracy": float("nan")}), "peak_correct_throughput", "accuracy")
-            figures.append(plots.pareto(paths, front, workload, folder))
+            rated = paths[(paths["workload"] == workload) & paths["accuracy"].notna()]
+            if len(rated):  # accuracy against correct throughput: nothing to draw without a measured quality
+                front = mp.pareto_front(rated, "peak_correct_throughput", "accuracy")
+                figures.append(plots.pareto(paths, front, workload, folder))
         for device in sorted(done["device"].dropna().unique()):
             out = plots.roofline(done, device, folder)
             if out:
