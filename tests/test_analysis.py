@@ -123,6 +123,19 @@ def test_a_latency_only_experiment_is_ranked_by_throughput_and_says_so_once(tmp_
     assert "samples/s (quality not measured" in (tmp_path / "mapping.md").read_text()
 
 
+def test_a_model_measured_twice_under_two_names_is_ranked_once_and_said_so():
+    table = record("table@cpu", sizes={64: (1.0, 60_000)})
+    tt = record("tt@cpu", sizes={64: (0.9, 65_000)})  # faster by noise: the same model
+    tt["tags"]["same_model_as"] = "table"
+    runs = table_of(table, tt)
+    c = cell(mp.mapping(runs, SETTINGS), 64, 10)
+    assert c["choice"] == "table@cpu" and not mp.chosen(c["runner_up"])
+    assert ("tt@cpu (synthetic_kaggle x0.1): exactly the table@cpu model at this scale (tag same_model_as): left "
+            "out of the mapping") in mp.missing_report(runs)
+    alone = cell(mp.mapping(table_of(tt), SETTINGS), 64, 10)  # without its twin measured, it is a path like any
+    assert alone["choice"] == "tt@cpu"
+
+
 def test_quality_is_joined_from_the_same_representation_and_workload():
     runs = table_of(record("dhe@cpu", sizes={64: (9.0, 5000)}, accuracy=0.81, start=1),
                     record("dhe@gpu", sizes={64: (1.0, 90_000)}, accuracy=None, start=2),

@@ -151,6 +151,22 @@ def test_training_logs_quality_and_weights_then_another_run_reuses_them(run_harn
     assert not torch.equal(model.sparse_arch.weight, build_model(model.spec, seed=0).sparse_arch.weight)
 
 
+def test_a_tt_run_that_keeps_every_table_plain_says_so_and_records_it(run_harness, store):
+    proc = run_harness(*SMOKE, "representation=tt", store_uri=store)  # scale 0.0001: every table < min_rows
+    assert ("note: tt@cpu is exactly the table model at dataset.scale=0.0001: its largest table has 1,014 rows, "
+            "below representation.min_rows=100,000") in proc.stdout
+    [run] = _runs(store)
+    assert run.data.tags["tt_tables"] == "0 of 26" and run.data.tags["same_model_as"] == "table"
+
+
+def test_tt_at_full_scale_keeps_its_large_tables_in_tt_form():
+    from harness.core.conf import compose
+    from harness.pipeline.plan import plan
+
+    p = plan(compose(["+backend=cpu", "representation=tt", "dataset.scale=1.0"]))
+    assert p.run_tags()["tt_tables"] == "7 of 26" and "same_model_as" not in p.run_tags() and p.notes() == []
+
+
 def test_a_data_error_is_one_printable_line_in_the_terminal_and_the_run(run_harness, store, tmp_path):
     from .conftest import write_criteo_csv
 

@@ -53,6 +53,20 @@ def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
     return done[done["start_time"] == latest].copy()
 
 
+def twins(rows: pd.DataFrame) -> pd.Series:
+    """For each row, the path whose model it exactly is (tag `same_model_as`), where that path was measured
+    in the same workload on the same backend; else None. Such a row is the same model measured twice: its
+    latency differs from its twin's by noise only, so the mapping must not rank it as another path."""
+    if "same_model_as" not in rows or rows["same_model_as"].isna().all():
+        return pd.Series([None] * len(rows), index=rows.index, dtype=object)
+    measured = set(zip(rows["workload"], rows["path"]))
+    out = []
+    for _, r in rows.iterrows():
+        twin = f"{r['same_model_as']}@{r['backend']}" if isinstance(r["same_model_as"], str) else None
+        out.append(twin if twin and (r["workload"], twin) in measured else None)
+    return pd.Series(out, index=rows.index, dtype=object)
+
+
 def fits(row, headroom: float) -> bool:
     capacity = row["device_memory_bytes"]
     return bool(capacity and not math.isnan(capacity) and row["param_bytes"] <= capacity * (1.0 - headroom))
@@ -130,6 +144,7 @@ def quality_notices(runs: pd.DataFrame, settings: MappingSettings) -> list[str]:
 def mapping(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
     """One row per (workload, query size, target): the chosen path, its score, the runner-up and margin."""
     rows = latest_finished(runs)
+    rows = rows[twins(rows).isna()]  # a model measured twice under two names is ranked once
     cells = []
     for workload, group in rows.groupby("workload", sort=True):
         rules = basis_for(group, settings)
@@ -161,6 +176,7 @@ def paths_table(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
             "workload": workload, "path": path, "representation": first["representation"],
             "backend": first["backend"], "device": first["device"], "run_id": first["run_id"],
             "accuracy": first["accuracy"], "param_bytes": first["param_bytes"],
+            "same_model_as": first.get("same_model_as"),
             "device_memory_bytes": first["device_memory_bytes"], "fits": fits(first, settings.memory_headroom),
         }
         largest = group.sort_values("query_size").iloc[-1]
@@ -257,6 +273,10 @@ def missing_report(runs: pd.DataFrame, errors: dict[str, str] | None = None) -> 
                          + (f": {reason}" if reason else ""))
     lines += [f"could not run here: {', '.join(sorted(paths))}: {why}" for why, paths in sorted(elsewhere.items())]
     done = latest_finished(runs)
+    for (workload, path, twin), _ in done.assign(twin=twins(done)).dropna(subset=["twin"]).groupby(
+            ["workload", "path", "twin"], sort=True):
+        lines.append(f"{path} ({workload}): exactly the {twin} model at this scale (tag same_model_as): left out "
+                     "of the mapping")
     unmeasured = {w for w, g in done.groupby("workload") if g["accuracy"].isna().all()}  # said once, elsewhere
     for (workload, path), group in done.groupby(["workload", "path"], sort=True):
         if group["accuracy"].isna().all() and workload not in unmeasured:

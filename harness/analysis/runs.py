@@ -33,6 +33,7 @@ def tidy(records: list[dict]) -> pd.DataFrame:
             "device_copy_gbps": metrics.get("device_copy_gbps", np.nan),
             "accuracy": metrics.get("accuracy", np.nan), "start_time": rec["start_time"],
             "quality_key": tags.get("quality_key"),
+            "same_model_as": tags.get("same_model_as"),  # e.g. tt with no table in TT form: the table model
         }
         per_size = rec["per_size"]
         sizes = sorted(set().union(*[set(v) for v in per_size.values()])) if per_size else []
@@ -45,7 +46,7 @@ def tidy(records: list[dict]) -> pd.DataFrame:
                          "p95_ms": get("latency_p95_ms"), "p99_ms": get("latency_p99_ms"),
                          "samples_per_s": get("samples_per_s"), "feasible": get("feasible")})
     frame = pd.DataFrame(rows)
-    for column in (*COLUMNS, "quality_key"):
+    for column in (*COLUMNS, "quality_key", "same_model_as"):
         if column not in frame:
             frame[column] = np.nan
     return frame

@@ -79,6 +79,8 @@ def print_path_summary(p: Plan, result: PathResult) -> None:
         result.results,
         footer=f"MLflow run {result.run_id} in experiment '{run.experiment_name}' at {tracking_uri(run.tracking)}",
     )
+    for note in p.notes():
+        print(f"note: {note}")
 
 
 def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:

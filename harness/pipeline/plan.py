@@ -19,7 +19,8 @@ from harness.pipeline.config import load_config, resolved_backend, workload_spec
 from harness.tracking.environment import git_revision
 from harness.tracking.store import KIND_TAG
 from harness.workload.cost import PathCost, path_cost
-from harness.workload.representations import label
+from harness.workload.representations import label, same_model_as
+from harness.workload.representations import run_tags as representation_tags
 
 
 @dataclass
@@ -60,7 +61,17 @@ class Plan:
         }
         if run.tracking.parent_run_id:
             tags["mlflow.parentRunId"] = run.tracking.parent_run_id
-        return tags
+        return {**tags, **representation_tags(self.spec)}
+
+    def notes(self) -> list[str]:
+        """What a user must know about what was measured (said with the summary, and recorded as tags)."""
+        twin = same_model_as(self.spec)
+        if not twin:
+            return []
+        name, why = twin
+        return [f"{self.path} is exactly the {name} model at dataset.scale={self.run.dataset.scale}: {why} "
+                f"(tag same_model_as={name}; the analysis leaves it out of the mapping where "
+                f"{name}@{self.adapter.name} was measured)"]
 
     def fits(self, query_size: int) -> bool | None:
         if self.capacity_bytes is None:

@@ -9,6 +9,9 @@ A representation is a package under this folder whose `__init__` is torch-free a
 - `feature_vectors(spec) -> int`: how many vectors it feeds to the dot interaction (tables: one per feature).
 - `cost(spec) -> EmbeddingCost`: analytic parameter bytes, FLOPs and bytes read per sample.
 - `build(spec) -> torch.nn.Module`: the torch module (imports torch lazily), mapping ids [B, T, L] -> [B, V, D].
+- optional `run_tags(spec) -> dict` (what was built, recorded as tags) and `same_model_as(spec)` ->
+  (representation, why) or None: the representation whose model this spec's model exactly is (TT with no
+  table in TT form is `table`).
 
 Adding one is a new package here, one line in `REGISTRY` and one YAML (docs/adding-a-representation.md).
 The torch-free split keeps `dry_run=true` fast: planning a run never imports torch.
@@ -108,6 +111,22 @@ def typed_config(node: dict | None) -> Any:
     except KeyError as exc:
         raise ConfigError("representation.name", str(exc.args[0])) from None
     return typed(module.Config, node, "representation")
+
+
+def same_model_as(spec) -> tuple[str, str] | None:
+    """(representation, why) when this spec's model is exactly another representation's model (the
+    representation's optional `same_model_as`), else None."""
+    return getattr(get(spec.representation.name), "same_model_as", lambda s: None)(spec)
+
+
+def run_tags(spec) -> dict[str, str]:
+    """Tags that say what the representation built for this spec (its optional `run_tags`), and
+    `same_model_as` when the model is exactly another representation's."""
+    tags = dict(getattr(get(spec.representation.name), "run_tags", lambda s: {})(spec))
+    twin = same_model_as(spec)
+    if twin:
+        tags["same_model_as"] = twin[0]
+    return tags
 
 
 def check_spec(spec) -> None:

@@ -124,6 +124,23 @@ def factorizations(spec) -> list[TTFactorization]:
     return [TTFactorization.of(spec.table_rows[t], spec.embedding_dim, cfg.cores, cfg.rank) for t in tt]
 
 
+def run_tags(spec) -> dict[str, str]:
+    """How many tables are in TT form: small tables stay plain (below `min_rows`), and at a small scale
+    that can be all of them."""
+    tt, _ = split_tables(spec)
+    return {"tt_tables": f"{len(tt)} of {spec.num_tables}"}
+
+
+def same_model_as(spec) -> tuple[str, str] | None:
+    """(`table`, why) when no table reaches `min_rows`: the model built is then exactly the table model."""
+    tt, _ = split_tables(spec)
+    if tt:
+        return None
+    largest = max(spec.table_rows)
+    return "table", (f"its largest table has {largest:,} rows, below representation.min_rows="
+                     f"{spec.representation.min_rows:,}, so every table stays plain")
+
+
 def feature_vectors(spec) -> int:
     return spec.num_tables
 
