@@ -56,6 +56,23 @@ def test_a_run_is_recorded_with_metrics_tags_and_artifacts(run_harness, store, t
     assert "experiment: null" not in open(f"{local}/config/resolved.yaml").read()
 
 
+def test_the_first_run_says_what_was_timed_and_where_it_went_and_a_rerun_shows_it_again(run_harness, store):
+    first = run_harness(*SMOKE, store_uri=store).stdout.splitlines()
+    assert first[0].startswith("timed: inference of DLRM (synthetic_kaggle, scale 0.0001: 26 embedding features")
+    assert "a sample is one user-item pair (13 dense features, one id per feature)" in first[0]
+    assert any(line.startswith("n: timed calls; CV: their standard deviation / mean") for line in first)
+    [run] = _runs(store)
+    [look] = [line for line in first if "look at it:" in line]
+    assert look.strip().startswith(f"look at it: mlflow ui --backend-store-uri {store}")  # whole, not wrapped
+    assert f"recorded: MLflow run {run.info.run_id} (table-cpu-synthetic_kaggle) in experiment 'mprec'" in first
+
+    again = run_harness(*SMOKE, store_uri=store)
+    said = (again.stdout + again.stderr).count("skipped table@cpu")
+    assert said == 1 and again.stdout.startswith(f"skipped table@cpu: already measured in run {run.info.run_id}")
+    table = [line for line in first if line.startswith("│")]
+    assert table and table == [line for line in again.stdout.splitlines() if line.startswith("│")]  # the same figures
+
+
 def test_multirun_sweep_records_one_run_per_job_in_one_experiment(run_harness, store, tmp_path):
     # isolate=never: the jobs share this process (tests/test_sweeps.py covers isolated jobs).
     run_harness("-m", *SMOKE, "dataset.scale=0.0001,0.0002", "experiment_name=sweep", "isolate=never",

@@ -1,5 +1,6 @@
-"""Terminal output: a progress bar over the ladder (stderr), a path's summary table (stdout), a sweep's
-summary (stderr). stdout carries results only (the summary table, the dry run's JSON)."""
+"""Terminal output: a progress bar over the ladder (stderr), a path's summary (stdout: what was timed, a
+table per query size, notes, where the run went and how to look at it), a sweep's summary (stderr).
+stdout carries results only (the summaries, the dry run's JSON)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from rich.table import Table
 
 from harness.pipeline.plan import Plan
 from harness.pipeline.timing import QuerySizeResult
-from harness.tracking import tracking_uri
+from harness.tracking import Store
 
 INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
 
@@ -47,40 +48,93 @@ def ladder_progress(label: str, total: int) -> Iterator:
         yield advance
 
 
-def summary_table(title: str, results: Sequence[QuerySizeResult]) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in ("query size", "p50 ms", "p99 ms", "mean ms", "CV", "samples/s", "first call ms", "n"):
-        table.add_column(column, justify="right")
-    for r in results:
-        if not r.feasible:
-            table.add_row(str(r.query_size), "infeasible", "", "", "", "", "", "", style="red")
+# A path's summary: one row per query size, short headers (the table fits 80 columns) and LEGEND below.
+COLUMNS = ("query size", "p50 ms", "p99 ms", "mean ms", "CV", "samples/s", "first call ms", "n")
+LEGEND = ("n: timed calls; CV: their standard deviation / mean (how much to trust the percentiles); first call: "
+          "compilation and cold caches, timed apart and left out of the other columns")
+SizeRow = dict  # query_size, feasible and, when feasible, the figures of COLUMNS
+
+
+def rows_of(results: Sequence[QuerySizeResult]) -> list[SizeRow]:
+    return [{"query_size": r.query_size, "feasible": r.feasible} if not r.feasible else
+            {"query_size": r.query_size, "feasible": True, "p50_ms": r.stats.p50_ms, "p99_ms": r.stats.p99_ms,
+             "mean_ms": r.stats.mean_ms, "cv": r.stats.cv, "samples_per_s": r.stats.samples_per_s,
+             "first_call_ms": r.first_call_s * 1e3, "n": r.stats.n} for r in results]
+
+
+def rows_recorded(per_size: dict[str, dict[int, float]]) -> list[SizeRow]:
+    """The same rows from a recorded run's per-size metrics (a skipped job shows what was measured)."""
+    keys = {"p50_ms": "latency_p50_ms", "p99_ms": "latency_p99_ms", "mean_ms": "latency_mean_ms",
+            "cv": "latency_cv", "samples_per_s": "samples_per_s", "first_call_ms": "first_call_ms",
+            "n": "iterations"}
+    rows = []
+    for q in sorted(per_size.get("feasible", {})):
+        if not per_size["feasible"][q]:
+            rows.append({"query_size": q, "feasible": False})
             continue
-        s = r.stats
+        rows.append({"query_size": q, "feasible": True, **{k: per_size.get(m, {}).get(q, float("nan"))
+                                                            for k, m in keys.items()}})
+    return rows
+
+
+def summary_table(title: str, rows: Sequence[SizeRow]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for column in COLUMNS:
+        table.add_column(column, justify="right")
+    for r in rows:
+        if not r["feasible"]:
+            table.add_row(str(r["query_size"]), "out of memory", "", "", "", "", "", "", style="red")
+            continue
         table.add_row(
-            str(r.query_size), f"{s.p50_ms:.3f}", f"{s.p99_ms:.3f}", f"{s.mean_ms:.3f}", f"{s.cv:.2f}",
-            f"{s.samples_per_s:,.0f}", f"{r.first_call_s * 1e3:.2f}", str(s.n),
+            str(r["query_size"]), f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}",
+            f"{r['cv']:.2f}", f"{r['samples_per_s']:,.0f}", f"{r['first_call_ms']:.2f}", f"{int(r['n'])}",
         )
     return table
 
 
-def print_summary(title: str, results: Sequence[QuerySizeResult], footer: str = "") -> None:
-    console = Console()
-    console.print(summary_table(title, results))
-    if footer:
-        console.print(footer)
+def what_was_timed(p: Plan, device: str) -> str:
+    """One line: the model, the representation, the device, and what a sample and a query are."""
+    spec, run = p.spec, p.run
+    ids = "one id" if spec.ids_per_lookup == 1 else f"{spec.ids_per_lookup} ids"
+    return (f"timed: inference of DLRM ({run.dataset.name}, scale {run.dataset.scale}: {spec.num_tables} "
+            f"embedding features, {p.cost.param_bytes / 2**20:,.1f} MiB of parameters) with {p.path.split('@')[0]} "
+            f"embeddings on {device} ({p.adapter.name}); a sample is one user-item pair ({spec.num_dense} dense "
+            f"features, {ids} per feature), a query is `query size` samples in one call")
+
+
+def where_it_went(run_name: str, run_id: str, experiment: str, uri: str, artifact_uri: str | None) -> list[str]:
+    """Lines that say where a run is and how to look at it (printed unwrapped: URIs stay whole)."""
+    lines = [f"recorded: MLflow run {run_id} ({run_name}) in experiment '{experiment}'", f"  store: {uri}"]
+    if artifact_uri:
+        lines.append(f"  artifacts: {artifact_uri.removeprefix('file://')}")
+    if uri.startswith("sqlite:///"):
+        lines.append(f"  look at it: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
+    elif uri.startswith("http"):
+        lines.append(f"  look at it: open {uri} in a browser")
+    return lines
 
 
 def print_path_summary(p: Plan, result: PathResult) -> None:
-    """The summary of one measured path, with where its MLflow run is."""
-    run = p.run
-    print_summary(
-        f"{p.path} on {result.device.name} ({run.dataset.name}, scale {run.dataset.scale}, "
-        f"{p.cost.param_bytes / 2**20:,.1f} MiB parameters)",
-        result.results,
-        footer=f"MLflow run {result.run_id} in experiment '{run.experiment_name}' at {tracking_uri(run.tracking)}",
-    )
+    """The summary of one measured path: what was timed, the table, any note, and where the run is."""
+    store = Store(p.run.tracking, p.run.experiment_name)
+    _print_summary(p, result.device.name, rows_of(result.results), result.run_id, store)
+
+
+def print_recorded_summary(p: Plan, run_id: str, store: Store) -> None:
+    """The summary of a path measured before (a skipped job): what its recorded run holds."""
+    run = store.get(run_id)
+    device = run.data.tags.get("device_name", p.adapter.name)
+    _print_summary(p, device, rows_recorded(store.size_metrics(run_id)), run_id, store)
+
+
+def _print_summary(p: Plan, device: str, rows: list[SizeRow], run_id: str, store: Store) -> None:
+    print(what_was_timed(p, device))
+    Console().print(summary_table(f"{p.path}: latency per query", rows))
+    print(LEGEND)
     for note in p.notes():
         print(f"note: {note}")
+    artifact_uri = store.get(run_id).info.artifact_uri
+    print("\n".join(where_it_went(p.run_name, run_id, p.run.experiment_name, store.uri, artifact_uri)))
 
 
 def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from harness.app.console import ladder_progress, print_path_summary
+from harness.app.console import ladder_progress, print_path_summary, print_recorded_summary
 from harness.core.errors import BackendUnavailable, could_not_run_here
 from harness.core.schema import container as plain_config
 from harness.pipeline.plan import Plan, plan
@@ -137,9 +137,9 @@ def _run(p: Plan, container: dict, multirun: bool) -> dict[str, Any]:
     if not run.force:
         done = store.find({"run_key": key}, ("FINISHED",))
         if done:
-            log.info("skipped %s: run key %s already has FINISHED run %s (force=true reruns it)",
-                     p.path, key, done[0].info.run_id)
-            print(f"skipped {p.path}: already measured in run {done[0].info.run_id} (run key {key})")
+            print(f"skipped {p.path}: already measured in run {done[0].info.run_id} with this config (run key "
+                  f"{key}); force=true measures it again. What it recorded:")
+            print_recorded_summary(p, done[0].info.run_id, store)
             return {"status": "skipped", "run_id": done[0].info.run_id}
     for stale in (r for r in store.find({"run_key": key}, ("RUNNING",)) if is_stale(r)):
         store.fail(stale.info.run_id, "stale: the process that owned this run ended without closing it "

@@ -230,6 +230,13 @@ class Store:
         """The newest FINISHED run carrying all `tags` (not `other_than`), or None."""
         return next((r for r in self.find(tags) if r.info.run_id != other_than), None)
 
+    def size_metrics(self, run_id: str, keys: tuple[str, ...] | None = None) -> dict[str, dict[int, float]]:
+        """A run's per-query-size metrics (their histories, step = query size): key -> {size: value}."""
+        run = self.get(run_id)
+        wanted = keys or tuple(run.data.metrics)
+        return {key: {m.step: m.value for m in self.client.get_metric_history(run_id, key)}
+                for key in wanted if key in run.data.metrics}
+
     def load_runs(self, kind: str = "latency", parent_run_id: str | None = None) -> list[dict]:
         """Plain records of the experiment's runs of one kind: status, tags, params, latest metrics, and
         the per-query-size metrics (their histories, step = query size). [] if there is no experiment."""
@@ -237,7 +244,7 @@ class Store:
         records = []
         for r in self._search(tag_filter(tags)):
             per_size = {key: {m.step: m.value for m in self.client.get_metric_history(r.info.run_id, key)}
-                        for key in PER_SIZE_METRICS if key in r.data.metrics}
+                        for key in PER_SIZE_METRICS if key in r.data.metrics}  # one search, no get_run per run
             records.append({"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
                             "tags": dict(r.data.tags), "params": dict(r.data.params),
                             "metrics": dict(r.data.metrics), "per_size": per_size})
