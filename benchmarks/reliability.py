@@ -20,7 +20,7 @@ from pathlib import Path
 
 from benchmarks.common import write_report
 
-SMOKE = ["+backend=cpu", "experiment=smoke", "workload.query_sizes=[4]"]
+SMOKE = ["+backend=cpu", "experiment=smoke", "experiment_name=mprec", "workload.query_sizes=[4]"]
 
 
 def harness(args: list[str], store: str, folder: Path) -> subprocess.CompletedProcess:

@@ -22,7 +22,7 @@ MLFLOW_TRACKING_URI="sqlite:///$tmp/mlflow.db" "$venv/bin/python" -m harness +ba
     representation=dhe "workload.query_sizes=[1,64]" "tracking.results_dir=$tmp/results"
 MLFLOW_TRACKING_URI="sqlite:///$tmp/mlflow.db" "$venv/bin/python" - <<'PY'
 import mlflow
-[run] = mlflow.search_runs(experiment_names=["mprec"], output_format="list")
+[run] = mlflow.search_runs(experiment_names=["smoke"], output_format="list")
 m = run.data.metrics
 print(f"tpu run {run.info.status}: p50 {m['latency_p50_ms']:.3f} ms at the last size, "
       f"steady-state recompilations {m.get('xla_steady_compiles')}, fallback ops {m.get('xla_fallback_ops')}")

@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 # Seconds-long timing for end-to-end runs: tiny tables, two sizes.
-SMOKE = ["+backend=cpu", "experiment=smoke"]
+# (experiment=smoke records into experiment 'smoke'; the tests read theirs back from 'mprec')
+SMOKE = ["+backend=cpu", "experiment=smoke", "experiment_name=mprec"]
 
 
 def write_criteo_csv(path: Path, rows: int, seed: int = 0) -> Path:

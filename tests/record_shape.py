@@ -19,7 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-# name -> overrides of `python -m harness` (each with +backend=cpu experiment=smoke and its own results dir)
+# name -> overrides of `python -m harness` (each with +backend=cpu experiment=smoke experiment_name=mprec
+# and its own results dir)
 CASES: dict[str, list[str]] = {
     "table": ["measure.device_peaks=true", "measure.peaks_scale=0.01"],
     "dhe_cache_trained": ["representation=dhe", "representation.k=16", "representation.decoder=[16,8]",
@@ -69,7 +70,8 @@ def record(case: str, folder: Path, env: dict | None = None) -> dict:
 
     store = f"sqlite:///{folder / 'mlflow.db'}"
     environ = {**(env or os.environ), "MLFLOW_TRACKING_URI": store, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, "-m", "harness", "+backend=cpu", "experiment=smoke", *CASES[case],
+    subprocess.run([sys.executable, "-m", "harness", "+backend=cpu", "experiment=smoke", "experiment_name=mprec",
+                    *CASES[case],
                     f"tracking.results_dir={folder / 'results'}"], cwd=folder, env=environ,
                    capture_output=True, text=True, timeout=600)
     client = MlflowClient(store)

@@ -177,7 +177,7 @@ def test_a_failed_ipu_compile_is_the_error_the_run_reports(run_config, monkeypat
 
 
 def test_unavailable_backend_records_a_failed_run_naming_the_install(run_harness, store):
-    proc = run_harness("experiment=smoke", "+backend=ipu", store_uri=store, check=False)
+    proc = run_harness("experiment=smoke", "experiment_name=mprec", "+backend=ipu", store_uri=store, check=False)
     assert proc.returncode == 2 and "Poplar SDK" in proc.stderr
     mlflow.set_tracking_uri(store)
     [run] = mlflow.search_runs(experiment_names=["mprec"], output_format="list")
@@ -186,7 +186,7 @@ def test_unavailable_backend_records_a_failed_run_naming_the_install(run_harness
 
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (pip install -e '.[tf]')")
 def test_a_sweep_over_backends_runs_what_is_here_and_records_what_is_not(run_harness, store):
-    proc = run_harness("-m", "experiment=smoke", "+backend=tf,tpu", "workload.query_sizes=[4]", "isolate=never",
+    proc = run_harness("-m", "experiment=smoke", "experiment_name=mprec", "+backend=tf,tpu", "workload.query_sizes=[4]", "isolate=never",
                        store_uri=store, check=False)
     assert proc.returncode == 1  # one job failed; the sweep went on
     mlflow.set_tracking_uri(store)
@@ -197,7 +197,7 @@ def test_a_sweep_over_backends_runs_what_is_here_and_records_what_is_not(run_har
 
 
 def test_an_unavailable_backend_in_an_isolated_sweep_is_one_line_and_counted_apart(run_harness, store):
-    proc = run_harness("-m", "experiment=smoke", "+backend=cpu,ipu", "workload.query_sizes=[4]", store_uri=store,
+    proc = run_harness("-m", "experiment=smoke", "experiment_name=mprec", "+backend=cpu,ipu", "workload.query_sizes=[4]", store_uri=store,
                        check=False)
     assert proc.returncode == 1  # the sweep did not do everything it was asked
     assert "Traceback" not in proc.stderr  # the worker says it in one line, as a single run does

@@ -161,7 +161,7 @@ def test_a_cached_run_logs_size_hit_rates_and_speedup(run_harness, store):
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    run_harness("+backend=cpu", "experiment=smoke", "representation=dhe", "representation.cache.rows=256",
+    run_harness("+backend=cpu", "experiment=smoke", "experiment_name=mprec", "representation=dhe", "representation.cache.rows=256",
                 "dataset.scale=0.001", "workload.query_sizes=[1,64]", store_uri=store)
     mlflow.set_tracking_uri(store)
     [run] = mlflow.search_runs(experiment_names=["mprec"], output_format="list")

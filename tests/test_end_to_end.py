@@ -73,6 +73,11 @@ def test_the_first_run_says_what_was_timed_and_where_it_went_and_a_rerun_shows_i
     assert table and table == [line for line in again.stdout.splitlines() if line.startswith("│")]  # the same figures
 
 
+def test_a_smoke_run_lands_in_its_own_experiment(run_harness, store):
+    run_harness("+backend=cpu", "experiment=smoke", store_uri=store)
+    assert len(_runs(store, "smoke")) == 1 and not _runs(store, "mprec")  # path comparisons stay clean
+
+
 def test_multirun_sweep_records_one_run_per_job_in_one_experiment(run_harness, store, tmp_path):
     # isolate=never: the jobs share this process (tests/test_sweeps.py covers isolated jobs).
     run_harness("-m", *SMOKE, "dataset.scale=0.0001,0.0002", "experiment_name=sweep", "isolate=never",

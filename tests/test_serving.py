@@ -118,7 +118,7 @@ def test_quantile_files(tmp_path):
 
 
 def _measure(run_harness, store, *args):
-    run_harness("-m", "+backend=cpu", "experiment=smoke", "representation=table,dhe", "dataset.scale=0.001",
+    run_harness("-m", "+backend=cpu", "experiment=smoke", "experiment_name=mprec", "representation=table,dhe", "dataset.scale=0.001",
                 "workload.query_sizes=[1,32,256]", "isolate=never", "train.steps=10", "train.eval_every=10",
                 "train.eval_samples=256", *args, store_uri=store)
 
