@@ -89,11 +89,14 @@ def test_multirun_sweep_records_one_run_per_job_in_one_experiment(run_harness, s
 
     # The sweep ended by writing its analysis, logged as a run of its own...
     folder = tmp_path / "results" / "sweep" / "analysis"
-    assert {"paths.csv", "mapping.csv", "mapping.md", "feasibility.csv"} <= {p.name for p in folder.iterdir()}
+    assert {"paths.csv", "mapping.csv", "mapping.md", "feasibility.csv", "report.html"} <= {
+        p.name for p in folder.iterdir()}
     assert any(p.suffix == ".png" for p in folder.iterdir())
     analyses = [r for r in mlflow.search_runs(experiment_names=["sweep"], output_format="list")
                 if r.data.tags.get("mprec.kind") == "analysis"]
     assert len(analyses) == 1
+    logged = {a.path for a in MlflowClient(store).list_artifacts(analyses[0].info.run_id)}
+    assert "report.html" in logged  # MLflow's artifact view renders it
     # ...and `python -m harness.analysis` redoes it from MLflow alone.
     (folder / "mapping.md").unlink()
     proc = subprocess.run([sys.executable, "-m", "harness.analysis", "experiment_name=sweep",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.analysis import html, plots
 from harness.analysis import mapping as mp
-from harness.analysis import plots
 from harness.analysis.config import AnalysisConfig
 from harness.analysis.runs import join_quality, tidy
 
@@ -22,6 +22,7 @@ class Analysis:
     summary: list[str]
     missing: list[str]
     figures: list[Path]
+    report: Path | None = None  # report.html: everything above in one self-contained page
     run_id: str | None = None
 
 
@@ -86,4 +87,9 @@ def write_analysis(records: list[dict], config: AnalysisConfig, folder: Path, er
             out = plots.roofline(done, device, folder)
             if out:
                 figures.append(out)
-    return Analysis(folder, paths, table, feasibility, summary, missing, figures)
+    basis = ("samples/s (quality not measured)" if len(table) and (table["basis"] == "throughput").all() else
+             "correct predictions per second (accuracy x samples/s)" + (
+                 "; samples/s where quality is not measured" if len(table) and (table["basis"] == "throughput").any()
+                 else ""))
+    report_page = html.write_report(folder, config.experiment_name, summary, missing, table, paths, figures, basis)
+    return Analysis(folder, paths, table, feasibility, summary, missing, figures, report_page)

@@ -51,13 +51,21 @@ def mapping_heatmap(table: pd.DataFrame, workload: str, percentile: str, folder:
     choices = sorted({c for c in cells["choice"] if chosen(c)})
     code = {c: i + 1 for i, c in enumerate(choices)}
     grid = np.zeros((len(sizes), len(targets)))
-    fig, ax = plt.subplots(figsize=(1.2 * len(targets) + 3, 0.5 * len(sizes) + 2))
+    fig, ax = plt.subplots(figsize=(1.2 * len(targets) + 5, 0.5 * len(sizes) + 2))
     for _, c in cells.iterrows():
         i, j = sizes.index(c["query_size"]), targets.index(c["target_ms"])
         grid[i, j] = code.get(c["choice"], 0) if chosen(c["choice"]) else 0
         ax.text(j, i, c["choice"] if chosen(c["choice"]) else "-", ha="center", va="center", fontsize=7)
-    cmap = plt.get_cmap("tab10", max(2, len(choices) + 1))
-    ax.imshow(grid, cmap=cmap, vmin=0, vmax=max(1, len(choices)), aspect="auto")
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    # Grey where no path meets the target, then one colour per chosen path, named in the legend.
+    colours = ["#dddddd", *plt.get_cmap("tab10").colors[: max(1, len(choices))]]
+    cmap = ListedColormap(colours)
+    ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(colours) - 0.5, aspect="auto")
+    handles = [Patch(color=colours[0], label="none meets the target")] + [
+        Patch(color=colours[code[c]], label=c) for c in choices]
+    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_xticks(range(len(targets)), [f"{t:g}" for t in targets])
     ax.set_yticks(range(len(sizes)), [str(int(q)) for q in sizes])
     ax.set(xlabel=f"{percentile} latency target (ms)", ylabel="query size",
@@ -74,11 +82,18 @@ def pareto(paths: pd.DataFrame, front: pd.Series, workload: str, folder: Path) -
     fig, ax = plt.subplots(figsize=(7, 4.5))
     rated = paths[(paths["workload"] == workload) & paths["accuracy"].notna()]
     ax.scatter(rated["peak_correct_throughput"], rated["accuracy"], color="tab:blue")
-    for _, r in rated.iterrows():
-        ax.annotate(r["path"], (r["peak_correct_throughput"], r["accuracy"]), fontsize=8, xytext=(4, 4),
-                    textcoords="offset points")
+    # Labels of neighbouring points alternate above and below, so close paths (table, tt) stay readable.
+    for i, (_, r) in enumerate(rated.sort_values("peak_correct_throughput").iterrows()):
+        ax.annotate(r["path"], (r["peak_correct_throughput"], r["accuracy"]), fontsize=8,
+                    xytext=(4, 6 if i % 2 == 0 else -12), textcoords="offset points")
+    # An honest accuracy axis: at least 2 accuracy points tall, so a 0.05-point difference (noise for a
+    # few thousand held-out samples) does not fill the plot's height.
+    low, high = rated["accuracy"].min(), rated["accuracy"].max()
+    middle, half = (low + high) / 2, max((high - low) / 2 * 1.2, 0.01)
+    ax.set_ylim(middle - half, middle + half)
     on_front = rated[front.reindex(rated.index, fill_value=False)].sort_values("peak_correct_throughput")
-    ax.plot(on_front["peak_correct_throughput"], on_front["accuracy"], color="tab:red", label="Pareto front")
+    ax.plot(on_front["peak_correct_throughput"], on_front["accuracy"], color="tab:red", marker="o", markersize=10,
+            markerfacecolor="none", label="Pareto front")
     ax.set(xscale="log", xlabel="peak correct predictions / s (accuracy x samples/s)", ylabel="accuracy",
            title=f"accuracy vs correct-prediction throughput, {workload}")
     ax.grid(True, alpha=0.3)
