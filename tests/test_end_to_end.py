@@ -63,8 +63,12 @@ def test_the_first_run_says_what_was_timed_and_where_it_went_and_a_rerun_shows_i
     assert any(line.startswith("n: timed calls; CV: their standard deviation / mean") for line in first)
     [run] = _runs(store)
     [look] = [line for line in first if "look at it:" in line]
-    assert look.strip().startswith(f"look at it: mlflow ui --backend-store-uri {store}")  # whole, not wrapped
-    assert f"recorded: MLflow run {run.info.run_id} (table-cpu-synthetic_kaggle) in experiment 'mprec'" in first
+    assert look.strip() == f"look at it: mlflow ui --backend-store-uri {store}"  # whole, not wrapped
+    experiment_id = mlflow.get_experiment_by_name("mprec").experiment_id
+    assert (f"then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            in first[first.index(look) + 1])
+    assert (f"recorded: MLflow run {run.info.run_id} (table@cpu synthetic_kaggle x0.0001 q1-64) in experiment "
+            "'mprec'") in first
 
     again = run_harness(*SMOKE, store_uri=store)
     said = (again.stdout + again.stderr).count("skipped table@cpu")
@@ -92,11 +96,20 @@ def test_multirun_sweep_records_one_run_per_job_in_one_experiment(run_harness, s
     assert {"paths.csv", "mapping.csv", "mapping.md", "feasibility.csv", "report.html"} <= {
         p.name for p in folder.iterdir()}
     assert any(p.suffix == ".png" for p in folder.iterdir())
-    analyses = [r for r in mlflow.search_runs(experiment_names=["sweep"], output_format="list")
+    # ...in the experiment's studies, beside its path runs rather than among them...
+    assert not [r for r in mlflow.search_runs(experiment_names=["sweep"], output_format="list")
                 if r.data.tags.get("mprec.kind") == "analysis"]
-    assert len(analyses) == 1
-    logged = {a.path for a in MlflowClient(store).list_artifacts(analyses[0].info.run_id)}
-    assert "report.html" in logged  # MLflow's artifact view renders it
+    [analysis] = mlflow.search_runs(experiment_names=["sweep-studies"], output_format="list")
+    assert analysis.data.tags["mprec.kind"] == "analysis" and analysis.info.run_name == "analysis of sweep"
+    client = MlflowClient(store)
+    assert "report.html" in {a.path for a in client.list_artifacts(analysis.info.run_id)}  # MLflow renders it
+    # ...and on the sweep's own run, one click from its row: latency vs query size on log axes, the report.
+    [parent] = [r for r in mlflow.search_runs(experiment_names=["sweep"], output_format="list")
+                if r.data.tags.get("mprec.kind") == "sweep"]
+    on_parent = {a.path for a in client.list_artifacts(parent.info.run_id, "analysis")}
+    assert {"analysis/report.html", "analysis/latency_synthetic_kaggle_x0_0001.png"} <= on_parent
+    assert {r.info.run_name for r in runs} == {"table@cpu synthetic_kaggle x0.0001 q1-64",
+                                               "table@cpu synthetic_kaggle x0.0002 q1-64"}  # told apart
     # ...and `python -m harness.analysis` redoes it from MLflow alone.
     (folder / "mapping.md").unlink()
     proc = subprocess.run([sys.executable, "-m", "harness.analysis", "experiment_name=sweep",

@@ -149,7 +149,7 @@ def test_serving_cli_writes_the_policy_table_plot_and_an_mlflow_run(run_harness,
     profiles = json.loads((folder / "profiles.json").read_text())["paths"]
     assert {p["path"] for p in profiles} >= {"table@cpu", "dhe@cpu", "table@gpu-scaled", "dhe@gpu-scaled"}
     mlflow.set_tracking_uri(store)
-    [run] = [r for r in mlflow.search_runs(experiment_names=["mprec"], output_format="list")
+    [run] = [r for r in mlflow.search_runs(experiment_names=["mprec-studies"], output_format="list")
              if r.data.tags.get("mprec.kind") == "serving"]
     assert run.data.metrics["ratio"] > 0 and run.data.metrics["mprec.max_qps"] > 0
 

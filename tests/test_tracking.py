@@ -25,6 +25,12 @@ def test_a_search_finds_tag_values_with_quotes_exactly(tracking):
         experiment.find({"note": "both ' and \""})
 
 
+def test_an_experiment_opens_on_its_training_runs_in_mlflows_ui(tracking):
+    experiment = Store(tracking, "kind")
+    tags = experiment.client.get_experiment(experiment.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # not the GenAI trace overview
+
+
 def test_a_study_reading_runs_creates_no_experiment(tracking):
     reader = Store(tracking, "nothing here", create=False)
     assert not reader.exists and reader.load_runs() == [] and reader.find({"run_key": "x"}) == []

@@ -19,7 +19,7 @@ from harness.analysis.config import AnalysisConfig
 from harness.analysis.output import Analysis, write_analysis
 from harness.core.host import host_memory_bytes
 from harness.core.schema import container, typed
-from harness.tracking import Store
+from harness.tracking import Store, studies_experiment
 
 __all__ = ["Analysis", "AnalysisConfig", "load_analysis_config", "run_analysis"]
 
@@ -37,7 +37,8 @@ def run_analysis(config: AnalysisConfig, quiet: bool = False) -> Analysis:
     analysis = write_analysis(records, config, folder, errors, float(host_memory_bytes()))
     if config.log_to_mlflow and records:
         tags = {"parent_run_id": config.parent_run_id} if config.parent_run_id else {}
-        analysis.run_id = store.record_files("analysis", "analysis", folder, tags)
+        studies = Store(config.tracking, studies_experiment(config.experiment_name))
+        analysis.run_id = studies.record_files("analysis", f"analysis of {config.experiment_name}", folder, tags)
     if not quiet:
         print_analysis(analysis, config)
     return analysis
@@ -50,5 +51,7 @@ def print_analysis(analysis: Analysis, config: AnalysisConfig) -> None:
         console.print(f"  {escape(sentence)}")
     for line in analysis.missing:
         console.print(f"  [yellow]missing:[/yellow] {escape(line)}")
+    console.print(f"  report: {analysis.report}")
     if analysis.run_id:
-        console.print(f"  logged as MLflow run {analysis.run_id}")
+        console.print(f"  logged as MLflow run {analysis.run_id} in experiment "
+                      f"'{studies_experiment(config.experiment_name)}'")

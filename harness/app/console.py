@@ -102,15 +102,23 @@ def what_was_timed(p: Plan, device: str) -> str:
             f"features, {ids} per feature), a query is `query size` samples in one call")
 
 
-def where_it_went(run_name: str, run_id: str, experiment: str, uri: str, artifact_uri: str | None) -> list[str]:
+def experiment_page(server: str, experiment_id: str) -> str:
+    """The MLflow UI's page of an experiment's runs. `workflowType=machine_learning` opens MLflow 3's
+    training view (its default is the GenAI trace overview, where a path's runs do not show)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+
+
+def where_it_went(run_name: str, run_id: str, experiment: str, experiment_id: str, uri: str,
+                  artifact_uri: str | None) -> list[str]:
     """Lines that say where a run is and how to look at it (printed unwrapped: URIs stay whole)."""
     lines = [f"recorded: MLflow run {run_id} ({run_name}) in experiment '{experiment}'", f"  store: {uri}"]
     if artifact_uri:
         lines.append(f"  artifacts: {artifact_uri.removeprefix('file://')}")
     if uri.startswith("sqlite:///"):
-        lines.append(f"  look at it: mlflow ui --backend-store-uri {uri}   (then open http://127.0.0.1:5000)")
+        lines.append(f"  look at it: mlflow ui --backend-store-uri {uri}")
+        lines.append(f"    then open {experiment_page('http://127.0.0.1:5000', experiment_id)}")
     elif uri.startswith("http"):
-        lines.append(f"  look at it: open {uri} in a browser")
+        lines.append(f"  look at it: open {experiment_page(uri, experiment_id)}")
     return lines
 
 
@@ -134,7 +142,8 @@ def _print_summary(p: Plan, device: str, rows: list[SizeRow], run_id: str, store
     for note in p.notes():
         print(f"note: {note}")
     artifact_uri = store.get(run_id).info.artifact_uri
-    print("\n".join(where_it_went(p.run_name, run_id, p.run.experiment_name, store.uri, artifact_uri)))
+    print("\n".join(where_it_went(p.run_name, run_id, p.run.experiment_name, store.experiment_id, store.uri,
+                                 artifact_uri)))
 
 
 def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:

@@ -148,7 +148,11 @@ class SweepCallback(Callback):
 
         overrides = [f"experiment_name={self.experiment_name}", *self._tracking_overrides()]
         try:
-            run_analysis(load_analysis_config(compose(overrides, config_name="analysis")))
+            analysis = run_analysis(load_analysis_config(compose(overrides, config_name="analysis")))
+            if self.parent_run_id:  # one click from the sweep's row in the UI: latency vs query size on log
+                # axes, the mapping, the whole report (MLflow's artifact view shows PNG and HTML)
+                Store(self.tracking, self.experiment_name).log_artifacts(self.parent_run_id, analysis.folder,
+                                                                         "analysis")
         except Exception as exc:  # noqa: BLE001 - the sweep's results are recorded; the analysis can be redone
             print(f"analysis failed ({type(exc).__name__}: {exc}); redo it with "
                   f"python -m harness.analysis experiment_name={self.experiment_name}", file=sys.stderr)

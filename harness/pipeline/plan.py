@@ -39,7 +39,10 @@ class Plan:
 
     @property
     def run_name(self) -> str:
-        return f"{self.path.replace('@', '-')}-{self.run.dataset.name}"
+        """What the MLflow UI lists: the path and its workload, e.g. `table@cpu synthetic_kaggle x0.01 q1-4096`."""
+        sizes = self.run.workload.query_sizes
+        q = f"q{min(sizes)}" if len(sizes) == 1 else f"q{min(sizes)}-{max(sizes)}"
+        return f"{self.path} {self.run.dataset.name} x{self.run.dataset.scale:g} {q}"
 
     def run_key(self) -> str:
         return run_key(self.run.as_dict())

@@ -15,7 +15,7 @@ from harness.core.schema import container, typed
 from harness.serving import profiles as prof
 from harness.serving.config import ServingConfig
 from harness.serving.study import plot, run_study, scaled_profiles
-from harness.tracking import Store
+from harness.tracking import Store, studies_experiment
 
 
 def load_serving_config(cfg) -> ServingConfig:
@@ -87,9 +87,9 @@ def run_serving(cfg: ServingConfig, quiet: bool = False) -> dict:
         tags = {"target_ms": cfg.target_ms, "percentile": cfg.percentile, "live": cfg.live.enabled}
         if live is not None:
             tags["live_validity"] = live.get("live_validity", "?")
-        if not store.exists:  # profiles from files only: the study still gets its experiment
-            store = Store(cfg.tracking, cfg.experiment_name)
-        run_id = store.record_files("serving", "serving", folder, tags, study_metrics(study, live))
+        studies = Store(cfg.tracking, studies_experiment(cfg.experiment_name))
+        run_id = studies.record_files("serving", f"serving study of {cfg.experiment_name}", folder, tags,
+                                      study_metrics(study, live))
     if not quiet:
         print(markdown(cfg, study, live))
     return {"headline": study.headline, "table": study.table, "live": live, "folder": folder, "run_id": run_id}

@@ -26,6 +26,14 @@ OWNER_TAG = "mprec.owner"
 HEARTBEAT_S = 30.0
 INTERRUPTED = "interrupted (Ctrl-C): run the same command again to resume"
 KIND_TAG = "mprec.kind"  # latency (a path's run), sweep (a sweep's parent), analysis, serving
+# MLflow 3's UI opens an experiment of this kind on its training runs (not the GenAI trace overview).
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def studies_experiment(name: str) -> str:
+    """Where the studies of experiment `name` (analysis, serving) are recorded: beside it, not among its
+    path runs, whose comparisons their files and metrics would clutter in the MLflow UI."""
+    return f"{name}-studies"
 MAX_KEY = 250
 # Per-size metrics the analysis and serving read back (their histories, step = query size).
 PER_SIZE_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "samples_per_s",
@@ -149,7 +157,7 @@ class Store:
         if existing is not None:
             return existing
         try:
-            return self.client.create_experiment(self.experiment_name,
+            return self.client.create_experiment(self.experiment_name, tags=EXPERIMENT_KIND,
                                                  artifact_location=artifact_location(self.uri, self.config))
         except MlflowException:
             existing = self._existing_experiment()  # another job created it between lookup and create
@@ -193,6 +201,9 @@ class Store:
         if self.status(run_id) == "RUNNING":
             self.client.set_tag(run_id, "error", reason)
             self.finish(run_id, "KILLED")
+
+    def log_artifacts(self, run_id: str, folder: Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(run_id, str(folder), artifact_path)
 
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> str:
         """A local copy of a run's artifact."""
