@@ -3,8 +3,8 @@
 - **Before any job starts**: compose and validate every job's config (the same checks a job does), so a
   bad value in job 17 of 40 stops the sweep before job 1 runs; create the experiment once (parallel jobs
   on SQLite would race to create it) and one MLflow *parent run*, whose id the jobs read from
-  `<sweep dir>/mlflow_parent_run.json` and record as `mlflow.parentRunId`: the UI shows the sweep as one
-  expandable row.
+  `<sweep dir>/mlflow_parent_run.json` and record as tag `mprec.sweep` (not MLflow's nesting, whose
+  collapsed rows hide the paths from the UI's charts; "Group by" that tag groups a sweep's jobs).
 - **After the last job**: read every job's `job_status.json`, print finished / skipped / failed jobs
   with their overrides, record the summary on the parent run, and exit non-zero if any job failed.
 

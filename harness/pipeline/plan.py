@@ -17,7 +17,7 @@ from harness.core.schema import RunConfig
 from harness.core.spec import WorkloadSpec
 from harness.pipeline.config import load_config, resolved_backend, workload_spec
 from harness.tracking.environment import git_revision
-from harness.tracking.store import KIND_TAG
+from harness.tracking.store import KIND_TAG, SWEEP_TAG
 from harness.workload.cost import PathCost, path_cost
 from harness.workload.representations import label, same_model_as
 from harness.workload.representations import run_tags as representation_tags
@@ -63,7 +63,7 @@ class Plan:
             KIND_TAG: "latency",
         }
         if run.tracking.parent_run_id:
-            tags["mlflow.parentRunId"] = run.tracking.parent_run_id
+            tags[SWEEP_TAG] = run.tracking.parent_run_id
         return {**tags, **representation_tags(self.spec)}
 
     def notes(self) -> list[str]:

@@ -7,6 +7,15 @@
 """
 
 from harness.tracking.recorder import RunRecorder
-from harness.tracking.store import KIND_TAG, OWNER_TAG, Store, is_stale, studies_experiment, tracking_uri
+from harness.tracking.store import (
+                                    KIND_TAG,
+                                    OWNER_TAG,
+                                    SWEEP_TAG,
+                                    Store,
+                                    is_stale,
+                                    studies_experiment,
+                                    tracking_uri,
+)
 
-__all__ = ["KIND_TAG", "OWNER_TAG", "RunRecorder", "Store", "is_stale", "studies_experiment", "tracking_uri"]
+__all__ = ["KIND_TAG", "OWNER_TAG", "SWEEP_TAG", "RunRecorder", "Store", "is_stale", "studies_experiment",
+           "tracking_uri"]

@@ -26,6 +26,9 @@ OWNER_TAG = "mprec.owner"
 HEARTBEAT_S = 30.0
 INTERRUPTED = "interrupted (Ctrl-C): run the same command again to resume"
 KIND_TAG = "mprec.kind"  # latency (a path's run), sweep (a sweep's parent), analysis, serving
+# A sweep's jobs name its run with this tag rather than MLflow's mlflow.parentRunId: nested runs start
+# collapsed under their parent in MLflow's UI, which then charts no path until each sweep is expanded.
+SWEEP_TAG = "mprec.sweep"
 # MLflow 3's UI opens an experiment of this kind on its training runs (not the GenAI trace overview).
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
@@ -251,7 +254,7 @@ class Store:
     def load_runs(self, kind: str = "latency", parent_run_id: str | None = None) -> list[dict]:
         """Plain records of the experiment's runs of one kind: status, tags, params, latest metrics, and
         the per-query-size metrics (their histories, step = query size). [] if there is no experiment."""
-        tags = {KIND_TAG: kind, **({"mlflow.parentRunId": parent_run_id} if parent_run_id else {})}
+        tags = {KIND_TAG: kind, **({SWEEP_TAG: parent_run_id} if parent_run_id else {})}
         records = []
         for r in self._search(tag_filter(tags)):
             per_size = {key: {m.step: m.value for m in self.client.get_metric_history(r.info.run_id, key)}
