@@ -1,5 +1,5 @@
-"""Look at the MLflow UI as a user does, in headless Chromium: screenshots of an experiment's runs and of
-its sweep run's analysis (latency against query size on log axes, the report), and the page's console
+"""Look at the MLflow UI as a user does, in headless Chromium: screenshots of an experiment's runs (list
+and charts) and of its sweep run's analysis (latency against query size on log axes, the report), and the page's console
 errors. A check by eye of what README's "Comparing paths in the MLflow UI" promises.
 
     pip install playwright                       # its Python API only: the browser is Debian's chromium
@@ -35,6 +35,9 @@ def main(server: str, experiment: str, out: Path) -> int:
         time.sleep(6)
         page.screenshot(path=str(out / "runs.png"))
         print("runs listed:", page.locator("a[href*='/runs/']").all_inner_texts())
+        page.goto(runs + "&compareRunsMode=CHART", wait_until="load")  # the chart view of the same runs
+        time.sleep(8)
+        page.screenshot(path=str(out / "charts.png"))
         if sweeps:
             run = sweeps[0].info.run_id
             page.goto(f"{server}/#/experiments/{exp.experiment_id}/runs/{run}/artifacts"
