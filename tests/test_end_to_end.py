@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 from mlflow.tracking import MlflowClient
 
 from .conftest import SMOKE, harness_env
@@ -180,6 +181,11 @@ def test_training_logs_quality_and_weights_then_another_run_reuses_them(run_harn
     client = MlflowClient(store)
     steps = [m.step for m in client.get_metric_history(first.info.run_id, "eval_auc")]
     assert steps == [30, 60]
+    # The reusing run scores its own throughput with the reused accuracy: correct predictions per second.
+    throughput = {m.step: m.value for m in client.get_metric_history(second.info.run_id, "samples_per_s")}
+    correct = {m.step: m.value for m in client.get_metric_history(second.info.run_id,
+                                                                   "compare/correct_predictions_per_s")}
+    assert correct == pytest.approx({8: first.data.metrics["accuracy"] * throughput[8]})
     assert len(client.get_metric_history(first.info.run_id, "train_loss")) == 6
 
     weights = client.download_artifacts(first.info.run_id, "model/state_dict.pt")

@@ -1,4 +1,5 @@
-"""A run records what it recorded before the layout change (issue 14): same params, tags, metrics, artifacts.
+"""A run records what it recorded before the layout change (issue 14): same params, tags, metrics, artifacts;
+since issue 15, plus the `compare/` metrics that open MLflow's chart view.
 
 The reference shapes were captured from the code before the move (tests/record_shape.py says how);
 run keys are hashes of the resolved config, so equal run keys also mean an unchanged config schema.
@@ -11,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.pipeline.record import COMPARE
+
 from .conftest import harness_env
 from .record_shape import CASES, record
 
@@ -21,9 +24,17 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "record_shapes.json").r
 def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_move(case, tmp_path):
     now = record(case, tmp_path, env=harness_env())
     before = REFERENCE[case]
+    added = {k: now["metrics"].pop(k) for k in list(now["metrics"]) if k.startswith(COMPARE)}  # issue 15, below
     assert now["status"] == before["status"]
     assert now["params"] == before["params"]
     assert now["tags"] == before["tags"]  # run_key and quality_key included: the same hashes
     assert now["metrics"] == before["metrics"]  # every metric, at the same steps
+    if now["status"] == "FINISHED":  # the comparison metrics duplicate figures of the run, for MLflow's UI
+        sizes = before["metrics"]["latency_p50_ms"]
+        expected = {f"{COMPARE}{k}": sizes for k in ("latency_p50_ms", "latency_p99_ms", "samples_per_s")}
+        expected[f"{COMPARE}param_bytes"] = [0]
+        if "accuracy" in before["metrics"]:
+            expected.update({f"{COMPARE}accuracy": [0], f"{COMPARE}correct_predictions_per_s": sizes})
+        assert added == expected
     assert now["artifacts"] == before["artifacts"]
     assert now["plan"] == before["plan"]  # the analytic cost and the representation details

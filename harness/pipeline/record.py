@@ -83,6 +83,28 @@ def size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float
     return rows
 
 
+# The metrics a user compares paths by first, also logged under this prefix: MLflow's chart view puts a
+# prefixed section before the unprefixed "Model metrics", so they open at the top, the other ~40 below.
+COMPARE = "compare/"
+
+
+def comparison_rows(results: list[QuerySizeResult], cost: PathCost, accuracy: float | None) -> list[MetricRow]:
+    """p50 and p99 latency and samples/s per query size, parameter bytes, and where quality was measured
+    the accuracy and correct predictions per second (accuracy x samples/s, the mapping's score)."""
+    rows: list[MetricRow] = [(f"{COMPARE}param_bytes", cost.param_bytes, 0)]
+    if accuracy is not None:
+        rows.append((f"{COMPARE}accuracy", accuracy, 0))
+    for r in results:
+        if not r.feasible:
+            continue
+        q = r.query_size
+        rows += [(f"{COMPARE}latency_p50_ms", r.stats.p50_ms, q), (f"{COMPARE}latency_p99_ms", r.stats.p99_ms, q),
+                 (f"{COMPARE}samples_per_s", r.stats.samples_per_s, q)]
+        if accuracy is not None:
+            rows.append((f"{COMPARE}correct_predictions_per_s", accuracy * r.stats.samples_per_s, q))
+    return rows
+
+
 def raw_samples_csv(results: list[QuerySizeResult]) -> str:
     """Every timed iteration: query size, iteration, host latency, device latency (where measured)."""
     out = io.StringIO()
@@ -96,9 +118,11 @@ def raw_samples_csv(results: list[QuerySizeResult]) -> str:
 
 
 def record_ladder(recorder: RunRecorder, p: Plan, results: list[QuerySizeResult], peaks: dict[str, float],
-                  extra_rows: list[MetricRow]) -> None:
-    """The ladder's metrics per size, `fits_device` per size, raw samples, infeasible sizes as a tag."""
+                  extra_rows: list[MetricRow], accuracy: float | None) -> None:
+    """The ladder's metrics per size, `fits_device` per size, the comparison metrics, raw samples,
+    infeasible sizes as a tag."""
     rows = [row for r in results for row in size_metrics(r, p.cost, peaks)] + extra_rows
+    rows += comparison_rows(results, p.cost, accuracy)
     rows += [("fits_device", float(bool(p.fits(r.query_size))), r.query_size) for r in results]
     recorder.log_metric_rows(rows)
     recorder.log_text(raw_samples_csv(results), "samples/latency_raw.csv")

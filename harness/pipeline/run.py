@@ -62,8 +62,9 @@ def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> Path
             model, build_s = build(p)
             dataset = open_dataset(run.dataset, p.spec)
             counter = IdCounter(model) if cache_enabled(p.spec) else None
+            quality: dict[str, float] = {}
             if run.train.steps > 0:
-                train_or_reuse(run, model, dataset, recorder, observe=counter.observe if counter else None)
+                quality = train_or_reuse(run, model, dataset, recorder, observe=counter.observe if counter else None)
                 record.record_reader_stats(recorder, dataset)
             caches = attach_caches(model, p.spec, dataset, counter, recorder)
             pools = Pools(dataset, run.measure.pool_samples)
@@ -73,7 +74,7 @@ def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> Path
             with progress(p.path, len(run.workload.query_sizes)) as advance:
                 results = run_ladder(adapter, run.workload.query_sizes, pools, settings, on_size_done=advance)
             extra = cache_comparison(caches, adapter, run.workload.query_sizes, pools, settings, results)
-            record.record_ladder(recorder, p, results, peaks, extra)
+            record.record_ladder(recorder, p, results, peaks, extra, quality.get("accuracy"))
             record.record_reader_stats(recorder, dataset)
         finally:
             close_quietly(adapter)
