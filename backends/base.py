@@ -9,6 +9,8 @@ The harness drives an adapter in this order:
     adapter = Adapter(config)
     adapter.device_info()                    # name, memory capacity, framework version
     adapter.capabilities()                   # what the device needs; the workload configures the model
+    adapter.check_precision(precision)       # refuses a compute precision the adapter does not run
+    adapter.use_precision(precision)         # device-wide switches (CUDA's TF32); dtypes are the model's
     adapter.prepare(model, example_batch)    # placement, compilation: never timed as steady state
     batch = adapter.place(host_batch)        # once per pooled batch, before timing
     out = adapter.run(batch)                 # may return before the device is done...
@@ -62,6 +64,9 @@ class Backend(ABC):
     # Datasheet capacity, used to judge feasibility where the device cannot be queried (dry runs of
     # paths for hardware that is not here).
     nominal_memory_bytes: ClassVar[int | None] = None
+    # The compute precisions (harness/core/precision.py) this adapter runs; others are refused before any
+    # work. Each adapter declares its own (docs/backends.md has the matrix).
+    precisions: ClassVar[tuple[str, ...]] = ("fp32",)
 
     def __init__(self, config: BackendConfig) -> None:
         self.config = config
@@ -94,6 +99,16 @@ class Backend(ABC):
         workload turns it into module settings (harness/workload/device.py) before `prepare`; an adapter
         declares, it never sets a module's attributes. The default is a host CPU's."""
         return DeviceCapabilities()
+
+    def check_precision(self, precision: str) -> None:
+        """Refuse, in one line naming backend and precision, a compute precision this adapter does not run."""
+        if precision not in self.precisions:
+            raise BackendUnavailable(f"backend {self.name!r} does not run precision={precision}: it runs "
+                                     f"{', '.join(self.precisions)}")
+
+    def use_precision(self, precision: str) -> None:
+        """Device-wide settings the compute precision needs, before `prepare` (CUDA: TF32 matmuls on or
+        off). The model's dtypes are set by the workload (harness/workload/precision.py), not here."""
 
     @abstractmethod
     def prepare(self, model: Any, example: Any) -> None:

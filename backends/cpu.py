@@ -17,7 +17,13 @@ from omegaconf import MISSING
 from backends.base import DeviceInfo
 from backends.torch_backend import TorchBackend, TorchConfig
 from harness.core.errors import ConfigError
-from harness.core.host import cpu_model_name, host_memory_bytes, physical_cores
+from harness.core.host import (
+    cpu_model_name,
+    host_memory_bytes,
+    native_cpu_dtype,
+    numeric_flags,
+    physical_cores,
+)
 
 
 @dataclass
@@ -40,6 +46,9 @@ class CpuBackend(TorchBackend):
     config_class = CpuConfig
     install_hint = "Install torch: pip install torch"
     device = "cpu"
+    # bf16 and fp16 where torch has CPU kernels (native with avx512_bf16/AMX or avx512_fp16/AMX-FP16,
+    # emulated elsewhere: device_info says which); no TF32 on CPUs.
+    precisions = ("fp32", "bf16", "fp16")
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -55,7 +64,8 @@ class CpuBackend(TorchBackend):
             memory_bytes=self.config.memory_bytes or host_memory_bytes(),
             framework="torch",
             framework_version=metadata.version("torch"),
-            details={"physical_cores": physical_cores()},
+            details={"physical_cores": physical_cores(), "numeric_flags": ",".join(numeric_flags()),
+                     "bf16": native_cpu_dtype("bf16"), "fp16": native_cpu_dtype("fp16")},
         )
 
     def prepare(self, model, example) -> None:
@@ -70,6 +80,11 @@ class CpuBackend(TorchBackend):
                 # Only settable before the first parallel work in the process (e.g. a multirun's job 2).
                 pass
         super().prepare(model, example)
+
+    def peak_precisions(self) -> tuple[str, ...]:
+        # fp16 GEMM is measured only where the CPU has fp16 instructions: emulated, one 2048^2 GEMM takes
+        # seconds and says nothing a bf16 or fp32 peak does not.
+        return tuple(p for p in self.precisions if p != "fp16" or native_cpu_dtype("fp16") != "emulated")
 
     def place(self, batch):
         return batch  # already in host memory

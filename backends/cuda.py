@@ -41,6 +41,7 @@ class CudaBackend(TorchBackend):
     name = "cuda"
     config_class = CudaConfig
     install_hint = "Install a CUDA build of torch (pip install torch) on a machine with an NVIDIA GPU."
+    precisions = ("fp32", "bf16", "fp16", "tf32")
 
     def __init__(self, config: CudaConfig) -> None:
         super().__init__(config)
@@ -77,7 +78,17 @@ class CudaBackend(TorchBackend):
     def capabilities(self) -> DeviceCapabilities:
         # Launch-bound: the DHE hash in CPU-sized float64 chunks (~10 kernels each) took 21.2 ms at query
         # size 1024 on an H200, one int64 pass 1.18 ms (scripts/gpu_check.sh, docs/backends.md).
-        return DeviceCapabilities(launch_bound=True)
+        # torch's quantized embedding-bag kernels (int8 table rows) are CPU-only: int8 rows are gathered
+        # and dequantized by plain tensor ops here.
+        return DeviceCapabilities(launch_bound=True, quantized_bag=False)
+
+    def use_precision(self, precision: str) -> None:
+        import torch
+
+        # Process-wide switches: set both ways, so an fp32 path after a tf32 one in the same process (a
+        # sweep with isolate=never) runs true fp32 again.
+        torch.backends.cuda.matmul.allow_tf32 = precision == "tf32"
+        torch.backends.cudnn.allow_tf32 = precision == "tf32"
 
     def prepare(self, model, example) -> None:
         import torch

@@ -77,6 +77,7 @@ class IpuBackend(Backend):
     config_class = IpuConfig
     install_hint = ""  # INSTALL says it all
     nominal_memory_bytes = GC200_MEMORY_BYTES
+    precisions = ("fp32", "fp16")  # poptorch runs a model cast to half natively; no bf16 on IPUs
 
     def __init__(self, config: IpuConfig) -> None:
         super().__init__(config)
@@ -107,7 +108,8 @@ class IpuBackend(Backend):
         )
 
     def capabilities(self) -> DeviceCapabilities:
-        return DeviceCapabilities(int64=False, float64=False)  # no 64-bit integer or float arithmetic
+        # No 64-bit integer or float arithmetic; no torch quantized kernels (int8 rows: gather + dequantize).
+        return DeviceCapabilities(int64=False, float64=False, quantized_bag=False)
 
     def prepare(self, model, example) -> None:
         import poptorch

@@ -11,8 +11,11 @@ from typing import Callable
 Kernel = tuple[Callable[[], object], float, str]  # (launch, work per call, unit: "bytes" | "flops")
 
 
-def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0) -> dict[str, Kernel]:
-    """copy (streaming bandwidth), gather (random 256-byte rows: a table lookup), gather64 (64-byte rows), GEMM."""
+def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0,
+                       precisions: tuple[str, ...] = ("fp32",)) -> dict[str, Kernel]:
+    """copy (streaming bandwidth), gather (random 256-byte rows: a table lookup), gather64 (64-byte rows),
+    GEMM in fp32, and in each other compute precision of `precisions` (gemm_bf16, gemm_fp16, gemm_tf32):
+    a path's share of the GEMM peak is judged against the peak of the precision it computes in."""
     import torch
 
     # Sizes well beyond any cache yet a small share of the device: 256 MB buffers (or 1/16 of memory).
@@ -42,7 +45,7 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0) 
     b = torch.rand(side, side, device=device)
     c = torch.empty(side, side, device=device)
 
-    return {
+    kernels = {
         # Read one buffer, write the other.
         "copy": (lambda: target.copy_(source), 2.0 * n * 4, "bytes"),
         # Rows read + written; the index read is small beside them.
@@ -52,3 +55,23 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0) 
                      2.0 * line_index.numel() * line_floats * 4, "bytes"),
         "gemm": (lambda: torch.mm(a, b, out=c), 2.0 * side**3, "flops"),
     }
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        if precision in precisions:
+            a16, b16 = a.to(dtype), b.to(dtype)
+            c16 = torch.empty_like(a16)
+            kernels[f"gemm_{precision}"] = (lambda a16=a16, b16=b16, c16=c16: torch.mm(a16, b16, out=c16),
+                                            2.0 * side**3, "flops")
+    if "tf32" in precisions and device.startswith("cuda"):
+        kernels["gemm_tf32"] = (lambda: _tf32_mm(a, b, c), 2.0 * side**3, "flops")
+    return kernels
+
+
+def _tf32_mm(a, b, c):
+    import torch
+
+    matmul = torch.backends.cuda.matmul
+    before, matmul.allow_tf32 = matmul.allow_tf32, True
+    try:
+        return torch.mm(a, b, out=c)
+    finally:
+        matmul.allow_tf32 = before

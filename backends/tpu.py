@@ -57,6 +57,7 @@ def fallback_counts(met) -> dict[str, int]:
 class TpuBackend(TorchBackend):
     name = "tpu"
     config_class = TpuConfig
+    precisions = ("fp32", "bf16")  # bf16 is the TPU's native matmul type; no fp16 or TF32 there
     install_hint = ""
     nominal_memory_bytes = TPU_V3_CORE_BYTES
 
@@ -107,7 +108,8 @@ class TpuBackend(TorchBackend):
         # embedding_bag falls back to the host under XLA; a real TPU has no float64 and emulates int64
         # slowly (on PJRT's CPU device both are native).
         tpu = self._hardware() == "TPU"
-        return DeviceCapabilities(int64=not tpu, float64=not tpu, embedding_bag=False)
+        # torch's quantized embedding-bag kernels are CPU-only (int8 rows: gather and dequantize in XLA).
+        return DeviceCapabilities(int64=not tpu, float64=not tpu, embedding_bag=False, quantized_bag=False)
 
     def synchronize(self, output) -> None:
         torch_xla, xm, _ = _xla()

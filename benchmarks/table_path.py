@@ -67,7 +67,7 @@ def bare_forward(model, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def path_vs_bare(scale: float, query_size: int, pool_batches: int, reps: int, block_s: float) -> dict:
-    spec = WorkloadSpec.from_shape("kaggle", scale, representation=TableConfig(layout="fused"))
+    spec = WorkloadSpec.from_shape("kaggle", scale, representation=TableConfig(layout="fused", storage="fp32"))
     model = build_model(spec, seed=0)
     backend = cpu_backend()
     generator = SyntheticCriteo(spec.table_rows, seed=0)
@@ -116,7 +116,7 @@ def path_vs_bare(scale: float, query_size: int, pool_batches: int, reps: int, bl
 def layouts(scale: float, query_sizes: list[int], reps: int, block_s: float) -> dict:
     backends = {}
     for layout in ("fused", "per_table"):
-        spec = WorkloadSpec.from_shape("kaggle", scale, representation=TableConfig(layout=layout))
+        spec = WorkloadSpec.from_shape("kaggle", scale, representation=TableConfig(layout=layout, storage="fp32"))
         backend = cpu_backend()
         backend.prepare(build_model(spec, seed=0), None)
         backends[layout] = backend

@@ -29,13 +29,13 @@ def _dhe(**kw):
 
 
 REPRESENTATIONS = {
-    "table": table.Config(layout="fused"),
-    "table_per_table": table.Config(layout="per_table"),
+    "table": table.Config(layout="fused", storage="fp32"),
+    "table_per_table": table.Config(layout="per_table", storage="fp32"),
     "tt": tt.Config(rank=4, cores=3, min_rows=200, layout="fused"),
     "dhe": _dhe(),
     "dhe_gaussian_bn_mish": _dhe(encoding="gaussian", batch_norm=True, activation="mish"),
-    "hybrid": hybrid.Config(layout="fused", dhe=_dhe()),
-    "select": select.Config(layout="fused", features=["C3", "C4"], num_largest=5, dhe=_dhe(activation="sigmoid")),
+    "hybrid": hybrid.Config(layout="fused", storage="fp32", dhe=_dhe()),
+    "select": select.Config(layout="fused", storage="fp32", features=["C3", "C4"], num_largest=5, dhe=_dhe(activation="sigmoid")),
 }
 
 

@@ -82,8 +82,8 @@ def test_a_cache_never_serves_stale_vectors():
 
 
 @pytest.mark.parametrize("config", [
-    lambda c: hybrid.Config(layout="fused", dhe=small(cache=c)),
-    lambda c: select.Config(layout="fused", features=["C3", "C5"], num_largest=5, dhe=small(cache=c)),
+    lambda c: hybrid.Config(layout="fused", storage="fp32", dhe=small(cache=c)),
+    lambda c: select.Config(layout="fused", storage="fp32", features=["C3", "C5"], num_largest=5, dhe=small(cache=c)),
 ])
 def test_hybrid_and_select_with_a_cache_are_exact_and_named(config):
     cache_cfg = dhe.CacheConfig(rows=4, bytes=None, sample_rows=1000)

@@ -1,5 +1,6 @@
 """A run records what it recorded before the layout change (issue 14): same params, tags, metrics, artifacts;
-since issue 15, plus the `compare/` metrics that open MLflow's chart view.
+since issue 15, plus the `compare/` metrics that open MLflow's chart view; since issue 16, plus the
+path's precision (fp32 here) as a param, a tag and a plan entry, and the tables' storage as a param.
 
 The reference shapes were captured from the code before the move (tests/record_shape.py says how);
 run keys are hashes of the resolved config, so equal run keys also mean an unchanged config schema.
@@ -25,6 +26,12 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
     now = record(case, tmp_path, env=harness_env())
     before = REFERENCE[case]
     added = {k: now["metrics"].pop(k) for k in list(now["metrics"]) if k.startswith(COMPARE)}  # issue 15, below
+    # Issue 16: fp32 runs say they are fp32 and nothing else changes (their run keys included).
+    assert now["params"].pop("precision.name") == "fp32"
+    if "representation.layout" in now["params"]:  # the representations that keep tables
+        assert now["params"].pop("representation.storage") == "fp32"
+    assert now["tags"].pop("precision") == "fp32"
+    assert now["plan"].pop("precision") == "fp32"
     assert now["status"] == before["status"]
     assert now["params"] == before["params"]
     assert now["tags"] == before["tags"]  # run_key and quality_key included: the same hashes

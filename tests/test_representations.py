@@ -239,10 +239,10 @@ def test_dhe_batch_norm_uses_batch_stats_in_training_and_running_stats_in_eval()
 
 def test_hybrid_feeds_both_vectors_and_widens_the_top_mlp():
     for shape, width in (("kaggle", 1394), ("terabyte", 1442)):
-        spec = WorkloadSpec.from_shape(shape, 0.0001, representation=hybrid.Config(layout="fused",
+        spec = WorkloadSpec.from_shape(shape, 0.0001, representation=hybrid.Config(layout="fused", storage="fp32",
                                                                                    dhe=dhe.Config(**DHE)))
         assert path_cost(spec).top_input_width == width
-    spec = WorkloadSpec.from_shape("kaggle", 0.0001, representation=hybrid.Config(layout="fused", dhe=small_dhe()))
+    spec = WorkloadSpec.from_shape("kaggle", 0.0001, representation=hybrid.Config(layout="fused", storage="fp32", dhe=small_dhe()))
     model = build_model(spec, seed=0)
     assert model.over_arch.mlp[0].in_features == 1394
     ids = torch.stack([torch.randint(0, r, (3, 1)) for r in spec.table_rows], dim=1)
@@ -253,7 +253,7 @@ def test_hybrid_feeds_both_vectors_and_widens_the_top_mlp():
 
 
 def select_spec(features=None, scale=0.001) -> WorkloadSpec:
-    cfg = select.Config(layout="fused", features=features, num_largest=5, dhe=small_dhe(decoder=[8, 6]))
+    cfg = select.Config(layout="fused", storage="fp32", features=features, num_largest=5, dhe=small_dhe(decoder=[8, 6]))
     return WorkloadSpec.from_shape("kaggle", scale, representation=cfg)
 
 

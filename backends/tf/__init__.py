@@ -43,6 +43,8 @@ class TfBackend(Backend):
     name = "tf"
     config_class = TfConfig
     install_hint = ""
+    # The model's dtypes carry over from torch (backends/tf/model.py); no TF32 switch is exposed here.
+    precisions = ("fp32", "bf16", "fp16")
 
     def __init__(self, config: TfConfig) -> None:
         super().__init__(config)

@@ -4,11 +4,17 @@
 framework) and copies their weights, so both frameworks compute the same function and their outputs can
 be compared (tests/test_backend_parity.py). Integer work (ids, TT digits, DHE hashes) stays in int64.
 
+Precision (harness/workload/precision.py) carries over as the torch model holds it: each weight keeps its
+torch dtype (bf16 or fp16 MLPs, decoders and cores; fp16 or int8 table rows, the latter dequantized in
+the lookup as FBGEMM does), and the DLRM casts its inputs to the compute dtype and its logits to fp32.
+Keras' mixed-precision policies would keep fp32 variables and cast them at every call; casting once, as
+here, is the inference form of the same arithmetic.
+
 >>> import torch
 >>> from harness.workload.dlrm import build_model
 >>> from harness.core.spec import WorkloadSpec
 >>> from harness.workload.representations.table import Config
->>> model = build_model(WorkloadSpec((5, 7), 4, (13, 8, 4), (6, 1), representation=Config(layout="fused")))
+>>> model = build_model(WorkloadSpec((5, 7), 4, (13, 8, 4), (6, 1), representation=Config(layout="fused", storage="fp32")))
 >>> tf_model = TfDLRM.from_torch(model)
 >>> dense, ids = torch.rand(3, 13), torch.zeros(3, 2, 1, dtype=torch.int64)
 >>> bool(abs(tf_model(dense.numpy(), ids.numpy()).numpy() - model(dense, ids).detach().numpy()).max() < 1e-5)
@@ -24,41 +30,62 @@ import tensorflow as tf
 
 
 def _np(t) -> np.ndarray:
-    return t.detach().cpu().numpy()
+    t = t.detach().cpu()
+    return (t.float() if t.is_floating_point() else t).numpy()  # numpy has no bf16: via fp32, exactly
+
+
+def _const(t) -> tf.Tensor:
+    """A torch tensor as a TF constant of the same dtype (bf16 and fp16 included)."""
+    value = tf.constant(_np(t))
+    dtype = _TF_DTYPES.get(str(t.dtype))
+    return tf.cast(value, dtype) if dtype is not None else value
+
+
+_TF_DTYPES = {"torch.bfloat16": tf.bfloat16, "torch.float16": tf.float16}
 
 
 def _linears(sequential) -> list[tuple[tf.Variable, tf.Variable]]:
     """torch Linear layers (weight [out, in]) as TF (kernel [in, out], bias)."""
     from torch import nn
 
-    return [(tf.constant(_np(m.weight).T), tf.constant(_np(m.bias))) for m in sequential if isinstance(m, nn.Linear)]
+    return [(_const(m.weight.T), _const(m.bias)) for m in sequential if isinstance(m, nn.Linear)]
 
 
 class Tables:
-    """Fused tables: one weight, per-table row offsets."""
+    """Fused tables: one weight (fp32, fp16, or int8 rows with an fp32 scale and bias), row offsets."""
 
-    def __init__(self, weight: np.ndarray, offsets: np.ndarray) -> None:
-        self.weight = tf.constant(weight)
+    def __init__(self, weight: tf.Tensor, offsets: np.ndarray, int8_dim: int = 0) -> None:
+        self.weight = weight
         self.offsets = tf.constant(offsets.astype(np.int64))
+        self.int8_dim = int8_dim  # > 0: `weight` holds FBGEMM's byte rows of this many values
 
     @classmethod
     def from_torch(cls, module) -> "Tables":
         if hasattr(module, "bags"):  # per-table layout: stack it into the fused one
             weights = [_np(bag.weight) for bag in module.bags]
             offsets = np.cumsum([0] + [w.shape[0] for w in weights[:-1]])
-            return cls(np.concatenate(weights), offsets)
-        return cls(_np(module.weight), _np(module.row_offsets))
+            return cls(tf.constant(np.concatenate(weights)), offsets)
+        if getattr(module, "storage", "fp32") == "int8":
+            return cls(tf.constant(_np(module.packed)), _np(module.row_offsets), int8_dim=module.dim)
+        return cls(_const(module.weight), _np(module.row_offsets))
 
     def __call__(self, ids):
         flat = ids + self.offsets[None, :, None]
-        return tf.reduce_sum(tf.gather(self.weight, flat), axis=2)
+        rows = tf.gather(self.weight, flat)
+        if self.int8_dim:  # values x scale + bias, the dequantization FBGEMM's kernel does
+            tail = rows[..., self.int8_dim:]  # 8 bytes: the fp32 scale, then the fp32 bias
+            scale_bias = tf.bitcast(tf.reshape(tail, tf.concat([tf.shape(tail)[:-1], [2, 4]], 0)), tf.float32)
+            rows = tf.cast(rows[..., : self.int8_dim], tf.float32) * scale_bias[..., :1] + scale_bias[..., 1:]
+        elif self.weight.dtype == tf.float16:  # bags of fp16 rows are pooled in fp32, as in torch
+            rows = tf.cast(rows, tf.float32)
+        return tf.reduce_sum(rows, axis=2)
 
 
 class TensorTrain:
     """TT tables: mixed-radix digits select a slice of every core; the slices chain by matmuls."""
 
     def __init__(self, module) -> None:
-        self.cores = [tf.constant(_np(c)) for c in module.cores]
+        self.cores = [_const(c) for c in module.cores]
         self.radix = tf.constant(_np(module.radix))
         self.strides = tf.constant(_np(module.strides))
         self.offsets = tf.constant(_np(module.core_offsets))
@@ -88,11 +115,11 @@ class DeepHash:
         self.b = tf.constant(_np(module.hash_b))
         self.p, self.m, self.k, self.dim = module.p, module.m, module.k, module.dim
         self.encoding, self.activation = module.encoding, module.activation
-        self.layers = [(tf.constant(_np(w)), tf.constant(_np(b))) for w, b in zip(module.weights, module.biases)]
+        self.layers = [(_const(w), _const(b)) for w, b in zip(module.weights, module.biases)]
         self.norms = None
         if module.norms is not None:
-            self.norms = [(tf.constant(_np(n.running_mean)), tf.constant(_np(n.running_var)),
-                           tf.constant(_np(n.weight)), tf.constant(_np(n.bias)), n.eps) for n in module.norms]
+            self.norms = [(_const(n.running_mean), _const(n.running_var), _const(n.weight), _const(n.bias), n.eps)
+                          for n in module.norms]
 
     def codes(self, flat):
         buckets = tf.math.floormod(
@@ -110,6 +137,7 @@ class DeepHash:
     def __call__(self, ids):
         batch, tables, per_bag = tf.shape(ids)[0], tf.shape(ids)[1], tf.shape(ids)[2]
         x = self.codes(tf.reshape(tf.transpose(ids, [1, 0, 2]), [tables, -1]))
+        x = tf.cast(x, self.layers[0][0].dtype)  # codes in the decoders' precision
         last = len(self.layers) - 1
         for i, (w, b) in enumerate(self.layers):
             x = tf.linalg.matmul(x, w) + b
@@ -135,7 +163,8 @@ class Mixed:
         self.restore = tf.constant(_np(module.restore))
 
     def __call__(self, ids):
-        outs = [part(tf.gather(ids, features, axis=1)) for features, part in self.parts]
+        # Parts may differ in dtype (fp32 tables beside bf16 decoders): joined in fp32, as torch promotes.
+        outs = [tf.cast(part(tf.gather(ids, features, axis=1)), tf.float32) for features, part in self.parts]
         return tf.gather(tf.concat(outs, axis=1), self.restore, axis=1)
 
 
@@ -144,7 +173,7 @@ class Hybrid:
         self.tables, self.dhe = convert(module.tables), convert(module.dhe)
 
     def __call__(self, ids):
-        return tf.concat([self.tables(ids), self.dhe(ids)], axis=1)
+        return tf.concat([tf.cast(self.tables(ids), tf.float32), tf.cast(self.dhe(ids), tf.float32)], axis=1)
 
 
 _CONVERTERS = {"FusedTables": Tables.from_torch, "PerTableBags": Tables.from_torch, "TTTables": TensorTrain,
@@ -167,6 +196,7 @@ class TfDLRM(tf.Module):
     def __init__(self, bottom, sparse, pair_index, top, jit_compile: bool = False) -> None:
         super().__init__()
         self.bottom, self.sparse, self.pair_index, self.top = bottom, sparse, pair_index, top
+        self.dtype = bottom[0][0].dtype  # the compute dtype: the MLPs' (fp32 unless the path is reduced)
         self.forward = tf.function(self._forward, jit_compile=jit_compile, reduce_retracing=True)
 
     @classmethod
@@ -175,10 +205,10 @@ class TfDLRM(tf.Module):
                    tf.constant(_np(model.interaction.pair_index)), _linears(model.over_arch.mlp), jit_compile)
 
     def _forward(self, dense, ids):
-        x = dense
+        x = tf.cast(dense, self.dtype)
         for w, b in self.bottom:
             x = tf.nn.relu(tf.linalg.matmul(x, w) + b)
-        vectors = tf.concat([x[:, None, :], self.sparse(ids)], axis=1)
+        vectors = tf.concat([x[:, None, :], tf.cast(self.sparse(ids), self.dtype)], axis=1)
         gram = tf.linalg.matmul(vectors, vectors, transpose_b=True)
         pairs = tf.gather(tf.reshape(gram, [tf.shape(gram)[0], -1]), self.pair_index, axis=1)
         z = tf.concat([x, pairs], axis=1)
@@ -187,7 +217,7 @@ class TfDLRM(tf.Module):
             z = tf.linalg.matmul(z, w) + b
             if i < last:
                 z = tf.nn.relu(z)
-        return tf.squeeze(z, -1)
+        return tf.cast(tf.squeeze(z, -1), tf.float32)
 
     def __call__(self, dense, ids):
         return self.forward(tf.convert_to_tensor(dense), tf.convert_to_tensor(ids, dtype=tf.int64))

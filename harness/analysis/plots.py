@@ -111,7 +111,8 @@ def roofline(runs: pd.DataFrame, device: str, folder: Path) -> Path | None:
     rows = runs[(runs["device"] == device) & (runs["feasible"] > 0)].copy()
     if rows.empty:
         return None
-    peak = rows["device_gemm_gflops"].dropna()
+    column = "device_gemm_fp32_gflops" if rows["device_gemm_fp32_gflops"].notna().any() else "device_gemm_gflops"
+    peak = rows[column].dropna()
     if peak.empty:
         return None
     peak = float(peak.iloc[0])
@@ -128,6 +129,10 @@ def roofline(runs: pd.DataFrame, device: str, folder: Path) -> Path | None:
             bw = float(bandwidth.iloc[0])
             ax.plot(x, np.minimum(peak, bw * x), style, color="black",
                     label=f"measured {name.split('_')[1]} {bw:.1f} GB/s, GEMM {peak:.0f} GFLOP/s")
+    bf16 = rows["device_gemm_bf16_gflops"].dropna() if "device_gemm_bf16_gflops" in rows else rows.iloc[0:0]
+    if not bf16.empty:  # the roof reduced-precision paths are under (harness/core/precision.py)
+        ax.axhline(float(bf16.iloc[0]), color="tab:purple", linestyle="--", linewidth=1,
+                   label=f"measured bf16 GEMM {float(bf16.iloc[0]):.0f} GFLOP/s")
     for path, group in rows.groupby("path", sort=True):
         ax.plot(group["intensity"], group["gflops"], marker="o", linestyle="-", label=path)
         for _, r in group.iterrows():

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis.mapping import COLUMNS
+from harness.core.precision import gemm_peak_metric, storage_label
 
 
 def workload_of(params: dict) -> str:
@@ -27,12 +28,17 @@ def tidy(records: list[dict]) -> pd.DataFrame:
             "bytes_read_per_sample": metrics.get("bytes_read_per_sample", np.nan),
             "bytes_read_fixed": metrics.get("bytes_read_per_query_fixed", 0.0),
             "device_memory_bytes": metrics.get("device_memory_bytes", np.nan),
-            "device_gemm_gflops": metrics.get("device_gemm_gflops", np.nan),
+            # The GEMM peak of the path's own compute precision (bf16 paths: the bf16 GEMM's).
+            "device_gemm_gflops": metrics.get(f"device_{gemm_peak_metric(tags.get('precision', 'fp32'))}", np.nan),
+            "device_gemm_fp32_gflops": metrics.get("device_gemm_gflops", np.nan),
+            "device_gemm_bf16_gflops": metrics.get("device_gemm_bf16_gflops", np.nan),
             "device_gather_gbps": metrics.get("device_gather_gbps", np.nan),
             "device_gather64_gbps": metrics.get("device_gather64_gbps", np.nan),
             "device_copy_gbps": metrics.get("device_copy_gbps", np.nan),
             "accuracy": metrics.get("accuracy", np.nan), "start_time": rec["start_time"],
             "quality_key": tags.get("quality_key"),
+            # Compute precision and table storage (runs from before precision was a choice are fp32).
+            "numerics": tags.get("precision", "fp32") + storage_label(tags.get("table_storage", "fp32")),
             "same_model_as": tags.get("same_model_as"),  # e.g. tt with no table in TT form: the table model
         }
         per_size = rec["per_size"]
@@ -46,31 +52,34 @@ def tidy(records: list[dict]) -> pd.DataFrame:
                          "p95_ms": get("latency_p95_ms"), "p99_ms": get("latency_p99_ms"),
                          "samples_per_s": get("samples_per_s"), "feasible": get("feasible")})
     frame = pd.DataFrame(rows)
-    for column in (*COLUMNS, "quality_key", "same_model_as"):
+    for column in (*COLUMNS, "quality_key", "same_model_as", "numerics", "device_gemm_fp32_gflops",
+                   "device_gemm_bf16_gflops"):
         if column not in frame:
             frame[column] = np.nan
     return frame
 
 
 def join_quality(runs: pd.DataFrame) -> pd.DataFrame:
-    """Fill each path's accuracy from the quality run of the same representation and workload.
+    """Fill each path's accuracy from the quality run of the same representation, workload and numerics.
 
     A run that trained (or reused a training) carries its accuracy; another run of the same
     representation and workload (another backend) takes it from there, preferring the same quality key.
-    A path with no such run keeps no accuracy: it is never given one.
+    Numerics (compute precision and table storage) must match: a bf16 or int8 path is scored with the
+    accuracy measured in its own precision, never the fp32 one. A path with no such run keeps no accuracy:
+    it is never given one.
     """
     runs = runs.copy()
     rated = runs[runs["accuracy"].notna() & (runs["status"] == "FINISHED")].sort_values("start_time")
     if rated.empty:
         return runs
-    by_key = rated.dropna(subset=["quality_key"]).groupby("quality_key")["accuracy"].last().to_dict()
-    by_rep = rated.groupby(["representation", "workload"])["accuracy"].last().to_dict()
+    by_key = rated.dropna(subset=["quality_key"]).groupby(["quality_key", "numerics"])["accuracy"].last().to_dict()
+    by_rep = rated.groupby(["representation", "workload", "numerics"])["accuracy"].last().to_dict()
     missing = runs["accuracy"].isna()
     for i in runs.index[missing]:
-        key = runs.at[i, "quality_key"]
-        accuracy = by_key.get(key) if isinstance(key, str) else None
+        key, numerics = runs.at[i, "quality_key"], runs.at[i, "numerics"]
+        accuracy = by_key.get((key, numerics)) if isinstance(key, str) else None
         if accuracy is None:
-            accuracy = by_rep.get((runs.at[i, "representation"], runs.at[i, "workload"]))
+            accuracy = by_rep.get((runs.at[i, "representation"], runs.at[i, "workload"], numerics))
         if accuracy is not None:
             runs.at[i, "accuracy"] = accuracy
     return runs

@@ -23,6 +23,33 @@ def cpu_model_name() -> str:
     return platform.processor() or platform.machine()
 
 
+# The instruction-set flags that decide how fast reduced-precision compute runs on a CPU.
+NUMERIC_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16", "amx_int8")
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags, from /proc/cpuinfo's first `flags` line (empty where there is none)."""
+    for line in _cpuinfo().splitlines():
+        if line.startswith("flags"):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def numeric_flags() -> list[str]:
+    """The flags of NUMERIC_FLAGS this CPU has: recorded with every figure so runs compare fairly."""
+    flags = cpu_flags()
+    return [f for f in NUMERIC_FLAGS if f in flags]
+
+
+def native_cpu_dtype(precision: str) -> str:
+    """How this CPU computes `precision`: `native (<flag>)` where an instruction does it, else `emulated`
+    (torch converts to fp32 and back around each kernel: correct, but slower than fp32)."""
+    flags = cpu_flags()
+    wanted = {"bf16": ("amx_bf16", "avx512_bf16"), "fp16": ("amx_fp16", "avx512_fp16")}.get(precision, ())
+    have = [f for f in wanted if f in flags]
+    return f"native ({have[0]})" if have else "emulated"
+
+
 def physical_cores() -> int:
     """Distinct (physical id, core id) pairs in /proc/cpuinfo; the logical count where that is absent."""
     cores, phys = set(), "0"

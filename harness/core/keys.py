@@ -2,8 +2,12 @@
 
 - `run_key`: what is measured (the resolved config, less where results go and how the job is run, plus
   the harness version). A sweep skips a job whose run key already has a FINISHED run (resume).
-- `quality_key`: what determines the trained weights (representation without its cache, dataset, model,
-  training, seed; not the backend). Runs with the same quality key share one training.
+- `quality_key`: what determines the trained weights (representation without its cache or table storage,
+  dataset, model, training, seed; not the backend nor the precision: training is fp32, and reduced
+  precision is applied to the trained weights). Runs with the same quality key share one training.
+
+The default precision (fp32 compute, fp32 tables) is left out of both, so the keys of fp32 runs are the
+ones they had before precision was a choice, and those runs still resume.
 
 Both take `RunConfig.as_dict()`, so they never depend on how the config was typed.
 """
@@ -15,6 +19,7 @@ import json
 from typing import Any, Mapping
 
 import harness
+from harness.core.precision import DEFAULT
 
 # Keys that say where results go or whether to run, not what is measured: left out of the run key.
 NOT_IN_RUN_KEY = ("tracking", "dry_run", "experiment_name", "force", "isolate", "job_timeout_s", "debug",
@@ -28,17 +33,28 @@ def _digest(identity: Any) -> str:
 def run_key(config: Mapping[str, Any]) -> str:
     """Stable hash of what is measured: a rerun's identity."""
     measured = {k: v for k, v in config.items() if k not in NOT_IN_RUN_KEY}
+    if measured.get("precision", {}).get("name") == DEFAULT:
+        del measured["precision"]
+    measured["representation"] = _without_default_storage(measured["representation"])
     return _digest({"config": measured, "harness": harness.__version__})
 
 
 def quality_key(config: Mapping[str, Any]) -> str:
     """What determines the trained model: not the backend, the query sizes, a cache or where results go."""
     identity = {
-        "representation": _without_cache(config["representation"]), "dataset": config["dataset"],
+        "representation": _without_default_storage(_without_cache(config["representation"]), always=True),
+        "dataset": config["dataset"],
         "model": config["model"], "train": {k: v for k, v in config["train"].items() if k != "reuse"},
         "seed": config["seed"], "harness": harness.__version__,
     }
     return _digest(identity)
+
+
+def _without_default_storage(node: Any, always: bool = False) -> Any:
+    """The representation without `storage` where it is fp32 (or always: storage is applied after training)."""
+    if isinstance(node, dict) and "storage" in node and (always or node["storage"] == DEFAULT):
+        return {k: v for k, v in node.items() if k != "storage"}
+    return node
 
 
 def _without_cache(node: Any) -> Any:

@@ -18,6 +18,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.core.errors import ConfigError
+from harness.core.precision import PRECISIONS
 
 
 @dataclass
@@ -116,6 +117,17 @@ class TrackingConfig:
             raise ConfigError("uri", "must be null or a tracking URI such as sqlite:///results/mlflow.db")
 
 
+@dataclass
+class PrecisionConfig:
+    # The path's compute precision (conf/precision/, harness/core/precision.py): fp32, bf16, fp16 or tf32.
+    # Training stays fp32; a reduced-precision path is evaluated (and timed) in its own precision.
+    name: str = MISSING
+
+    def check(self) -> None:
+        if self.name not in PRECISIONS:
+            raise ConfigError("name", f"must be one of {PRECISIONS} (precision=<name>), got {self.name!r}")
+
+
 FAULTS = ("none", "raise", "kill", "hang")
 
 
@@ -167,6 +179,7 @@ class RunConfig:
     representation: Any = None  # typed by the representation that representation.name selects
     dataset: Any = None  # typed by dataset.kind (harness/data/sources.py)
     model: ModelConfig = field(default_factory=ModelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
     workload: WorkloadConfig = field(default_factory=WorkloadConfig)
     measure: MeasureConfig = field(default_factory=MeasureConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -174,7 +187,7 @@ class RunConfig:
     debug: DebugConfig = field(default_factory=DebugConfig)
 
     def check(self) -> None:
-        for name in ("workload", "measure", "train", "tracking", "debug"):
+        for name in ("precision", "workload", "measure", "train", "tracking", "debug"):
             check_section(getattr(self, name), name)
         if not self.experiment_name.strip():
             raise ConfigError("experiment_name", "must not be empty")

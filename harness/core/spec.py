@@ -73,6 +73,7 @@ class WorkloadSpec:
     num_dense: int = NUM_DENSE
     ids_per_lookup: int = 1  # pooling factor L: Criteo is one-hot (1); multi-hot workloads use more
     representation: Any = None
+    precision: str = "fp32"  # compute precision of the dense parts (harness/core/precision.py)
     shape_name: str = "custom"
     scale: float = 1.0
     extras: dict = field(default_factory=dict, compare=False)

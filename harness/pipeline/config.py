@@ -38,6 +38,17 @@ def load_config(cfg: DictConfig | dict) -> RunConfig:
     return run
 
 
+def from_record(config: dict[str, Any]) -> dict[str, Any]:
+    """A run's recorded `config/resolved.yaml`, with the keys added since it was recorded at the values
+    that reproduce what it measured (runs before precision was a choice were fp32 with fp32 tables)."""
+    config = {**config, "precision": config.get("precision") or {"name": "fp32"}}
+    rep = dict(config.get("representation") or {})
+    if "layout" in rep and "storage" not in rep:
+        rep["storage"] = "fp32"
+    config["representation"] = rep
+    return config
+
+
 def workload_spec(run: RunConfig) -> WorkloadSpec:
     """The framework-neutral spec of the run's model: the shape's reference architecture where the
     model keys are null. Its rules are WorkloadSpec's and the representation's; errors name the key."""
@@ -56,6 +67,7 @@ def workload_spec(run: RunConfig) -> WorkloadSpec:
         top_mlp=top,
         ids_per_lookup=model.ids_per_lookup,
         representation=run.representation,
+        precision=run.precision.name,
         # The id popularity law, where the data follows a known one (the cost of a DHE cache uses it).
         extras={"zipf_exponent": run.dataset.zipf_exponent} if run.dataset.kind == "synthetic" else {},
     )

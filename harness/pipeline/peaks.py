@@ -1,4 +1,5 @@
-"""Measured peaks of a device: streaming copy and random-row gather bandwidth, fp32 GEMM throughput.
+"""Measured peaks of a device: streaming copy and random-row gather bandwidth, GEMM throughput in fp32 and
+in the reduced precisions the adapter runs (bf16 everywhere; fp16 and TF32 where native).
 
 The analysis places every path on a roofline drawn from these (datasheet figures may be shown beside
 them, labelled as such). The adapter supplies the kernels (backends/torch_kernels.py for torch devices);
@@ -19,8 +20,9 @@ from harness.pipeline.timing import LadderSettings, time_iterations
 CACHE_FILE = "device_peaks.json"
 _SETTINGS = LadderSettings(warmup_iters=2, warmup_s=0.1, min_iters=5, min_time_s=0.5, max_iters=10_000,
                            max_time_s=3.0)
-_KERNELS_VERSION = 2  # bumped when the kernel set changes (2: gather64), so older cached peaks are remeasured
-_METRIC = {"copy": "copy_gbps", "gather": "gather_gbps", "gather64": "gather64_gbps", "gemm": "gemm_gflops"}
+_KERNELS_VERSION = 3  # bumped when the kernel set changes (2: gather64, 3: reduced-precision GEMMs)
+_METRIC = {"copy": "copy_gbps", "gather": "gather_gbps", "gather64": "gather64_gbps", "gemm": "gemm_gflops",
+           "gemm_bf16": "gemm_bf16_gflops", "gemm_fp16": "gemm_fp16_gflops", "gemm_tf32": "gemm_tf32_gflops"}
 
 
 def cache_key(adapter, device) -> str:

@@ -13,6 +13,7 @@ import backends
 import harness
 from backends.base import Backend
 from harness.core.keys import run_key
+from harness.core.precision import path_suffix
 from harness.core.schema import RunConfig
 from harness.core.spec import WorkloadSpec
 from harness.pipeline.config import load_config, resolved_backend, workload_spec
@@ -34,8 +35,9 @@ class Plan:
 
     @property
     def path(self) -> str:
-        """The path's label, `<representation>@<backend>` (e.g. `dhe+cache@cpu`)."""
-        return f"{label(self.run.representation)}@{self.adapter.name}"
+        """The path's label, `<representation>@<backend>[/<precision>]` (e.g. `dhe+cache@cpu`,
+        `table:int8@cpu/bf16`): fp32 paths carry no precision, as before there was a choice."""
+        return f"{label(self.run.representation)}@{self.adapter.name}{path_suffix(self.run.precision.name)}"
 
     @property
     def run_name(self) -> str:
@@ -55,6 +57,7 @@ class Plan:
             "path": self.path,
             "representation": run.representation.name,
             "backend": self.adapter.name,
+            "precision": run.precision.name,
             "dataset": run.dataset.name,
             "harness_version": harness.__version__,
             "git_sha": sha,
@@ -88,6 +91,7 @@ class Plan:
             "path": self.path,
             "representation": self.run.representation.name,
             "backend": self.adapter.name,
+            "precision": self.run.precision.name,
             "dataset": self.run.dataset.name,
             "scale": self.run.dataset.scale,
             "num_tables": self.spec.num_tables,

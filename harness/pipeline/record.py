@@ -16,6 +16,7 @@ import logging
 from omegaconf import OmegaConf
 
 from backends.base import DeviceInfo
+from harness.core.precision import gemm_peak_metric
 from harness.pipeline.plan import Plan
 from harness.pipeline.timing import QuerySizeResult
 from harness.tracking import RunRecorder
@@ -53,8 +54,10 @@ def record_reader_stats(recorder: RunRecorder, dataset) -> None:
         log.warning("%d malformed lines skipped in %s; first: %s", stats.malformed, dataset.cfg.path, where)
 
 
-def size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float]) -> list[MetricRow]:
-    """One query size's metrics (step = its size); an infeasible size records `feasible=0` only."""
+def size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float],
+                 precision: str = "fp32") -> list[MetricRow]:
+    """One query size's metrics (step = its size); an infeasible size records `feasible=0` only. The GEMM
+    fraction is of the peak in the path's compute precision (bf16 paths against the bf16 GEMM)."""
     q = result.query_size
     rows: list[MetricRow] = [("feasible", float(result.feasible), q)]
     if not result.feasible:
@@ -76,8 +79,9 @@ def size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float
         device = result.device_stats.as_dict()
         rows += [(f"device_latency_{k}", device[k], q) for k in ("p50_ms", "p99_ms", "mean_ms")]
     rows += [(key, value, q) for key, value in result.extra.items()]
-    if peaks.get("gemm_gflops"):
-        rows.append(("fraction_of_gemm_peak", cost.flops(q) / mean_s / 1e9 / peaks["gemm_gflops"], q))
+    gemm_peak = peaks.get(gemm_peak_metric(precision))
+    if gemm_peak:
+        rows.append(("fraction_of_gemm_peak", cost.flops(q) / mean_s / 1e9 / gemm_peak, q))
     if peaks.get("gather_gbps"):
         rows.append(("fraction_of_gather_bandwidth", cost.bytes_read(q) / mean_s / 1e9 / peaks["gather_gbps"], q))
     return rows
@@ -121,7 +125,7 @@ def record_ladder(recorder: RunRecorder, p: Plan, results: list[QuerySizeResult]
                   extra_rows: list[MetricRow], accuracy: float | None) -> None:
     """The ladder's metrics per size, `fits_device` per size, the comparison metrics, raw samples,
     infeasible sizes as a tag."""
-    rows = [row for r in results for row in size_metrics(r, p.cost, peaks)] + extra_rows
+    rows = [row for r in results for row in size_metrics(r, p.cost, peaks, p.run.precision.name)] + extra_rows
     rows += comparison_rows(results, p.cost, accuracy)
     rows += [("fits_device", float(bool(p.fits(r.query_size))), r.query_size) for r in results]
     recorder.log_metric_rows(rows)

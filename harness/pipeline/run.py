@@ -27,7 +27,7 @@ from harness.pipeline import record
 from harness.pipeline.cache import IdCounter, attach_caches, cache_comparison, cache_enabled
 from harness.pipeline.peaks import device_peaks
 from harness.pipeline.plan import Plan
-from harness.pipeline.quality import train_or_reuse
+from harness.pipeline.quality import into_precision, train_or_reuse
 from harness.pipeline.timing import LadderSettings, QuerySizeResult, run_ladder
 from harness.tracking import RunRecorder, Store
 from harness.workload.device import configure_for
@@ -66,6 +66,7 @@ def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> Path
             if run.train.steps > 0:
                 quality = train_or_reuse(run, model, dataset, recorder, observe=counter.observe if counter else None)
                 record.record_reader_stats(recorder, dataset)
+            quality = into_precision(run, model, dataset, quality, recorder)
             caches = attach_caches(model, p.spec, dataset, counter, recorder)
             pools = Pools(dataset, run.measure.pool_samples)
             prepare(p, model, pools, device, build_s, recorder)
@@ -93,6 +94,7 @@ def close_quietly(adapter: Backend) -> None:
 def check_device(p: Plan, recorder: RunRecorder) -> DeviceInfo:
     """The backend is here, the device is described and recorded, and the model can fit on it."""
     p.adapter.require_available()
+    p.adapter.check_precision(p.run.precision.name)
     device = p.adapter.device_info()
     record.record_device(recorder, device)
     inject_fault(p.run.debug.fault)
@@ -111,16 +113,19 @@ def build(p: Plan):
     return model, time.perf_counter() - t0
 
 
-def prepare_on(adapter: Backend, model, example) -> None:
-    """The model configured for the adapter's device (harness/workload/device.py), then handed to it."""
+def prepare_on(adapter: Backend, model, example, precision: str = "fp32") -> None:
+    """The model configured for the adapter's device (harness/workload/device.py) and its precision's
+    device-wide switches set (the model's dtypes are already the path's), then handed to it."""
+    adapter.check_precision(precision)
     configure_for(model, adapter.capabilities())
+    adapter.use_precision(precision)
     adapter.prepare(model, example)
 
 
 def prepare(p: Plan, model, pools: Pools, device: DeviceInfo, build_s: float, recorder: RunRecorder) -> None:
     """Hand the model to the adapter (placement, compilation), timed apart from the steady state."""
     t0 = time.perf_counter()
-    prepare_on(p.adapter, model, pools(1)[0])
+    prepare_on(p.adapter, model, pools(1)[0], p.run.precision.name)
     prepare_s = time.perf_counter() - t0
     recorder.log_params({"backend_resolved": p.adapter.run_params()})
     recorder.log_metrics({"build_s": build_s, "prepare_s": prepare_s, "device_memory_bytes": device.memory_bytes,

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from harness.core.errors import ConfigError
 from harness.data.sources import SyntheticDataset
 from harness.pipeline.cache import attach_caches, cache_enabled
+from harness.pipeline.config import from_record
 from harness.pipeline.plan import plan
 from harness.pipeline.quality import WEIGHTS, load_weights
 from harness.pipeline.run import close_quietly, prepare_on
@@ -26,6 +27,7 @@ from harness.serving.simulator import simulate
 from harness.serving.study import build_policies, draw_sizes
 from harness.tracking import Store
 from harness.workload.dlrm import build_model
+from harness.workload.precision import apply_precision
 
 
 def run_live(cfg: ServingConfig, study, profiles, records: list[dict], store: Store, folder: Path) -> dict:
@@ -77,7 +79,7 @@ def build_live_paths(cfg: ServingConfig, profiles, records: list[dict], store: S
         with tempfile.TemporaryDirectory() as tmp:
             config = OmegaConf.to_container(OmegaConf.load(store.download(profile.run_id, "config/resolved.yaml",
                                                                           tmp)))
-            p = plan({**config, "dry_run": False})
+            p = plan({**from_record(config), "dry_run": False})
             if not p.adapter.available()[0]:
                 continue
             model = build_model(p.spec, seed=p.run.seed)
@@ -92,9 +94,10 @@ def build_live_paths(cfg: ServingConfig, profiles, records: list[dict], store: S
             if p.run.dataset.kind != "synthetic":
                 raise ValueError("live serving draws its queries from the synthetic generator of the paths' dataset")
             generator = SyntheticDataset(p.run.dataset, p.spec).generator
+        apply_precision(model, p.run.precision.name, getattr(p.run.representation, "storage", "fp32"))
         if cache_enabled(p.spec):
             attach_caches(model, p.spec, SyntheticDataset(p.run.dataset, p.spec), None)
-        prepare_on(p.adapter, model, None)
+        prepare_on(p.adapter, model, None, p.run.precision.name)
         live.append(LivePath(profile, p.adapter, fails=profile.path == cfg.live.fault_path))
     if not live:
         raise ConfigError("live.enabled", "no measured path of this experiment can run on this machine")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.analysis.mapping import latest_finished
+from harness.core.precision import path_suffix, same_numbers, split_path
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ class PathProfile:
         """A stand-in on another device: per-sample time divided by `factor_per_sample`, plus `fixed_ms`."""
         base = self.latency_ms[0]
         lat = tuple(fixed_ms + base / factor_per_sample + (v - base) / factor_per_sample for v in self.latency_ms)
-        rep = self.path.split("@")[0]
-        return PathProfile(f"{rep}@{device}", device, self.accuracy, self.sizes, lat, (), label)
+        rep, _, precision = split_path(self.path)
+        return PathProfile(f"{rep}@{device}{path_suffix(precision)}", device, self.accuracy, self.sizes, lat, (), label)
 
 
 def from_runs(runs) -> list[PathProfile]:
@@ -93,13 +94,14 @@ def from_runs(runs) -> list[PathProfile]:
 
 def with_accuracy_of(measured: list[PathProfile], profiles: list[PathProfile]) -> list[PathProfile]:
     """Give a profile without accuracy (a latency-only file, e.g. the GPU check's) the accuracy of the
-    measured path of the same representation, and say so in its source. The harness trains on the host
-    whatever the backend, so a representation's weights, and so its accuracy, do not depend on the device
-    that serves them; a profile with no such path keeps None (the policies rank it last)."""
-    by_rep = {p.path.split("@")[0]: p for p in measured if p.accuracy is not None}
+    measured path of the same representation and precision, and say so in its source. The harness trains
+    on the host whatever the backend, so a representation's weights, and so its accuracy in a precision,
+    do not depend on the device that serves them; a profile with no such path keeps None (the policies
+    rank it last). A bf16 path never takes an fp32 path's accuracy."""
+    by_rep = {same_numbers(p.path): p for p in measured if p.accuracy is not None}
     out = []
     for p in profiles:
-        donor = by_rep.get(p.path.split("@")[0])
+        donor = by_rep.get(same_numbers(p.path))
         if p.accuracy is None and donor is not None:
             p = replace(p, accuracy=donor.accuracy, source=f"{p.source}; accuracy of {donor.path} ({donor.source})")
         out.append(p)

@@ -16,7 +16,7 @@ from importlib import metadata
 from pathlib import Path
 
 import harness
-from harness.core.host import cpu_model_name, host_memory_bytes, physical_cores
+from harness.core.host import cpu_model_name, host_memory_bytes, numeric_flags, physical_cores
 
 # Distributions whose versions are recorded when installed.
 LIBRARIES = (
@@ -104,6 +104,7 @@ def capture() -> dict:
             "logical_cores": os.cpu_count(),
             "physical_cores": physical_cores(),
             "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "numeric_flags": numeric_flags(),
         },
         "memory_bytes": host_memory_bytes(),
         "libraries": library_versions(),

@@ -7,11 +7,13 @@ Counting rules (the same for every representation, so paths compare on one roofl
   weights (and DHE decoders) are read once per *query*, reported as `bytes_read_per_query_fixed` and
   added by `bytes_read(query_size)`;
 - activation bytes per sample sum every intermediate (an upper bound on the peak in inference), so the
-  dry run can tell whether the largest query of the ladder fits beside the parameters.
+  dry run can tell whether the largest query of the ladder fits beside the parameters;
+- MLP weights and activations take the compute precision's bytes (`precision=bf16`: 2), table rows their
+  storage's (harness/core/precision.py); the dense input stays fp32.
 
 >>> from harness.core.spec import WorkloadSpec
 >>> from harness.workload.representations.table import Config
->>> cost = path_cost(WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused")))
+>>> cost = path_cost(WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused", storage="fp32")))
 >>> cost.embedding.param_bytes, cost.top_input_width
 (2160804928, 367)
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.core.precision import compute_bytes
 from harness.core.spec import WorkloadSpec, interaction_width
 from harness.workload import representations
 from harness.workload.representations import EmbeddingCost
@@ -100,11 +103,12 @@ def path_cost(spec: WorkloadSpec) -> PathCost:
         + sum(top_widths)
         + embedding.activation_floats_per_sample
     )
+    number = compute_bytes(spec.precision)
     return PathCost(
         embedding=embedding,
-        mlp_param_bytes=(mlp_params(spec.bottom_mlp) + mlp_params(top_widths)) * FP32,
+        mlp_param_bytes=(mlp_params(spec.bottom_mlp) + mlp_params(top_widths)) * number,
         dense_flops_per_sample=dense_flops,
-        activation_bytes_per_sample=activations * FP32,
+        activation_bytes_per_sample=activations * number,
         num_vectors=vectors,
         top_input_width=top_in,
     )

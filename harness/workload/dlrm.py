@@ -7,7 +7,7 @@ nor which backend will run it.
 >>> from harness.core.spec import WorkloadSpec
 >>> from harness.workload.representations.table import Config
 >>> spec = WorkloadSpec((5, 7, 3), embedding_dim=4, bottom_mlp=(13, 8, 4), top_mlp=(6, 1),
-...                     representation=Config(layout="fused"))
+...                     representation=Config(layout="fused", storage="fp32"))
 >>> model = build_model(spec)
 >>> dense, ids = torch.rand(2, 13), torch.zeros(2, 3, 1, dtype=torch.int64)
 >>> model(dense, ids).shape   # one logit per sample
@@ -88,7 +88,11 @@ class OverArch(nn.Module):
 
 
 class DLRM(nn.Module):
-    """dense [B, 13] float32, ids [B, T, L] int64 -> logits [B]."""
+    """dense [B, 13] float32, ids [B, T, L] int64 -> logits [B] float32.
+
+    In a reduced precision (harness/workload/precision.py sets `compute_dtype`) the dense input and the
+    embeddings are cast to it on the way in and the logits back to fp32 on the way out.
+    """
 
     def __init__(self, spec: WorkloadSpec) -> None:
         super().__init__()
@@ -99,9 +103,14 @@ class DLRM(nn.Module):
         self.sparse_arch = rep.build(spec)
         self.interaction = DotInteraction(num_vectors)
         self.over_arch = OverArch(interaction_width(num_vectors, spec.embedding_dim), spec.top_mlp)
+        self.compute_dtype: torch.dtype | None = None  # None: fp32 throughout, no cast at all
 
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        return self.over_arch(self.interaction(self.dense_arch(dense), self.sparse_arch(ids)))
+        dtype = self.compute_dtype
+        if dtype is None:
+            return self.over_arch(self.interaction(self.dense_arch(dense), self.sparse_arch(ids)))
+        x = self.dense_arch(dense.to(dtype))
+        return self.over_arch(self.interaction(x, self.sparse_arch(ids).to(dtype))).float()
 
 
 def build_model(spec: WorkloadSpec, seed: int | None = None) -> DLRM:

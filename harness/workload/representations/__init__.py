@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Any, Protocol
 
 from harness.core.errors import ConfigError
+from harness.core.precision import storage_label
 from harness.core.schema import typed
 
 
@@ -81,9 +82,11 @@ def cache_config(config):
 
 
 def label(config) -> str:
-    """The representation's name in a path: `dhe+cache` when a cache is on."""
+    """The representation's name in a path: `dhe+cache` when a cache is on, `table:int8` when its tables
+    are not stored in fp32."""
     cache = cache_config(config)
-    return f"{config.name}+cache" if cache is not None and cache.enabled else config.name
+    name = config.name + storage_label(getattr(config, "storage", "fp32"))
+    return f"{name}+cache" if cache is not None and cache.enabled else name
 
 
 def names() -> list[str]:

@@ -25,6 +25,7 @@ import numpy as np
 from omegaconf import MISSING
 
 from harness.core.errors import ConfigError
+from harness.core.precision import compute_bytes
 from harness.core.zipf import top_share
 from harness.workload.representations import EmbeddingCost
 
@@ -138,15 +139,18 @@ def hash_coefficients(seed: int, feature: int, k: int, m: int) -> tuple[np.ndarr
 
 
 def dhe_cost(num_tables: int, params: DheParams, dim: int, ids_per_lookup: int,
-             table_rows: tuple[int, ...] = (), zipf_exponent: float | None = None) -> EmbeddingCost:
+             table_rows: tuple[int, ...] = (), zipf_exponent: float | None = None,
+             number_bytes: int = FP32) -> EmbeddingCost:
     """Cost of `num_tables` DHE tables; with a cache, its bytes count as memory and the expected hits
-    (from the Zipf law when `zipf_exponent` is known, else none assumed) skip the decoder's FLOPs."""
+    (from the Zipf law when `zipf_exponent` is known, else none assumed) skip the decoder's FLOPs.
+    Decoder weights and cached vectors take `number_bytes` each (the compute precision's); a cache's
+    rows per table are what `cache.bytes` buys in fp32, so every precision caches the same ids."""
     widths = params.widths(dim)
     pairs = list(zip(widths[:-1], widths[1:]))
     per_table = sum(i * o + o for i, o in pairs)
     bn_floats = 4 * sum(widths[1:-1]) if params.batch_norm else 0  # gamma, beta, running mean and var
     flops_lookup = 2 * sum(i * o for i, o in pairs)
-    decoder_bytes = num_tables * (per_table + bn_floats) * FP32
+    decoder_bytes = num_tables * (per_table + bn_floats) * number_bytes
     hit_rates = [0.0] * num_tables
     cache_bytes = 0
     details = {}
@@ -154,7 +158,7 @@ def dhe_cost(num_tables: int, params: DheParams, dim: int, ids_per_lookup: int,
         rows = params.cache.rows_per_table(num_tables, dim)
         sizes = list(table_rows) or [rows] * num_tables
         cached = [min(rows, n) for n in sizes]
-        cache_bytes = sum(cached) * (dim * FP32 + INDEX_BYTES)
+        cache_bytes = sum(cached) * (dim * number_bytes + INDEX_BYTES)
         if zipf_exponent is not None:
             hit_rates = [top_share(n, zipf_exponent, c) for n, c in zip(sizes, cached)]
         details = {"cache_rows_per_table": rows, "cache_bytes": cache_bytes,
@@ -166,7 +170,7 @@ def dhe_cost(num_tables: int, params: DheParams, dim: int, ids_per_lookup: int,
     return EmbeddingCost(
         param_bytes=decoder_bytes + cache_bytes,
         flops_per_sample=int(round(misses * flops_lookup)) + num_tables * (ids_per_lookup - 1) * dim,
-        bytes_read_per_sample=lookups * INDEX_BYTES + int(round(hits * dim * FP32)),
+        bytes_read_per_sample=lookups * INDEX_BYTES + int(round(hits * dim * number_bytes)),
         bytes_read_per_query=decoder_bytes,
         activation_floats_per_sample=lookups * sum(widths),
         details={
@@ -186,7 +190,7 @@ def feature_vectors(spec) -> int:
 
 def cost(spec) -> EmbeddingCost:
     return dhe_cost(spec.num_tables, spec.representation, spec.embedding_dim, spec.ids_per_lookup,
-                    spec.table_rows, spec.extras.get("zipf_exponent"))
+                    spec.table_rows, spec.extras.get("zipf_exponent"), compute_bytes(spec.precision))
 
 
 def build(spec):

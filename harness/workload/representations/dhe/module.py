@@ -118,8 +118,8 @@ class DeepHashEmbedding(nn.Module):
         return x
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """[T, N, k] codes -> [T, N, D]: one baddbmm per layer for all tables."""
-        x = codes
+        """[T, N, k] codes -> [T, N, D]: one baddbmm per layer for all tables, in the weights' dtype."""
+        x = codes.to(self.weights[0].dtype)
         last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             x = torch.baddbmm(bias, x, weight)
@@ -131,7 +131,7 @@ class DeepHashEmbedding(nn.Module):
 
     def decode_table(self, t: int, codes: torch.Tensor) -> torch.Tensor:
         """One table's decoder on codes [N, k] -> [N, D] (eval mode: BatchNorm with running statistics)."""
-        x = codes
+        x = codes.to(self.weights[0].dtype)
         last = len(self.weights) - 1
         for i, (weight, bias) in enumerate(zip(self.weights, self.biases)):
             x = torch.addmm(bias[t], x, weight[t])

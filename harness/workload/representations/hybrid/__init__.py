@@ -14,23 +14,23 @@ from dataclasses import dataclass, field
 
 from omegaconf import MISSING
 
-from harness.core.errors import ConfigError
+from harness.core.precision import compute_bytes
 from harness.core.schema import check_section
 from harness.workload.representations import EmbeddingCost
 from harness.workload.representations.dhe import Config as DheConfig
 from harness.workload.representations.dhe import dhe_cost
-from harness.workload.representations.table import LAYOUTS, table_cost
+from harness.workload.representations.table import check_tables, storage_tags, table_cost
 
 
 @dataclass
 class Config:
     name: str = "hybrid"
     layout: str = MISSING  # of the tables
+    storage: str = MISSING  # of the tables: fp32, fp16 or int8 (the table representation's key)
     dhe: DheConfig = field(default_factory=DheConfig)  # the dhe representation's keys (its YAML)
 
     def check(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ConfigError("layout", f"must be one of {LAYOUTS}, got {self.layout!r}")
+        check_tables(self.layout, self.storage)
         check_section(self.dhe, "dhe")
 
 
@@ -39,9 +39,13 @@ def feature_vectors(spec) -> int:
 
 
 def cost(spec) -> EmbeddingCost:
-    tables = table_cost(spec.table_rows, spec.embedding_dim, spec.ids_per_lookup)
+    tables = table_cost(spec.table_rows, spec.embedding_dim, spec.ids_per_lookup, spec.representation.storage)
     return tables + dhe_cost(spec.num_tables, spec.representation.dhe, spec.embedding_dim, spec.ids_per_lookup,
-                             spec.table_rows, spec.extras.get("zipf_exponent"))
+                             spec.table_rows, spec.extras.get("zipf_exponent"), compute_bytes(spec.precision))
+
+
+def run_tags(spec) -> dict[str, str]:
+    return storage_tags(spec.representation)
 
 
 def build(spec):

@@ -7,7 +7,7 @@ DHE, which removes most of the memory while keeping most lookups a cheap row rea
 >>> from harness.workload.representations.dhe import Config as DheConfig
 >>> dhe = DheConfig(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none",
 ...                 batch_norm=False, seed=0)
->>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused", features=None,
+>>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused", storage="fp32", features=None,
 ...                                num_largest=5, dhe=dhe))
 >>> [f"C{t + 1}" for t in selected(spec)]
 ['C3', 'C4', 'C12', 'C16', 'C21']
@@ -21,26 +21,27 @@ from typing import List, Optional
 from omegaconf import MISSING
 
 from harness.core.errors import ConfigError
+from harness.core.precision import compute_bytes
 from harness.core.schema import check_section
 from harness.core.spec import feature_names
 from harness.workload.representations import EmbeddingCost
 from harness.workload.representations.dhe import Config as DheConfig
 from harness.workload.representations.dhe import dhe_cost
-from harness.workload.representations.table import LAYOUTS, table_cost
+from harness.workload.representations.table import check_tables, storage_tags, table_cost
 
 
 @dataclass
 class Config:
     name: str = "select"
     layout: str = MISSING  # of the tables that stay
+    storage: str = MISSING  # of the tables: fp32, fp16 or int8 (the table representation's key)
     # Features that use DHE, by Criteo name (C1..C26); null: the `num_largest` largest tables.
     features: Optional[List[str]] = MISSING
     num_largest: int = MISSING
     dhe: DheConfig = field(default_factory=DheConfig)  # the dhe representation's keys (its YAML)
 
     def check(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ConfigError("layout", f"must be one of {LAYOUTS}, got {self.layout!r}")
+        check_tables(self.layout, self.storage)
         if self.features is None and self.num_largest < 1:
             raise ConfigError("num_largest", f"must be >= 1, got {self.num_largest}")
         if self.features is not None and not self.features:
@@ -78,11 +79,15 @@ def feature_vectors(spec) -> int:
 def cost(spec) -> EmbeddingCost:
     dhe_features = selected(spec)
     rows = tuple(r for t, r in enumerate(spec.table_rows) if t not in dhe_features)
-    tables = table_cost(rows, spec.embedding_dim, spec.ids_per_lookup)
+    tables = table_cost(rows, spec.embedding_dim, spec.ids_per_lookup, spec.representation.storage)
     dhe = dhe_cost(len(dhe_features), spec.representation.dhe, spec.embedding_dim, spec.ids_per_lookup,
-                   tuple(spec.table_rows[t] for t in dhe_features), spec.extras.get("zipf_exponent"))
+                   tuple(spec.table_rows[t] for t in dhe_features), spec.extras.get("zipf_exponent"), compute_bytes(spec.precision))
     return tables + EmbeddingCost(**{**dhe.__dict__, "details": {**dhe.details, "dhe_features": [
         f"C{t + 1}" for t in dhe_features]}})
+
+
+def run_tags(spec) -> dict[str, str]:
+    return storage_tags(spec.representation)
 
 
 def build(spec):

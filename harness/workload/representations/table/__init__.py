@@ -1,11 +1,15 @@
 """Plain embedding tables: one row per id, sum-pooled per feature (the memory-bound end of MP-Rec).
 
-Cost per lookup: read L rows of D fp32 values and their int64 ids; (L-1) x D additions for pooling.
+Cost per lookup: read L rows (D values in the table's storage: fp32, fp16, or int8 with a row scale and
+bias) and their int64 ids; (L-1) x D additions for pooling.
 
 >>> from harness.core.spec import WorkloadSpec
->>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused"))
+>>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused", storage="fp32"))
 >>> cost(spec).param_bytes
 2160804928
+>>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused", storage="int8"))
+>>> cost(spec).param_bytes                    # 24 bytes a row instead of 64
+810301848
 """
 
 from __future__ import annotations
@@ -15,9 +19,9 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from harness.core.errors import ConfigError
+from harness.core.precision import STORAGES, row_bytes
 from harness.workload.representations import EmbeddingCost
 
-FP32 = 4
 INDEX_BYTES = 8
 LAYOUTS = ("fused", "per_table")
 
@@ -30,30 +34,54 @@ class Config:
     # per_table: one nn.EmbeddingBag per feature (26 calls). benchmarks/table_path.py measures both;
     # fused won at every query size on the CPU (docs/performance.md), so it is the default.
     layout: str = MISSING
+    # How rows are stored (harness/core/precision.py): fp32, fp16, or int8 rows with an fp32 scale and
+    # bias each (FBGEMM's layout), quantized from the (trained) fp32 table and dequantized in the lookup.
+    storage: str = MISSING
 
     def check(self) -> None:
-        if self.layout not in LAYOUTS:
-            raise ConfigError("layout", f"must be one of {LAYOUTS}, got {self.layout!r}")
+        check_tables(self.layout, self.storage)
+
+
+def check_tables(layout: str, storage: str) -> None:
+    """The table keys' rules, shared by every representation that keeps tables."""
+    if layout not in LAYOUTS:
+        raise ConfigError("layout", f"must be one of {LAYOUTS}, got {layout!r}")
+    if storage not in STORAGES:
+        raise ConfigError("storage", f"must be one of {STORAGES}, got {storage!r}")
+    if storage != "fp32" and layout != "fused":
+        raise ConfigError("storage", f"{storage} tables need layout=fused (the per_table layout is fp32 only)")
 
 
 def feature_vectors(spec) -> int:
     return spec.num_tables
 
 
-def table_cost(rows: tuple[int, ...], dim: int, ids_per_lookup: int) -> EmbeddingCost:
+def table_cost(rows: tuple[int, ...], dim: int, ids_per_lookup: int, storage: str = "fp32") -> EmbeddingCost:
     """Cost of plain tables for the given row counts (shared with representations that keep some tables)."""
     lookups = len(rows) * ids_per_lookup
+    details = {"table_rows": sum(rows), "tables": len(rows)}
+    if storage != "fp32":
+        details["table_storage"] = storage
     return EmbeddingCost(
-        param_bytes=sum(rows) * dim * FP32,
+        param_bytes=sum(rows) * row_bytes(storage, dim),
         flops_per_sample=len(rows) * (ids_per_lookup - 1) * dim,
-        bytes_read_per_sample=lookups * (dim * FP32 + INDEX_BYTES),
+        bytes_read_per_sample=lookups * (row_bytes(storage, dim) + INDEX_BYTES),
         activation_floats_per_sample=lookups * dim,
-        details={"table_rows": sum(rows), "tables": len(rows)},
+        details=details,
     )
 
 
 def cost(spec) -> EmbeddingCost:
-    return table_cost(spec.table_rows, spec.embedding_dim, spec.ids_per_lookup)
+    return table_cost(spec.table_rows, spec.embedding_dim, spec.ids_per_lookup, spec.representation.storage)
+
+
+def run_tags(spec) -> dict[str, str]:
+    return storage_tags(spec.representation)
+
+
+def storage_tags(config) -> dict[str, str]:
+    """The tables' storage as a tag, where it is not fp32 (fp32 runs keep the tags they always had)."""
+    return {} if config.storage == "fp32" else {"table_storage": config.storage}
 
 
 def build(spec):

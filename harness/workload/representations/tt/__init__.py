@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from omegaconf import MISSING
 
 from harness.core.errors import ConfigError
+from harness.core.precision import compute_bytes
 from harness.workload.representations import EmbeddingCost
 from harness.workload.representations.table import INDEX_BYTES, table_cost
 
@@ -151,10 +152,11 @@ def cost(spec) -> EmbeddingCost:
     per_bag = spec.ids_per_lookup
     plain_cost = table_cost(tuple(spec.table_rows[t] for t in plain), spec.embedding_dim, per_bag)
     tt_cost = EmbeddingCost(
-        param_bytes=sum(f.params for f in facts) * FP32,
+        param_bytes=sum(f.params for f in facts) * compute_bytes(spec.precision),  # cores in compute dtype
         flops_per_sample=per_bag * sum(f.flops_per_lookup for f in facts)
         + len(facts) * (per_bag - 1) * spec.embedding_dim,
-        bytes_read_per_sample=per_bag * sum(f.floats_read_per_lookup * FP32 + INDEX_BYTES for f in facts),
+        bytes_read_per_sample=per_bag * sum(f.floats_read_per_lookup * compute_bytes(spec.precision) + INDEX_BYTES
+                                            for f in facts),
         activation_floats_per_sample=per_bag * sum(f.floats_read_per_lookup + 2 * spec.embedding_dim * f.ranks[1]
                                                    for f in facts),
         details={

@@ -1,0 +1,71 @@
+"""Numeric precision of a path: the compute dtype of its dense parts and the storage of its tables.
+
+Torch-free, so planning (dry runs, the cost model, feasibility) knows a path's bytes without torch.
+
+- **compute** (`precision=` group): the dtype of the dense MLPs, the interaction, DHE's decoders and TT's
+  cores. `tf32` keeps fp32 numbers but lets matmuls use TF32 tensor cores (GPUs only). Inputs and logits
+  stay fp32 at the path's boundary.
+- **storage** (`representation.storage`): how embedding-table rows are stored. `int8` is row-wise
+  quantization in FBGEMM's byte layout: D 8-bit values and an fp32 scale and bias per row (torch's
+  `quantized::embedding_bag_byte_*` kernels), dequantized in the lookup.
+
+>>> compute_bytes("bf16"), compute_bytes("tf32")
+(2, 4)
+>>> [row_bytes(s, 16) for s in STORAGES]      # bytes per table row at embedding dim 16
+[64, 32, 24]
+>>> path_suffix("fp32"), path_suffix("bf16")   # fp32 paths keep the label they always had
+('', '/bf16')
+>>> split_path("table:int8@cpu/bf16"), split_path("dhe@h200")
+(('table:int8', 'cpu', 'bf16'), ('dhe', 'h200', 'fp32'))
+"""
+
+from __future__ import annotations
+
+PRECISIONS = ("fp32", "bf16", "fp16", "tf32")
+STORAGES = ("fp32", "fp16", "int8")
+DEFAULT = "fp32"
+
+_COMPUTE_BYTES = {"fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
+INT8_ROW_EXTRA = 8  # the fp32 scale and fp32 bias FBGEMM's byte layout appends to each row
+
+
+def compute_bytes(precision: str) -> int:
+    """Bytes of one number in the compute precision (weights of the dense parts, activations)."""
+    return _COMPUTE_BYTES[precision]
+
+
+def row_bytes(storage: str, dim: int) -> int:
+    """Bytes of one embedding-table row of `dim` values stored as `storage`."""
+    if storage == "int8":
+        return dim + INT8_ROW_EXTRA
+    return dim * (2 if storage == "fp16" else 4)
+
+
+def path_suffix(precision: str) -> str:
+    """What a path's label carries after `<representation>@<backend>`: nothing in fp32, `/bf16` etc."""
+    return "" if precision == DEFAULT else f"/{precision}"
+
+
+def storage_label(storage: str) -> str:
+    """What a representation's label carries for its table storage: nothing in fp32, `:int8` etc."""
+    return "" if storage == DEFAULT else f":{storage}"
+
+
+def split_path(path: str) -> tuple[str, str, str]:
+    """A path's label `<representation>@<device>[/<precision>]` -> (representation, device, precision)."""
+    representation, _, rest = path.partition("@")
+    device, _, precision = rest.partition("/")
+    return representation, device, precision or DEFAULT
+
+
+def same_numbers(path: str) -> str:
+    """What a path's accuracy depends on besides its training: representation (storage included) and
+    compute precision, not the device (`dhe@cpu/bf16` and `dhe@h200/bf16` -> `dhe/bf16`)."""
+    representation, _, precision = split_path(path)
+    return f"{representation}/{precision}"
+
+
+def gemm_peak_metric(precision: str) -> str:
+    """The measured peak (harness/pipeline/peaks.py) a path computing in `precision` is judged against:
+    `gemm_gflops` for fp32, `gemm_bf16_gflops` for bf16, and so on."""
+    return "gemm_gflops" if precision == DEFAULT else f"gemm_{precision}_gflops"
