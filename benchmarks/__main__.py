@@ -21,7 +21,7 @@ from typing import Any, Callable
 from benchmarks.common import RESULTS, write_report
 
 BENCHMARKS = ["table_path", "torchrec_compare", "limits", "representations", "dhe_cache", "criteo_reader",
-              "serving", "harness_overhead"]
+              "serving", "harness_overhead", "precision"]
 
 Ratio = dict[str, Any]
 
@@ -102,10 +102,38 @@ def _harness_overhead(f: dict) -> dict[str, Ratio]:
             "harness.default_sweep_s": _ratio(f["sweep_s"], "< 300", f["sweep_command"])}
 
 
+def _precision(f: dict) -> dict[str, Ratio]:
+    largest = str(max(f["sizes"]))
+    out = {}
+    for rep, rows in f["latency"].items():
+        for label, row in rows[largest].items():
+            if label != "fp32":
+                target = ">= 2.5" if (rep, label) == ("table", "bf16") else None
+                out[f"precision.{rep}.q{largest}.{label}_speedup"] = _ratio(row["fp32_over_this"], target,
+                                                                           "whole DLRM, fp32 p50 / this p50")
+    out["precision.table.int8_lookup_speedup"] = _ratio(f["lookups"]["table_lookup"]["fp32_over_int8"], ">= 1.0",
+                                                         "lookup alone, largest size")
+    for key, row in f["lookups"].items():
+        if key.startswith("dhe_q"):
+            big = int(key[5:]) >= 1024
+            out[f"precision.{key}.whole_bf16_speedup"] = _ratio(row["whole_fp32_over_bf16"], ">= 2.5" if big else None,
+                                                                "hashing included")
+            out[f"precision.{key}.decoders_fraction_of_bf16_gemm"] = _ratio(
+                row["decoder_fraction_of_gemm_peak"]["bf16"], ">= 0.6" if big else None)
+    out["precision.table.int8_param_bytes_over_fp32"] = _ratio(f["param_bytes"]["int8_over_fp32"], "< 0.3",
+                                                                "Kaggle 1.0; 8 bytes of scale and bias a row")
+    for rep, rows in f.get("accuracy", {}).items():
+        for label, row in rows.items():
+            if label != "fp32":
+                out[f"precision.{rep}.{label}_accuracy_delta_pt"] = _ratio(abs(100 * row["accuracy_delta"]) or 1e-9,
+                                                                           "< 0.1", "|points|")
+    return out
+
+
 RATIOS: dict[str, Callable[[dict], dict[str, Ratio]]] = {
     "table_path": _table_path, "torchrec_compare": _torchrec, "limits": _limits,
     "representations": _representations, "dhe_cache": _dhe_cache, "criteo_reader": _criteo_reader,
-    "serving": _serving, "harness_overhead": _harness_overhead,
+    "serving": _serving, "harness_overhead": _harness_overhead, "precision": _precision,
 }
 
 

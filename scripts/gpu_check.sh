@@ -2,8 +2,10 @@
 # The GPU check: on a machine with an NVIDIA GPU, exercise the CUDA backend for real and record the GPU's
 # latency profiles for the serving study (the second device of MP-Rec's CPU-GPU system).
 #   1. the environment: nvidia-smi, torch, `python -m backends`;
-#   2. tests/test_backend_parity.py -k cuda: every representation on CUDA equals the torch CPU output,
-#      torch.compile too, and a real CUDA out-of-memory is recorded infeasible while the ladder goes on;
+#   2. tests/test_backend_parity.py -k cuda: every representation on CUDA
+#      equals the torch CPU output, torch.compile too, a real CUDA out-of-memory is recorded infeasible
+#      while the ladder goes on, and every representation in bf16, fp16 and TF32 is within its tolerance
+#      of fp32 (harness/workload/precision.py: PARITY_TOLERANCE);
 #   3. the headline's paths measured on CUDA: `experiment=mprec_headline +backend=cuda train.steps=0`
 #      (latency does not depend on the weights' values; the harness trains on the host whatever the
 #      backend, so the serving study takes each representation's accuracy from its CPU run);

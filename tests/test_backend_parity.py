@@ -148,3 +148,26 @@ def test_a_real_cuda_out_of_memory_is_recorded_and_the_ladder_goes_on(run_config
     results = run_ladder(adapter, [4, 16, 8], pool, settings)
     assert [r.feasible for r in results] == [True, False, True]
     assert results[0].extra["peak_memory_bytes"] > 0 and len(results[2].device_latencies_s) == 4
+
+
+# Each precision against fp32 on CUDA (tests/test_precision.py does it on the CPU): bf16, fp16 and TF32
+# logits within PARITY_TOLERANCE of the fp32 model's on the same weights and batch.
+PRECISION_CASES = [(n, 1) for n in REPRESENTATIONS] + [("table", 3), ("tt", 2), ("dhe", 2), ("hybrid", 3)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")
+@pytest.mark.parametrize("precision", ["bf16", "fp16", "tf32"])
+@pytest.mark.parametrize("name, per_bag", PRECISION_CASES)
+def test_cuda_every_representation_in_every_precision_matches_fp32(run_config, precision, name, per_bag):
+    from backends.cuda import CudaBackend
+    from harness.workload.precision import PARITY_TOLERANCE, apply_precision
+
+    model, batch, expected = case(name, per_bag)
+    apply_precision(model, precision)
+    adapter = CudaBackend(run_config("+backend=cuda").backend)
+    prepare_on(adapter, model, batch, precision)
+    out = adapter.run(adapter.place(batch))
+    adapter.synchronize(out)
+    out = adapter.to_host(out)
+    assert out.dtype == torch.float32
+    assert float((out - expected).abs().max() / expected.abs().max()) <= PARITY_TOLERANCE[precision]

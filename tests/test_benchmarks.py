@@ -118,3 +118,16 @@ def test_collect_names_what_is_missing(tmp_path, monkeypatch):
     assert result["ratios"] == {} and result["reports"]["limits"].startswith("missing")
     with pytest.raises(SystemExit):
         suite.main(["--collect", "--only", "nonsense"])
+
+
+def test_precision_figures(tiny_run):
+    f = tiny_run[1]["precision"]
+    assert set(f["latency"]) == {"table", "tt", "dhe", "hybrid"}
+    assert all(_finite_positive(r["fp32_over_this"]) for rows in f["latency"].values() for sizes in rows.values()
+               for r in sizes.values())
+    assert f["param_bytes"]["int8"] == 33762577 * 24 + 1903940  # rows x (16 + 8) bytes, fp32 MLPs
+    assert f["param_bytes"]["int8_over_fp32"] < 0.4 and f["gemm_peak_gflops"]["bf16"] > 0
+    assert set(f["accuracy"]["table"]) == {"fp32", "bf16", "int8", "int8+bf16"}
+    assert f["accuracy"]["table"]["fp32"]["accuracy_delta"] == 0
+    ratios = tiny_run[0]["ratios"]
+    assert "precision.table.q64.bf16_speedup" in ratios and ratios["precision.table.int8_param_bytes_over_fp32"]["target"]

@@ -3,7 +3,7 @@
 Parity: each representation in each precision the CPU adapter runs matches its fp32 output within the
 tolerance written down in harness/workload/precision.py (PARITY_TOLERANCE); int8 tables match their own
 dequantized fp32 reference exactly (one id per lookup) or to fp32 summation rounding (bags). The same
-checks run on CUDA, TF32 included, where a GPU is present (scripts/gpu_check.sh runs `-k cuda`).
+checks run on CUDA, TF32 included, in tests/test_backend_parity.py (scripts/gpu_check.sh runs `-k cuda`).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from .test_backend_parity import REPRESENTATIONS, case
 from .test_end_to_end import _runs
 
 REDUCED_ON_CPU = [p for p in CpuBackend.precisions if p != "fp32"]
-CUDA = torch.cuda.is_available()
 HAS_TF = importlib.util.find_spec("tensorflow") is not None
 
 
@@ -67,14 +66,6 @@ def test_every_representation_in_every_cpu_precision_matches_fp32_within_its_tol
     error = relative_error(out, expected)
     assert error <= PARITY_TOLERANCE[precision], f"{name} in {precision}: {error:.2e}"
     assert error > 0  # it really computed in the reduced precision
-
-
-@pytest.mark.skipif(not CUDA, reason="no CUDA device here (scripts/gpu_check.sh runs this on a GPU)")
-@pytest.mark.parametrize("precision", ["bf16", "fp16", "tf32"])
-@pytest.mark.parametrize("name, per_bag", CASES)
-def test_cuda_every_representation_in_every_precision_matches_fp32(precision, name, per_bag):
-    out, expected = run_in(precision, name, per_bag, "cuda")
-    assert relative_error(out, expected) <= PARITY_TOLERANCE[precision]
 
 
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (pip install -e '.[tf]')")
