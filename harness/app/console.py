@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from harness.core.precision import split_path, storage_label
 from harness.pipeline.plan import Plan
 from harness.pipeline.timing import QuerySizeResult
 from harness.tracking import Store
@@ -96,9 +97,14 @@ def what_was_timed(p: Plan, device: str) -> str:
     """One line: the model, the representation, the device, and what a sample and a query are."""
     spec, run = p.spec, p.run
     ids = "one id" if spec.ids_per_lookup == 1 else f"{spec.ids_per_lookup} ids"
+    representation, _, precision = split_path(p.path)
+    storage = getattr(run.representation, "storage", "fp32")
+    representation = representation.replace(storage_label(storage), "")  # said below, in words
+    numerics = "" if precision == "fp32" and storage == "fp32" else (
+        f", computing in {precision}" + ("" if storage == "fp32" else f" with {storage} table rows"))
     return (f"timed: inference of DLRM ({run.dataset.name}, scale {run.dataset.scale}: {spec.num_tables} "
-            f"embedding features, {p.cost.param_bytes / 2**20:,.1f} MiB of parameters) with {p.path.split('@')[0]} "
-            f"embeddings on {device} ({p.adapter.name}); a sample is one user-item pair ({spec.num_dense} dense "
+            f"embedding features, {p.cost.param_bytes / 2**20:,.1f} MiB of parameters) with {representation} "
+            f"embeddings{numerics} on {device} ({p.adapter.name}); a sample is one user-item pair ({spec.num_dense} dense "
             f"features, {ids} per feature), a query is `query size` samples in one call")
 
 
@@ -150,7 +156,7 @@ def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:
     """One row per job of a sweep (stderr): status, path, overrides, run, error."""
     title = f"sweep: {counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed"
     if counts.get("unavailable"):
-        title += f", {counts['unavailable']} could not run here (backend not available)"
+        title += f", {counts['unavailable']} could not run here (backend, or its precision, not available)"
     table = Table(title=title, title_justify="left")
     for column in ("status", "path", "overrides", "run", "error"):
         table.add_column(column)
