@@ -12,9 +12,16 @@ The harness drives an adapter in this order:
     adapter.check_precision(precision)       # refuses a compute precision the adapter does not run
     adapter.use_precision(precision)         # device-wide switches (CUDA's TF32); dtypes are the model's
     adapter.prepare(model, example_batch)    # placement, compilation: never timed as steady state
-    batch = adapter.place(host_batch)        # once per pooled batch, before timing
-    out = adapter.run(batch)                 # may return before the device is done...
+    staged = adapter.place(host_batch)       # once per pooled batch, before timing (e.g. pinned memory)
+    adapter.capture(staged)                  # once per query size (CUDA graphs), timed apart
+    # Timed, host to host, as a served query sees it:
+    out = adapter.fetch(adapter.run(adapter.to_device(staged)))   # may return before the device is done...
     adapter.synchronize(out)                 # ...so the harness calls this before reading its clock
+
+A device backend's `latency_*` therefore covers the input copy, the model and the output copy; the
+model alone, where the device has a timer of its own (CUDA events), is `device_latency_*`. Adapters whose
+`place` leaves the batch where the model reads it (the CPU) keep `to_device` and `fetch` as they are:
+nothing is added to their timed region.
 """
 
 from __future__ import annotations
@@ -116,11 +123,30 @@ class Backend(ABC):
 
     @abstractmethod
     def place(self, batch: Any) -> Any:
-        """Move one host batch to the device (done once per pooled batch, outside timed regions)."""
+        """Stage one host batch (done once per pooled batch, outside timed regions): where the device reads
+        it directly (host memory for a CPU, a poptorch call's inputs), ready to run; for a device with its
+        own memory, in host memory it copies from fast (pinned), `to_device` doing the copy inside timing."""
+
+    def to_device(self, staged: Any) -> Any:
+        """Inside the timed region: the staged host batch copied to the device (may be asynchronous)."""
+        return staged
+
+    def fetch(self, output: Any) -> Any:
+        """Inside the timed region: start copying `output` to the host; `synchronize` waits for it."""
+        return output
+
+    def serve(self, host_batch: Any) -> Any:
+        """One query host to host, finished: what live serving and the cross-checks call (untimed here)."""
+        out = self.fetch(self.run(self.to_device(self.place(host_batch))))
+        self.synchronize(out)
+        return out
+
+    def capture(self, staged: Any) -> None:
+        """Once per query size, before its first timed call (CUDA graphs); its time is recorded apart."""
 
     @abstractmethod
     def run(self, batch: Any) -> Any:
-        """Launch one inference on a placed batch; may return before the device has finished."""
+        """Launch one inference on a batch on the device; may return before the device has finished."""
 
     @abstractmethod
     def synchronize(self, output: Any) -> None:

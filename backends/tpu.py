@@ -104,6 +104,15 @@ class TpuBackend(TorchBackend):
                           framework="torch_xla", framework_version=metadata.version("torch_xla"),
                           details={"pjrt_device": os.environ.get("PJRT_DEVICE")})
 
+    def place(self, batch):
+        return batch  # host tensors; `to_device` copies them inside the timed region
+
+    def to_device(self, staged):
+        return type(staged)(*(t.to(self.device) for t in staged))
+
+    def fetch(self, output):
+        return output.cpu()  # runs the pending graph and copies the result to the host
+
     def capabilities(self) -> DeviceCapabilities:
         # embedding_bag falls back to the host under XLA; a real TPU has no float64 and emulates int64
         # slowly (on PJRT's CPU device both are native).

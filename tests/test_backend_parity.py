@@ -57,9 +57,7 @@ def case(name: str, per_bag: int = 1):
 
 def run_on(adapter, model, batch) -> torch.Tensor:
     prepare_on(adapter, model, batch)  # configured for what the adapter declares, as a run is
-    out = adapter.run(adapter.place(batch))
-    adapter.synchronize(out)
-    return adapter.to_host(out).float()
+    return adapter.to_host(adapter.serve(batch)).float()
 
 
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (pip install -e '.[tf]')")
@@ -166,8 +164,6 @@ def test_cuda_every_representation_in_every_precision_matches_fp32(run_config, p
     apply_precision(model, precision)
     adapter = CudaBackend(run_config("+backend=cuda").backend)
     prepare_on(adapter, model, batch, precision)
-    out = adapter.run(adapter.place(batch))
-    adapter.synchronize(out)
-    out = adapter.to_host(out)
+    out = adapter.to_host(adapter.serve(batch))
     assert out.dtype == torch.float32
     assert float((out - expected).abs().max() / expected.abs().max()) <= PARITY_TOLERANCE[precision]

@@ -250,6 +250,8 @@ def test_cuda_adapter_logic_with_a_simulated_device(run_config, monkeypatch):
     monkeypatch.setattr(cuda, "reset_peak_memory_stats", lambda i=None: calls.__setitem__("reset", calls["reset"] + 1))
     monkeypatch.setattr(cuda, "max_memory_allocated", lambda i=None: 12345)
     monkeypatch.setattr(cuda, "empty_cache", lambda: calls.__setitem__("empty_cache", calls["empty_cache"] + 1))
+    pinned = []
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: pinned.append(t.shape) or t)  # no pinned memory here
 
     class Model(torch.nn.Module):
         def forward(self, dense, ids):
@@ -266,3 +268,9 @@ def test_cuda_adapter_logic_with_a_simulated_device(run_config, monkeypatch):
     assert calls["empty_cache"] == 1 and calls["reset"] == 3 and calls["synchronize"] > 0
     assert len(results[0].device_latencies_s) == 4 and results[0].device_stats is not None
     assert results[0].extra == {"peak_memory_bytes": 12345.0}
+    assert pinned  # batches staged in pinned memory, copied in and out inside the timed region
+    copies = []
+    monkeypatch.setattr(torch.Tensor, "to", lambda t, *a, **k: copies.append((a, k)) or t)
+    adapter.synchronize(adapter.fetch(adapter.run(adapter.to_device(Batch(torch.rand(2, 13), torch.zeros(2, 26, 1))))))
+    # dense and ids to the device (here "cpu", the simulation), then the logits back: all asynchronous
+    assert copies == [(("cpu",), {"non_blocking": True})] * 3

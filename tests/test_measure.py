@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -179,3 +180,61 @@ def test_other_errors_propagate():
 
     with pytest.raises(ValueError, match="a bug"):
         run_ladder(Broken(), [1], lambda q: [q], FAST)
+
+
+class FakeDeviceAdapter(AsyncAdapter):
+    """A device with memory of its own: the input copy, the model and the output copy each take time; its
+    own timer (as CUDA events) sees the model only."""
+
+    copy_s, work_s = 0.004, 0.006
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def to_device(self, staged):
+        self.calls.append("to_device")
+        time.sleep(self.copy_s)
+        return staged
+
+    def fetch(self, out):
+        self.calls.append("fetch")
+        finished = threading.Event()
+        threading.Thread(target=lambda: (out.wait(), time.sleep(self.copy_s), finished.set())).start()
+        return finished  # the copy back finishes after the model: synchronize must wait for both
+
+    def run(self, batch):
+        self.calls.append("run")
+        return super().run(batch)
+
+    def device_time_s(self):
+        return self.work_s
+
+
+def test_a_device_path_is_timed_host_to_host_and_its_device_time_is_kept_apart():
+    adapter = FakeDeviceAdapter()
+    [result] = run_ladder(adapter, [1], lambda q: [None], FAST)
+    # Every timed call copies in, runs, copies out, in that order...
+    assert adapter.calls[:3] == ["to_device", "run", "fetch"] and len(adapter.calls) % 3 == 0
+    # ...and the wall clock covers all three, the device's timer the model alone.
+    assert min(result.latencies_s) >= (2 * adapter.copy_s + adapter.work_s) * 0.95
+    assert result.device_stats.p50_ms == pytest.approx(adapter.work_s * 1e3)
+
+
+def test_an_adapter_without_copies_times_run_alone():
+    # The CPU's case: `to_device` and `fetch` are the contract's defaults, so the loop calls `run` only.
+    from backends.base import Backend
+    from harness.pipeline.timing import host_to_host
+
+    class HostOnly(Backend):
+        name = "host"
+        available = classmethod(lambda cls: (True, ""))
+        device_info = prepare = place = synchronize = lambda self, *a: None
+
+        def run(self, batch):
+            return batch
+
+    step = host_to_host(HostOnly(None), [7, 8])
+    assert "fetch" not in step.__code__.co_freevars and "to_device" not in step.__code__.co_freevars
+    assert [step(0), step(1), step(2)] == [7, 8, 7]
+    assert "fetch" in host_to_host(FakeDeviceAdapter(), [None]).__code__.co_freevars

@@ -50,9 +50,7 @@ def run_in(precision: str, name: str, per_bag: int, device_backend: str = "cpu")
     from harness.pipeline.run import prepare_on
 
     prepare_on(adapter, model, batch, precision)
-    out = adapter.run(adapter.place(batch))
-    adapter.synchronize(out)
-    return adapter.to_host(out), expected
+    return adapter.to_host(adapter.serve(batch)), expected
 
 
 CASES = [(n, 1) for n in REPRESENTATIONS] + [("table", 3), ("tt", 2), ("dhe", 2), ("hybrid", 3)]

@@ -2,9 +2,11 @@
 
 The harness owns the clock; the backend owns synchronization. Every timed iteration is
 
-    t0 = clock(); out = backend.run(batch); backend.synchronize(out); t1 = clock()
+    t0 = clock(); out = backend.fetch(backend.run(backend.to_device(batch))); backend.synchronize(out); t1 = clock()
 
-so no clock is read around work the device has not finished. The first call of each query size
+so no clock is read around work the device has not finished, and a device backend's latency runs from a
+host batch to its result on the host, as a served query's does (`to_device` and `fetch` are nothing on a
+CPU). The device's own time for the model alone, where it keeps one, is recorded beside it. The first call of each query size
 (compilation, lazy allocation, cold caches) is timed apart; warm-up runs by count *and* by time; the
 measured phase runs until both a minimum count and a minimum time are met (or a cap), and every raw
 per-iteration latency is kept.
@@ -16,6 +18,8 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
+
+from backends.base import Backend
 
 Clock = Callable[[], float]
 
@@ -167,6 +171,21 @@ class QuerySizeResult:
     extra: dict[str, float] = field(default_factory=dict)  # the adapter's per-size metrics
 
 
+def host_to_host(backend, pool: list) -> Callable[[int], Any]:
+    """Iteration i of the timed loop: pooled batch i's copy to the device, the model, the copy back."""
+    count, run = len(pool), backend.run
+    if not (_overrides(backend, "to_device") or _overrides(backend, "fetch")):
+        return lambda i: run(pool[i % count])  # nothing to copy (a CPU): not even a call more
+    to_device, fetch = backend.to_device, backend.fetch
+    return lambda i: fetch(run(to_device(pool[i % count])))
+
+
+def _overrides(backend, method: str) -> bool:
+    """Whether the adapter has `method` of its own, beyond the contract's default (backends/base.py)."""
+    own = getattr(type(backend), method, None)
+    return own is not None and own is not getattr(Backend, method)
+
+
 def run_ladder(
     backend,
     query_sizes: Sequence[int],
@@ -184,10 +203,14 @@ def run_ladder(
     for query_size in query_sizes:
         try:
             pool = [backend.place(batch) for batch in make_pool(query_size)]
-            count = len(pool)
             backend.begin_size(query_size)
+            captured = {}
+            if _overrides(backend, "capture"):  # CUDA graphs: once per size, before its first call
+                t0 = clock()
+                backend.capture(pool[0])
+                captured["capture_s"] = clock() - t0  # apart, like compile time: never in the samples
             timing = time_iterations(
-                lambda i: backend.run(pool[i % count]), backend.synchronize, settings, clock,
+                host_to_host(backend, pool), backend.synchronize, settings, clock,
                 device_time=backend.device_time_s, on_steady=backend.mark_steady,
             )
             per_call = backend.queries_per_call
@@ -204,7 +227,7 @@ def run_ladder(
                 stats=summarize(timing.latencies_s, query_size),
                 device_latencies_s=timing.device_latencies_s,
                 device_stats=summarize(timing.device_latencies_s, query_size) if timing.device_latencies_s else None,
-                extra=backend.end_size(),
+                extra={**backend.end_size(), **captured},
             )
         except Exception as exc:  # noqa: BLE001 - classified just below
             if not backend.is_out_of_memory(exc):
