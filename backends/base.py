@@ -141,8 +141,15 @@ class Backend(ABC):
         self.synchronize(out)
         return out
 
-    def capture(self, staged: Any) -> None:
-        """Once per query size, before its first timed call (CUDA graphs); its time is recorded apart."""
+    def capture(self, staged: Any) -> bool:
+        """Once per query size, before its first timed call: capture what replays it (CUDA graphs);
+        True when something was captured (its time is then recorded apart, `capture_s`)."""
+        return False
+
+    def mode(self) -> str:
+        """How the model executes: eager (the default), compiled, compiled+graphs or graphs; part of the
+        path's label (harness/core/paths.py)."""
+        return "eager"
 
     @abstractmethod
     def run(self, batch: Any) -> Any:

@@ -5,6 +5,12 @@ Synchronization: kernels are queued asynchronously; `synchronize` waits for the 
 CUDA events, so each run records the device's own time beside the wall clock (`device_latency_*`).
 Out of memory at a query size is caught, the allocator's cache emptied, and the ladder goes on; the
 peak allocated memory of each query size is recorded (`peak_memory_bytes`).
+
+Execution modes (the path's label says which, harness/core/paths.py): eager; `backend.compile=true`
+(torch.compile; `compile_mode=reduce-overhead` also replays CUDA graphs); `backend.graphs=true`, the eager
+model captured into one CUDA graph per query size before its first timed call (the capture is timed apart,
+`capture_s` at that size) and replayed: one launch per query instead of one per kernel. A query of a size
+without a graph (live serving) runs eagerly.
 """
 
 from __future__ import annotations
@@ -30,11 +36,15 @@ _DRIVER_PATHS = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd"
 class CudaConfig(TorchConfig):
     name: str = "cuda"
     device_index: int = MISSING
+    graphs: bool = MISSING  # capture the eager model in a CUDA graph per query size and replay it
 
     def check(self) -> None:
         super().check()
         if self.device_index < 0:
             raise ConfigError("device_index", f"must be >= 0, got {self.device_index}")
+        if self.graphs and self.compile:
+            raise ConfigError("graphs", "graphs=true captures the eager model; for a compiled one with CUDA "
+                                        "graphs use compile=true compile_mode=reduce-overhead")
 
 
 class CudaBackend(TorchBackend):
@@ -47,6 +57,7 @@ class CudaBackend(TorchBackend):
         super().__init__(config)
         self.device = f"cuda:{config.device_index}"
         self._events: tuple[Any, Any] | None = None
+        self._graphs: dict[int, tuple[Any, Any, Any]] = {}  # query size -> (graph, static inputs, output)
 
     @classmethod
     def available(cls) -> tuple[bool, str]:
@@ -102,18 +113,55 @@ class CudaBackend(TorchBackend):
         # timed region) is then one asynchronous DMA, not a pageable bounce.
         return type(batch)(*(t.pin_memory() for t in batch))
 
+    def mode(self) -> str:
+        return "graphs" if self.config.graphs else super().mode()
+
+    def capture(self, staged) -> bool:
+        """graphs=true: capture this query size's graph (once), after warm-up on a side stream as CUDA
+        graphs require; its inputs are static buffers `to_device` copies each query into."""
+        if not self.config.graphs or staged[0].shape[0] in self._graphs:
+            return False
+        import torch
+
+        static_in = type(staged)(*(t.to(self.device) for t in staged))
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self.model(*static_in)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = self.model(*static_in)
+        torch.cuda.synchronize(self.config.device_index)
+        self._graphs[staged[0].shape[0]] = (graph, static_in, static_out)
+        return True
+
     def to_device(self, staged):
+        captured = self._graphs.get(staged[0].shape[0])
+        if captured is not None:  # into the graph's static inputs
+            for target, source in zip(captured[1], staged):
+                target.copy_(source, non_blocking=True)
+            return captured[1]
         return type(staged)(*(t.to(self.device, non_blocking=True) for t in staged))
 
     def run(self, batch):
         start, end = self._events
         start.record()  # the device's own time covers the model only (device_latency_*)
-        out = self.model(*batch)
+        captured = self._graphs.get(batch[0].shape[0])
+        if captured is not None and batch is captured[1]:
+            captured[0].replay()
+            out = captured[2]
+        else:
+            out = self.model(*batch)
         end.record()
         return out
 
     def fetch(self, output):
         return output.to("cpu", non_blocking=True)  # into pinned memory; synchronize waits for it
+
+    def close(self) -> None:
+        self._graphs.clear()  # the graphs' memory pools go with them
 
     def synchronize(self, output) -> None:
         import torch

@@ -50,6 +50,13 @@ class TorchBackend(Backend):
             self.compile_s = time.perf_counter() - t0
         self.model = model
 
+    def mode(self) -> str:
+        if not self.config.compile:
+            return "eager"
+        # reduce-overhead replays CUDA graphs of the compiled model (on CUDA; elsewhere it is a compile)
+        return "compiled+graphs" if self.config.compile_mode == "reduce-overhead" and self.device.startswith(
+            "cuda") else "compiled"
+
     def place(self, batch):
         return type(batch)(*(t.to(self.device) for t in batch))
 

@@ -274,3 +274,80 @@ def test_cuda_adapter_logic_with_a_simulated_device(run_config, monkeypatch):
     adapter.synchronize(adapter.fetch(adapter.run(adapter.to_device(Batch(torch.rand(2, 13), torch.zeros(2, 26, 1))))))
     # dense and ids to the device (here "cpu", the simulation), then the logits back: all asynchronous
     assert copies == [(("cpu",), {"non_blocking": True})] * 3
+
+
+def test_cuda_graphs_capture_once_per_size_replay_and_fall_back_to_eager(run_config, monkeypatch):
+    """backend.graphs=true against a simulated torch.cuda: one capture per query size before its first
+    timed call (timed apart as capture_s), every timed call a replay into the static buffers, and a size
+    without a graph (live serving) run eagerly. The real API is exercised by scripts/gpu_check.sh."""
+    from harness.pipeline.timing import LadderSettings, run_ladder
+
+    log = []
+
+    class Event:
+        def __init__(self, enable_timing):
+            pass
+
+        def record(self):
+            pass
+
+        def elapsed_time(self, end):
+            return 0.5
+
+    class Graph:
+        def replay(self):
+            log.append("replay")
+            self.out.copy_(self.model(*self.inputs))  # what replaying the captured kernels computes
+
+    class Capturing:
+        def __init__(self, what):
+            self.what = what
+
+        def __enter__(self):
+            log.append(self.what)
+
+        def __exit__(self, *exc):
+            return False
+
+    cuda = torch.cuda
+    for name, value in {"set_device": lambda i: None, "Event": Event, "synchronize": lambda i=None: None,
+                        "reset_peak_memory_stats": lambda i=None: None, "max_memory_allocated": lambda i=None: 0,
+                        "Stream": lambda: type("S", (), {"wait_stream": lambda self, other: None})(),
+                        "current_stream": lambda: type("S", (), {"wait_stream": lambda self, other: None})(),
+                        "stream": lambda s: Capturing("side stream"), "CUDAGraph": Graph,
+                        "graph": lambda g: Capturing("capture")}.items():
+        monkeypatch.setattr(cuda, name, value)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: t)
+
+    class Model(torch.nn.Module):
+        def forward(self, dense, ids):
+            log.append("eager")
+            return dense.sum(1)
+
+    adapter = CudaBackend(run_config("+backend=cuda", "backend.graphs=true").backend)
+    adapter.device = "cpu"
+    model = Model()
+    adapter.prepare(model, None)
+    assert adapter.mode() == "graphs"
+    original_capture = adapter.capture
+
+    def capture(staged):  # hand the simulated graph what it replays
+        captured = original_capture(staged)
+        graph, inputs, out = adapter._graphs[staged[0].shape[0]]
+        graph.model, graph.inputs, graph.out = adapter.model, inputs, out
+        return captured
+
+    adapter.capture = capture
+    settings = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=3, min_time_s=0, max_iters=3, max_time_s=5)
+    pools = lambda q: [Batch(torch.full((q, 13), float(i)), torch.zeros(q, 26, 1)) for i in range(2)]  # noqa: E731
+    results = run_ladder(adapter, [4, 8], pools, settings)
+    assert sorted(adapter._graphs) == [4, 8] and log.count("capture") == 2
+    assert all("capture_s" in r.extra for r in results)
+    timed_calls = 1 + 1 + 3  # first call, warm-up, measured: per size
+    assert log.count("replay") == 2 * timed_calls
+    # Replays compute each batch's own result: the static inputs were refilled, not stale.
+    out = adapter.fetch(adapter.run(adapter.to_device(Batch(torch.full((4, 13), 2.0), torch.zeros(4, 26, 1)))))
+    assert torch.equal(out, torch.full((4,), 26.0))
+    log.clear()
+    adapter.serve(Batch(torch.ones(3, 13), torch.zeros(3, 26, 1)))  # no graph of size 3: eager
+    assert log == ["eager"]

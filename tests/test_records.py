@@ -1,6 +1,7 @@
 """A run records what it recorded before the layout change (issue 14): same params, tags, metrics, artifacts;
 since issue 15, plus the `compare/` metrics that open MLflow's chart view; since issue 16, plus the
-path's precision (fp32 here) as a param, a tag and a plan entry, and the tables' storage as a param.
+path's precision (fp32 here) as a param, a tag and a plan entry, and the tables' storage as a param; since
+issue 17, its execution mode (eager here) as a tag and a plan entry.
 
 The reference shapes were captured from the code before the move (tests/record_shape.py says how);
 run keys are hashes of the resolved config, so equal run keys also mean an unchanged config schema.
@@ -32,6 +33,8 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
         assert now["params"].pop("representation.storage") == "fp32"
     assert now["tags"].pop("precision") == "fp32"
     assert now["plan"].pop("precision") == "fp32"
+    # Issue 17: and eager.
+    assert now["tags"].pop("mode") == now["plan"].pop("mode") == "eager"
     assert now["status"] == before["status"]
     assert now["params"] == before["params"]
     assert now["tags"] == before["tags"]  # run_key and quality_key included: the same hashes

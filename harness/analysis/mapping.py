@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from harness.core.errors import could_not_run_here
+from harness.core.paths import PathLabel
 
 COLUMNS = (
     "run_id", "status", "path", "representation", "backend", "device", "workload", "query_size",
@@ -53,6 +54,23 @@ def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
     return done[done["start_time"] == latest].copy()
 
 
+def best_modes(rows: pd.DataFrame, percentile: str = "p50") -> pd.DataFrame:
+    """Of the execution modes measured for one path family (harness/core/paths.py: the same model and
+    numbers on one device, eager, compiled or replayed from CUDA graphs), keep at each query size the one
+    with the lowest latency; its row keeps its own label, so a choice says which mode it is
+    (`dhe@cuda+graphs/bf16`). A launch-bound GPU path is then never compared in its slowest mode.
+
+    >>> rows = pd.DataFrame({"workload": "w", "family": "dhe@cuda", "query_size": [1, 1, 64, 64],
+    ...                      "path": ["dhe@cuda", "dhe@cuda+graphs"] * 2, "p50_ms": [0.9, 0.3, 1.0, 1.2]})
+    >>> best_modes(rows)[["query_size", "path"]].values.tolist()
+    [[1, 'dhe@cuda+graphs'], [64, 'dhe@cuda']]
+    """
+    if rows.empty or "family" not in rows:
+        return rows
+    ordered = rows.sort_values([f"{percentile}_ms", "path"], na_position="last", kind="mergesort")
+    return ordered.drop_duplicates(["workload", "family", "query_size"]).sort_index()
+
+
 def twins(rows: pd.DataFrame) -> pd.Series:
     """For each row, the path whose model it exactly is (tag `same_model_as`), where that path was measured
     in the same workload on the same backend; else None. Such a row is the same model measured twice: its
@@ -62,7 +80,9 @@ def twins(rows: pd.DataFrame) -> pd.Series:
     measured = set(zip(rows["workload"], rows["path"]))
     out = []
     for _, r in rows.iterrows():
-        twin = f"{r['same_model_as']}@{r['backend']}" if isinstance(r["same_model_as"], str) else None
+        # The same label with the twin's representation: same backend, mode and precision.
+        twin = (str(replace(PathLabel.parse(r["path"]), representation=r["same_model_as"]))
+                if isinstance(r["same_model_as"], str) else None)
         out.append(twin if twin and (r["workload"], twin) in measured else None)
     return pd.Series(out, index=rows.index, dtype=object)
 
@@ -143,7 +163,7 @@ def quality_notices(runs: pd.DataFrame, settings: MappingSettings) -> list[str]:
 
 def mapping(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
     """One row per (workload, query size, target): the chosen path, its score, the runner-up and margin."""
-    rows = latest_finished(runs)
+    rows = best_modes(latest_finished(runs), settings.percentile)
     rows = rows[twins(rows).isna()]  # a model measured twice under two names is ranked once
     cells = []
     for workload, group in rows.groupby("workload", sort=True):

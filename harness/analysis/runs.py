@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis.mapping import COLUMNS
+from harness.core.paths import PathLabel
 from harness.core.precision import gemm_peak_metric, storage_label
 
 
@@ -37,6 +38,7 @@ def tidy(records: list[dict]) -> pd.DataFrame:
             "device_copy_gbps": metrics.get("device_copy_gbps", np.nan),
             "accuracy": metrics.get("accuracy", np.nan), "start_time": rec["start_time"],
             "quality_key": tags.get("quality_key"),
+            "mode": tags.get("mode", "eager"), "family": PathLabel.parse(tags.get("path", "?")).family,
             # Compute precision and table storage (runs from before precision was a choice are fp32).
             "numerics": tags.get("precision", "fp32") + storage_label(tags.get("table_storage", "fp32")),
             "same_model_as": tags.get("same_model_as"),  # e.g. tt with no table in TT form: the table model
@@ -52,7 +54,7 @@ def tidy(records: list[dict]) -> pd.DataFrame:
                          "p95_ms": get("latency_p95_ms"), "p99_ms": get("latency_p99_ms"),
                          "samples_per_s": get("samples_per_s"), "feasible": get("feasible")})
     frame = pd.DataFrame(rows)
-    for column in (*COLUMNS, "quality_key", "same_model_as", "numerics", "device_gemm_fp32_gflops",
+    for column in (*COLUMNS, "quality_key", "same_model_as", "numerics", "mode", "family", "device_gemm_fp32_gflops",
                    "device_gemm_bf16_gflops"):
         if column not in frame:
             frame[column] = np.nan

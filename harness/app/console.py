@@ -12,7 +12,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from harness.core.precision import split_path, storage_label
+from harness.core.paths import PathLabel
+from harness.core.precision import storage_label
 from harness.pipeline.plan import Plan
 from harness.pipeline.timing import QuerySizeResult
 from harness.tracking import Store
@@ -97,7 +98,8 @@ def what_was_timed(p: Plan, device: str) -> str:
     """One line: the model, the representation, the device, and what a sample and a query are."""
     spec, run = p.spec, p.run
     ids = "one id" if spec.ids_per_lookup == 1 else f"{spec.ids_per_lookup} ids"
-    representation, _, precision = split_path(p.path)
+    label = PathLabel.parse(p.path)
+    representation, precision = label.representation, label.precision
     storage = getattr(run.representation, "storage", "fp32")
     representation = representation.replace(storage_label(storage), "")  # said below, in words
     numerics = "" if precision == "fp32" and storage == "fp32" else (

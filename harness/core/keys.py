@@ -6,8 +6,8 @@
   dataset, model, training, seed; not the backend nor the precision: training is fp32, and reduced
   precision is applied to the trained weights). Runs with the same quality key share one training.
 
-The default precision (fp32 compute, fp32 tables) is left out of both, so the keys of fp32 runs are the
-ones they had before precision was a choice, and those runs still resume.
+The default precision (fp32 compute, fp32 tables) and `backend.graphs=false` are left out, so the keys of
+runs recorded before these were choices stay what they were, and those runs still resume.
 
 Both take `RunConfig.as_dict()`, so they never depend on how the config was typed.
 """
@@ -35,6 +35,8 @@ def run_key(config: Mapping[str, Any]) -> str:
     measured = {k: v for k, v in config.items() if k not in NOT_IN_RUN_KEY}
     if measured.get("precision", {}).get("name") == DEFAULT:
         del measured["precision"]
+    if measured.get("backend", {}).get("graphs") is False:  # added with CUDA graphs; eager runs keep their keys
+        measured["backend"] = {k: v for k, v in measured["backend"].items() if k != "graphs"}
     measured["representation"] = _without_default_storage(measured["representation"])
     return _digest({"config": measured, "harness": harness.__version__})
 

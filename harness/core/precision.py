@@ -13,10 +13,8 @@ Torch-free, so planning (dry runs, the cost model, feasibility) knows a path's b
 (2, 4)
 >>> [row_bytes(s, 16) for s in STORAGES]      # bytes per table row at embedding dim 16
 [64, 32, 24]
->>> path_suffix("fp32"), path_suffix("bf16")   # fp32 paths keep the label they always had
-('', '/bf16')
->>> split_path("table:int8@cpu/bf16"), split_path("dhe@h200")
-(('table:int8', 'cpu', 'bf16'), ('dhe', 'h200', 'fp32'))
+>>> storage_label("fp32"), storage_label("int8")   # fp32 tables keep the label they always had
+('', ':int8')
 """
 
 from __future__ import annotations
@@ -41,28 +39,9 @@ def row_bytes(storage: str, dim: int) -> int:
     return dim * (2 if storage == "fp16" else 4)
 
 
-def path_suffix(precision: str) -> str:
-    """What a path's label carries after `<representation>@<backend>`: nothing in fp32, `/bf16` etc."""
-    return "" if precision == DEFAULT else f"/{precision}"
-
-
 def storage_label(storage: str) -> str:
     """What a representation's label carries for its table storage: nothing in fp32, `:int8` etc."""
     return "" if storage == DEFAULT else f":{storage}"
-
-
-def split_path(path: str) -> tuple[str, str, str]:
-    """A path's label `<representation>@<device>[/<precision>]` -> (representation, device, precision)."""
-    representation, _, rest = path.partition("@")
-    device, _, precision = rest.partition("/")
-    return representation, device, precision or DEFAULT
-
-
-def same_numbers(path: str) -> str:
-    """What a path's accuracy depends on besides its training: representation (storage included) and
-    compute precision, not the device (`dhe@cpu/bf16` and `dhe@h200/bf16` -> `dhe/bf16`)."""
-    representation, _, precision = split_path(path)
-    return f"{representation}/{precision}"
 
 
 def gemm_peak_metric(precision: str) -> str:

@@ -13,7 +13,7 @@ import backends
 import harness
 from backends.base import Backend
 from harness.core.keys import run_key
-from harness.core.precision import path_suffix
+from harness.core.paths import PathLabel
 from harness.core.schema import RunConfig
 from harness.core.spec import WorkloadSpec
 from harness.pipeline.config import load_config, resolved_backend, workload_spec
@@ -35,9 +35,10 @@ class Plan:
 
     @property
     def path(self) -> str:
-        """The path's label, `<representation>@<backend>[/<precision>]` (e.g. `dhe+cache@cpu`,
-        `table:int8@cpu/bf16`): fp32 paths carry no precision, as before there was a choice."""
-        return f"{label(self.run.representation)}@{self.adapter.name}{path_suffix(self.run.precision.name)}"
+        """The path's label (harness/core/paths.py), e.g. `dhe+cache@cpu`, `table:int8@cuda+graphs/bf16`:
+        fp32, eager paths carry neither, as before these were choices."""
+        return str(PathLabel(label(self.run.representation), self.adapter.name, self.adapter.mode(),
+                             self.run.precision.name))
 
     @property
     def run_name(self) -> str:
@@ -58,6 +59,7 @@ class Plan:
             "representation": run.representation.name,
             "backend": self.adapter.name,
             "precision": run.precision.name,
+            "mode": self.adapter.mode(),
             "dataset": run.dataset.name,
             "harness_version": harness.__version__,
             "git_sha": sha,
@@ -92,6 +94,7 @@ class Plan:
             "representation": self.run.representation.name,
             "backend": self.adapter.name,
             "precision": self.run.precision.name,
+            "mode": self.adapter.mode(),
             "dataset": self.run.dataset.name,
             "scale": self.run.dataset.scale,
             "num_tables": self.spec.num_tables,

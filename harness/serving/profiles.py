@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from harness.analysis.mapping import latest_finished
-from harness.core.precision import path_suffix, same_numbers, split_path
+from harness.analysis.mapping import best_modes, latest_finished
+from harness.core.paths import PathLabel
 
 
 @dataclass(frozen=True)
@@ -70,24 +70,36 @@ class PathProfile:
         """A stand-in on another device: per-sample time divided by `factor_per_sample`, plus `fixed_ms`."""
         base = self.latency_ms[0]
         lat = tuple(fixed_ms + base / factor_per_sample + (v - base) / factor_per_sample for v in self.latency_ms)
-        rep, _, precision = split_path(self.path)
-        return PathProfile(f"{rep}@{device}{path_suffix(precision)}", device, self.accuracy, self.sizes, lat, (), label)
+        return PathProfile(str(PathLabel.parse(self.path).on(device)), device, self.accuracy, self.sizes, lat, (),
+                           label)
 
 
 def from_runs(runs) -> list[PathProfile]:
-    """Profiles from the analysis' tidy table (harness.analysis.runs): the latest FINISHED run per path."""
-    done = latest_finished(runs)
+    """Profiles from the analysis' tidy table (harness.analysis.runs): the latest FINISHED run per path,
+    and per path family (harness/core/paths.py) the best execution mode measured at each query size: a
+    family measured eager and with CUDA graphs is one profile, each size served in its faster mode (its
+    source says which); its live path is the run of the mode that wins most sizes."""
+    done = best_modes(latest_finished(runs))
     done = done[done["feasible"] > 0]
     out = []
-    for path, group in done.groupby("path", sort=True):
+    for family, group in done.groupby("family" if "family" in done else "path", sort=True):
         g = group.sort_values("query_size")
         accuracy = g["accuracy"].iloc[0]
+        labels = list(g["path"])
+        main = max(set(labels), key=lambda label: (labels.count(label), label))
+        run_id = str(g[g["path"] == main]["run_id"].iloc[0])
+        if len(set(labels)) == 1:
+            path, source = main, f"measured (run {run_id})"
+        else:  # several modes: the family's label, and which mode served which sizes
+            path = family
+            source = "measured, best mode per size: " + ", ".join(
+                f"{q} {PathLabel.parse(label).mode} (run {rid})" for q, label, rid in
+                zip(g["query_size"], g["path"], g["run_id"]))
         out.append(PathProfile(
             path=path, device=str(g["device"].iloc[0]),
             accuracy=None if accuracy is None or (isinstance(accuracy, float) and math.isnan(accuracy)) else float(accuracy),
             sizes=tuple(int(q) for q in g["query_size"]), latency_ms=tuple(float(v) for v in g["p50_ms"]),
-            p99_ms=tuple(float(v) for v in g["p99_ms"]), source=f"measured (run {g['run_id'].iloc[0]})",
-            run_id=str(g["run_id"].iloc[0]),
+            p99_ms=tuple(float(v) for v in g["p99_ms"]), source=source, run_id=run_id,
         ))
     return out
 
@@ -98,10 +110,10 @@ def with_accuracy_of(measured: list[PathProfile], profiles: list[PathProfile]) -
     on the host whatever the backend, so a representation's weights, and so its accuracy in a precision,
     do not depend on the device that serves them; a profile with no such path keeps None (the policies
     rank it last). A bf16 path never takes an fp32 path's accuracy."""
-    by_rep = {same_numbers(p.path): p for p in measured if p.accuracy is not None}
+    by_rep = {PathLabel.parse(p.path).numbers: p for p in measured if p.accuracy is not None}
     out = []
     for p in profiles:
-        donor = by_rep.get(same_numbers(p.path))
+        donor = by_rep.get(PathLabel.parse(p.path).numbers)
         if p.accuracy is None and donor is not None:
             p = replace(p, accuracy=donor.accuracy, source=f"{p.source}; accuracy of {donor.path} ({donor.source})")
         out.append(p)
