@@ -145,6 +145,8 @@ def test_serving_cli_writes_the_policy_table_plot_and_an_mlflow_run(run_harness,
         p.name for p in folder.iterdir()}
     text = (folder / "serving.md").read_text()
     assert "static:table@cpu" in text and "mprec" in text and "Headline" in text
+    # Every policy is reported without and with device batching (conf/serving.yaml: batching.enabled).
+    assert "| static:table@cpu +batching |" in text and "**With device batching**" in text
     assert "dhe@gpu-scaled: scaled, not measured" in text
     profiles = json.loads((folder / "profiles.json").read_text())["paths"]
     assert {p["path"] for p in profiles} >= {"table@cpu", "dhe@cpu", "table@gpu-scaled", "dhe@gpu-scaled"}
@@ -152,6 +154,7 @@ def test_serving_cli_writes_the_policy_table_plot_and_an_mlflow_run(run_harness,
     [run] = [r for r in mlflow.search_runs(experiment_names=["mprec-studies"], output_format="list")
              if r.data.tags.get("mprec.kind") == "serving"]
     assert run.data.metrics["ratio"] > 0 and run.data.metrics["mprec.max_qps"] > 0
+    assert run.data.metrics["batching.ratio"] > 0
 
 
 def test_serving_refuses_an_impossible_target(run_harness, store, tmp_path):
@@ -194,9 +197,12 @@ def test_live_serving_under_loadgen_and_a_failing_path(run_harness, store, tmp_p
     base = [f"tracking.results_dir={tmp_path / 'results'}", "target_ms=200", "queries=1000", "load_points=2",
             "live.enabled=true", "live.duration_s=2", "live.qps=40", "live.samples=64", "sizes.median=20",
             "sizes.max=256"]
-    result = run_serving(load_serving_config(compose(base, config_name="serving")), quiet=True)
+    # Live with device batching: queries queued for one path share calls.
+    result = run_serving(load_serving_config(compose([*base, "live.batching=true"], config_name="serving")),
+                         quiet=True)
     live = result["live"]
     assert live["live_served"] >= 40 and live["live_errors"] == 0
+    assert live["live_batching"] == 1 and 0 < live["live_calls"] <= live["live_served"]
     assert live["live_p99_ms"] > 0 and live["simulated_p99_ms"] > 0 and np.isfinite(live["prediction_error"])
     assert live["live_achieved_qps"] > 0 and live["live_validity"] in ("VALID", "INVALID")
     assert (result["folder"] / "loadgen" / "mlperf_log_detail.txt").is_file()

@@ -40,6 +40,20 @@ class LiveConfig:
     duration_s: float = MISSING
     samples: int = MISSING  # distinct pre-built queries LoadGen draws from
     fault_path: Optional[str] = MISSING  # a path whose every call raises (fault-handling test)
+    batching: bool = MISSING  # the devices batch queued queries (serving.batching's settings)
+
+
+@dataclass
+class BatchingConfig:
+    """Device concurrency: a dynamic batcher per device (harness/serving/simulator.py: Batching)."""
+
+    enabled: bool = MISSING  # true: every policy is also reported with batching (`<policy> +batching`)
+    max_samples: int = MISSING  # the largest call a batcher builds (the profiles give its service time)
+    devices: List[str] = MISSING  # the devices that batch; []: all of them
+
+    def check(self) -> None:
+        if self.max_samples < 1:
+            raise ConfigError("max_samples", f"must be >= 1, got {self.max_samples}")
 
 
 @dataclass
@@ -61,6 +75,7 @@ class ServingConfig:
     seed: int = MISSING
     output_dir: Optional[str] = MISSING
     log_to_mlflow: bool = MISSING
+    batching: BatchingConfig = field(default_factory=BatchingConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
@@ -81,3 +96,4 @@ class ServingConfig:
         if self.queries < 100:
             raise ConfigError("queries", f"must be >= 100, got {self.queries}")
         check_section(self.tracking, "tracking")
+        check_section(self.batching, "batching")

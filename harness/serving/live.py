@@ -34,15 +34,20 @@ class LivePath:
 
 
 class DeviceWorker:
-    """One thread per device runs its queue in order (FIFO), as the simulator's server does."""
+    """One thread per device runs its queue in order (FIFO), as the simulator's server does; with
+    `batching`, the queries waiting for one path when the device frees up are served in one call (their
+    batches concatenated, up to `max_samples`), as the simulator's dynamic batcher does."""
 
-    def __init__(self, device: str, complete) -> None:
+    def __init__(self, device: str, complete, batching=None) -> None:
         self.device = device
+        self.batching = batching if batching is not None and batching.applies_to(device) else None
+        self._held = None  # a job taken while batching that belongs to the next call
         self.queue: queue.Queue = queue.Queue()
         self.pending_s = 0.0
         self.lock = threading.Lock()
         self.errors = 0
         self.served = 0
+        self.calls = 0  # model calls (fewer than queries served where batching coalesced them)
         self._complete = complete
         self.thread = threading.Thread(target=self._loop, name=f"worker-{device}", daemon=True)
         self.thread.start()
@@ -56,23 +61,46 @@ class DeviceWorker:
             self.pending_s += estimate_s
         self.queue.put((path, batch, sample_id, estimate_s))
 
+    def _next_call(self) -> list | None:
+        """The jobs of the next call: one, or with batching every queued job for the same path that fits."""
+        job, self._held = (self._held, None) if self._held is not None else (self.queue.get(), None)
+        if job is None:
+            return None
+        jobs = [job]
+        if self.batching is None:
+            return jobs
+        samples = job[1].dense.shape[0]
+        while True:
+            try:
+                more = self.queue.get_nowait()
+            except queue.Empty:
+                return jobs
+            if more is None or more[0] is not job[0] or samples + more[1].dense.shape[0] > self.batching.max_samples:
+                self._held = more  # the next call's (or the stop signal)
+                return jobs
+            jobs.append(more)
+            samples += more[1].dense.shape[0]
+
     def _loop(self) -> None:
         while True:
-            job = self.queue.get()
-            if job is None:
+            jobs = self._next_call()
+            if jobs is None:
                 return
-            path, batch, sample_id, estimate_s = job
+            path = jobs[0][0]
+            batch = jobs[0][1] if len(jobs) == 1 else Batch(*(torch.cat(parts) for parts in zip(*(j[1] for j in jobs))))
             try:
                 if path.fails:
                     raise RuntimeError(f"injected fault in {path.profile.path}")
                 path.adapter.serve(batch)  # host to host, as the ladder times it (backends/base.py)
-                self.served += 1
+                self.served += len(jobs)
+                self.calls += 1
             except Exception:  # noqa: BLE001 - any failure completes the query with an empty response
-                self.errors += 1
+                self.errors += len(jobs)
             finally:
-                with self.lock:
-                    self.pending_s -= estimate_s
-                self._complete(sample_id)
+                for _, _, sample_id, estimate_s in jobs:
+                    with self.lock:
+                        self.pending_s -= estimate_s
+                    self._complete(sample_id)
 
     def stop(self) -> None:
         self.queue.put(None)
@@ -102,6 +130,7 @@ class LiveResult:
     served: int
     per_path: dict = field(default_factory=dict)
     log_dir: str = ""
+    calls: int = 0  # model calls: fewer than `served` where device batching coalesced queries
 
     @property
     def p99_ms(self) -> float:
@@ -109,8 +138,8 @@ class LiveResult:
 
 
 def serve(paths: list[LivePath], policy, batches: list[Batch], sizes: np.ndarray, qps: float, target_ms: float,
-          duration_s: float, log_dir: str | None = None) -> LiveResult:
-    """Run LoadGen's Server scenario against the paths, routed by `policy`."""
+          duration_s: float, log_dir: str | None = None, batching=None) -> LiveResult:
+    """Run LoadGen's Server scenario against the paths, routed by `policy` (with device batching if given)."""
     import mlperf_loadgen as lg
 
     by_path = {p.profile.path: p for p in paths}
@@ -119,7 +148,7 @@ def serve(paths: list[LivePath], policy, batches: list[Batch], sizes: np.ndarray
     def complete(sample_id: int) -> None:
         lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, 0, 0)])
 
-    workers = {d: DeviceWorker(d, complete) for d in {p.profile.device for p in paths}}
+    workers = {d: DeviceWorker(d, complete, batching) for d in {p.profile.device for p in paths}}
 
     def issue_queries(samples) -> None:
         for s in samples:
@@ -156,7 +185,7 @@ def serve(paths: list[LivePath], policy, batches: list[Batch], sizes: np.ndarray
             w.stop()
     return LiveResult(getattr(policy, "name", "policy"), qps, parse_detail_log(Path(out_dir) / "mlperf_log_detail.txt"),
                       sum(w.errors for w in workers.values()), sum(w.served for w in workers.values()),
-                      routed, out_dir)
+                      routed, out_dir, sum(w.calls for w in workers.values()))
 
 
 def query_batches(generator, sizes: np.ndarray) -> list[Batch]:

@@ -23,8 +23,8 @@ from harness.pipeline.quality import WEIGHTS, load_weights
 from harness.pipeline.run import close_quietly, prepare_on
 from harness.serving.config import ServingConfig
 from harness.serving.live import LivePath, query_batches, serve
-from harness.serving.simulator import simulate
-from harness.serving.study import build_policies, draw_sizes
+from harness.serving.simulator import Batching, simulate
+from harness.serving.study import BATCHED, build_policies, draw_sizes
 from harness.tracking import Store
 from harness.workload.dlrm import build_model
 from harness.workload.precision import apply_precision
@@ -46,21 +46,25 @@ def _serve_and_compare(cfg: ServingConfig, study, live_paths: list[LivePath], ge
     if cfg.live.policy not in candidates:
         raise ConfigError("live.policy", f"{cfg.live.policy!r} is not among this study's policies {sorted(candidates)}")
     policy = candidates[cfg.live.policy]
+    batching = Batching(cfg.batching.max_samples, tuple(cfg.batching.devices)) if cfg.live.batching else None
     qps = cfg.live.qps
     if qps is None:
-        row = study.table[study.table["policy"] == cfg.live.policy]
+        name = cfg.live.policy + (BATCHED if batching is not None else "")
+        row = study.table[study.table["policy"] == name]
         qps = 0.8 * float(row["max_qps"].iloc[0]) if len(row) else 10.0
     result = serve(live_paths, policy, query_batches(generator, sizes), sizes, qps, cfg.target_ms,
-                   cfg.live.duration_s, log_dir=str(folder / "loadgen"))
+                   cfg.live.duration_s, log_dir=str(folder / "loadgen"), batching=batching)
     # The simulator's prediction for the same setting: same paths, policy, sizes and offered load.
     n = max(2000, int(qps * cfg.live.duration_s))
     rng = np.random.default_rng([cfg.seed, 0x11FE])
     sim_sizes = draw_sizes(cfg, n, cfg.seed + 2)
-    predicted = simulate(policy, live_profiles, np.cumsum(rng.exponential(1.0, n)) / qps, sim_sizes, cfg.target_ms)
+    predicted = simulate(policy, live_profiles, np.cumsum(rng.exponential(1.0, n)) / qps, sim_sizes, cfg.target_ms,
+                         batching)
     predicted_p99 = predicted.percentile(99)
     out = {"live_target_qps": qps, "live_p99_ms": result.p99_ms, "simulated_p99_ms": predicted_p99,
            "prediction_error": (result.p99_ms - predicted_p99) / predicted_p99,
            "live_errors": float(result.errors), "live_served": float(result.served),
+           "live_calls": float(result.calls), "live_batching": float(batching is not None),
            "live_achieved_qps": float(result.loadgen.get("achieved_qps", float("nan"))),
            "live_valid": float(result.loadgen.get("validity") == "VALID")}
     out["live_validity"] = result.loadgen.get("validity", "?")

@@ -55,6 +55,8 @@ def check_inputs(cfg: ServingConfig, profiles: list[prof.PathProfile], where: st
 def study_metrics(study, live: dict | None) -> dict[str, float]:
     """The headline and each policy's figures at its max load, as flat metrics."""
     metrics = {k: v for k, v in study.headline.items() if isinstance(v, (int, float))}
+    batched = study.headline.get("with_batching") or {}
+    metrics.update({f"batching.{k}": v for k, v in batched.items() if isinstance(v, (int, float))})
     for _, row in study.table.iterrows():
         for key in ("max_qps", "correct_per_s", "p99_ms", "accuracy_served"):
             if key in row and row[key] == row[key]:
@@ -108,12 +110,14 @@ def markdown(cfg: ServingConfig, study, live: dict | None) -> str:
                      f"{r.get('p95_ms', float('nan')):.2f} | {r.get('p99_ms', float('nan')):.2f} | "
                      f"{100 * r.get('violation_rate', float('nan')):.2f}% | {r.get('accuracy_served', float('nan')):.4f} | "
                      f"{r.get('correct_per_s', float('nan')):,.0f} |")
-    h = study.headline
-    if h:
-        lines += ["", f"**Headline**: {h['mprec_policy']} serves {h['mprec_correct_per_s']:,.0f} correct predictions/s "
-                      f"at {h['mprec_max_qps']:,.1f} QPS against {h['static_correct_per_s']:,.0f} for the best static "
-                      f"path ({h['best_static']} at {h['static_max_qps']:,.1f} QPS): **{h['ratio']:.2f}x**, with "
-                      f"{h['accuracy_gain_points']:+.2f} accuracy points."]
+    for title, h in (("Headline", study.headline), ("With device batching", study.headline.get("with_batching"))):
+        if h and "ratio" in h:
+            threshold = (f"; against the size-threshold policy {h['ratio_vs_size_threshold']:.2f}x"
+                         if "ratio_vs_size_threshold" in h else "")
+            lines += ["", f"**{title}**: {h['mprec_policy']} serves {h['mprec_correct_per_s']:,.0f} correct "
+                          f"predictions/s at {h['mprec_max_qps']:,.1f} QPS against {h['static_correct_per_s']:,.0f} for "
+                          f"the best static path ({h['best_static']} at {h['static_max_qps']:,.1f} QPS): "
+                          f"**{h['ratio']:.2f}x**, with {h['accuracy_gain_points']:+.2f} accuracy points{threshold}."]
     sources = sorted({f"{p.path}: {p.source}" for p in study.profiles})
     lines += ["", "Profiles:", *(f"- {s}" for s in sources)]
     if live:

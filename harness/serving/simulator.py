@@ -73,11 +73,28 @@ class SimResult:
                 "correct_per_s": self.correct_per_s}
 
 
+@dataclass(frozen=True)
+class Batching:
+    """Device concurrency as a dynamic batcher (Triton's, without a queue delay): while a device is busy,
+    the parts queued for one path coalesce into one call of their summed size, up to `max_samples`, served
+    in the time the path's profile gives at that size; every query in it completes when the call does.
+    `devices`: the devices that batch (empty: all)."""
+
+    max_samples: int
+    devices: tuple[str, ...] = ()
+
+    def applies_to(self, device: str) -> bool:
+        return not self.devices or device in self.devices
+
+
 def simulate(policy, profiles: list[PathProfile], arrival_s: np.ndarray, sizes: np.ndarray,
-             target_ms: float) -> SimResult:
-    """Serve every query with `policy`; returns per-query latencies and what was served."""
+             target_ms: float, batching: Batching | None = None) -> SimResult:
+    """Serve every query with `policy`; returns per-query latencies and what was served. With `batching`,
+    queued parts for one path on a batching device share calls (`Batching`)."""
     if len(arrival_s) != len(sizes) or len(sizes) == 0:
         raise ValueError("simulate needs as many arrival times as query sizes, at least one")
+    if batching is not None:
+        return _simulate_batched(policy, profiles, arrival_s, sizes, target_ms, batching)
     max_size = int(sizes.max())
     services = {p.path: p.service_table(max_size) for p in profiles}
     for p in profiles:
@@ -115,17 +132,76 @@ def simulate(policy, profiles: list[PathProfile], arrival_s: np.ndarray, sizes: 
                      accuracy, duration, busy_total, path_samples)
 
 
+def _simulate_batched(policy, profiles: list[PathProfile], arrival_s: np.ndarray, sizes: np.ndarray,
+                      target_ms: float, batching: Batching) -> SimResult:
+    """`simulate` with a dynamic batcher per device: each device runs calls back to back; the call queued
+    behind the running one stays open, and a part for the same path joins it while it fits."""
+    largest = max(int(sizes.max()), batching.max_samples)
+    services = {p.path: p.service_table(largest) for p in profiles}
+    for p in profiles:
+        p.use_table(services[p.path])
+    free_at = {p.device: 0.0 for p in profiles}  # when the device's last call (open or not) ends
+    busy_total = dict.fromkeys(free_at, 0.0)
+    open_call: dict[str, list | None] = dict.fromkeys(free_at)  # [path, start, samples, end] queued, not started
+    path_samples = {p.path: 0 for p in profiles}
+    n = len(sizes)
+    calls: list[list] = []  # every call, [path, start, samples, end]; queries point at theirs
+    parts_of: list[list[int]] = []
+    accuracy = np.empty(n)
+    arr, sz = arrival_s.tolist(), sizes.tolist()
+    choose = policy.choose
+    for i in range(n):
+        a, q = arr[i], sz[i]
+        waits = {d: (b - a) * 1e3 if b > a else 0.0 for d, b in free_at.items()}
+        mine, correct = [], 0.0
+        for profile, part in choose(q, target_ms, waits):
+            d, table = profile.device, services[profile.path]
+            call = open_call[d]
+            if call is not None and call[1] <= a:
+                call = open_call[d] = None  # it has started: nothing joins a running call
+            if (call is not None and call[0] == profile.path and batching.applies_to(d)
+                    and call[2] + part <= batching.max_samples):
+                grown = table[call[2] + part]
+                busy_total[d] += grown - (call[3] - call[1])
+                call[2] += part
+                call[3] = call[1] + grown
+                free_at[d] = call[3]  # the open call is the device's last
+            else:
+                start = max(free_at[d], a)
+                call = [profile.path, start, part, start + table[part]]
+                calls.append(call)
+                busy_total[d] += table[part]
+                free_at[d] = call[3]
+                # Queued behind a running call: open to later parts (on a device that batches).
+                open_call[d] = call if start > a and batching.applies_to(d) else None
+            mine.append(id(call))
+            path_samples[profile.path] += part
+            correct += (math.nan if profile.accuracy is None else profile.accuracy) * part
+        parts_of.append(mine)
+        accuracy[i] = correct / q
+    ends = {id(c): c[3] for c in calls}
+    latency = np.array([(max(ends[c] for c in parts_of[i]) - arr[i]) * 1e3 for i in range(n)])
+    for p in profiles:
+        p.use_table(None)
+    duration = max(arr[-1], max(free_at.values()))
+    name = getattr(policy, "name", type(policy).__name__)
+    return SimResult(f"{name} +batching", n / arr[-1], target_ms, latency, sizes, accuracy, duration, busy_total,
+                     path_samples)
+
+
 def max_qps(policy, profiles: list[PathProfile], sizes: np.ndarray, target_ms: float, percentile: float,
-            seed: int, steps: int = 14) -> tuple[float, SimResult | None]:
+            seed: int, steps: int = 14, batching: Batching | None = None) -> tuple[float, SimResult | None]:
     """The highest offered load whose `percentile` latency meets the target (bisection), and its result."""
     base = np.cumsum(np.random.default_rng([seed, 0xA11]).exponential(1.0, len(sizes)))
     mean_size = float(np.mean(sizes))
     capacity = sum(1e3 / min(p.service_ms(mean_size) for p in profiles if p.device == d)
                    for d in {p.device for p in profiles})
+    if batching is not None:  # batching serves more than one query per call: the bracket must allow it
+        capacity *= max(1.0, batching.max_samples / mean_size)
     lo, hi, best = 0.0, 2.0 * capacity, None
     for _ in range(steps):
         mid = (lo + hi) / 2
-        result = simulate(policy, profiles, base / mid, sizes, target_ms)
+        result = simulate(policy, profiles, base / mid, sizes, target_ms, batching)
         if result.percentile(percentile) <= target_ms:
             lo, best = mid, result
         else:

@@ -21,7 +21,7 @@ from harness.serving import policies as pol
 from harness.serving import sizes as size_dist
 from harness.serving.config import ScaledDevice, ServingConfig
 from harness.serving.profiles import PathProfile
-from harness.serving.simulator import max_qps, simulate
+from harness.serving.simulator import Batching, max_qps, simulate
 
 
 def draw_sizes(cfg: ServingConfig, n: int, seed: int) -> np.ndarray:
@@ -104,26 +104,39 @@ def run_study(cfg: ServingConfig, profiles: list[PathProfile]) -> Study:
     sizes = draw_sizes(cfg, cfg.queries, cfg.seed)
     check_target(profiles, sizes, cfg.target_ms, cfg.percentile)
     policies = build_policies(cfg, profiles, sizes)
+    modes: list[Batching | None] = [None]
+    if cfg.batching.enabled:
+        modes.append(Batching(cfg.batching.max_samples, tuple(cfg.batching.devices)))
     rows, best = [], {}
-    for policy in policies:
-        qps, result = max_qps(policy, profiles, sizes, cfg.target_ms, cfg.percentile, cfg.seed)
-        row = {"policy": policy.name, "max_qps": qps}
-        if result is not None:
-            row.update({k: v for k, v in result.summary().items() if k != "offered_qps"})
-            row["path_share"] = {p: round(n / result.sizes.sum(), 3) for p, n in result.path_samples.items() if n}
-        rows.append(row)
-        best[policy.name] = qps
+    for batching in modes:
+        for policy in policies:
+            name = policy.name + ("" if batching is None else BATCHED)
+            qps, result = max_qps(policy, profiles, sizes, cfg.target_ms, cfg.percentile, cfg.seed,
+                                  batching=batching)
+            row = {"policy": name, "batching": batching is not None, "max_qps": qps}
+            if result is not None:
+                row.update({k: v for k, v in result.summary().items() if k != "offered_qps"})
+                row["path_share"] = {p: round(n / result.sizes.sum(), 3) for p, n in result.path_samples.items() if n}
+            rows.append(row)
+            best[name] = qps
     table = pd.DataFrame(rows)
     top = max(best.values()) if best else 0.0
     loads = np.linspace(0.1, 1.2, cfg.load_points) * top if top > 0 else []
     base = np.cumsum(np.random.default_rng([cfg.seed, 0xA11]).exponential(1.0, len(sizes)))
     sweep = []
-    for policy in policies:
-        for load in loads:
-            r = simulate(policy, profiles, base / load, sizes, cfg.target_ms)
-            sweep.append({"policy": policy.name, **r.summary(),
-                          f"p{cfg.percentile:g}_ms": r.percentile(cfg.percentile)})
-    return Study(table, pd.DataFrame(sweep), headline(table), profiles)
+    for batching in modes:
+        for policy in policies:
+            for load in loads:
+                r = simulate(policy, profiles, base / load, sizes, cfg.target_ms, batching)
+                sweep.append({"policy": policy.name + ("" if batching is None else BATCHED), **r.summary(),
+                              f"p{cfg.percentile:g}_ms": r.percentile(cfg.percentile)})
+    lead = headline(table[~table["batching"]]) if len(table) else {}
+    if cfg.batching.enabled and len(table):
+        lead["with_batching"] = headline(table[table["batching"]])
+    return Study(table, pd.DataFrame(sweep), lead, profiles)
+
+
+BATCHED = " +batching"
 
 
 def headline(table: pd.DataFrame) -> dict[str, Any]:
@@ -137,10 +150,15 @@ def headline(table: pd.DataFrame) -> dict[str, Any]:
     s = static.loc[static["correct_per_s"].fillna(-1).idxmax()]
     d = dynamic.loc[dynamic["correct_per_s"].fillna(-1).idxmax()]
     ratio = d["correct_per_s"] / s["correct_per_s"] if s["correct_per_s"] else math.inf
-    return {"mprec_policy": d["policy"], "best_static": s["policy"],
-            "mprec_correct_per_s": d["correct_per_s"], "static_correct_per_s": s["correct_per_s"],
-            "ratio": ratio, "accuracy_gain_points": 100 * (d["accuracy_served"] - s["accuracy_served"]),
-            "mprec_max_qps": d["max_qps"], "static_max_qps": s["max_qps"]}
+    out = {"mprec_policy": d["policy"], "best_static": s["policy"],
+           "mprec_correct_per_s": d["correct_per_s"], "static_correct_per_s": s["correct_per_s"],
+           "ratio": ratio, "accuracy_gain_points": 100 * (d["accuracy_served"] - s["accuracy_served"]),
+           "mprec_max_qps": d["max_qps"], "static_max_qps": s["max_qps"]}
+    threshold = table[table["policy"].str.startswith("size_threshold")]
+    if not threshold.empty and threshold["correct_per_s"].iloc[0]:
+        out["size_threshold_correct_per_s"] = threshold["correct_per_s"].iloc[0]
+        out["ratio_vs_size_threshold"] = d["correct_per_s"] / threshold["correct_per_s"].iloc[0]
+    return out
 
 
 def plot(study: Study, cfg: ServingConfig, out: Path) -> Path:
