@@ -137,15 +137,17 @@ def lookups(scale: float, repetitions: int, block_s: float, size: int, peaks: di
     for q in dhe_sizes:
         _, ids = _batch(spec, q)
         with torch.inference_mode():
-            codes = dhe.encode(ids)
+            codes, codes16 = dhe.encode(ids), dhe16.encode(ids)  # each in its decoders' dtype, as a run has them
             whole = interleaved({"fp32": lambda i: dhe(ids), "bf16": lambda i: dhe16(ids)}, repetitions, block_s, 3)
-            decoders = interleaved({"fp32": lambda i: dhe.decode(codes), "bf16": lambda i: dhe16.decode(codes)},
+            decoders = interleaved({"fp32": lambda i: dhe.decode(codes), "bf16": lambda i: dhe16.decode(codes16)},
                                    repetitions, block_s, 3)
-            hashing = interleaved({"hash": lambda i: dhe.encode(ids)}, repetitions, block_s, 3)
+            hashing = interleaved({"hash": lambda i: dhe.encode(ids), "hash_bf16": lambda i: dhe16.encode(ids)},
+                                  repetitions, block_s, 3)
         row = {
             "whole_ms": {k: t["median_s"] * 1e3 for k, t in whole.items()},
             "decoders_ms": {k: t["median_s"] * 1e3 for k, t in decoders.items()},
             "hash_ms": hashing["hash"]["median_s"] * 1e3,
+            "hash_bf16_ms": hashing["hash_bf16"]["median_s"] * 1e3,
         }
         row["whole_fp32_over_bf16"] = whole["fp32"]["median_s"] / whole["bf16"]["median_s"]
         row["decoders_fp32_over_bf16"] = decoders["fp32"]["median_s"] / decoders["bf16"]["median_s"]

@@ -278,3 +278,17 @@ def test_serving_profiles_take_accuracy_only_from_the_same_precision():
     bf16, fp16 = with_accuracy_of(measured, gpu)
     assert bf16.accuracy == 0.77 and fp16.accuracy is None
     assert measured[1].scaled("gpu", 2.0, 0.1, "x").path == "dhe@gpu/bf16"
+
+
+@pytest.mark.parametrize("use_kernel", [True, False])
+def test_dhe_codes_written_in_bf16_equal_the_fp32_codes_rounded(use_kernel):
+    from harness.workload.representations.dhe import hashing
+
+    p, m = 1_000_003, 1_000_000
+    gen = torch.Generator().manual_seed(5)
+    flat = torch.cat([torch.tensor([[0, 1, p - 1, p, 2**40 + 3]] * 3), torch.randint(0, 2**40, (3, 300), generator=gen)], 1)
+    a = torch.randint(1, p, (3, 1, 64), generator=gen)
+    b = torch.randint(0, p, (3, 1, 64), generator=gen)
+    fp32 = hashing.codes_float64(flat, a, b, p, m, "uniform", use_kernel=use_kernel)
+    bf16 = hashing.codes_float64(flat, a, b, p, m, "uniform", use_kernel=use_kernel, dtype=torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, fp32.to(torch.bfloat16))

@@ -101,15 +101,17 @@ def _reduce_large(t: torch.Tensor, scratch: torch.Tensor, modulus: int) -> None:
 
 
 def codes_float64(flat: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: int, m: int, encoding: str,
-                  chunk_elements: int = CHUNK_ELEMENTS, use_kernel: bool = True) -> torch.Tensor:
-    """[T, N] ids -> [T, N, k] float32 codes, bit-identical to `code(buckets_int64(...))`.
+                  chunk_elements: int = CHUNK_ELEMENTS, use_kernel: bool = True,
+                  dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[T, N] ids -> [T, N, k] codes, bit-identical to `code(buckets_int64(...))` (then cast to `dtype`,
+    the decoders' precision: writing bf16 codes directly saves a pass over the largest tensor of DHE).
 
     Lookups go in chunks of about `chunk_elements` through preallocated scratch, so no pass allocates or
     leaves the cache; the uniform code on CPU tensors takes the one-pass C kernel where it is built
     (`use_kernel=False` keeps the torch path, which tests hold to the kernel).
     """
     if encoding == "uniform" and use_kernel:
-        codes = kernels.encode_uniform(flat, a, b, p, m)
+        codes = kernels.encode_uniform(flat, a, b, p, m, dtype)
         if codes is not None:
             return codes
     y = torch.remainder(flat, p).to(torch.float64).unsqueeze(-1)
@@ -118,6 +120,8 @@ def codes_float64(flat: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: int, 
     rows = max(1, min(lookups, chunk_elements // (tables * k)))
     value = torch.empty(tables, rows, k, dtype=torch.float64, device=flat.device)
     scratch = torch.empty_like(value)
+    if dtype != torch.float32:  # fp32 first, then one rounding: the same codes as the kernel's
+        return codes_float64(flat, a, b, p, m, encoding, chunk_elements, use_kernel).to(dtype)
     codes = torch.empty(tables, lookups, k, dtype=torch.float32, device=flat.device)
     for start in range(0, lookups, rows):
         n = min(rows, lookups - start)
