@@ -55,7 +55,8 @@ def harness(checkout: Path, args: list[str], store: str, results: Path, timeout:
 
 def p50_by_path(store: str) -> dict[str, dict[int, float]]:
     """Each latency run's p50 per query size, by path (the latest run of a path wins)."""
-    tracking = TrackingConfig(uri=store, results_dir="unused", parent_run_id=None)
+    tracking = TrackingConfig(uri=store, results_dir="unused", parent_run_id=None, retry_s=120,
+                              request_timeout_s=60)
     records = sorted(Store(tracking, "mprec", create=False).load_runs(), key=lambda r: r["start_time"])
     return {r["tags"]["path"]: r["per_size"]["latency_p50_ms"] for r in records if r["status"] == "FINISHED"}
 

@@ -32,7 +32,7 @@ CASES: dict[str, list[str]] = {
 # Values that depend on the machine, the checkout or the moment: compared by presence only.
 VOLATILE_TAGS = {"git_sha", "git_dirty", "device_name", "mprec.owner", "mprec.heartbeat", "quality_source_run",
                  "mlflow.runName", "mlflow.user", "mlflow.source.name", "mlflow.source.type",
-                 "mlflow.source.git.commit", "mlflow.parentRunId"}
+                 "mlflow.source.git.commit", "mlflow.parentRunId", "mprec.create_token"}
 VOLATILE_PARAMS = {"tracking.results_dir", "tracking.uri", "backend_resolved.num_threads",
                    "backend_resolved.interop_threads"}
 ERROR_TAG = "error"  # its first line is compared (the message), not the traceback

@@ -166,7 +166,8 @@ def _config(tmp_path) -> AnalysisConfig:
     return AnalysisConfig(experiment_name="x", parent_run_id=None, targets_ms=[1, 10], percentile="p99",
                           memory_headroom=0.1, rank_by="correct_throughput", output_dir=str(tmp_path),
                           log_to_mlflow=False, plots=True, devices={"ipu_gc200": 9e8, "cpu_here": None},
-                          tracking=TrackingConfig(uri=None, results_dir=str(tmp_path), parent_run_id=None))
+                          tracking=TrackingConfig(uri=None, results_dir=str(tmp_path), parent_run_id=None,
+                                                  retry_s=120, request_timeout_s=60))
 
 
 def test_a_partial_experiment_reports_what_is_missing(tmp_path):

@@ -1,7 +1,8 @@
 """A run records what it recorded before the layout change (issue 14): same params, tags, metrics, artifacts;
 since issue 15, plus the `compare/` metrics that open MLflow's chart view; since issue 16, plus the
 path's precision (fp32 here) as a param, a tag and a plan entry, and the tables' storage as a param; since
-issue 17, its execution mode (eager here) as a tag and a plan entry.
+issue 17, its execution mode (eager here) as a tag and a plan entry; since issue 18, the tracking retry
+bounds as params and the token a retried create finds its run by as a tag.
 
 The reference shapes were captured from the code before the move (tests/record_shape.py says how);
 run keys are hashes of the resolved config, so equal run keys also mean an unchanged config schema.
@@ -33,8 +34,19 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
         assert now["params"].pop("representation.storage") == "fp32"
     assert now["tags"].pop("precision") == "fp32"
     assert now["plan"].pop("precision") == "fp32"
+    # ...and a run that measures the device's peaks measures the GEMM peak of each reduced precision the
+    # backend runs too (bf16 here; fp16 where the CPU has it natively).
+    extra_peaks = {k for k in now["metrics"] if k.startswith("device_gemm_") and k != "device_gemm_gflops"}
+    if "device_gemm_gflops" in before["metrics"]:
+        assert "device_gemm_bf16_gflops" in extra_peaks <= {"device_gemm_bf16_gflops", "device_gemm_fp16_gflops"}
+    for key in extra_peaks:
+        now["metrics"].pop(key)
     # Issue 17: and eager.
     assert now["tags"].pop("mode") == now["plan"].pop("mode") == "eager"
+    # Issue 18: how long MLflow calls retry, and each run's create token (harness/tracking/retry.py).
+    assert float(now["params"].pop("tracking.retry_s")) == 120
+    assert float(now["params"].pop("tracking.request_timeout_s")) == 60
+    assert now["tags"].pop("mprec.create_token") == "<present>"
     assert now["status"] == before["status"]
     assert now["params"] == before["params"]
     assert now["tags"] == before["tags"]  # run_key and quality_key included: the same hashes

@@ -22,6 +22,7 @@ from harness.app.jobs import RunFailed, run_job
 from harness.core.conf import config_dir
 from harness.core.errors import BackendUnavailable, ConfigError, DataError
 from harness.core.overrides import refuse_unknown_keys
+from harness.tracking import TrackingUnavailable
 
 log = logging.getLogger("harness")
 
@@ -48,5 +49,8 @@ def main(cfg: DictConfig):
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except RunFailed as exc:  # the worker printed the details (a traceback where it was a bug)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
+    except TrackingUnavailable as exc:  # the store stayed away past tracking.retry_s: the message says it all
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)

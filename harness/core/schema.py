@@ -109,12 +109,18 @@ class TrackingConfig:
     uri: Optional[str] = MISSING
     results_dir: str = MISSING
     parent_run_id: Optional[str] = MISSING  # set by a sweep for its jobs (the MLflow parent run)
+    retry_s: float = MISSING  # how long one MLflow call retries a locked or unreachable store
+    request_timeout_s: int = MISSING  # one HTTP request to a tracking server (MLFLOW_HTTP_REQUEST_TIMEOUT)
 
     def check(self) -> None:
         if not self.results_dir.strip():
             raise ConfigError("results_dir", "must not be empty")
         if self.uri is not None and not self.uri.strip():
             raise ConfigError("uri", "must be null or a tracking URI such as sqlite:///results/mlflow.db")
+        if self.retry_s < 0:
+            raise ConfigError("retry_s", f"must be >= 0 seconds (0: no retries), got {self.retry_s}")
+        if self.request_timeout_s < 1:
+            raise ConfigError("request_timeout_s", f"must be >= 1 second, got {self.request_timeout_s}")
 
 
 @dataclass

@@ -6,7 +6,8 @@
 
 The run ends FINISHED when the body returns, FAILED, with the error as its `error` tag and the
 traceback as `error/traceback.txt`, when it raises, and KILLED when the user interrupts it (Ctrl-C). While open, a thread refreshes a heartbeat tag and the
-run names its process, so a run whose process was killed can be told from one still running.
+run names its process, so a run whose process was killed can be told from one still running. A URI's
+credentials in a param, tag or text are redacted (credentials.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from harness.tracking.credentials import redact
 from harness.tracking.environment import process_identity
 from harness.tracking.store import HEARTBEAT_S, HEARTBEAT_TAG, MAX_KEY, OWNER_TAG, Store
 
@@ -93,14 +95,14 @@ class RunRecorder:
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, v) for k, v in flatten(params).items()]
+        items = [Param(k, redact(v)) for k, v in flatten(params).items()]
         for chunk in _chunks(items, PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, params=chunk)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        items = [RunTag(k, redact(str(v))) for k, v in tags.items()]
         for chunk in _chunks(items, PARAMS_PER_BATCH):
             self.client.log_batch(self.run_id, tags=chunk)
 
@@ -117,10 +119,10 @@ class RunRecorder:
             self.client.log_batch(self.run_id, metrics=chunk)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        self.client.log_text(self.run_id, text, artifact_file)
+        self.client.log_text(self.run_id, redact(text), artifact_file)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        self.client.log_text(self.run_id, json.dumps(data, indent=2, default=str), artifact_file)
+        self.log_text(json.dumps(data, indent=2, default=str), artifact_file)
 
     def log_file(self, local_path: str | Path, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)

@@ -4,25 +4,31 @@ The store defaults to SQLite under `results/` (an explicit `sqlite:///` URI: MLf
 is gone) with artifacts beside it; `MLFLOW_TRACKING_URI` points a team at an `mlflow server` instead.
 All calls go through an explicit `MlflowClient` and run id, never the fluent global "active run", so
 jobs of one process (a Hydra multirun) cannot log into each other's runs. Search filters are built by
-`tag_filter`, which quotes every value (and refuses what MLflow's syntax cannot quote).
+`tag_filter`, which quotes every value (and refuses what MLflow's syntax cannot quote). Every call
+retries, for at most `tracking.retry_s`, a store that is locked or unreachable (retry.py); a URI's
+credentials reach nothing the harness prints or records (credentials.py).
 """
 
 from __future__ import annotations
 
 import os
-import random
 import re
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
 from harness.core.errors import printable
 from harness.core.schema import TrackingConfig
+from harness.tracking.credentials import adopt_credentials, redact
 from harness.tracking.environment import process_alive
+from harness.tracking.retry import RetryingClient, bound_mlflow_http
 
 DB_FILE = "mlflow.db"
 HEARTBEAT_TAG = "mprec.heartbeat"
 OWNER_TAG = "mprec.owner"
+# A token each run is created with, so that a retried create finds the run a lost answer had made.
+CREATE_TAG = "mprec.create_token"
 HEARTBEAT_S = 30.0
 INTERRUPTED = "interrupted (Ctrl-C): run the same command again to resume"
 KIND_TAG = "mprec.kind"  # latency (a path's run), sweep (a sweep's parent), analysis, serving
@@ -86,49 +92,14 @@ def metric_name(text: str) -> str:
     return re.sub(r"[^\w\-. :/]", "_", text)[:MAX_KEY]
 
 
-def _is_lock_error(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "database is locked" in text or "database table is locked" in text
-
-
-class _RetryingClient:
-    """MlflowClient whose calls retry with exponential backoff while SQLite reports a lock.
-
-    Parallel jobs on one SQLite store collide on writes; SQLite answers "database is locked" instead of
-    waiting long enough. Retrying for up to ~60 s loses no run and no metric.
-    """
-
-    def __init__(self, client, attempts: int = 12, first_delay_s: float = 0.05) -> None:
-        self._client = client
-        self._attempts = attempts
-        self._first_delay_s = first_delay_s
-
-    def __getattr__(self, name: str):
-        if name.startswith("_"):  # not delegated (and keeps unpickling from recursing)
-            raise AttributeError(name)
-        target = getattr(self._client, name)
-        if not callable(target):
-            return target
-
-        def call(*args, **kwargs):
-            delay = self._first_delay_s
-            for attempt in range(self._attempts):
-                try:
-                    return target(*args, **kwargs)
-                except Exception as exc:  # noqa: BLE001 - only lock errors are retried
-                    if not _is_lock_error(exc) or attempt == self._attempts - 1:
-                        raise
-                    time.sleep(delay * (1 + random.random()))
-                    delay = min(delay * 2, 10.0)
-
-        return call
-
-
-def client_for(uri: str):
+def client_for(uri: str, config: TrackingConfig) -> RetryingClient:
+    """The MlflowClient of `uri` (credentials already adopted), its calls retried for `config.retry_s`."""
     # mlflow is imported here, not at the top: it costs ~1 s, and `dry_run=true` never touches a store.
     from mlflow.tracking import MlflowClient
 
-    return _RetryingClient(MlflowClient(tracking_uri=uri))
+    if uri.startswith(("http://", "https://")):
+        bound_mlflow_http(config.request_timeout_s)
+    return RetryingClient(MlflowClient(tracking_uri=uri), config.retry_s, uri)
 
 
 class Store:
@@ -140,9 +111,11 @@ class Store:
 
     def __init__(self, config: TrackingConfig, experiment_name: str, create: bool = True) -> None:
         self.config = config
-        self.uri = tracking_uri(config)
+        uri = adopt_credentials(tracking_uri(config))
+        self.uri = redact(uri)  # what is printed and recorded: never a password
+        self._artifacts = artifact_location(uri, config)
         self.experiment_name = experiment_name
-        self.client = client_for(self.uri)
+        self.client = client_for(uri, config)
         self.experiment_id = self._ensure_experiment() if create else self._existing_experiment()
 
     @property
@@ -161,7 +134,7 @@ class Store:
             return existing
         try:
             return self.client.create_experiment(self.experiment_name, tags=EXPERIMENT_KIND,
-                                                 artifact_location=artifact_location(self.uri, self.config))
+                                                 artifact_location=self._artifacts)
         except MlflowException:
             existing = self._existing_experiment()  # another job created it between lookup and create
             if existing is None:
@@ -170,8 +143,17 @@ class Store:
 
     # --- runs -----------------------------------------------------------------------------------------
     def create_run(self, name: str, tags: Mapping[str, Any]) -> str:
-        tags = {k: str(v) for k, v in tags.items()}
-        return self.client.create_run(self.experiment_id, run_name=name, tags=tags).info.run_id
+        """A new RUNNING run; exactly one, even when the answer to a create is lost and it is retried."""
+        token = uuid.uuid4().hex
+        tags = {**{k: redact(str(v)) for k, v in tags.items()}, CREATE_TAG: token}
+
+        def created():  # the run a lost answer had created, if any (asked without retries of its own)
+            found = self.client.unretried.search_runs([self.experiment_id], tag_filter({CREATE_TAG: token}),
+                                                      max_results=1)
+            return found[0] if found else None
+
+        run = self.client.call("create_run", self.experiment_id, run_name=name, tags=tags, recover=created)
+        return run.info.run_id
 
     def get(self, run_id: str):
         return self.client.get_run(run_id)
@@ -181,10 +163,10 @@ class Store:
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
-            self.client.set_tag(run_id, key, str(value))
+            self.client.set_tag(run_id, key, redact(str(value)))
 
     def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
-        self.client.log_text(run_id, text, artifact_file)
+        self.client.log_text(run_id, redact(text), artifact_file)
 
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
@@ -193,9 +175,9 @@ class Store:
         """End a run FAILED with `message` as its `error` tag (and `details` as error/traceback.txt); the tag
         holds printable text only, whatever bytes an error quoted."""
         try:
-            self.client.set_tag(run_id, "error", printable(message, 5000))
+            self.client.set_tag(run_id, "error", printable(redact(message), 5000))
             if details:
-                self.client.log_text(run_id, details, "error/traceback.txt")
+                self.client.log_text(run_id, redact(details), "error/traceback.txt")
         finally:
             self.finish(run_id, "FAILED")
 
