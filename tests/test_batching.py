@@ -50,11 +50,14 @@ def test_no_call_exceeds_max_samples_and_other_devices_do_not_batch():
 def test_a_batched_call_takes_the_profiles_time_at_its_summed_size():
     slow = PathProfile("table@cpu", "cpu", 0.78, (1, 100, 1000), (1.0, 10.0, 100.0))  # 0.1 ms a sample
     t = np.array([0.0, 0.0001, 0.0002])  # the second and third arrive while the first runs
-    r = simulate(Static(slow), [slow], t, np.array([100, 100, 100]), 1000.0, Batching(1000))
+    r = simulate(Static(slow), [slow], t, np.array([100, 100, 100]), 1000.0, Batching(1000, cpu=True))
     # First alone (10 ms); the other two in one call of 200 samples (20 ms) right after.
     assert r.latency_ms[0] == pytest.approx(10.0)
     assert r.latency_ms[1] == pytest.approx(30.0 - 0.1) and r.latency_ms[2] == pytest.approx(30.0 - 0.2)
     assert r.busy_s["cpu"] == pytest.approx(0.030)
+    # By default a host CPU does not batch: its time grows with the size, so sharing a call only delays.
+    plain = simulate(Static(slow), [slow], t, np.array([100, 100, 100]), 1000.0, Batching(1000))
+    assert plain.latency_ms[1] == pytest.approx(20.0 - 0.1) and plain.latency_ms[2] == pytest.approx(30.0 - 0.2)
 
 
 class SlowAdapter:

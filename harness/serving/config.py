@@ -49,7 +49,8 @@ class BatchingConfig:
 
     enabled: bool = MISSING  # true: every policy is also reported with batching (`<policy> +batching`)
     max_samples: int = MISSING  # the largest call a batcher builds (the profiles give its service time)
-    devices: List[str] = MISSING  # the devices that batch; []: all of them
+    devices: List[str] = MISSING  # the devices that batch; []: all but host CPUs (unless `cpu`)
+    cpu: bool = MISSING  # host-CPU paths batch too (with devices: [])
 
     def check(self) -> None:
         if self.max_samples < 1:

@@ -40,7 +40,7 @@ class DeviceWorker:
 
     def __init__(self, device: str, complete, batching=None) -> None:
         self.device = device
-        self.batching = batching if batching is not None and batching.applies_to(device) else None
+        self.batching = batching  # applied per path: `Batching.applies_to` (host CPUs do not batch by default)
         self._held = None  # a job taken while batching that belongs to the next call
         self.queue: queue.Queue = queue.Queue()
         self.pending_s = 0.0
@@ -67,7 +67,7 @@ class DeviceWorker:
         if job is None:
             return None
         jobs = [job]
-        if self.batching is None:
+        if self.batching is None or not self.batching.applies_to(job[0].profile):
             return jobs
         samples = job[1].dense.shape[0]
         while True:

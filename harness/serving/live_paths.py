@@ -46,7 +46,8 @@ def _serve_and_compare(cfg: ServingConfig, study, live_paths: list[LivePath], ge
     if cfg.live.policy not in candidates:
         raise ConfigError("live.policy", f"{cfg.live.policy!r} is not among this study's policies {sorted(candidates)}")
     policy = candidates[cfg.live.policy]
-    batching = Batching(cfg.batching.max_samples, tuple(cfg.batching.devices)) if cfg.live.batching else None
+    batching = (Batching(cfg.batching.max_samples, tuple(cfg.batching.devices), cfg.batching.cpu)
+                if cfg.live.batching else None)
     qps = cfg.live.qps
     if qps is None:
         name = cfg.live.policy + (BATCHED if batching is not None else "")

@@ -120,6 +120,30 @@ def with_accuracy_of(measured: list[PathProfile], profiles: list[PathProfile]) -
     return out
 
 
+def accuracy_donors(measured: list[PathProfile], provenance: dict) -> dict:
+    """The measured accuracy of each (representation, precision) with the run it comes from: what a
+    latency-only profile on another machine borrows (`with_donor_accuracy`), saved as JSON."""
+    donors = {}
+    for p in measured:
+        if p.accuracy is not None:
+            donors[PathLabel.parse(p.path).numbers] = {"accuracy": p.accuracy, "path": p.path, "run_id": p.run_id}
+    return {"provenance": provenance, "accuracy": donors}
+
+
+def with_donor_accuracy(profiles: list[PathProfile], donors: dict) -> list[PathProfile]:
+    """Profiles without accuracy take their (representation, precision)'s from a donors file
+    (`accuracy_donors`), the donor run named in their source."""
+    table, origin = donors["accuracy"], donors.get("provenance", {}).get("source", "a donors file")
+    out = []
+    for p in profiles:
+        donor = table.get(PathLabel.parse(p.path).numbers)
+        if p.accuracy is None and donor is not None:
+            p = replace(p, accuracy=donor["accuracy"],
+                        source=f"{p.source}; accuracy of run {donor['run_id']} ({donor['path']}, {origin})")
+        out.append(p)
+    return out
+
+
 def save(profiles: list[PathProfile], path: str | Path, provenance: dict) -> None:
     Path(path).write_text(json.dumps({"provenance": provenance, "paths": [asdict(p) for p in profiles]}, indent=2))
 

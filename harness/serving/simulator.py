@@ -7,7 +7,8 @@ One base stream of unit-rate gaps is scaled by 1/QPS, so results change smoothly
 
 >>> import numpy as np
 >>> from harness.serving.policies import Static
->>> from harness.serving.profiles import PathProfile
+>>> from harness.core.paths import PathLabel
+from harness.serving.profiles import PathProfile
 >>> table = PathProfile("table@cpu", "cpu", 0.75, (1, 1000), (1.0, 1.0))   # 1 ms per query
 >>> r = simulate(Static(table), [table], arrivals(np.random.default_rng(0), 20_000, qps=500.0),
 ...              np.ones(20_000, dtype=int), target_ms=10.0)
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from harness.core.paths import PathLabel
 from harness.serving.profiles import PathProfile
 
 
@@ -78,13 +80,17 @@ class Batching:
     """Device concurrency as a dynamic batcher (Triton's, without a queue delay): while a device is busy,
     the parts queued for one path coalesce into one call of their summed size, up to `max_samples`, served
     in the time the path's profile gives at that size; every query in it completes when the call does.
-    `devices`: the devices that batch (empty: all)."""
+    `devices`: the devices that batch; empty: every device but host CPUs, unless `cpu` (a CPU's time grows
+    with the size: a shared call only makes its first queries wait for the last)."""
 
     max_samples: int
     devices: tuple[str, ...] = ()
+    cpu: bool = False
 
-    def applies_to(self, device: str) -> bool:
-        return not self.devices or device in self.devices
+    def applies_to(self, profile: PathProfile) -> bool:
+        if self.devices:
+            return profile.device in self.devices
+        return self.cpu or PathLabel.parse(profile.path).backend != "cpu"
 
 
 def simulate(policy, profiles: list[PathProfile], arrival_s: np.ndarray, sizes: np.ndarray,
@@ -159,7 +165,8 @@ def _simulate_batched(policy, profiles: list[PathProfile], arrival_s: np.ndarray
             call = open_call[d]
             if call is not None and call[1] <= a:
                 call = open_call[d] = None  # it has started: nothing joins a running call
-            if (call is not None and call[0] == profile.path and batching.applies_to(d)
+            batches = batching.applies_to(profile)
+            if (call is not None and call[0] == profile.path and batches
                     and call[2] + part <= batching.max_samples):
                 grown = table[call[2] + part]
                 busy_total[d] += grown - (call[3] - call[1])
@@ -173,7 +180,7 @@ def _simulate_batched(policy, profiles: list[PathProfile], arrival_s: np.ndarray
                 busy_total[d] += table[part]
                 free_at[d] = call[3]
                 # Queued behind a running call: open to later parts (on a device that batches).
-                open_call[d] = call if start > a and batching.applies_to(d) else None
+                open_call[d] = call if start > a and batches else None
             mine.append(id(call))
             path_samples[profile.path] += part
             correct += (math.nan if profile.accuracy is None else profile.accuracy) * part

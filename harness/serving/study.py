@@ -106,7 +106,7 @@ def run_study(cfg: ServingConfig, profiles: list[PathProfile]) -> Study:
     policies = build_policies(cfg, profiles, sizes)
     modes: list[Batching | None] = [None]
     if cfg.batching.enabled:
-        modes.append(Batching(cfg.batching.max_samples, tuple(cfg.batching.devices)))
+        modes.append(Batching(cfg.batching.max_samples, tuple(cfg.batching.devices), cfg.batching.cpu))
     rows, best = [], {}
     for batching in modes:
         for policy in policies:
