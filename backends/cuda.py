@@ -104,6 +104,7 @@ class CudaBackend(TorchBackend):
     def prepare(self, model, example) -> None:
         import torch
 
+        self._graphs.clear()  # graphs replay the model they captured: a new model, new graphs
         torch.cuda.set_device(self.config.device_index)
         self._events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
         super().prepare(model, example)

@@ -46,7 +46,8 @@ class TorchBackend(Backend):
             t0 = time.perf_counter()
             model = torch.compile(model, mode=self.config.compile_mode)
             if example is not None:
-                self.synchronize(model(*self.place(example)))  # compile now, not in the first timed call
+                # Compile now, not in the first timed call; the example goes where a timed call's input does.
+                self.synchronize(model(*self.to_device(self.place(example))))
             self.compile_s = time.perf_counter() - t0
         self.model = model
 
@@ -54,7 +55,7 @@ class TorchBackend(Backend):
         if not self.config.compile:
             return "eager"
         # reduce-overhead replays CUDA graphs of the compiled model (on CUDA; elsewhere it is a compile)
-        return "compiled+graphs" if self.config.compile_mode == "reduce-overhead" and self.device.startswith(
+        return "compiled+graphs" if self.config.compile_mode == "reduce-overhead" and str(self.device).startswith(
             "cuda") else "compiled"
 
     def place(self, batch):

@@ -53,7 +53,9 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0,
                    "bytes"),
         "gather64": (lambda: torch.index_select(line_table, 0, line_index, out=line_gathered),
                      2.0 * line_index.numel() * line_floats * 4, "bytes"),
-        "gemm": (lambda: torch.mm(a, b, out=c), 2.0 * side**3, "flops"),
+        # True fp32 even when a tf32 path set TF32 matmuls on for its run (the peak is cached per device).
+        "gemm": (lambda: _fp32_mm(a, b, c) if device.startswith("cuda") else torch.mm(a, b, out=c),
+                 2.0 * side**3, "flops"),
     }
     for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
         if precision in precisions:
@@ -66,12 +68,16 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0,
     return kernels
 
 
-def _tf32_mm(a, b, c):
+def _tf32_mm(a, b, c, allow: bool = True):
     import torch
 
     matmul = torch.backends.cuda.matmul
-    before, matmul.allow_tf32 = matmul.allow_tf32, True
+    before, matmul.allow_tf32 = matmul.allow_tf32, allow
     try:
         return torch.mm(a, b, out=c)
     finally:
         matmul.allow_tf32 = before
+
+
+def _fp32_mm(a, b, c):
+    return _tf32_mm(a, b, c, allow=False)

@@ -87,15 +87,18 @@ export MLFLOW_TRACKING_URI="sqlite:///$work/mlflow.db"
 common=(experiment=mprec_headline experiment_name=gpu_check train.steps=0 serving_after_sweep=null
         analysis_after_sweep=false measure.min_time_s=0.5 measure.max_time_s=3 "tracking.results_dir=$work/results")
 step "headline paths on the host CPU ($cores cores) and the GPU (eager and CUDA graphs), one store"
-{
-    $py -m harness "${common[@]}" +backend=cpu "backend.num_threads=$cores" ${GPU_CHECK_ARGS:-} || status=1
+{   # a subshell (the pipe): its failures leave through its exit status, not through $status
+    failed=0
+    $py -m harness "${common[@]}" +backend=cpu "backend.num_threads=$cores" ${GPU_CHECK_ARGS:-} || failed=1
     if [ "$backend" = cuda ]; then
-        $py -m harness "${common[@]}" +backend=cuda backend.graphs=false,true ${GPU_CHECK_ARGS:-} || status=1
+        $py -m harness "${common[@]}" +backend=cuda backend.graphs=false,true ${GPU_CHECK_ARGS:-} || failed=1
         step "DHE at 4096 and 16384 in TF32 and bf16 (graphs), against the GEMM peak of each precision"
         $py -m harness "${common[@]}" +backend=cuda backend.graphs=true representation=dhe precision=tf32,bf16 \
-            "workload.query_sizes=[4096,16384]" measure.device_peaks=true || status=1
+            "workload.query_sizes=[4096,16384]" measure.device_peaks=true || failed=1
     fi
+    exit $failed
 } 2>&1 | tee "$out/headline.log"
+[ "${PIPESTATUS[0]}" = 0 ] || status=1
 
 step "one profile file: host CPU and GPU, best mode per size, donor accuracies"
 $py - "$out" "$work" <<'PY' || status=1

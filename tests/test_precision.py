@@ -292,3 +292,12 @@ def test_dhe_codes_written_in_bf16_equal_the_fp32_codes_rounded(use_kernel):
     fp32 = hashing.codes_float64(flat, a, b, p, m, "uniform", use_kernel=use_kernel)
     bf16 = hashing.codes_float64(flat, a, b, p, m, "uniform", use_kernel=use_kernel, dtype=torch.bfloat16)
     assert bf16.dtype == torch.bfloat16 and torch.equal(bf16, fp32.to(torch.bfloat16))
+
+
+def test_a_tf32_paths_quality_is_the_fp32_evaluation_and_says_so():
+    # TF32 is a GPU matmul mode; quality is evaluated on the host, where tf32 computes fp32 exactly.
+    from harness.pipeline.quality import is_reduced
+
+    assert not is_reduced(load_config(compose(["+backend=cuda", "precision=tf32"])))
+    assert is_reduced(load_config(compose(["+backend=cuda", "precision=bf16"])))
+    assert is_reduced(load_config(compose(["representation.storage=int8"])))

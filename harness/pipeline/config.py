@@ -18,6 +18,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 import backends
+from harness.core.errors import ConfigError
 from harness.core.schema import RunConfig, container, typed
 from harness.core.spec import SHAPES, WorkloadSpec
 from harness.data import sources
@@ -34,6 +35,11 @@ def load_config(cfg: DictConfig | dict) -> RunConfig:
     run.dataset = sources.typed_config(dataset)
     run.backend = backends.typed_config(backend)
     run.representation = representations.typed_config(representation)
+    cache = representations.cache_config(run.representation)
+    if getattr(run.backend, "graphs", False) and cache is not None and cache.enabled:
+        # A graph replays fixed kernels; MP-Cache's lookup decides per query which ids hit (host syncs).
+        raise ConfigError("backend.graphs", "CUDA graphs cannot capture an MP-Cache lookup (it branches on "
+                                            "which ids hit); measure dhe+cache eagerly or with compile=true")
     workload_spec(run)  # the model's rules (widths against the embedding dim), checked before any work
     return run
 
@@ -43,9 +49,14 @@ def from_record(config: dict[str, Any]) -> dict[str, Any]:
     that reproduce what it measured (runs before precision was a choice were fp32 with fp32 tables)."""
     config = {**config, "precision": config.get("precision") or {"name": "fp32"}}
     rep = dict(config.get("representation") or {})
-    if "layout" in rep and "storage" not in rep:
+    fields = getattr(representations.get(rep["name"]).Config, "__dataclass_fields__", {}) if "name" in rep else {}
+    if "storage" in fields and "storage" not in rep:
         rep["storage"] = "fp32"
     config["representation"] = rep
+    backend = dict(config.get("backend") or {})
+    if backend.get("name") == "cuda" and "graphs" not in backend:
+        backend["graphs"] = False
+    config["backend"] = backend
     return config
 
 

@@ -37,8 +37,11 @@ FP32_SUFFIX = "_fp32"
 
 
 def is_reduced(run: RunConfig) -> bool:
-    """Whether the path computes or stores anything in less than fp32."""
-    return run.precision.name != "fp32" or getattr(run.representation, "storage", "fp32") != "fp32"
+    """Whether the path's quality differs from fp32's where it is evaluated (on the host): bf16, fp16 or
+    reduced table storage. TF32 is a GPU matmul mode the host evaluation does not have: a tf32 path's
+    quality is the fp32 evaluation's, and says so (tag `quality_precision=fp32`)."""
+    compute = "fp32" if run.precision.name == "tf32" else run.precision.name
+    return compute != "fp32" or getattr(run.representation, "storage", "fp32") != "fp32"
 
 
 def _fp32_names(quality: dict[str, float], run: RunConfig) -> dict[str, float]:
@@ -95,6 +98,8 @@ def into_precision(run: RunConfig, model: torch.nn.Module, dataset, fp32_quality
     own quality (the fp32 one on an fp32 path)."""
     apply_precision(model, run.precision.name, getattr(run.representation, "storage", "fp32"))
     if not is_reduced(run) or not fp32_quality:
+        if fp32_quality and run.precision.name != "fp32":
+            recorder.set_tags({"quality_precision": "fp32", "train_precision": "fp32"})
         return fp32_quality
     own = evaluate_model(model, dataset.eval_set(run.train.eval_samples)).as_dict()
     quality = {**fp32_quality, **{k: own[k] for k in PRECISION_METRICS}}

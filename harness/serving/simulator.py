@@ -7,8 +7,7 @@ One base stream of unit-rate gaps is scaled by 1/QPS, so results change smoothly
 
 >>> import numpy as np
 >>> from harness.serving.policies import Static
->>> from harness.core.paths import PathLabel
-from harness.serving.profiles import PathProfile
+>>> from harness.serving.profiles import PathProfile
 >>> table = PathProfile("table@cpu", "cpu", 0.75, (1, 1000), (1.0, 1.0))   # 1 ms per query
 >>> r = simulate(Static(table), [table], arrivals(np.random.default_rng(0), 20_000, qps=500.0),
 ...              np.ones(20_000, dtype=int), target_ms=10.0)
