@@ -227,19 +227,28 @@ def wait_for_runs(uri: str, seeds: range, count: int, proc: subprocess.Popen, ti
         time.sleep(0.2)
 
 
-def restart_round(server: TeamServer, seeds: range, workers: int, work: Path, down_s: float) -> dict:
-    calls = work / "restart.calls.jsonl"
-    t0 = time.perf_counter()
-    proc = start_sweep(sweep_command(seeds, workers, work / "restart"), server.client_env(), calls,
-                       work / "restart")
+def faulted_sweep(server: TeamServer, command: list[str], seeds: range, work: Path, name: str,
+                  fault, back_after_s: float) -> tuple[subprocess.Popen, float, str, Path]:
+    """Run a sweep, apply `fault` to the server once a quarter of its runs exist, bring the server back
+    after `back_after_s`; returns the sweep's process, how long the server was down, its stderr and the
+    call log."""
+    calls = work / f"{name}.calls.jsonl"
+    proc = start_sweep(command, server.client_env(), calls, work / name)
     with stopped_on_error(proc):
         wait_for_runs(server.uri, seeds, max(1, len(seeds) // 4), proc)
-        killed = time.perf_counter()
-        server.kill_mlflow()
-        time.sleep(down_s)
+        began = time.perf_counter()
+        fault()
+        time.sleep(back_after_s)
         server.start()
-        down = time.perf_counter() - killed
-        err = finish(proc, work, "restart")
+        down = time.perf_counter() - began
+        err = finish(proc, work, name)
+    return proc, down, err, calls
+
+
+def restart_round(server: TeamServer, seeds: range, workers: int, work: Path, down_s: float) -> dict:
+    t0 = time.perf_counter()
+    proc, down, err, calls = faulted_sweep(server, sweep_command(seeds, workers, work / "restart"), seeds, work,
+                                           "restart", server.kill_mlflow, down_s)
     seconds = time.perf_counter() - t0
     return {"exit": proc.returncode, "seconds": seconds, "server_down_s": down, **audit(server.uri, seeds),
             **call_stats(calls), "retry_warnings": err.count("retrying")}
@@ -250,16 +259,7 @@ def outage_round(server: TeamServer, seeds: range, workers: int, work: Path, ret
     from harness.tracking.environment import process_alive
 
     command = sweep_command(seeds, workers, work / "outage", f"tracking.retry_s={retry_s:g}")
-    calls = work / "outage.calls.jsonl"
-    proc = start_sweep(command, server.client_env(), calls, work / "outage")
-    with stopped_on_error(proc):
-        wait_for_runs(server.uri, seeds, max(1, len(seeds) // 4), proc)
-        stopped = time.perf_counter()
-        server.stop_postgres()
-        time.sleep(outage_s)
-        server.start()
-        down = time.perf_counter() - stopped
-        err = finish(proc, work, "outage")
+    proc, down, err, calls = faulted_sweep(server, command, seeds, work, "outage", server.stop_postgres, outage_s)
     first = {"exit": proc.returncode, "db_down_s": down, **audit(server.uri, seeds), **call_stats(calls),
              "gave_up_logged": err.count("gave up")}
     # Resuming means running the same command later: the jobs' processes are gone by then.
@@ -278,13 +278,9 @@ def outage_round(server: TeamServer, seeds: range, workers: int, work: Path, ret
 
 def cpu_line() -> str:
     """The CPU as lscpu names it, its logical cores and the vector flags that matter here."""
-    from harness.core.host import cpu_model_name
+    from harness.core.host import cpu_model_name, numeric_flags
 
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    line = next((x for x in cpuinfo.splitlines() if x.startswith("flags")), ":")
-    flags = set(line.split(":", 1)[1].split())
-    present = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    return f"{cpu_model_name()}, {os.cpu_count()} logical cores, flags: {' '.join(present) or 'no avx2'}"
+    return f"{cpu_model_name()}, {os.cpu_count()} logical cores, flags: {' '.join(numeric_flags()) or 'no avx2'}"
 
 
 def summary(rounds: list[dict]) -> dict:

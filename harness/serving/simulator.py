@@ -98,12 +98,22 @@ def simulate(policy, profiles: list[PathProfile], arrival_s: np.ndarray, sizes: 
     queued parts for one path on a batching device share calls (`Batching`)."""
     if len(arrival_s) != len(sizes) or len(sizes) == 0:
         raise ValueError("simulate needs as many arrival times as query sizes, at least one")
-    if batching is not None:
-        return _simulate_batched(policy, profiles, arrival_s, sizes, target_ms, batching)
-    max_size = int(sizes.max())
-    services = {p.path: p.service_table(max_size) for p in profiles}
-    for p in profiles:
+    largest = max(int(sizes.max()), batching.max_samples if batching is not None else 0)
+    services = {p.path: p.service_table(largest) for p in profiles}
+    for p in profiles:  # the policies read service times from these tables while the simulation runs
         p.use_table(services[p.path])
+    try:
+        if batching is not None:
+            return _simulate_batched(policy, profiles, services, arrival_s, sizes, target_ms, batching)
+        return _simulate_fifo(policy, profiles, services, arrival_s, sizes, target_ms)
+    finally:
+        for p in profiles:
+            p.use_table(None)
+
+
+def _simulate_fifo(policy, profiles: list[PathProfile], services: dict, arrival_s: np.ndarray, sizes: np.ndarray,
+                   target_ms: float) -> SimResult:
+    """One FIFO server per device: each part starts when its device is free."""
     busy = {p.device: 0.0 for p in profiles}
     busy_total = dict.fromkeys(busy, 0.0)
     path_samples = {p.path: 0 for p in profiles}
@@ -130,21 +140,15 @@ def simulate(policy, profiles: list[PathProfile], arrival_s: np.ndarray, sizes: 
             correct += (math.nan if profile.accuracy is None else profile.accuracy) * part
         latency[i] = (finish - a) * 1e3
         accuracy[i] = correct / q
-    for p in profiles:
-        p.use_table(None)
     duration = max(arr[-1], max(busy.values()))
     return SimResult(getattr(policy, "name", type(policy).__name__), n / arr[-1], target_ms, latency, sizes,
                      accuracy, duration, busy_total, path_samples)
 
 
-def _simulate_batched(policy, profiles: list[PathProfile], arrival_s: np.ndarray, sizes: np.ndarray,
-                      target_ms: float, batching: Batching) -> SimResult:
-    """`simulate` with a dynamic batcher per device: each device runs calls back to back; the call queued
-    behind the running one stays open, and a part for the same path joins it while it fits."""
-    largest = max(int(sizes.max()), batching.max_samples)
-    services = {p.path: p.service_table(largest) for p in profiles}
-    for p in profiles:
-        p.use_table(services[p.path])
+def _simulate_batched(policy, profiles: list[PathProfile], services: dict, arrival_s: np.ndarray,
+                      sizes: np.ndarray, target_ms: float, batching: Batching) -> SimResult:
+    """A dynamic batcher per device: each device runs calls back to back; the call queued behind the
+    running one stays open, and a part for the same path joins it while it fits."""
     free_at = {p.device: 0.0 for p in profiles}  # when the device's last call (open or not) ends
     busy_total = dict.fromkeys(free_at, 0.0)
     open_call: dict[str, list | None] = dict.fromkeys(free_at)  # [path, start, samples, end] queued, not started
@@ -187,8 +191,6 @@ def _simulate_batched(policy, profiles: list[PathProfile], arrival_s: np.ndarray
         accuracy[i] = correct / q
     ends = {id(c): c[3] for c in calls}
     latency = np.array([(max(ends[c] for c in parts_of[i]) - arr[i]) * 1e3 for i in range(n)])
-    for p in profiles:
-        p.use_table(None)
     duration = max(arr[-1], max(free_at.values()))
     name = getattr(policy, "name", type(policy).__name__)
     return SimResult(f"{name} +batching", n / arr[-1], target_ms, latency, sizes, accuracy, duration, busy_total,

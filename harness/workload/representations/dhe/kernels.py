@@ -18,11 +18,21 @@ from harness.workload import ckernels
 
 _SOURCE = r"""
 #include <stdint.h>
-/* codes[t, n, j] = (float)((((a[t, j] y[t, n] + b[t, j]) mod p) mod m) * scale - 1) for tables [t0, t1);
-   y = ids mod p (< 2^26), a, b < p: a y + b < 2^53, exact in double. q = v / p rounded to the nearest
-   integer by adding and subtracting 1.5 * 2^52 (plain adds, so the loop vectorizes; no -ffast-math may
-   fold them), then v - q p lies in (-p/2, p/2] up to rounding and one correction makes it [0, p).
-   p < 2m: one subtraction reduces mod m. */
+/* The code of bucket j of one id: (float)((((a y + b) mod p) mod m) * scale - 1). y = id mod p (< 2^26),
+   a, b < p: a y + b < 2^53, exact in double. q = v / p rounded to the nearest integer by adding and
+   subtracting 1.5 * 2^52 (plain adds, so the loop vectorizes; no -ffast-math may fold them), then v - q p
+   lies in (-p/2, p/2] up to rounding and one correction makes it [0, p). p < 2m: one subtraction reduces
+   mod m. */
+static inline float dhe_code(double a, double b, double x, double p, double inv_p, double m, double scale) {
+    double v = a * x + b;
+    const double q = (v * inv_p + 6755399441055744.0) - 6755399441055744.0;
+    v -= q * p;
+    v += v < 0 ? p : 0.0;
+    v -= v >= m ? m : 0.0;
+    return (float) (v * scale - 1.0);
+}
+
+/* codes[t, n, j] for tables [t0, t1), as float32. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
@@ -34,14 +44,8 @@ void dhe_uniform(const int64_t *y, const double *a, const double *b, int64_t loo
         for (int64_t n = 0; n < lookups; ++n) {
             const double x = (double) y[t * lookups + n];
             float *out = codes + (t * lookups + n) * k;
-            for (int64_t j = 0; j < k; ++j) {
-                double v = at[j] * x + bt[j];
-                const double q = (v * inv_p + 6755399441055744.0) - 6755399441055744.0;
-                v -= q * p;
-                v += v < 0 ? p : 0.0;
-                v -= v >= m ? m : 0.0;
-                out[j] = (float) (v * scale - 1.0);
-            }
+            for (int64_t j = 0; j < k; ++j)
+                out[j] = dhe_code(at[j], bt[j], x, p, inv_p, m, scale);
         }
     }
 }
@@ -61,12 +65,7 @@ void dhe_uniform_bf16(const int64_t *y, const double *a, const double *b, int64_
             const double x = (double) y[t * lookups + n];
             uint16_t *out = codes + (t * lookups + n) * k;
             for (int64_t j = 0; j < k; ++j) {
-                double v = at[j] * x + bt[j];
-                const double q = (v * inv_p + 6755399441055744.0) - 6755399441055744.0;
-                v -= q * p;
-                v += v < 0 ? p : 0.0;
-                v -= v >= m ? m : 0.0;
-                union { float f; uint32_t u; } code = { (float) (v * scale - 1.0) };
+                union { float f; uint32_t u; } code = { dhe_code(at[j], bt[j], x, p, inv_p, m, scale) };
                 out[j] = (uint16_t) ((code.u + 0x7FFFu + ((code.u >> 16) & 1u)) >> 16);
             }
         }
