@@ -177,6 +177,18 @@ class Backend(ABC):
         """Metrics of the query size just measured (peak memory, recompilations), logged at its step."""
         return {}
 
+    def host_threads(self) -> int:
+        """Host cores the timed loop keeps busy (after `prepare`): a device is fed by one host thread; the
+        CPU adapter says its intra-op threads. Other processes may use the rest of the run's cores without
+        flagging the measurement (harness/pipeline/stability.py)."""
+        return 1
+
+    def device_load(self) -> dict[str, float]:
+        """Other users of the device during the query size just measured, as per-size metrics (CUDA: other
+        processes on the GPU, from NVML where it is installed); {} where the adapter cannot tell, which the
+        run records as "not measurable here", never as zero. The host's load is measured for every backend."""
+        return {}
+
     def prepare_metrics(self) -> dict[str, float]:
         """Metrics of `prepare` itself (compile time), recorded apart from steady state."""
         return {}

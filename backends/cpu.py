@@ -92,6 +92,11 @@ class CpuBackend(TorchBackend):
     def synchronize(self, output) -> None:
         return None
 
+    def host_threads(self) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
     def run_params(self) -> dict[str, Any]:
         import torch
 

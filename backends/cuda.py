@@ -183,6 +183,28 @@ class CudaBackend(TorchBackend):
 
         return {"peak_memory_bytes": float(torch.cuda.max_memory_allocated(self.config.device_index))}
 
+    def device_load(self) -> dict[str, float]:
+        """Other processes with a context on this GPU (NVML, through pynvml where installed: torch's CUDA
+        wheels do not always bring it); {} where NVML cannot be asked."""
+        try:
+            import pynvml
+            import torch
+
+            pynvml.nvmlInit()
+            try:
+                uuid = str(getattr(torch.cuda.get_device_properties(self.config.device_index), "uuid", ""))
+                handle = (pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+                          if uuid else pynvml.nvmlDeviceGetHandleByIndex(self.config.device_index))
+                processes = (pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
+                             + pynvml.nvmlDeviceGetGraphicsRunningProcesses(handle))
+                utilization = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001 - no pynvml, no NVML library, no permission: not measurable here
+            return {}
+        others = {p.pid for p in processes} - {os.getpid()}
+        return {"device_other_processes": float(len(others)), "device_utilization_pct": float(utilization)}
+
     def is_out_of_memory(self, exc: BaseException) -> bool:
         import torch
 

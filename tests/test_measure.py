@@ -121,14 +121,47 @@ FAST = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=5, min_time_s=0, max
 
 
 def test_asynchronous_work_is_caught_by_synchronization():
+    # A lower bound only: a timer never fires early, however loaded the machine is.
     results = run_ladder(AsyncAdapter(), [1], lambda q: [None], FAST)
     assert min(results[0].latencies_s) >= AsyncAdapter.work_s * 0.95
 
 
+class HeldAdapter(AsyncAdapter):
+    """Its work finishes only when the test releases it: no clock decides what the test sees."""
+
+    def __init__(self, synchronizes: bool) -> None:
+        super().__init__(synchronizes)
+        self.release = threading.Event()
+        self.finished = 0
+
+    def run(self, batch):
+        done = threading.Event()
+
+        def work():
+            self.release.wait()
+            self.finished += 1
+            done.set()
+
+        threading.Thread(target=work, daemon=True).start()
+        return done
+
+
 def test_without_synchronization_the_same_work_would_time_as_nothing():
-    # The counterfactual that shows the test above can fail: an adapter that does not wait.
-    results = run_ladder(AsyncAdapter(synchronizes=False), [1], lambda q: [None], FAST)
-    assert max(results[0].latencies_s) < AsyncAdapter.work_s / 2
+    # The counterfactual that shows the test above can fail: an adapter that does not wait lets the loop
+    # read its clock, and finish the whole ladder, while no call's work has been done.
+    adapter = HeldAdapter(synchronizes=False)
+    results = run_ladder(adapter, [1], lambda q: [None], FAST)
+    assert results[0].stats.n == 5 and adapter.finished == 0
+    adapter.release.set()
+    # The synchronizing adapter cannot get past its first call until the work is released.
+    waiting = HeldAdapter(synchronizes=True)
+    ladder = threading.Thread(target=run_ladder, args=(waiting, [1], lambda q: [None], FAST), daemon=True)
+    ladder.start()
+    ladder.join(timeout=0.5)
+    assert ladder.is_alive() and waiting.finished == 0
+    waiting.release.set()
+    ladder.join(timeout=60)
+    assert not ladder.is_alive() and waiting.finished >= 7  # first call, warm-up, 5 timed
 
 
 class SizeLimitedAdapter(AsyncAdapter):
@@ -166,11 +199,16 @@ def test_device_timer_samples_are_kept_beside_the_wall_clock():
 
 
 def test_several_queries_per_call_report_per_query_latency():
-    adapter = AsyncAdapter()
-    adapter.queries_per_call = 4  # e.g. IPU device iterations
-    results = run_ladder(adapter, [1], lambda q: [None], FAST)
-    assert min(results[0].latencies_s) >= AsyncAdapter.work_s / 4 * 0.95
-    assert max(results[0].latencies_s) < AsyncAdapter.work_s / 2
+    clock = FakeClock(step_s=0.02)
+
+    class Batched(AsyncAdapter):
+        queries_per_call = 4  # e.g. IPU device iterations
+
+        def run(self, i):
+            return clock.step(1)  # each call takes 20 ms of the fake clock
+
+    results = run_ladder(Batched(synchronizes=False), [1], lambda q: [None], FAST, clock=clock)
+    assert results[0].latencies_s == pytest.approx([0.005] * 5)  # 20 ms a call, 4 queries a call
 
 
 def test_other_errors_propagate():

@@ -2,7 +2,10 @@
 since issue 15, plus the `compare/` metrics that open MLflow's chart view; since issue 16, plus the
 path's precision (fp32 here) as a param, a tag and a plan entry, and the tables' storage as a param; since
 issue 17, its execution mode (eager here) as a tag and a plan entry; since issue 18, the tracking retry
-bounds as params and the token a retried create finds its run by as a tag.
+bounds as params and the token a retried create finds its run by as a tag; since issue 22, the stability
+rules and the planted-interference switch as params, and per size the intervals of p50 and p99, the robust
+CV, the host's load while it was timed, `reliable` and `attempts` (and whether the peaks were measured
+quietly), the raw samples' attempt columns. Nothing else changes: run keys included.
 
 The reference shapes were captured from the code before the move (tests/record_shape.py says how);
 run keys are hashes of the resolved config, so equal run keys also mean an unchanged config schema.
@@ -47,6 +50,26 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
     assert float(now["params"].pop("tracking.retry_s")) == 120
     assert float(now["params"].pop("tracking.request_timeout_s")) == 60
     assert now["tags"].pop("mprec.create_token") == "<present>"
+    # Issue 22: how far each figure can be trusted (docs/measurement.md).
+    stability = {k for k in now["params"] if k.startswith("measure.stability.")}
+    assert {k.rsplit(".", 1)[1] for k in stability} == {"max_other_cores", "max_steal_cores", "max_robust_cv",
+                                                        "order_tolerance", "peak_tolerance", "retries", "retry_pause_s"}
+    for key in stability:
+        now["params"].pop(key)
+    assert now["params"].pop("debug.interference") == "null"
+    if now["status"] == "FINISHED":
+        sizes = before["metrics"]["latency_p50_ms"]
+        trust = {f"latency_{p}_ci_{side}_ms" for p in ("p50", "p99") for side in ("low", "high")}
+        trust |= {"latency_robust_cv", "reliable", "attempts", "interference_other_cores", "interference_steal_cores",
+                  "load_avg_before", "load_avg_after", "cpu_mhz"}
+        assert {k: now["metrics"].pop(k) for k in trust} == {k: sizes for k in trust}
+        if "device_gemm_gflops" in before["metrics"]:
+            assert now["metrics"].pop("device_peaks_reliable") == [0]
+        # Present only where a size still broke a rule after its retries, or where the kernel does not report
+        # steal or frequency: they depend on the machine and its load, not on the code.
+        now["tags"].pop("unreliable", None)
+        now["tags"].pop("interference_not_measurable", None)
+        now["tags"].pop("peaks_unreliable", None)
     assert now["status"] == before["status"]
     assert now["params"] == before["params"]
     assert now["tags"] == before["tags"]  # run_key and quality_key included: the same hashes

@@ -24,7 +24,14 @@ th { background: #f3f3f3; } td.path { text-align: left; font-family: monospace; 
 td.none { color: #999; text-align: center; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 .note { color: #555; } ul.missing li { color: #8a4b00; }
+td.unreliable { color: #777; background: repeating-linear-gradient(45deg, #f4f4f4 0 6px, #e2e2e2 6px 12px); }
+span.swatch { display: inline-block; width: 2.2em; height: 1em; vertical-align: middle; border: 1px solid #ccc; }
+td.flag { color: #a33; font-weight: bold; }
 """
+LEGEND = ('<p class="note"><span class="swatch unreliable" style="background: repeating-linear-gradient(45deg, '
+          '#f4f4f4 0 6px, #e2e2e2 6px 12px)"></span> hatched: the cell compared a measurement that broke a '
+          "stability rule (interference, dispersion, order of sizes, above the roof; docs/measurement.md); "
+          "hover a cell for why. Where a reliable path met the target it was chosen over an unreliable one.</p>")
 
 
 def _img(path: Path, alt: str) -> str:
@@ -33,7 +40,8 @@ def _img(path: Path, alt: str) -> str:
 
 
 def _mapping_table(cells: pd.DataFrame) -> str:
-    """Rows: query sizes; columns: latency targets; each cell the chosen path and its score."""
+    """Rows: query sizes; columns: latency targets; each cell the chosen path, its score and the runner-up
+    with its margin; hatched where the cell compared an unreliable measurement."""
     targets = sorted(cells["target_ms"].unique())
     head = "".join(f"<th>&le; {t:g} ms</th>" for t in targets)
     rows = []
@@ -41,12 +49,27 @@ def _mapping_table(cells: pd.DataFrame) -> str:
         tds = []
         for t in targets:
             c = row[row["target_ms"] == t].iloc[0]
+            shaky = c.get("reliable", True) is False
+            title = f' title="{html.escape(str(c["note"]))}"' if c["note"] else ""
             if mp.chosen(c["choice"]):
-                tds.append(f'<td class="path">{html.escape(c["choice"])}<br><small>{c["score"]:,.0f}/s</small></td>')
+                runner = (f"<br><small>2nd {html.escape(c['runner_up'])} (+{100 * c['margin']:.0f}%)</small>"
+                          if mp.chosen(c["runner_up"]) else "")
+                tds.append(f'<td class="path{" unreliable" if shaky else ""}"{title}>{html.escape(c["choice"])}'
+                           f'<br><small>{c["score"]:,.0f}/s</small>{runner}</td>')
             else:
-                tds.append(f'<td class="none" title="{html.escape(str(c["note"]))}">none</td>')
+                tds.append(f'<td class="none{" unreliable" if shaky else ""}"{title}>none</td>')
         rows.append(f"<tr><th>{int(q)}</th>{''.join(tds)}</tr>")
     return f"<table><tr><th>query size</th>{head}</tr>{''.join(rows)}</table>"
+
+
+def _reliability(r: pd.Series) -> str:
+    """Which query sizes of a path were flagged unreliable ('unknown' for runs recorded before)."""
+    flags = {int(k.split("@")[1]): v for k, v in r.items() if str(k).startswith("reliable@") and v == v}
+    sizes = [int(k.split("@")[1]) for k, v in r.items() if str(k).startswith("reliable@")]
+    if not flags and sizes:
+        return "unknown"
+    bad = sorted(q for q, v in flags.items() if v == 0)
+    return "all sizes" if not bad else "<b>unreliable at " + ", ".join(map(str, bad)) + "</b>"
 
 
 def _paths_table(paths: pd.DataFrame, workload: str) -> str:
@@ -56,11 +79,17 @@ def _paths_table(paths: pd.DataFrame, workload: str) -> str:
     body = []
     for _, r in rows.iterrows():
         accuracy = "not measured" if pd.isna(r["accuracy"]) else f"{r['accuracy']:.4f}"
+        fraction = r.get("fraction_of_gemm_peak", float("nan"))
+        roof = "" if fraction != fraction else f"{100 * fraction:.0f}%"
+        roof_cell = (f'<td class="flag" title="above the measured GEMM peak: the peak or the measurement is '
+                     f'wrong">{roof} &#9888; above the roof</td>' if r.get("above_roof") else f"<td>{roof}</td>")
         body.append(f'<tr><td class="path">{html.escape(r["path"])}</td><td>{html.escape(str(r["device"]))}</td>'
                     f"<td>{accuracy}</td><td>{r['param_bytes'] / 2**20:,.1f}</td>"
-                    f"<td>{'yes' if r['fits'] else 'no'}</td><td>{r['achieved_gflops']:,.2f}</td></tr>")
+                    f"<td>{'yes' if r['fits'] else 'no'}</td><td>{r['achieved_gflops']:,.2f}</td>{roof_cell}"
+                    f"<td>{_reliability(r)}</td></tr>")
     return ("<table><tr><th>path</th><th>device</th><th>accuracy</th><th>parameters (MiB)</th><th>fits</th>"
-            f"<th>GFLOP/s at its largest size</th></tr>{''.join(body)}</table>")
+            "<th>GFLOP/s at its largest size</th><th>of the GEMM peak</th><th>trusted</th></tr>"
+            f"{''.join(body)}</table>")
 
 
 def write_report(folder: Path, experiment: str, summary: list[str], missing: list[str], mapping: pd.DataFrame,
@@ -79,6 +108,8 @@ def write_report(folder: Path, experiment: str, summary: list[str], missing: lis
         slug = "".join(c if c.isalnum() else "_" for c in workload).strip("_")
         parts += [f"<h2>{html.escape(workload)}</h2>", "<h3>Chosen path per query size and latency target</h3>",
                   _mapping_table(cells)]
+        if cells["reliable"].eq(False).any():
+            parts.append(LEGEND)
         for name, alt in ((f"mapping_{slug}.png", "mapping heat map"), (f"latency_{slug}.png", "latency vs query size"),
                           (f"pareto_{slug}.png", "accuracy vs correct-prediction throughput")):
             if name in by_name:

@@ -11,7 +11,11 @@ Rules (docs/analysis.md):
   quality is never given one: it is left out of the ranking and reported as unrated (or, with
   rank_by="throughput", everything is ranked by samples/s and says so). A workload where no path has a
   measured quality (a latency-only sweep) is ranked by throughput, and the analysis says so once;
-- ties go to the lower latency, then the smaller model, then the path's name: deterministic.
+- ties go to the lower latency, then the smaller model, then the path's name: deterministic;
+- a measurement flagged unreliable (harness/pipeline/stability.py: `reliable` = 0) is never chosen over a
+  reliable alternative that meets the target; a cell that compared any flagged measurement (chosen or
+  not, meeting the target or not) is itself marked unreliable, with why in its note. Runs recorded before
+  reliability was judged (`reliable` NaN) count as not flagged, and are reported as of unknown reliability.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ COLUMNS = (
     "run_id", "status", "path", "representation", "backend", "device", "workload", "query_size",
     "p50_ms", "p90_ms", "p95_ms", "p99_ms", "samples_per_s", "feasible", "param_bytes", "flops_per_sample",
     "bytes_read_per_sample", "bytes_read_fixed", "device_memory_bytes", "device_gemm_gflops",
-    "device_gather_gbps", "device_gather64_gbps", "device_copy_gbps", "accuracy", "start_time",
+    "device_gather_gbps", "device_gather64_gbps", "device_copy_gbps", "accuracy", "start_time", "reliable",
 )
 PERCENTILES = ("p50", "p90", "p95", "p99")
 RANKINGS = ("correct_throughput", "throughput")
@@ -105,20 +109,35 @@ def _ordered(cands: pd.DataFrame, latency: str) -> pd.DataFrame:
                              kind="mergesort")
 
 
+def flagged(rows: pd.DataFrame) -> pd.Series:
+    """Rows whose measurement broke a stability rule (reliable == 0; NaN, unknown, is not flagged)."""
+    return rows["reliable"].eq(0) if "reliable" in rows else pd.Series(False, index=rows.index)
+
+
+def _why(rows: pd.DataFrame) -> str:
+    reasons = rows["unreliable_reason"] if "unreliable_reason" in rows else pd.Series("", index=rows.index)
+    return ", ".join(f"{r['path']} ({why})" if isinstance(why, str) and why else r["path"]
+                     for (_, r), why in zip(rows.iterrows(), reasons))
+
+
 def choose(rows: pd.DataFrame, query_size: int, target_ms: float, settings: MappingSettings) -> dict:
     """The mapping cell for one workload at (query size, target)."""
     latency = f"{settings.percentile}_ms"
     at_size = rows[rows["query_size"] == query_size].copy()
     cell = {"query_size": query_size, "target_ms": target_ms, "choice": None, "score": np.nan,
             "latency_ms": np.nan, "runner_up": None, "runner_up_score": np.nan, "margin": np.nan,
-            "basis": settings.rank_by, "note": ""}
+            "basis": settings.rank_by, "note": "", "reliable": True}
     if at_size.empty:
         cell["note"] = "no path measured at this query size"
         return cell
     at_size["fits"] = [fits(r, settings.memory_headroom) for _, r in at_size.iterrows()]
-    meets = at_size[at_size["fits"] & (at_size["feasible"] > 0) & (at_size[latency] <= target_ms)].copy()
+    compared = at_size[at_size["fits"] & (at_size["feasible"] > 0)]
+    shaky = compared[flagged(compared)]
+    cell["reliable"] = shaky.empty
+    unreliable = f"unreliable measurement: {_why(shaky)}" if len(shaky) else ""
+    meets = compared[compared[latency] <= target_ms].copy()
     if meets.empty:
-        cell["note"] = f"no path meets {settings.percentile} <= {target_ms:g} ms"
+        cell["note"] = "; ".join(x for x in (f"no path meets {settings.percentile} <= {target_ms:g} ms", unreliable) if x)
         return cell
     meets["score"] = [score_of(r, settings.rank_by) for _, r in meets.iterrows()]
     rated = meets[meets["score"].notna()]
@@ -128,6 +147,12 @@ def choose(rows: pd.DataFrame, query_size: int, target_ms: float, settings: Mapp
                         f"({fastest[latency]:.3g} ms)")
         return cell
     ranked = _ordered(rated, latency)
+    trusted = ranked[~flagged(ranked)]
+    notes = []
+    if len(trusted) and flagged(ranked.iloc[:1]).iloc[0]:
+        notes.append(f"{ranked.iloc[0]['path']} set aside (unreliable measurement), {trusted.iloc[0]['path']} "
+                     "chosen on reliable figures")
+        ranked = pd.concat([trusted, ranked[flagged(ranked)]])
     best = ranked.iloc[0]
     cell.update(choice=best["path"], score=best["score"], latency_ms=best[latency])
     if len(ranked) > 1:
@@ -136,7 +161,8 @@ def choose(rows: pd.DataFrame, query_size: int, target_ms: float, settings: Mapp
                     margin=best["score"] / second["score"] - 1.0 if second["score"] > 0 else np.inf)
     unrated = meets[meets["score"].isna()]["path"].tolist()
     if unrated:
-        cell["note"] = "unrated (no quality): " + ", ".join(sorted(unrated))
+        notes.append("unrated (no quality): " + ", ".join(sorted(unrated)))
+    cell["note"] = "; ".join(notes + ([unreliable] if unreliable else []))
     return cell
 
 
@@ -172,7 +198,34 @@ def mapping(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
             for target in settings.targets_ms:
                 cells.append({"workload": workload, **choose(group, int(q), float(target), rules)})
     return pd.DataFrame(cells, columns=["workload", "query_size", "target_ms", "choice", "score", "latency_ms",
-                                        "runner_up", "runner_up_score", "margin", "basis", "note"])
+                                        "runner_up", "runner_up_score", "margin", "basis", "note", "reliable"])
+
+
+def reliability_notices(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
+    """One sentence per workload whose mapping rests in part on unreliable measurements (how many cells,
+    which paths and sizes, how many choices were made on reliable figures instead), and one naming the
+    workloads whose runs were recorded before reliability was judged."""
+    sentences = []
+    for workload, cells in table.groupby("workload", sort=True):
+        shaky = cells[cells["reliable"].eq(False)]
+        if shaky.empty:
+            continue
+        rows = latest_finished(runs)
+        rows = rows[(rows["workload"] == workload) & flagged(rows)]
+        which = "; ".join(f"{path} at {', '.join(str(int(q)) for q in sorted(g['query_size']))}"
+                          for path, g in rows.groupby("path", sort=True))
+        avoided = int(cells["note"].str.contains("set aside", regex=False).sum())
+        sentences.append(f"[{workload}] {len(shaky)} of {len(cells)} cells compared unreliable measurements "
+                         f"(hatched in the report: {which})" + (f"; in {avoided} a reliable path that meets the "
+                                                                "target was chosen instead" if avoided else "")
+                         + "; measure those paths again on a quiet machine (python -m harness.doctor) to trust them.")
+    if "reliable" in runs:
+        done = latest_finished(runs)
+        unknown = sorted(done.loc[done["reliable"].isna() & (done["feasible"] > 0), "workload"].unique())
+        if unknown:
+            sentences.append(f"reliability unknown for {', '.join(unknown)}: some runs were recorded before "
+                             "measurements were judged (no `reliable` metric); force=true measures them again.")
+    return sentences
 
 
 def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.Series:
@@ -205,15 +258,19 @@ def paths_table(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
             record[f"p50_ms@{q}"] = r["p50_ms"]
             record[f"{settings.percentile}_ms@{q}"] = r[f"{settings.percentile}_ms"]
             record[f"samples_per_s@{q}"] = r["samples_per_s"]
+            record[f"reliable@{q}"] = r.get("reliable", np.nan)  # 1, 0, or empty: recorded before it was judged
         achieved_gflops = largest["flops_per_sample"] * largest["samples_per_s"] / 1e9
         achieved_gbps = (largest["bytes_read_per_sample"] * largest["samples_per_s"]
                          + largest["bytes_read_fixed"] * largest["samples_per_s"] / largest["query_size"]) / 1e9
+        fraction = achieved_gflops / largest["device_gemm_gflops"] if largest["device_gemm_gflops"] else np.nan
         record.update({
             "largest_query_size": int(largest["query_size"]),
             "achieved_gflops": achieved_gflops,
             "achieved_gbps": achieved_gbps,
-            "fraction_of_gemm_peak": achieved_gflops / largest["device_gemm_gflops"]
-            if largest["device_gemm_gflops"] else np.nan,
+            "fraction_of_gemm_peak": fraction,
+            # Above the measured roof: the peak or the measurement is wrong; never shown without this flag.
+            "above_roof": bool(fraction > 1.0) if fraction == fraction else False,
+            "peaks_reliable": largest.get("peaks_reliable", np.nan),
             "fraction_of_gather_bandwidth": achieved_gbps / largest["device_gather_gbps"]
             if largest["device_gather_gbps"] else np.nan,
             "peak_correct_throughput": max((score_of(r, "correct_throughput") for _, r in group.iterrows()),
@@ -254,7 +311,8 @@ def regimes(table: pd.DataFrame, percentile: str = "p99") -> list[str]:
             cells = cells.sort_values("query_size")
             parts, current, sizes = [], None, []
             for _, c in cells.iterrows():
-                winner = c["choice"] if chosen(c["choice"]) else "none"
+                # A run of sizes with one winner, split where the cells' reliability changes.
+                winner = (c["choice"] if chosen(c["choice"]) else "none", c.get("reliable", True) is not False)
                 if winner != current and sizes:
                     parts.append((current, sizes))
                     sizes = []
@@ -262,7 +320,8 @@ def regimes(table: pd.DataFrame, percentile: str = "p99") -> list[str]:
                 sizes.append(int(c["query_size"]))
             if sizes:
                 parts.append((current, sizes))
-            described = "; ".join(f"{'no path' if w == 'none' else w} for query sizes {_ranges(s)}" for w, s in parts)
+            described = "; ".join(f"{'no path' if w == 'none' else w} for query sizes {_ranges(s)}"
+                                  + ("" if ok else " (on unreliable measurements)") for (w, ok), s in parts)
             if described_by_target and described_by_target[-1][1] == described:
                 described_by_target[-1] = (described_by_target[-1][0] + (target,), described)
             else:

@@ -34,19 +34,21 @@ def _mapping_markdown(table: pd.DataFrame, percentile: str) -> str:
                  else "correct predictions/s (accuracy x samples/s)")
         lines += [f"## {workload}", "",
                   f"Chosen path per query size (rows) and {percentile} latency target (columns), with its "
-                  f"{score}, the runner-up and the margin.", "",
+                  f"{score}, the runner-up and the margin; (unreliable): the cell compared a measurement that "
+                  "broke a stability rule (docs/measurement.md).", "",
                   "| query size | " + " | ".join(f"<= {t:g} ms" for t in targets) + " |",
                   "|---" * (len(targets) + 1) + "|"]
         for q, row in cells.groupby("query_size", sort=True):
             out = []
             for t in targets:
                 c = row[row["target_ms"] == t].iloc[0]
+                shaky = " (unreliable)" if c.get("reliable", True) is False else ""
                 if mp.chosen(c["choice"]):
                     runner = (f"; 2nd {c['runner_up']} (+{100 * c['margin']:.0f}%)" if mp.chosen(c["runner_up"])
                               else "")
-                    out.append(f"**{c['choice']}** {c['score']:,.0f}/s{runner}")
+                    out.append(f"**{c['choice']}** {c['score']:,.0f}/s{runner}{shaky}")
                 else:
-                    out.append("none" if "meets" in c["note"] else c["note"])
+                    out.append(("none" if "meets" in c["note"] else c["note"]) + shaky)
             lines.append(f"| {int(q)} | " + " | ".join(out) + " |")
         lines.append("")
     return "\n".join(lines)
@@ -62,7 +64,8 @@ def write_analysis(records: list[dict], config: AnalysisConfig, folder: Path, er
     paths = mp.paths_table(runs, settings) if records else pd.DataFrame()
     devices = {name: (cap if cap else ram_bytes) for name, cap in config.devices.items()}
     feasibility = mp.feasibility_matrix(paths, devices, settings.memory_headroom) if len(paths) else pd.DataFrame()
-    summary = (mp.quality_notices(runs, settings) + mp.regimes(table, settings.percentile)) if len(table) else []
+    summary = (mp.quality_notices(runs, settings) + mp.reliability_notices(table, runs)
+               + mp.regimes(table, settings.percentile)) if len(table) else []
     missing = mp.missing_report(runs, errors) if records else ["no runs of kind 'latency' in this experiment"]
     paths.to_csv(folder / "paths.csv", index=False)
     table.to_csv(folder / "mapping.csv", index=False)

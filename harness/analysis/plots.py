@@ -23,6 +23,11 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text).strip("_")
 
 
+def _flagged(rows: pd.DataFrame) -> pd.Series:
+    """Measurements that broke a stability rule (reliable == 0); NaN (recorded before) is not flagged."""
+    return rows["reliable"].eq(0) if "reliable" in rows else pd.Series(False, index=rows.index)
+
+
 def latency_vs_query_size(runs: pd.DataFrame, workload: str, percentile: str, folder: Path) -> Path:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -32,6 +37,11 @@ def latency_vs_query_size(runs: pd.DataFrame, workload: str, percentile: str, fo
             continue
         line, = ax.plot(g["query_size"], g["p50_ms"], marker="o", label=f"{path} p50")
         ax.fill_between(g["query_size"], g["p50_ms"], g[f"{percentile}_ms"], color=line.get_color(), alpha=0.2)
+        bad = g[_flagged(g)]
+        if len(bad):
+            ax.scatter(bad["query_size"], bad["p50_ms"], marker="x", s=90, color="red", zorder=5)
+    if _flagged(runs[runs["workload"] == workload]).any():
+        ax.scatter([], [], marker="x", s=90, color="red", label="unreliable measurement")
     ax.set(xscale="log", yscale="log", xlabel="query size (samples)", ylabel="latency (ms)",
            title=f"latency vs query size, {workload} (band: p50 to {percentile})")
     ax.grid(True, which="both", alpha=0.3)
@@ -52,12 +62,22 @@ def mapping_heatmap(table: pd.DataFrame, workload: str, percentile: str, folder:
     code = {c: i + 1 for i, c in enumerate(choices)}
     grid = np.zeros((len(sizes), len(targets)))
     fig, ax = plt.subplots(figsize=(1.2 * len(targets) + 5, 0.5 * len(sizes) + 2))
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch, Rectangle
+
+    shaky = False
     for _, c in cells.iterrows():
         i, j = sizes.index(c["query_size"]), targets.index(c["target_ms"])
         grid[i, j] = code.get(c["choice"], 0) if chosen(c["choice"]) else 0
-        ax.text(j, i, c["choice"] if chosen(c["choice"]) else "-", ha="center", va="center", fontsize=7)
-    from matplotlib.colors import ListedColormap
-    from matplotlib.patches import Patch
+        text = c["choice"] if chosen(c["choice"]) else "-"
+        if c.get("reliable", True) is False:  # hatched: the cell compared an unreliable measurement
+            shaky = True
+            ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#555555",
+                                   linewidth=0, zorder=2))
+            text += "\n(unreliable)"
+        ax.text(j, i, text, ha="center", va="center", fontsize=7, zorder=3,
+                bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1} if c.get("reliable", True) is False
+                else None)
 
     # Grey where no path meets the target, then one colour per chosen path, named in the legend.
     colours = ["#dddddd", *plt.get_cmap("tab10").colors[: max(1, len(choices))]]
@@ -65,6 +85,9 @@ def mapping_heatmap(table: pd.DataFrame, workload: str, percentile: str, folder:
     ax.imshow(grid, cmap=cmap, vmin=-0.5, vmax=len(colours) - 0.5, aspect="auto")
     handles = [Patch(color=colours[0], label="none meets the target")] + [
         Patch(color=colours[code[c]], label=c) for c in choices]
+    if shaky:
+        handles.append(Patch(facecolor="white", edgecolor="#555555", hatch="///",
+                             label="unreliable measurement compared"))
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     ax.set_xticks(range(len(targets)), [f"{t:g}" for t in targets])
     ax.set_yticks(range(len(sizes)), [str(int(q)) for q in sizes])
@@ -138,6 +161,17 @@ def roofline(runs: pd.DataFrame, device: str, folder: Path) -> Path | None:
         for _, r in group.iterrows():
             ax.annotate(str(int(r["query_size"])), (r["intensity"], r["gflops"]), fontsize=6,
                         xytext=(2, 2), textcoords="offset points")
+    # A point above its own precision's measured roof is impossible: the peak or the measurement is wrong.
+    # It is drawn, never silently: a red cross, named in the legend; unreliable sizes are ringed.
+    roof = rows["device_gemm_gflops"].where(rows["device_gemm_gflops"].notna(), peak)
+    above = rows[rows["gflops"] > roof]
+    if len(above):
+        ax.scatter(above["intensity"], above["gflops"], marker="X", s=110, color="red", zorder=5,
+                   label="above the measured roof (flagged)")
+    bad = rows[_flagged(rows)]
+    if len(bad):
+        ax.scatter(bad["intensity"], bad["gflops"], s=130, facecolors="none", edgecolors="red", zorder=4,
+                   label="unreliable measurement")
     ax.set(xscale="log", yscale="log", xlabel="arithmetic intensity (FLOP / byte read)", ylabel="GFLOP/s",
            title=f"roofline, {device} (points: query sizes)")
     ax.grid(True, which="both", alpha=0.3)

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 
 from harness.analysis.mapping import COLUMNS
+from harness.core import trust
 from harness.core.paths import PathLabel
 from harness.core.precision import gemm_peak_metric, storage_label
 
@@ -43,6 +44,8 @@ def tidy(records: list[dict]) -> pd.DataFrame:
             "numerics": tags.get("precision", "fp32") + storage_label(tags.get("table_storage", "fp32")),
             "same_model_as": tags.get("same_model_as"),  # e.g. tt with no table in TT form: the table model
         }
+        base["peaks_reliable"] = metrics.get("device_peaks_reliable", np.nan)
+        reasons = trust.parse(tags.get(trust.TAG))
         per_size = rec["per_size"]
         sizes = sorted(set().union(*[set(v) for v in per_size.values()])) if per_size else []
         if not sizes:
@@ -52,10 +55,12 @@ def tidy(records: list[dict]) -> pd.DataFrame:
             get = lambda key: per_size.get(key, {}).get(q, np.nan)  # noqa: E731
             rows.append({**base, "query_size": q, "p50_ms": get("latency_p50_ms"), "p90_ms": get("latency_p90_ms"),
                          "p95_ms": get("latency_p95_ms"), "p99_ms": get("latency_p99_ms"),
-                         "samples_per_s": get("samples_per_s"), "feasible": get("feasible")})
+                         "samples_per_s": get("samples_per_s"), "feasible": get("feasible"),
+                         # 1 trusted, 0 flagged (why: the run's `unreliable` tag), NaN: recorded before it was judged
+                         "reliable": get("reliable"), "unreliable_reason": reasons.get(int(q), "")})
     frame = pd.DataFrame(rows)
     for column in (*COLUMNS, "quality_key", "same_model_as", "numerics", "mode", "family", "device_gemm_fp32_gflops",
-                   "device_gemm_bf16_gflops"):
+                   "device_gemm_bf16_gflops", "reliable", "unreliable_reason", "peaks_reliable"):
         if column not in frame:
             frame[column] = np.nan
     return frame

@@ -4,14 +4,17 @@ stdout carries results only (the summaries, the dry run's JSON)."""
 
 from __future__ import annotations
 
+import math
 import sys
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from harness.core import trust
 from harness.core.paths import PathLabel
 from harness.core.precision import storage_label
 from harness.pipeline.plan import Plan
@@ -43,32 +46,42 @@ def ladder_progress(label: str, total: int) -> Iterator:
         task = progress.add_task(label, total=total, last="")
 
         def advance(result: QuerySizeResult) -> None:
-            last = (f"q={result.query_size}: p50 {result.stats.p50_ms:.3f} ms" if result.feasible
-                    else f"q={result.query_size}: infeasible")
-            progress.update(task, advance=1, last=last)
+            figure = f"p50 {result.stats.p50_ms:.3f} ms" if result.feasible else "infeasible"
+            if result.attempt > 1:  # a size measured again (harness/pipeline/stability.py): no new step
+                progress.update(task, last=f"q={result.query_size}: measured again (attempt {result.attempt}), "
+                                           f"{figure}")
+                return
+            progress.update(task, advance=1, last=f"q={result.query_size}: {figure}")
 
         yield advance
 
 
 # A path's summary: one row per query size, short headers (the table fits 80 columns) and LEGEND below.
-COLUMNS = ("query size", "p50 ms", "p99 ms", "mean ms", "CV", "samples/s", "first call ms", "n")
-LEGEND = ("n: timed calls; CV: their standard deviation / mean (how much to trust the percentiles); first call: "
+COLUMNS = ("query size", "p50 ms", "± CI", "p99 ms", "CV", "samples/s", "first call ms", "n", "trusted")
+_NO_WRAP = {"p50 ms", "± CI", "p99 ms", "CV", "samples/s", "n"}
+LEGEND = ("n: timed calls; ± CI: half-width of p50's 95 % interval, in ms (the wider side); CV: standard deviation / "
+          "mean; trusted: no stability rule broken (interference, dispersion, order of sizes, the roof: "
+          "docs/measurement.md), '?' for runs recorded before it was judged; OOM: out of memory; first call: "
           "compilation and cold caches, timed apart and left out of the other columns")
 SizeRow = dict  # query_size, feasible and, when feasible, the figures of COLUMNS
 
 
-def rows_of(results: Sequence[QuerySizeResult]) -> list[SizeRow]:
+def rows_of(results: Sequence[QuerySizeResult], unreliable: dict[int, list[str]] | None = None) -> list[SizeRow]:
+    unreliable = unreliable or {}
     return [{"query_size": r.query_size, "feasible": r.feasible} if not r.feasible else
             {"query_size": r.query_size, "feasible": True, "p50_ms": r.stats.p50_ms, "p99_ms": r.stats.p99_ms,
-             "mean_ms": r.stats.mean_ms, "cv": r.stats.cv, "samples_per_s": r.stats.samples_per_s,
-             "first_call_ms": r.first_call_s * 1e3, "n": r.stats.n} for r in results]
+             "p50_ci_low_ms": r.stats.p50_ci_low_ms, "p50_ci_high_ms": r.stats.p50_ci_high_ms,
+             "cv": r.stats.cv, "samples_per_s": r.stats.samples_per_s,
+             "first_call_ms": r.first_call_s * 1e3, "n": r.stats.n,
+             "reliable": 0.0 if r.query_size in unreliable else 1.0} for r in results]
 
 
 def rows_recorded(per_size: dict[str, dict[int, float]]) -> list[SizeRow]:
-    """The same rows from a recorded run's per-size metrics (a skipped job shows what was measured)."""
-    keys = {"p50_ms": "latency_p50_ms", "p99_ms": "latency_p99_ms", "mean_ms": "latency_mean_ms",
-            "cv": "latency_cv", "samples_per_s": "samples_per_s", "first_call_ms": "first_call_ms",
-            "n": "iterations"}
+    """The same rows from a recorded run's per-size metrics (a skipped job shows what was measured); a run
+    recorded before reliability was judged has no `reliable`: NaN, shown as unknown."""
+    keys = {"p50_ms": "latency_p50_ms", "p99_ms": "latency_p99_ms", "p50_ci_low_ms": "latency_p50_ci_low_ms",
+            "p50_ci_high_ms": "latency_p50_ci_high_ms", "cv": "latency_cv", "samples_per_s": "samples_per_s",
+            "first_call_ms": "first_call_ms", "n": "iterations", "reliable": "reliable"}
     rows = []
     for q in sorted(per_size.get("feasible", {})):
         if not per_size["feasible"][q]:
@@ -79,17 +92,26 @@ def rows_recorded(per_size: dict[str, dict[int, float]]) -> list[SizeRow]:
     return rows
 
 
+def _plus_minus(r: SizeRow) -> str:
+    low, high, p50 = r.get("p50_ci_low_ms", math.nan), r.get("p50_ci_high_ms", math.nan), r["p50_ms"]
+    half = max(p50 - low, high - p50)
+    return "" if math.isnan(half) else f"±{half:.3f}"
+
+
 def summary_table(title: str, rows: Sequence[SizeRow]) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True,
+                  pad_edge=False)
     for column in COLUMNS:
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=column in _NO_WRAP)
     for r in rows:
         if not r["feasible"]:
-            table.add_row(str(r["query_size"]), "out of memory", "", "", "", "", "", "", style="red")
+            table.add_row(str(r["query_size"]), *[""] * (len(COLUMNS) - 2), "OOM", style="red")
             continue
+        reliable = r.get("reliable", math.nan)
+        trusted = "?" if math.isnan(reliable) else ("yes" if reliable else "NO")
         table.add_row(
-            str(r["query_size"]), f"{r['p50_ms']:.3f}", f"{r['p99_ms']:.3f}", f"{r['mean_ms']:.3f}",
-            f"{r['cv']:.2f}", f"{r['samples_per_s']:,.0f}", f"{r['first_call_ms']:.2f}", f"{int(r['n'])}",
+            str(r["query_size"]), f"{r['p50_ms']:.3f}", _plus_minus(r), f"{r['p99_ms']:.3f}", f"{r['cv']:.2f}", f"{r['samples_per_s']:,.0f}",
+            f"{r['first_call_ms']:.2f}", f"{int(r['n'])}", trusted, style="yellow" if trusted == "NO" else None,
         )
     return table
 
@@ -133,20 +155,26 @@ def where_it_went(run_name: str, run_id: str, experiment: str, experiment_id: st
 def print_path_summary(p: Plan, result: PathResult) -> None:
     """The summary of one measured path: what was timed, the table, any note, and where the run is."""
     store = Store(p.run.tracking, p.run.experiment_name)
-    _print_summary(p, result.device.name, rows_of(result.results), result.run_id, store)
+    _print_summary(p, result.device.name, rows_of(result.results, result.unreliable), result.run_id, store,
+                   result.unreliable)
 
 
 def print_recorded_summary(p: Plan, run_id: str, store: Store) -> None:
     """The summary of a path measured before (a skipped job): what its recorded run holds."""
     run = store.get(run_id)
     device = run.data.tags.get("device_name", p.adapter.name)
-    _print_summary(p, device, rows_recorded(store.size_metrics(run_id)), run_id, store)
+    unreliable = {q: [why] for q, why in trust.parse(run.data.tags.get(trust.TAG)).items()}
+    _print_summary(p, device, rows_recorded(store.size_metrics(run_id)), run_id, store, unreliable)
 
 
-def _print_summary(p: Plan, device: str, rows: list[SizeRow], run_id: str, store: Store) -> None:
+def _print_summary(p: Plan, device: str, rows: list[SizeRow], run_id: str, store: Store,
+                   unreliable: dict[int, list[str]]) -> None:
     print(what_was_timed(p, device))
     Console().print(summary_table(f"{p.path}: latency per query", rows))
     print(LEGEND)
+    line = trust.unreliable_line(unreliable, sum(1 for r in rows if r["feasible"]))
+    if line:
+        print(line)
     for note in p.notes():
         print(f"note: {note}")
     artifact_uri = store.get(run_id).info.artifact_uri

@@ -38,6 +38,10 @@ def run_key(config: Mapping[str, Any]) -> str:
     if measured.get("backend", {}).get("graphs") is False:  # added with CUDA graphs; eager runs keep their keys
         measured["backend"] = {k: v for k, v in measured["backend"].items() if k != "graphs"}
     measured["representation"] = _without_default_storage(measured["representation"])
+    # The stability rules judge a measurement, they do not change what is measured (added in issue 22):
+    # runs recorded before them keep their keys; force=true measures again under changed thresholds.
+    if isinstance(measured.get("measure"), dict):
+        measured["measure"] = {k: v for k, v in measured["measure"].items() if k != "stability"}
     return _digest({"config": measured, "harness": harness.__version__})
 
 

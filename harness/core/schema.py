@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -50,6 +50,25 @@ class WorkloadConfig:
 
 
 @dataclass
+class StabilityConfig:
+    """When a query size's measurement is trusted (harness/pipeline/stability.py, docs/measurement.md)."""
+
+    max_other_cores: float = MISSING  # other processes' CPU on the run's cores beyond what it left spare
+    max_steal_cores: float = MISSING  # CPU the hypervisor gave other guests, in cores
+    max_robust_cv: float = MISSING  # 1.4826 x MAD / median of the timed calls
+    order_tolerance: float = MISSING  # a smaller size slower than a larger one beyond both p50 intervals + this
+    peak_tolerance: float = MISSING  # achieved GFLOP/s above the measured GEMM peak by more than this
+    retries: int = MISSING  # rounds of measuring a flagged size again (with a neighbour) before flagging it
+    retry_pause_s: float = MISSING  # pause before each such round
+
+    def check(self) -> None:
+        for key in ("max_other_cores", "max_steal_cores", "max_robust_cv", "order_tolerance", "peak_tolerance",
+                    "retries", "retry_pause_s"):
+            if getattr(self, key) < 0:
+                raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
+
+
+@dataclass
 class MeasureConfig:
     warmup_iters: int = MISSING
     warmup_s: float = MISSING
@@ -60,8 +79,10 @@ class MeasureConfig:
     pool_samples: int = MISSING  # distinct samples per query size, cycled while timing
     device_peaks: bool = MISSING  # measure (once per device, cached) copy/gather bandwidth and GEMM peak
     peaks_scale: float = MISSING  # size of those microbenchmarks (1.0: 256 MB buffers, 2048^2 GEMM)
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
 
     def check(self) -> None:
+        check_section(self.stability, "stability")
         for key in ("warmup_iters", "warmup_s", "min_time_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
@@ -144,9 +165,15 @@ class DebugConfig:
     # or per job of a sweep, "raise@3,kill@4,hang@5" (by hydra.job.num; other jobs run normally; quote it
     # on the command line so Hydra does not read the commas as a sweep: 'debug.fault="raise@3,kill@4"').
     fault: str = MISSING
+    # Plant a reading of other processes' CPU (in cores) at query sizes, e.g. {64: 1.5}: that size is
+    # then flagged unreliable on a quiet machine, every attempt (tests, and to see what a flag looks like).
+    interference: Optional[Dict[int, float]] = MISSING
 
     def check(self) -> None:
         fault_for_job(self.fault, 0)
+        bad = {q: v for q, v in (self.interference or {}).items() if q < 1 or v < 0}
+        if bad:
+            raise ConfigError("interference", f"must map query sizes (>= 1) to cores (>= 0), got {bad}")
 
     def for_job(self, job_num: int | None) -> str:
         return fault_for_job(self.fault, job_num)

@@ -5,24 +5,54 @@ The analysis places every path on a roofline drawn from these (datasheet figures
 them, labelled as such). The adapter supplies the kernels (backends/torch_kernels.py for torch devices);
 the harness times them with its own loop and the adapter's synchronize, and caches the result per device
 in `<results_dir>/device_peaks.json`, so a device is measured once, not once per run.
+
+A peak is a roof: one measured while other processes took the CPU is too low, and every path would then
+appear above it. So the kernels are timed under a `LoadProbe`, and a measurement that breaks the
+interference rule (harness/pipeline/stability.py) serves its own run, flagged, but is never cached. A
+cache entry says when it was measured, under what load and with which library versions (`python -m
+harness.doctor` reads them). The file is read, changed and written under a lock: parallel jobs keep
+each other's entries.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import statistics
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
+from harness.core.load import LoadProbe, LoadReading
 from harness.pipeline.timing import LadderSettings, time_iterations
+from harness.tracking.environment import library_versions
 
 CACHE_FILE = "device_peaks.json"
 _SETTINGS = LadderSettings(warmup_iters=2, warmup_s=0.1, min_iters=5, min_time_s=0.5, max_iters=10_000,
                            max_time_s=3.0)
-_KERNELS_VERSION = 3  # bumped when the kernel set changes (2: gather64, 3: reduced-precision GEMMs)
+# Bumped when the kernel set or the entries change (2: gather64, 3: reduced-precision GEMMs, 4: measured
+# under a load probe, with its reading and the library versions; entries before 4 were never checked).
+KERNELS_VERSION = 4
 _METRIC = {"copy": "copy_gbps", "gather": "gather_gbps", "gather64": "gather64_gbps", "gemm": "gemm_gflops",
            "gemm_bf16": "gemm_bf16_gflops", "gemm_fp16": "gemm_fp16_gflops", "gemm_tf32": "gemm_tf32_gflops"}
+
+
+@dataclass
+class Peaks:
+    """A device's peaks as this run uses them: the values, whether they came from the cache, and, when
+    measured now under interference, why they are not trusted (then they were not cached)."""
+
+    values: dict[str, float]
+    cached: bool = False
+    unreliable: list[str] = field(default_factory=list)
+    measured_at: str = ""
+
+    @property
+    def reliable(self) -> bool:
+        return not self.unreliable
 
 
 def cache_key(adapter, device) -> str:
@@ -30,27 +60,87 @@ def cache_key(adapter, device) -> str:
     return f"{device.backend}|{device.name}|{device.framework} {device.framework_version}|threads={threads}"
 
 
-def measure_peaks(adapter, size_scale: float = 1.0) -> dict[str, float]:
+def _full_key(adapter, device, size_scale: float) -> str:
+    return cache_key(adapter, device) + f"|scale={size_scale:g}|kernels={KERNELS_VERSION}"
+
+
+def measure_peaks(adapter, size_scale: float = 1.0, only: str | None = None,
+                  probe: LoadProbe | None = None) -> tuple[dict[str, float], LoadReading]:
+    """Time the adapter's peak kernels (or only the one whose metric is `only`) under a load probe."""
+    probe = probe or LoadProbe()
+    probe.start()
     peaks = {}
     for name, (launch, work, unit) in adapter.peak_kernels(size_scale).items():
+        metric = _METRIC.get(name, f"{name}_per_s")
+        if only is not None and metric != only:
+            continue
         timing = time_iterations(lambda i: launch(), adapter.synchronize, _SETTINGS)
         seconds = statistics.median(timing.latencies_s)
-        peaks[_METRIC.get(name, f"{name}_per_s")] = work / seconds / 1e9  # GB/s or GFLOP/s
-    return peaks
+        peaks[metric] = work / seconds / 1e9  # GB/s or GFLOP/s
+    return peaks, probe.stop()
 
 
-def device_peaks(adapter, device, results_dir: str | Path, size_scale: float = 1.0) -> dict[str, float]:
-    """Cached peaks for this device (measured now if the cache has none); {} if the adapter has no kernels."""
+@contextlib.contextmanager
+def _locked_cache(path: Path) -> Iterator[dict]:
+    """The cache's entries, read and (when changed by the caller) written back under an exclusive lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            cache = json.loads(path.read_text()) if path.is_file() else {}
+            before = json.dumps(cache, sort_keys=True)
+            yield cache
+            if json.dumps(cache, sort_keys=True) != before:
+                tmp = path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(cache, indent=2))
+                tmp.replace(path)  # atomic for readers that take no lock
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_cache(results_dir: str | Path) -> dict:
+    """Every entry of a results folder's peak cache ({} where there is none)."""
     path = Path(results_dir) / CACHE_FILE
-    key = cache_key(adapter, device) + f"|scale={size_scale:g}|kernels={_KERNELS_VERSION}"
-    cache = json.loads(path.read_text()) if path.is_file() else {}
-    if key in cache:
-        return {k: v for k, v in cache[key].items() if isinstance(v, float)}
-    peaks = measure_peaks(adapter, size_scale)
-    if peaks:
-        cache[key] = {**peaks, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(cache, indent=2))
-        tmp.replace(path)  # atomic: a concurrent job reads the old file or the new one, never half of it
+    with _locked_cache(path) as cache:
+        return dict(cache)
+
+
+def _entry(peaks: dict[str, float], reading: LoadReading) -> dict:
+    return {"peaks": peaks, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "load": {"other_cores": reading.other_cores, "steal_cores": reading.steal_cores,
+                     "load_avg": reading.load_after, "cores": reading.cores},
+            "libraries": library_versions()}
+
+
+def device_peaks(adapter, device, results_dir: str | Path, size_scale: float, load_reasons) -> Peaks:
+    """Cached peaks for this device, or measured now; {} values if the adapter has no kernels.
+
+    `load_reasons(reading)` says why a reading is interference (the stability rules); a measurement with
+    reasons is returned flagged and not cached."""
+    path = Path(results_dir) / CACHE_FILE
+    key = _full_key(adapter, device, size_scale)
+    with _locked_cache(path) as cache:
+        if key in cache:
+            entry = cache[key]
+            return Peaks(dict(entry["peaks"]), cached=True, measured_at=entry.get("measured_at", ""))
+    values, reading = measure_peaks(adapter, size_scale)
+    peaks = Peaks(values, unreliable=load_reasons(reading), measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if values and peaks.reliable:
+        with _locked_cache(path) as cache:
+            cache[key] = _entry(values, reading)
     return peaks
+
+
+def remeasure_peak(adapter, device, results_dir: str | Path, size_scale: float, metric: str,
+                   load_reasons) -> tuple[float | None, list[str]]:
+    """One peak measured again (a path went above it): the new value and why it is not trusted, if so.
+    A trusted value replaces the cached one."""
+    values, reading = measure_peaks(adapter, size_scale, only=metric)
+    value, reasons = values.get(metric), load_reasons(reading)
+    if value and not reasons:
+        with _locked_cache(Path(results_dir) / CACHE_FILE) as cache:
+            entry = cache.get(_full_key(adapter, device, size_scale))
+            if entry is not None:
+                entry["peaks"][metric] = value
+                entry["rechecked_at"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+    return value, reasons

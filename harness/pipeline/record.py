@@ -2,9 +2,11 @@
 
 - before any work: the resolved config as params, the analytic cost as metrics (step 0) and as
   `cost.json` (the dry run's report), `config/resolved.yaml`, `environment.json`, `device.json`;
-- per query size (step = query size): latency percentiles, throughput, first call, achieved GFLOP/s and
-  GB/s and their share of the device's measured peaks, the adapter's own metrics;
-- the raw samples of every timed iteration, `samples/latency_raw.csv`.
+- per query size (step = query size): latency percentiles with the 95 % intervals of p50 and p99,
+  throughput, first call, achieved GFLOP/s and GB/s and their share of the device's measured peaks, the
+  adapter's own metrics, the host's load while it was timed, `reliable` (0 where a stability rule still
+  failed after the retries: tag `unreliable` says why) and `attempts`;
+- the raw samples of every timed iteration of every attempt, `samples/latency_raw.csv`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import logging
 from omegaconf import OmegaConf
 
 from backends.base import DeviceInfo
+from harness.core import trust
 from harness.core.precision import gemm_peak_metric
 from harness.pipeline.plan import Plan
+from harness.pipeline.stability import Ladder
 from harness.pipeline.timing import QuerySizeResult
 from harness.tracking import RunRecorder
 from harness.tracking.environment import capture
@@ -63,11 +67,13 @@ def size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float
     if not result.feasible:
         return rows
     stats = result.stats.as_dict()
-    for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms"):
+    for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p50_ci_low_ms",
+                "p50_ci_high_ms", "p99_ci_low_ms", "p99_ci_high_ms"):
         rows.append((f"latency_{key}", stats[key], q))
     mean_s = result.stats.mean_ms / 1e3
     rows += [
         ("latency_cv", stats["cv"], q),
+        ("latency_robust_cv", stats["robust_cv"], q),
         ("samples_per_s", stats["samples_per_s"], q),
         ("iterations", stats["n"], q),
         ("warmup_iterations", result.warmup_iters, q),
@@ -79,6 +85,8 @@ def size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float
         device = result.device_stats.as_dict()
         rows += [(f"device_latency_{k}", device[k], q) for k in ("p50_ms", "p99_ms", "mean_ms")]
     rows += [(key, value, q) for key, value in result.extra.items()]
+    if result.load is not None:
+        rows += [(key, value, q) for key, value in result.load.metrics().items()]
     gemm_peak = peaks.get(gemm_peak_metric(precision))
     if gemm_peak:
         rows.append(("fraction_of_gemm_peak", cost.flops(q) / mean_s / 1e9 / gemm_peak, q))
@@ -109,27 +117,59 @@ def comparison_rows(results: list[QuerySizeResult], cost: PathCost, accuracy: fl
     return rows
 
 
-def raw_samples_csv(results: list[QuerySizeResult]) -> str:
-    """Every timed iteration: query size, iteration, host latency, device latency (where measured)."""
+def raw_samples_csv(results: list[QuerySizeResult], used: set[int] | None = None) -> str:
+    """Every timed iteration: query size, iteration, host latency, device latency (where measured), the
+    attempt it belongs to and whether that attempt is the one the run's figures summarize."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["query_size", "iteration", "latency_s", "device_latency_s"])
+    writer.writerow(["query_size", "iteration", "latency_s", "device_latency_s", "attempt", "used"])
     for r in results:
         device = r.device_latencies_s
+        in_use = int(used is None or id(r) in used)
         for i, latency in enumerate(r.latencies_s):
-            writer.writerow([r.query_size, i, repr(latency), repr(device[i]) if i < len(device) else ""])
+            writer.writerow([r.query_size, i, repr(latency), repr(device[i]) if i < len(device) else "", r.attempt,
+                             in_use])
     return out.getvalue()
 
 
-def record_ladder(recorder: RunRecorder, p: Plan, results: list[QuerySizeResult], peaks: dict[str, float],
-                  extra_rows: list[MetricRow], accuracy: float | None) -> None:
-    """The ladder's metrics per size, `fits_device` per size, the comparison metrics, raw samples,
-    infeasible sizes as a tag."""
+def reliability_rows(ladder: Ladder) -> list[MetricRow]:
+    """`reliable` (1 or 0) and `attempts` per feasible size."""
+    return [row for r in ladder.results if r.feasible
+            for row in (("reliable", float(ladder.reliable(r.query_size)), r.query_size),
+                        ("attempts", float(len(ladder.attempts.get(r.query_size, [r]))), r.query_size))]
+
+
+def not_measurable(ladder: Ladder, device_kind: str) -> list[str]:
+    """What could not be measured about interference here (said in a tag, never recorded as zero)."""
+    missing: list[str] = []
+    for r in ladder.results:
+        if r.load is not None:
+            missing += [m for m in r.load.unmeasurable() if m not in missing]
+    if device_kind != "cpu" and not any("device_other_processes" in r.extra for r in ladder.results):
+        missing.append(f"other users of the {device_kind} (the adapter cannot tell)")
+    return missing
+
+
+def record_ladder(recorder: RunRecorder, p: Plan, ladder: Ladder, peaks: dict[str, float],
+                  extra_rows: list[MetricRow], accuracy: float | None, device_kind: str) -> None:
+    """The ladder's metrics per size, `fits_device` per size, the comparison metrics, reliability, raw
+    samples of every attempt, infeasible and unreliable sizes as tags."""
+    results = ladder.results
     rows = [row for r in results for row in size_metrics(r, p.cost, peaks, p.run.precision.name)] + extra_rows
     rows += comparison_rows(results, p.cost, accuracy)
     rows += [("fits_device", float(bool(p.fits(r.query_size))), r.query_size) for r in results]
+    rows += reliability_rows(ladder)
     recorder.log_metric_rows(rows)
-    recorder.log_text(raw_samples_csv(results), "samples/latency_raw.csv")
+    every = [a for q in (r.query_size for r in results) for a in ladder.attempts.get(q, [])] or results
+    recorder.log_text(raw_samples_csv(every, {id(r) for r in results}), "samples/latency_raw.csv")
+    tags = {}
     infeasible = [r.query_size for r in results if not r.feasible]
     if infeasible:
-        recorder.set_tags({"infeasible_query_sizes": ",".join(map(str, infeasible))})
+        tags["infeasible_query_sizes"] = ",".join(map(str, infeasible))
+    if ladder.reasons:
+        tags[trust.TAG] = trust.describe(ladder.reasons)
+    missing = not_measurable(ladder, device_kind)
+    if missing:
+        tags[trust.NOT_MEASURABLE_TAG] = "not measurable here: " + ", ".join(missing)
+    if tags:
+        recorder.set_tags(tags)

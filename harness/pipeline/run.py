@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
 from backends.base import Backend, DeviceInfo
@@ -25,9 +25,12 @@ from harness.data.pool import Pools
 from harness.data.sources import open_dataset
 from harness.pipeline import record
 from harness.pipeline.cache import IdCounter, attach_caches, cache_comparison, cache_enabled
-from harness.pipeline.peaks import device_peaks
+from harness.core.load import LoadProbe, PlantedProbe
+from harness.core.precision import gemm_peak_metric
+from harness.pipeline.peaks import Peaks, device_peaks, remeasure_peak
 from harness.pipeline.plan import Plan
 from harness.pipeline.quality import into_precision, train_or_reuse
+from harness.pipeline.stability import Ceiling, Judge, Reasons, measure_reliably
 from harness.pipeline.timing import LadderSettings, QuerySizeResult, run_ladder
 from harness.tracking import RunRecorder, Store
 from harness.workload.device import configure_for
@@ -50,6 +53,7 @@ class PathResult:
     path: str
     device: DeviceInfo
     results: list[QuerySizeResult]
+    unreliable: Reasons = field(default_factory=dict)  # sizes that still broke a stability rule, and why
 
 
 def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> PathResult:
@@ -70,16 +74,22 @@ def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> Path
             caches = attach_caches(model, p.spec, dataset, counter, recorder)
             pools = Pools(dataset, run.measure.pool_samples)
             prepare(p, model, pools, device, build_s, recorder)
-            peaks = measure_peaks(p, device, recorder)
+            judge = Judge(run.measure.stability, adapter.host_threads())
+            peaks = measure_peaks(p, device, recorder, judge)
+            judge.ceiling = ceiling(p, device, peaks, recorder, judge)
             settings = LadderSettings.of(run.measure)
+            probe = probes(run.debug.interference)
             with progress(p.path, len(run.workload.query_sizes)) as advance:
-                results = run_ladder(adapter, run.workload.query_sizes, pools, settings, on_size_done=advance)
-            extra = cache_comparison(caches, adapter, run.workload.query_sizes, pools, settings, results)
-            record.record_ladder(recorder, p, results, peaks, extra, quality.get("accuracy"))
+                ladder = measure_reliably(
+                    lambda sizes, attempt: run_ladder(adapter, sizes, pools, settings, on_size_done=advance,
+                                                      probe=probe, attempt=attempt),
+                    run.workload.query_sizes, judge)
+            extra = cache_comparison(caches, adapter, run.workload.query_sizes, pools, settings, ladder.results)
+            record.record_ladder(recorder, p, ladder, peaks.values, extra, quality.get("accuracy"), device.kind)
             record.record_reader_stats(recorder, dataset)
         finally:
             close_quietly(adapter)
-    return PathResult(run_id, p.path, device, results)
+    return PathResult(run_id, p.path, device, ladder.results, ladder.reasons)
 
 
 def close_quietly(adapter: Backend) -> None:
@@ -132,13 +142,48 @@ def prepare(p: Plan, model, pools: Pools, device: DeviceInfo, build_s: float, re
                           **p.adapter.prepare_metrics()})
 
 
-def measure_peaks(p: Plan, device: DeviceInfo, recorder: RunRecorder) -> dict[str, float]:
-    """The device's copy/gather bandwidth and GEMM peak (cached per device), if `measure.device_peaks`."""
+def measure_peaks(p: Plan, device: DeviceInfo, recorder: RunRecorder, judge: Judge) -> Peaks:
+    """The device's copy/gather bandwidth and GEMM peak (cached per device), if `measure.device_peaks`;
+    peaks measured under interference serve this run flagged (tag `peaks_unreliable`) and are not cached."""
     if not p.run.measure.device_peaks:
-        return {}
-    peaks = device_peaks(p.adapter, device, p.run.tracking.results_dir, p.run.measure.peaks_scale)
-    recorder.log_metrics({f"device_{k}": v for k, v in peaks.items()})
+        return Peaks({})
+    peaks = device_peaks(p.adapter, device, p.run.tracking.results_dir, p.run.measure.peaks_scale,
+                         judge.load_reasons)
+    if peaks.values:
+        recorder.log_metrics({**{f"device_{k}": v for k, v in peaks.values.items()},
+                              "device_peaks_reliable": float(peaks.reliable)})
+    if not peaks.reliable:
+        recorder.set_tags({"peaks_unreliable": "; ".join(peaks.unreliable) + " while the peaks were measured: "
+                           "used by this run only, not cached"})
     return peaks
+
+
+def ceiling(p: Plan, device: DeviceInfo, peaks: Peaks, recorder: RunRecorder, judge: Judge) -> Ceiling | None:
+    """The GEMM roof of the path's precision; above it, the peak is measured again once and both recorded
+    (`device_<peak>_before_recheck`, `device_<peak>`)."""
+    metric = gemm_peak_metric(p.run.precision.name)
+    if not peaks.values.get(metric):
+        return None
+
+    def recheck() -> float | None:
+        before = peaks.values[metric]
+        value, reasons = remeasure_peak(p.adapter, device, p.run.tracking.results_dir, p.run.measure.peaks_scale,
+                                        metric, judge.load_reasons)
+        if value:
+            peaks.values[metric] = value
+            recorder.log_metrics({f"device_{metric}_before_recheck": before, f"device_{metric}": value})
+        if reasons:
+            recorder.set_tags({"peaks_unreliable": "; ".join(reasons) + f" while {metric} was measured again"})
+        return value
+
+    tolerance = p.run.measure.stability.peak_tolerance
+    return Ceiling(p.cost.flops, peaks.values[metric], metric, tolerance, recheck)
+
+
+def probes(planted: dict[int, float] | None) -> Callable[[int], LoadProbe]:
+    """The load probe of each query size's measured phase; `debug.interference` plants readings."""
+    planted = planted or {}
+    return lambda q: PlantedProbe(planted[q]) if q in planted else LoadProbe()
 
 
 def inject_fault(fault: str) -> None:

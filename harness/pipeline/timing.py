@@ -9,7 +9,8 @@ host batch to its result on the host, as a served query's does (`to_device` and 
 CPU). The device's own time for the model alone, where it keeps one, is recorded beside it. The first call of each query size
 (compilation, lazy allocation, cold caches) is timed apart; warm-up runs by count *and* by time; the
 measured phase runs until both a minimum count and a minimum time are met (or a cap), and every raw
-per-iteration latency is kept.
+per-iteration latency is kept. A `LoadProbe` (harness/core/load.py) brackets each measured phase, so every
+size says how busy the machine was while it was timed; harness/pipeline/stability.py judges the result.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 from backends.base import Backend
+from harness.core.load import LoadProbe, LoadReading
 
 Clock = Callable[[], float]
 
@@ -41,9 +43,13 @@ class LadderSettings:
         return cls(**{f.name: getattr(measure, f.name) for f in fields(cls)})
 
 
+CONFIDENCE = 0.95  # of the intervals recorded beside p50 and p99
+
+
 @dataclass(frozen=True)
 class LatencyStats:
-    """Summary of raw latencies (seconds in, milliseconds out). Percentiles interpolate linearly."""
+    """Summary of raw latencies (seconds in, milliseconds out). Percentiles interpolate linearly; their
+    95 % confidence intervals are distribution-free, from order statistics (`quantile_ci`)."""
 
     n: int
     mean_ms: float
@@ -56,6 +62,13 @@ class LatencyStats:
     p99_ms: float
     max_ms: float
     samples_per_s: float  # query_size / mean latency: one query at a time, back to back
+    p50_ci_low_ms: float = math.nan
+    p50_ci_high_ms: float = math.nan
+    p99_ci_low_ms: float = math.nan
+    p99_ci_high_ms: float = math.nan
+    # 1.4826 x median absolute deviation / median: the CV a normal distribution would have, but blind to
+    # a few outliers (one 27 ms call among 9,718 of 0.16 ms gives CV 1.41 on a quiet machine, robust CV 0.06)
+    robust_cv: float = math.nan
 
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -69,6 +82,50 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     lo = math.floor(pos)
     hi = min(lo + 1, len(sorted_values) - 1)
     return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _log_binomial_pmf(k: int, n: int, p: float) -> float:
+    return (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + k * math.log(p)
+            + (n - k) * math.log1p(-p))
+
+
+def order_statistic_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> tuple[int, int]:
+    """1-based ranks (l, u) of the sorted samples that bracket the q-quantile with at least `confidence`
+    (the number of samples below the quantile is Binomial(n, q)); clamped to [1, n] where n is too small
+    to bound a side (p99's upper side needs 367 samples: below that it is the largest sample).
+
+    >>> order_statistic_ranks(100, 0.5)
+    (40, 61)
+    """
+    p, tail = min(max(q, 1e-12), 1 - 1e-12), (1.0 - confidence) / 2
+    mean, sd = n * p, math.sqrt(n * p * (1 - p))
+    # The CDF below mean - 12 sd is < 1e-30: start there rather than at 0 (n can be 100,000).
+    start = max(0, int(mean - 12 * sd) - 1)
+    cdf, low, high = 0.0, None, None
+    for k in range(start, n + 1):
+        cdf += math.exp(_log_binomial_pmf(k, n, p))
+        if low is None and cdf > tail:  # P(B <= k - 1) <= tail: the (k)th smallest is below the quantile
+            low = k
+        if cdf >= 1 - tail:  # P(B <= k) >= 1 - tail: the (k + 1)th smallest is above it
+            high = k + 1
+            break
+    low = low if low is not None else n
+    return max(1, min(low, n)), max(1, min(high if high is not None else n, n))
+
+
+def quantile_ci(sorted_values: Sequence[float], q: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """A distribution-free `confidence` interval of the q-quantile (0 < q < 1) of already sorted values."""
+    low, high = order_statistic_ranks(len(sorted_values), q, confidence)
+    return sorted_values[low - 1], sorted_values[high - 1]
+
+
+def robust_cv(sorted_values: Sequence[float]) -> float:
+    """1.4826 x MAD / median (sorted values in)."""
+    median = percentile(sorted_values, 50)
+    if median <= 0:
+        return 0.0
+    deviations = sorted(abs(v - median) for v in sorted_values)
+    return 1.4826 * percentile(deviations, 50) / median
 
 
 def summarize(latencies_s: Sequence[float], query_size: int) -> LatencyStats:
@@ -92,7 +149,15 @@ def summarize(latencies_s: Sequence[float], query_size: int) -> LatencyStats:
         p99_ms=percentile(values, 99) * ms,
         max_ms=values[-1] * ms,
         samples_per_s=query_size / mean if mean > 0 else float("inf"),
+        **_intervals(values, ms),
+        robust_cv=robust_cv(values),
     )
+
+
+def _intervals(values: list[float], scale: float) -> dict[str, float]:
+    p50, p99 = quantile_ci(values, 0.50), quantile_ci(values, 0.99)
+    return {"p50_ci_low_ms": p50[0] * scale, "p50_ci_high_ms": p50[1] * scale,
+            "p99_ci_low_ms": p99[0] * scale, "p99_ci_high_ms": p99[1] * scale}
 
 
 @dataclass
@@ -169,6 +234,8 @@ class QuerySizeResult:
     device_latencies_s: list[float] = field(default_factory=list)  # the device's own timer, if it has one
     device_stats: LatencyStats | None = None
     extra: dict[str, float] = field(default_factory=dict)  # the adapter's per-size metrics
+    load: LoadReading | None = None  # how busy the host was during the measured phase
+    attempt: int = 1  # 2, 3, ...: measured again because the first attempts broke a stability rule
 
 
 def host_to_host(backend, pool: list) -> Callable[[int], Any]:
@@ -193,11 +260,14 @@ def run_ladder(
     settings: LadderSettings,
     on_size_done: Callable[[QuerySizeResult], None] | None = None,
     clock: Clock = time.perf_counter,
+    probe: Callable[[int], LoadProbe] | None = None,
+    attempt: int = 1,
 ) -> list[QuerySizeResult]:
     """Measure `backend` at each query size; an out-of-memory size is recorded infeasible and skipped.
 
     `make_pool(query_size)` returns host batches; the backend places them on its device before timing.
-    Errors other than out-of-memory propagate: they are bugs, not measurements.
+    `probe(query_size)`, if given, brackets each measured phase (from the end of warm-up to the last
+    timed call). Errors other than out-of-memory propagate: they are bugs, not measurements.
     """
     results = []
     for query_size in query_sizes:
@@ -208,10 +278,18 @@ def run_ladder(
             t0 = clock()  # CUDA graphs: captured once per size, before its first call; timed apart
             if getattr(backend, "capture", lambda staged: False)(pool[0]):
                 captured["capture_s"] = clock() - t0  # like compile time: never in the samples
+            watch = probe(query_size) if probe is not None else None
+
+            def on_steady() -> None:
+                backend.mark_steady()
+                if watch is not None:
+                    watch.start()  # the last thing before the measured phase's first clock read
+
             timing = time_iterations(
                 host_to_host(backend, pool), backend.synchronize, settings, clock,
-                device_time=backend.device_time_s, on_steady=backend.mark_steady,
+                device_time=backend.device_time_s, on_steady=on_steady,
             )
+            load = watch.stop() if watch is not None else None
             per_call = backend.queries_per_call
             if per_call != 1:  # one call served `per_call` queries back to back: per-query time
                 timing.first_call_s /= per_call
@@ -226,12 +304,15 @@ def run_ladder(
                 stats=summarize(timing.latencies_s, query_size),
                 device_latencies_s=timing.device_latencies_s,
                 device_stats=summarize(timing.device_latencies_s, query_size) if timing.device_latencies_s else None,
-                extra={**backend.end_size(), **captured},
+                extra={**backend.end_size(), **getattr(backend, "device_load", dict)(), **captured},
+                load=load,
+                attempt=attempt,
             )
         except Exception as exc:  # noqa: BLE001 - classified just below
             if not backend.is_out_of_memory(exc):
                 raise
-            result = QuerySizeResult(query_size=query_size, feasible=False, error=f"out of memory: {exc}")
+            result = QuerySizeResult(query_size=query_size, feasible=False, error=f"out of memory: {exc}",
+                                     attempt=attempt)
         pool = None  # drop this size's batches before the next size allocates its own
         if not result.feasible:
             backend.release_memory()

@@ -35,6 +35,13 @@ class PathProfile:
     source: str = "measured"
     run_id: str | None = None  # the MLflow run a measured profile comes from
     extra: dict = field(default_factory=dict, compare=False)
+    # Per size: 1.0 trusted, 0.0 flagged unreliable (harness/pipeline/stability.py), NaN unknown (recorded
+    # before reliability was judged, or a file without it); empty: unknown at every size.
+    reliable: tuple[float, ...] = ()
+
+    def unreliable_sizes(self) -> list[int]:
+        """The query sizes whose latency this profile holds from a measurement flagged unreliable."""
+        return [q for q, ok in zip(self.sizes, self.reliable) if ok == 0]
 
     def __post_init__(self) -> None:
         if not self.sizes or len(self.sizes) != len(self.latency_ms):
@@ -100,6 +107,7 @@ def from_runs(runs) -> list[PathProfile]:
             accuracy=None if accuracy is None or (isinstance(accuracy, float) and math.isnan(accuracy)) else float(accuracy),
             sizes=tuple(int(q) for q in g["query_size"]), latency_ms=tuple(float(v) for v in g["p50_ms"]),
             p99_ms=tuple(float(v) for v in g["p99_ms"]), source=source, run_id=run_id,
+            reliable=tuple(float(v) for v in g["reliable"]) if "reliable" in g else (),
         ))
     return out
 
@@ -145,7 +153,8 @@ def with_donor_accuracy(profiles: list[PathProfile], donors: dict) -> list[PathP
 
 
 def save(profiles: list[PathProfile], path: str | Path, provenance: dict) -> None:
-    Path(path).write_text(json.dumps({"provenance": provenance, "paths": [asdict(p) for p in profiles]}, indent=2))
+    entries = [{**asdict(p), "reliable": [None if v != v else v for v in p.reliable]} for p in profiles]  # JSON: no NaN
+    Path(path).write_text(json.dumps({"provenance": provenance, "paths": entries}, indent=2))
 
 
 BUILTIN = Path(__file__).parent / "data"  # profiles shipped with the package: `builtin:<name>`
@@ -169,6 +178,8 @@ def load(path: str | Path) -> list[PathProfile]:
     try:
         # No run_id: a file's profile is served from its figures, never rebuilt as this experiment's run.
         return [PathProfile(e["path"], e["device"], e.get("accuracy"), tuple(e["sizes"]), tuple(e["latency_ms"]),
-                            tuple(e.get("p99_ms", ())), origin(e)) for e in entries]
+                            tuple(e.get("p99_ms", ())), origin(e),
+                            reliable=tuple(math.nan if v is None else float(v) for v in e.get("reliable", ())))
+                for e in entries]
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from None

@@ -66,6 +66,21 @@ def study_metrics(study, live: dict | None) -> dict[str, float]:
     return metrics
 
 
+def reliability_of_inputs(profiles: list[prof.PathProfile]) -> str:
+    """One sentence: which profiles' latencies come from measurements flagged unreliable, and which are of
+    unknown reliability (recorded before it was judged, or from a file that does not say)."""
+    flagged = [f"{p.path} at {', '.join(map(str, p.unreliable_sizes()))}" for p in profiles if p.unreliable_sizes()]
+    unknown = [p.path for p in profiles if not p.reliable or all(v != v for v in p.reliable)]
+    parts = []
+    if flagged:
+        parts.append("unreliable inputs (measurements that broke a stability rule, docs/measurement.md): "
+                     + "; ".join(flagged) + ". Their latencies feed the policies as measured: measure those paths "
+                     "again on a quiet machine before trusting this study")
+    if unknown:
+        parts.append("reliability unknown for " + ", ".join(sorted(unknown)))
+    return ("; ".join(parts) + ".") if parts else "Every input latency passed the stability rules."
+
+
 def run_serving(cfg: ServingConfig, quiet: bool = False) -> dict:
     store = Store(cfg.tracking, cfg.experiment_name, create=False)  # a study that fails creates nothing
     records = store.load_runs("latency")
@@ -87,6 +102,9 @@ def run_serving(cfg: ServingConfig, quiet: bool = False) -> dict:
     run_id = None
     if cfg.log_to_mlflow:
         tags = {"target_ms": cfg.target_ms, "percentile": cfg.percentile, "live": cfg.live.enabled}
+        shaky = [f"{p.path}@{','.join(map(str, p.unreliable_sizes()))}" for p in profiles if p.unreliable_sizes()]
+        if shaky:
+            tags["unreliable_inputs"] = "; ".join(shaky)
         if live is not None:
             tags["live_validity"] = live.get("live_validity", "?")
         studies = Store(cfg.tracking, studies_experiment(cfg.experiment_name))
@@ -120,6 +138,7 @@ def markdown(cfg: ServingConfig, study, live: dict | None) -> str:
                           f"**{h['ratio']:.2f}x**, with {h['accuracy_gain_points']:+.2f} accuracy points{threshold}."]
     sources = sorted({f"{p.path}: {p.source}" for p in study.profiles})
     lines += ["", "Profiles:", *(f"- {s}" for s in sources)]
+    lines += ["", reliability_of_inputs(study.profiles)]
     if live:
         lines += ["", f"**Live (LoadGen, Server scenario)**: target {live['live_target_qps']:.1f} QPS, achieved "
                       f"{live.get('live_achieved_qps', float('nan')):.1f}; p99 {live.get('live_p99_ms', float('nan')):.2f} ms "

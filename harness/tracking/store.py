@@ -45,8 +45,9 @@ def studies_experiment(name: str) -> str:
     return f"{name}-studies"
 MAX_KEY = 250
 # Per-size metrics the analysis and serving read back (their histories, step = query size).
+# `reliable` is absent from runs recorded before issue 22: their reliability is unknown.
 PER_SIZE_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "samples_per_s",
-                    "feasible")
+                    "feasible", "reliable")
 
 
 def tracking_uri(config: TrackingConfig) -> str:
