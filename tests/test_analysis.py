@@ -12,6 +12,7 @@ import pytest
 from harness.analysis import mapping as mp
 from harness.analysis.output import AnalysisConfig, write_analysis
 from harness.analysis.runs import join_quality, tidy
+from harness.core import trust
 from harness.core.schema import TrackingConfig
 
 GB = 1e9
@@ -20,8 +21,9 @@ SETTINGS = mp.MappingSettings(targets_ms=(1, 10, 100), percentile="p99", memory_
 
 
 def record(path, status="FINISHED", sizes=None, accuracy=0.78, param_bytes=1e6, capacity=16 * GB,
-           start=0, error=None, scale="0.1", quality_key=None):
-    """An MLflow-like run record; sizes = {query size: (p99 ms, samples/s)} or {q: None} for out of memory."""
+           start=0, error=None, scale="0.1", quality_key=None, unreliable=None):
+    """An MLflow-like run record; sizes = {query size: (p99 ms, samples/s)} or {q: None} for out of memory;
+    unreliable = {q: why} flags those sizes (None: a run recorded before reliability was judged)."""
     rep, backend = path.split("@")
     sizes = sizes or {}
     per_size = {
@@ -32,6 +34,8 @@ def record(path, status="FINISHED", sizes=None, accuracy=0.78, param_bytes=1e6, 
         "samples_per_s": {q: v[1] for q, v in sizes.items() if v},
         "feasible": {q: float(v is not None) for q, v in sizes.items()},
     }
+    if unreliable is not None:
+        per_size["reliable"] = {q: float(q not in unreliable) for q, v in sizes.items() if v}
     metrics = {"param_bytes": param_bytes, "flops_per_sample": 1e6, "bytes_read_per_sample": 2e3,
                "bytes_read_per_query_fixed": 1e6, "device_memory_bytes": capacity,
                "device_gemm_gflops": 60.0, "device_gather_gbps": 5.0, "device_copy_gbps": 10.0}
@@ -42,6 +46,8 @@ def record(path, status="FINISHED", sizes=None, accuracy=0.78, param_bytes=1e6, 
         tags["error"] = error
     if quality_key:
         tags["quality_key"] = quality_key
+    if unreliable:
+        tags["unreliable"] = trust.describe({q: [why] for q, why in unreliable.items()})
     return {"run_id": f"{path}-{start}", "status": status, "start_time": start, "tags": tags,
             "params": {"dataset.name": "synthetic_kaggle", "dataset.scale": scale}, "metrics": metrics,
             "per_size": per_size if sizes else {}}
@@ -218,3 +224,58 @@ def test_paths_table_reports_throughput_and_fraction_of_peak():
     assert row["achieved_gbps"] == pytest.approx((2e3 * 10_000 + 1e6 * 10_000 / 1024) / 1e9)
     assert row["peak_correct_throughput"] == pytest.approx(0.78 * 10_000)
     assert np.isfinite(row["p99_ms@1024"])
+
+
+# --- measurements that are not trusted (issue 22) ----------------------------------------------------------
+
+def test_an_unreliable_measurement_is_not_chosen_over_a_reliable_path_that_meets_the_target():
+    # The busy machine's table@cpu at 1024 looked fastest; dhe@cpu's figure there is trusted.
+    runs = table_of(record("table@cpu", sizes={1024: (5.0, 900_000)}, accuracy=0.78,
+                           unreliable={1024: "other processes used 1.70 cores"}),
+                    record("dhe@cpu", sizes={1024: (8.0, 120_000)}, accuracy=0.79, unreliable={}))
+    c = cell(mp.mapping(runs, SETTINGS), 1024, 10)
+    assert c["choice"] == "dhe@cpu" and c["runner_up"] == "table@cpu"
+    assert "table@cpu set aside (unreliable measurement), dhe@cpu chosen on reliable figures" in c["note"]
+    assert "table@cpu (other processes used 1.70 cores)" in c["note"] and not c["reliable"]
+    # With no reliable alternative, the unreliable path is chosen: flagged, never dropped silently.
+    alone = table_of(record("table@cpu", sizes={1024: (5.0, 900_000)}, unreliable={1024: "robust CV 0.61 > 0.25"}))
+    alone = cell(mp.mapping(alone, SETTINGS), 1024, 10)
+    assert alone["choice"] == "table@cpu" and not alone["reliable"]
+
+
+def test_no_path_meets_on_an_unreliable_figure_is_a_flagged_cell_and_sentence():
+    # The issue's case: a 2 MB model "too slow" at 1024 because another job took the cores.
+    runs = table_of(record("table@cpu", sizes={1: (0.3, 3000), 1024: (400.0, 2500)}, accuracy=None,
+                           unreliable={1024: "other processes used 1.70 cores"}))
+    table = mp.mapping(runs, SETTINGS)
+    c = cell(table, 1024, 100)
+    assert not mp.chosen(c["choice"]) and not c["reliable"] and "other processes used 1.70 cores" in c["note"]
+    assert cell(table, 1, 1)["reliable"]
+    sentences = mp.regimes(table, "p99")
+    assert "no path for query sizes 1024 (on unreliable measurements)" in " ".join(sentences)
+    [notice] = mp.reliability_notices(table, runs)
+    assert notice.startswith("[synthetic_kaggle x0.1] 3 of 6 cells compared unreliable measurements")
+    assert "table@cpu at 1024" in notice
+
+
+def test_runs_recorded_before_reliability_was_judged_are_unknown_not_flagged(tmp_path):
+    runs = table_of(record("table@cpu", sizes={64: (2.0, 30_000)}))  # no `reliable` metric
+    assert runs["reliable"].isna().all()
+    c = cell(mp.mapping(runs, SETTINGS), 64, 10)
+    assert c["choice"] == "table@cpu" and c["reliable"]
+    assert mp.reliability_notices(mp.mapping(runs, SETTINGS), runs) == [
+        "reliability unknown for synthetic_kaggle x0.1: some runs were recorded before measurements were judged "
+        "(no `reliable` metric); force=true measures them again."]
+    paths = mp.paths_table(runs, SETTINGS)
+    assert math.isnan(paths.iloc[0]["reliable@64"])
+    out = write_analysis([record("table@cpu", sizes={64: (2.0, 30_000)})], _config(tmp_path), tmp_path, {}, 24 * GB)
+    assert "<td>unknown</td>" in out.report.read_text()
+
+
+def test_a_path_above_its_roof_is_flagged_in_the_paths_table_and_the_report(tmp_path):
+    # 1 MFLOP a sample at 100,000 samples/s: 100 GFLOP/s against a 60 GFLOP/s peak.
+    fast = record("table@cpu", sizes={4096: (40.0, 100_000)}, unreliable={})
+    row = mp.paths_table(table_of(fast), SETTINGS).iloc[0]
+    assert row["fraction_of_gemm_peak"] == pytest.approx(100 / 60) and row["above_roof"]
+    page = write_analysis([fast], _config(tmp_path), tmp_path, {}, 24 * GB).report.read_text()
+    assert "above the roof" in page and "167%" in page

@@ -29,6 +29,7 @@ ALLOWED: dict[str, set[str]] = {
     "harness.app": {"harness.core", "harness.workload", "harness.data", "backends", "harness.tracking",
                     "harness.pipeline", "harness.analysis", "harness.serving"},
     "harness.__main__": {"harness.app"},
+    "harness.doctor": {"harness.app"},
 }
 
 

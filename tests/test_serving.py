@@ -227,3 +227,34 @@ def test_the_measured_gpu_scenario_reads_the_recorded_h200_profiles():
     loaded = prof.load(path)
     assert sorted(p.path for p in loaded) == ["dhe@cuda", "hybrid@cuda", "table@cuda", "tt@cuda"]
     assert all(p.device == "NVIDIA H200" and p.accuracy is None and "H200" in p.source for p in loaded)
+
+
+def test_profiles_carry_each_sizes_reliability_and_the_study_names_unreliable_inputs(tmp_path):
+    from harness.analysis.runs import join_quality, tidy
+    from harness.serving import profiles as prof
+    from harness.serving.run import reliability_of_inputs
+
+    def rec(path, reliable):
+        per = {"latency_p50_ms": {1: 0.5, 64: 2.0}, "latency_p99_ms": {1: 0.6, 64: 2.5},
+               "samples_per_s": {1: 2000.0, 64: 32000.0}, "feasible": {1: 1.0, 64: 1.0}}
+        if reliable is not None:
+            per["reliable"] = reliable
+        return {"run_id": path, "status": "FINISHED", "start_time": 0,
+                "tags": {"path": path, "representation": path.split("@")[0], "backend": "cpu", "device_name": "cpu"},
+                "params": {"dataset.name": "synthetic_kaggle", "dataset.scale": "0.01"},
+                "metrics": {"accuracy": 0.78, "param_bytes": 1e6}, "per_size": per}
+
+    profiles = prof.from_runs(join_quality(tidy([rec("table@cpu", {1: 1.0, 64: 0.0}), rec("dhe@cpu", None)])))
+    by_path = {p.path: p for p in profiles}
+    assert by_path["table@cpu"].unreliable_sizes() == [64] and by_path["dhe@cpu"].unreliable_sizes() == []
+    sentence = reliability_of_inputs(profiles)
+    assert "unreliable inputs" in sentence and "table@cpu at 64" in sentence
+    assert "reliability unknown for dhe@cpu" in sentence
+    # A profile file keeps the flags (JSON null for unknown), and one without them is unknown.
+    prof.save(profiles, tmp_path / "p.json", {"source": "test"})
+    assert json.loads((tmp_path / "p.json").read_text())["paths"][0]["reliable"] in ([None, None], [1.0, 0.0])
+    again = {p.path: p for p in prof.load(tmp_path / "p.json")}
+    assert again["table@cpu"].unreliable_sizes() == [64]
+    assert reliability_of_inputs([TABLE]) == "reliability unknown for table@cpu."
+    trusted = PathProfile("table@cpu", "cpu", 0.75, (1, 64), (0.5, 2.0), reliable=(1.0, 1.0))
+    assert reliability_of_inputs([trusted]) == "Every input latency passed the stability rules."

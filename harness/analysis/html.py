@@ -49,7 +49,7 @@ def _mapping_table(cells: pd.DataFrame) -> str:
         tds = []
         for t in targets:
             c = row[row["target_ms"] == t].iloc[0]
-            shaky = c.get("reliable", True) is False
+            shaky = mp.unreliable_cell(c)
             title = f' title="{html.escape(str(c["note"]))}"' if c["note"] else ""
             if mp.chosen(c["choice"]):
                 runner = (f"<br><small>2nd {html.escape(c['runner_up'])} (+{100 * c['margin']:.0f}%)</small>"
@@ -108,7 +108,7 @@ def write_report(folder: Path, experiment: str, summary: list[str], missing: lis
         slug = "".join(c if c.isalnum() else "_" for c in workload).strip("_")
         parts += [f"<h2>{html.escape(workload)}</h2>", "<h3>Chosen path per query size and latency target</h3>",
                   _mapping_table(cells)]
-        if cells["reliable"].eq(False).any():
+        if any(mp.unreliable_cell(c) for _, c in cells.iterrows()):
             parts.append(LEGEND)
         for name, alt in ((f"mapping_{slug}.png", "mapping heat map"), (f"latency_{slug}.png", "latency vs query size"),
                           (f"pareto_{slug}.png", "accuracy vs correct-prediction throughput")):

@@ -207,7 +207,7 @@ def reliability_notices(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     workloads whose runs were recorded before reliability was judged."""
     sentences = []
     for workload, cells in table.groupby("workload", sort=True):
-        shaky = cells[cells["reliable"].eq(False)]
+        shaky = cells[[unreliable_cell(c) for _, c in cells.iterrows()]]
         if shaky.empty:
             continue
         rows = latest_finished(runs)
@@ -292,6 +292,12 @@ def feasibility_matrix(paths: pd.DataFrame, devices: dict[str, float], headroom:
     return pd.DataFrame(rows)
 
 
+def unreliable_cell(cell) -> bool:
+    """A mapping cell that compared a flagged measurement (`reliable` False; absent in older tables)."""
+    value = cell.get("reliable", True)
+    return value is not None and not pd.isna(value) and not bool(value)
+
+
 def chosen(value) -> bool:
     """A mapping cell's choice is set (pandas turns a missing one into NaN)."""
     return isinstance(value, str) and value != ""
@@ -312,7 +318,7 @@ def regimes(table: pd.DataFrame, percentile: str = "p99") -> list[str]:
             parts, current, sizes = [], None, []
             for _, c in cells.iterrows():
                 # A run of sizes with one winner, split where the cells' reliability changes.
-                winner = (c["choice"] if chosen(c["choice"]) else "none", c.get("reliable", True) is not False)
+                winner = (c["choice"] if chosen(c["choice"]) else "none", not unreliable_cell(c))
                 if winner != current and sizes:
                     parts.append((current, sizes))
                     sizes = []

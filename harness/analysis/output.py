@@ -42,7 +42,7 @@ def _mapping_markdown(table: pd.DataFrame, percentile: str) -> str:
             out = []
             for t in targets:
                 c = row[row["target_ms"] == t].iloc[0]
-                shaky = " (unreliable)" if c.get("reliable", True) is False else ""
+                shaky = " (unreliable)" if mp.unreliable_cell(c) else ""
                 if mp.chosen(c["choice"]):
                     runner = (f"; 2nd {c['runner_up']} (+{100 * c['margin']:.0f}%)" if mp.chosen(c["runner_up"])
                               else "")

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.analysis.mapping import chosen
+from harness.analysis.mapping import chosen, unreliable_cell
 
 
 def _pyplot():
@@ -69,15 +69,14 @@ def mapping_heatmap(table: pd.DataFrame, workload: str, percentile: str, folder:
     for _, c in cells.iterrows():
         i, j = sizes.index(c["query_size"]), targets.index(c["target_ms"])
         grid[i, j] = code.get(c["choice"], 0) if chosen(c["choice"]) else 0
-        text = c["choice"] if chosen(c["choice"]) else "-"
-        if c.get("reliable", True) is False:  # hatched: the cell compared an unreliable measurement
+        text, bbox = (c["choice"] if chosen(c["choice"]) else "-"), None
+        if unreliable_cell(c):  # hatched: the cell compared an unreliable measurement
             shaky = True
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#555555",
                                    linewidth=0, zorder=2))
             text += "\n(unreliable)"
-        ax.text(j, i, text, ha="center", va="center", fontsize=7, zorder=3,
-                bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1} if c.get("reliable", True) is False
-                else None)
+            bbox = {"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1}
+        ax.text(j, i, text, ha="center", va="center", fontsize=7, zorder=3, bbox=bbox)
 
     # Grey where no path meets the target, then one colour per chosen path, named in the legend.
     colours = ["#dddddd", *plt.get_cmap("tab10").colors[: max(1, len(choices))]]

@@ -31,6 +31,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from harness.app.console import print_sweep_summary
+from harness.app.doctor import check, verdict
 from harness.app.jobs import PARENT_RUN_FILE, STATUS_FILE
 from harness.core.conf import compose
 from harness.core.schema import RunConfig
@@ -100,6 +101,8 @@ class SweepCallback(Callback):
         atexit.register(self._kill_parent_if_running)
         print(f"sweep of {len(jobs)} jobs: MLflow parent run {self.parent_run_id} in experiment "
               f"'{first.experiment_name}'", file=sys.stderr)
+        # Is the machine quiet enough to measure on? One second's look, one line (python -m harness.doctor).
+        print(verdict(check(first, seconds=1.0)), file=sys.stderr)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-_TICK_S = 1.0 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
+TICK_S = 1.0 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 
 
 def run_cores() -> tuple[int, ...]:
@@ -55,7 +55,7 @@ def cpu_ticks(cores: tuple[int, ...]) -> tuple[float, float] | None:
         busy += user + nice + system + irq + softirq
         steal += stolen
         found += 1
-    return (busy * _TICK_S, steal * _TICK_S) if found else None
+    return (busy * TICK_S, steal * TICK_S) if found else None
 
 
 def _descendants(pid: int) -> list[int]:
@@ -79,7 +79,7 @@ def _process_cpu_s(pid: int) -> float:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (OSError, IndexError):
         return 0.0
-    return (int(fields[11]) + int(fields[12])) * _TICK_S
+    return (int(fields[11]) + int(fields[12])) * TICK_S
 
 
 def own_cpu_s() -> float:
@@ -181,7 +181,7 @@ class LoadProbe:
             other = max(0.0, busy - (end.own - begin.own)) / wall
             steal = max(0.0, end.ticks[1] - begin.ticks[1]) / wall
         # Each of the two readings truncates every core's counter by up to one tick.
-        resolution = 2 * len(self.cores) * _TICK_S / wall
+        resolution = 2 * len(self.cores) * TICK_S / wall
         return LoadReading(wall, len(self.cores), other, steal, begin.load, end.load, cpu_mhz(self.cores),
                            resolution)
 

@@ -1,0 +1,205 @@
+"""`python -m harness.doctor [overrides]`: a few seconds' look at this machine before measuring on it.
+
+It says, each with what to do: the cores and threads the run will use, other busy processes and their CPU
+share (sampled over two seconds), the load average, steal time, the frequency governor and SMT where
+the kernel shows them, and whether the peak cache under `tracking.results_dir` holds peaks measured by
+another library version or before peaks were checked for load. It takes the run's own overrides
+(`python -m harness.doctor backend.num_threads=1`), so it judges the run you are about to start, by the
+same thresholds (`measure.stability`). The first job of a sweep prints its one-line verdict. Exit status:
+0 when nothing was found, 1 otherwise (so `python -m harness.doctor && python -m harness -m ...` waits
+for a quiet machine's say-so).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from harness.core.host import physical_cores
+from harness.core.load import TICK_S, LoadProbe, LoadReading, run_cores
+from harness.pipeline.peaks import KERNELS_VERSION, read_cache
+
+SAMPLE_S = 2.0
+BUSY_SHARE = 0.05  # a process using less than 5 % of a core is not named
+
+
+@dataclass(frozen=True)
+class Finding:
+    ok: bool
+    what: str
+    todo: str = ""
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FIX '} {self.what}" + (f"\n       -> {self.todo}" if self.todo else "")
+
+
+def _process_times() -> dict[int, tuple[str, float]]:
+    """pid -> (command name, CPU seconds) of every process /proc shows."""
+    out = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        name = text[text.find("(") + 1: text.rfind(")")]
+        fields = text.rsplit(")", 1)[1].split()
+        out[int(stat.parent.name)] = (name, (int(fields[11]) + int(fields[12])) * TICK_S)
+    return out
+
+
+def busy_processes(seconds: float) -> tuple[list[tuple[int, str, float]], LoadReading]:
+    """Other processes' CPU share over `seconds` (cores' worth, busiest first), and the machine's reading."""
+    probe = LoadProbe()
+    before = _process_times()
+    probe.start()
+    time.sleep(seconds)
+    reading = probe.stop()
+    after = _process_times()
+    busy = [(pid, name, (cpu - before[pid][1]) / reading.seconds) for pid, (name, cpu) in after.items()
+            if pid in before and pid != os.getpid()]
+    return sorted((b for b in busy if b[2] >= BUSY_SHARE), key=lambda b: -b[2]), reading
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def cores_and_threads(threads: int) -> Finding:
+    cores, physical = len(run_cores()), physical_cores()
+    smt = _read("/sys/devices/system/cpu/smt/active")
+    where = f"{cores} cores available to the run ({physical} physical{', SMT on' if smt == '1' else ''})"
+    if threads > cores:
+        return Finding(False, f"{where}; the run would use {threads} threads",
+                       f"oversubscribed: set backend.num_threads to at most {cores}")
+    if smt == "1" and threads > physical:
+        return Finding(False, f"{where}; the run would use {threads} threads, more than the physical cores",
+                       f"set backend.num_threads={physical}: two threads on one core share its units")
+    return Finding(True, f"{where}; the run will use {threads} threads")
+
+
+def other_processes(busy: list[tuple[int, str, float]], reading: LoadReading, threads: int,
+                    max_other: float) -> Finding:
+    if reading.other_cores is None:
+        return Finding(True, "other processes' CPU time: not measurable here (no /proc/stat)")
+    spare = max(0, reading.cores - threads)
+    named = ", ".join(f"{name} (pid {pid}) {share:.2f}" for pid, name, share in busy[:5]) or "none named"
+    what = f"other processes used {reading.other_cores:.2f} cores over {reading.seconds:.0f} s: {named}"
+    if reading.other_cores <= spare + max_other + reading.resolution_cores:
+        return Finding(True, what)
+    todo = "close them (or wait for them) before measuring: the harness would flag every size they overlap"
+    if threads > 1:
+        todo += f"; or leave them a core with backend.num_threads={max(1, threads - round(reading.other_cores))}"
+    return Finding(False, what, todo)
+
+
+def load_and_steal(reading: LoadReading, max_steal: float) -> list[Finding]:
+    out = []
+    load = reading.load_after
+    if load is None:
+        out.append(Finding(True, "load average: not measurable here"))
+    else:
+        out.append(Finding(load <= reading.cores, f"1-minute load average {load:.2f} on {reading.cores} cores",
+                           "" if load <= reading.cores else "more runnable threads than cores: something else is "
+                           "busy (the load average lags by a minute: check again)"))
+    if reading.steal_cores is None:
+        out.append(Finding(True, "steal time: not reported by this kernel (not measurable here)"))
+    else:
+        stolen = reading.steal_cores > max_steal + reading.resolution_cores
+        out.append(Finding(not stolen, f"steal: the hypervisor took {reading.steal_cores:.2f} cores",
+                           "this VM shares its host: figures will vary with the neighbours; prefer a dedicated "
+                           "instance, and compare only runs measured side by side" if stolen else ""))
+    return out
+
+
+def governor() -> Finding:
+    values = {_read(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor") for c in run_cores()}
+    values.discard(None)
+    if not values:
+        return Finding(True, "frequency governor: not readable here (a VM, or no cpufreq driver): the host sets "
+                             "the clock")
+    if values == {"performance"}:
+        return Finding(True, "frequency governor: performance")
+    return Finding(False, f"frequency governor: {', '.join(sorted(values))}",
+                   "the clock follows the load, so the first sizes run slower: sudo cpupower frequency-set "
+                   "-g performance (and back afterwards)")
+
+
+def peak_cache(results_dir: str) -> Finding:
+    try:
+        cache = read_cache(results_dir)
+    except (OSError, ValueError) as exc:
+        return Finding(False, f"peak cache in {results_dir} is unreadable ({exc})", "remove it: it is measured again")
+    if not cache:
+        return Finding(True, f"no peak cache in {results_dir} yet: the first run measures the device's peaks")
+    old = [k for k in cache if not k.endswith(f"kernels={KERNELS_VERSION}")]
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = None
+    other = [k for k, v in cache.items() if k not in old and torch and
+             v.get("libraries", {}).get("torch", torch) != torch]
+    path = Path(results_dir) / "device_peaks.json"
+    if old or other:
+        what = (f"peak cache {path}: {len(old)} entries measured before peaks were checked for load"
+                + (f", {len(other)} measured with another torch than {torch}" if other else ""))
+        return Finding(False, what, f"remove {path}: the next run measures the peaks again, under the load check")
+    return Finding(True, f"peak cache {path}: {len(cache)} entries, measured quietly with this torch")
+
+
+def examine(threads: int, results_dir: str, max_other: float, max_steal: float,
+            seconds: float = SAMPLE_S) -> list[Finding]:
+    busy, reading = busy_processes(seconds)
+    return [cores_and_threads(threads), other_processes(busy, reading, threads, max_other),
+            *load_and_steal(reading, max_steal), governor(), peak_cache(results_dir)]
+
+
+def verdict(findings: list[Finding]) -> str:
+    """One line: quiet, or how many findings and the first of them."""
+    bad = [f for f in findings if not f.ok]
+    if not bad:
+        return "doctor: quiet (" + "; ".join(f.what for f in findings[:2]) + ")"
+    return (f"doctor: {len(bad)} finding{'s' if len(bad) > 1 else ''} before measuring: "
+            + "; ".join(f.what for f in bad) + " (python -m harness.doctor says what to do)")
+
+
+def threads_of(run) -> int:
+    """Host threads the run's timed loop will use: the CPU adapter's intra-op threads (torch's default is
+    one per physical core), else one feeding a device (`auto` resolved as the run resolves it)."""
+    from harness.pipeline.config import resolved_backend
+
+    backend = resolved_backend(run)
+    if backend.name == "cpu":
+        return backend.num_threads or physical_cores()
+    return 1
+
+
+def check(run, seconds: float = SAMPLE_S) -> list[Finding]:
+    """The findings for a validated RunConfig (harness/pipeline/config.py)."""
+    rules = run.measure.stability
+    return examine(threads_of(run), run.tracking.results_dir, rules.max_other_cores, rules.max_steal_cores, seconds)
+
+
+def main(argv: list[str]) -> int:
+    from harness.core.conf import compose
+    from harness.core.errors import ConfigError
+    from harness.core.overrides import refuse_unknown_keys
+    from harness.pipeline.config import load_config
+
+    refuse_unknown_keys(argv, "config")
+    try:
+        run = load_config(compose(argv))
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    findings = check(run)
+    for f in findings:
+        print(f.line())
+    print(verdict(findings))
+    return 0 if all(f.ok for f in findings) else 1

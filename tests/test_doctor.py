@@ -1,0 +1,67 @@
+"""`python -m harness.doctor`: its findings from planted readings, and the command on this machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from harness.app import doctor
+from harness.core.load import LoadReading
+from harness.pipeline.peaks import CACHE_FILE, KERNELS_VERSION
+
+from .conftest import harness_env
+
+
+def reading(other=0.0, steal=0.0, load=0.2, cores=2) -> LoadReading:
+    return LoadReading(2.0, cores, other, steal, load, load, None, 0.02)
+
+
+def test_other_busy_processes_are_named_with_their_share_and_what_to_do():
+    busy = [(4242, "stress", 0.98), (17, "python", 0.91)]
+    finding = doctor.other_processes(busy, reading(other=1.9), threads=2, max_other=0.1)
+    assert not finding.ok
+    assert "other processes used 1.90 cores over 2 s: stress (pid 4242) 0.98, python (pid 17) 0.91" in finding.what
+    assert "backend.num_threads=1" in finding.todo  # leave them a core
+    assert doctor.other_processes([], reading(other=0.01), threads=2, max_other=0.1).ok
+    # A one-thread run leaves a core: one busy process beside it is fine.
+    assert doctor.other_processes(busy[:1], reading(other=0.98), threads=1, max_other=0.1).ok
+
+
+def test_steal_and_load_and_what_cannot_be_measured():
+    stolen, = [f for f in doctor.load_and_steal(reading(steal=0.4), 0.1) if "steal" in f.what]
+    assert not stolen.ok and "dedicated" in stolen.todo
+    unknown = doctor.load_and_steal(reading(other=None, steal=None, load=None), 0.1)
+    assert all(f.ok and "not measurable here" in f.what for f in unknown)
+    assert not doctor.load_and_steal(reading(load=5.0), 0.1)[0].ok
+
+
+def test_a_peak_cache_from_before_the_load_check_or_another_torch_is_reported(tmp_path):
+    assert doctor.peak_cache(str(tmp_path)).ok  # none yet
+    old = {"cpu|X|torch 2.1|threads=2|scale=1|kernels=3": {"gemm_gflops": 300.0}}
+    (tmp_path / CACHE_FILE).write_text(json.dumps(old))
+    finding = doctor.peak_cache(str(tmp_path))
+    assert not finding.ok and "1 entries measured before peaks were checked for load" in finding.what
+    other = {f"cpu|X|torch 1.0|threads=2|scale=1|kernels={KERNELS_VERSION}":
+             {"peaks": {"gemm_gflops": 300.0}, "libraries": {"torch": "1.0.0"}}}
+    (tmp_path / CACHE_FILE).write_text(json.dumps(other))
+    assert "another torch" in doctor.peak_cache(str(tmp_path)).what
+
+
+def test_the_verdict_is_one_line():
+    quiet = [doctor.Finding(True, "2 cores"), doctor.Finding(True, "other processes used 0.00 cores")]
+    assert doctor.verdict(quiet).startswith("doctor: quiet (2 cores; other processes used 0.00 cores")
+    busy = quiet + [doctor.Finding(False, "other processes used 1.90 cores", "close them")]
+    assert doctor.verdict(busy) == ("doctor: 1 finding before measuring: other processes used 1.90 cores "
+                                    "(python -m harness.doctor says what to do)")
+
+
+def test_the_command_examines_this_machine_and_refuses_an_unknown_key(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "harness.doctor", "+backend=cpu", "backend.num_threads=1",
+                           f"tracking.results_dir={tmp_path}"], capture_output=True, text=True,
+                          env=harness_env(), timeout=120)
+    assert proc.returncode in (0, 1), proc.stderr  # 1 where this machine is busy (other tests beside it)
+    assert "the run will use 1 threads" in proc.stdout and proc.stdout.splitlines()[-1].startswith("doctor: ")
+    bad = subprocess.run([sys.executable, "-m", "harness.doctor", "backend.num_thread=1"], capture_output=True,
+                         text=True, env=harness_env(), timeout=120)
+    assert bad.returncode == 2 and "error:" in bad.stderr

@@ -1,0 +1,236 @@
+"""How far a measurement can be trusted: intervals, the stability rules, re-measurement, checked peaks.
+
+Every input is planted (samples, load readings, peak kernels): no test here reads a clock to decide.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import numpy as np
+import pytest
+
+from harness.core import trust
+from harness.core.load import LoadProbe, LoadReading, PlantedProbe, cpu_ticks, run_cores
+from harness.core.schema import StabilityConfig
+from harness.pipeline import peaks as pk
+from harness.pipeline.stability import Ceiling, Judge, measure_reliably, neighbours
+from harness.pipeline.timing import QuerySizeResult, order_statistic_ranks, quantile_ci, robust_cv, summarize
+
+RULES = StabilityConfig(max_other_cores=0.1, max_steal_cores=0.1, max_robust_cv=0.25, order_tolerance=0.05,
+                        peak_tolerance=0.05, retries=3, retry_pause_s=0.0)
+
+
+def reading(other: float | None = 0.0, steal: float | None = 0.0, cores: int = 2) -> LoadReading:
+    return LoadReading(seconds=2.0, cores=cores, other_cores=other, steal_cores=steal, load_before=0.1,
+                       load_after=0.1, mhz=None, resolution_cores=0.02)
+
+
+def result(q: int, ms: float | list[float], other: float = 0.0, attempt: int = 1, **load) -> QuerySizeResult:
+    samples = [v / 1e3 for v in (ms if isinstance(ms, list) else [ms * (1 + 0.01 * (i % 5)) for i in range(200)])]
+    return QuerySizeResult(q, True, 0.001, 1, samples, summarize(samples, q), load=reading(other, **load),
+                           attempt=attempt)
+
+
+# --- intervals -------------------------------------------------------------------------------------------
+
+def test_order_statistic_ranks_match_the_published_table():
+    # The distribution-free 95 % interval of a median of 100 (e.g. Conover, Practical Nonparametric
+    # Statistics, table A3): the 40th and 61st smallest; of 20: the 6th and 15th.
+    assert order_statistic_ranks(100, 0.5) == (40, 61)
+    assert order_statistic_ranks(20, 0.5) == (6, 15)
+    # p99's upper side needs 367 samples (0.99^n <= 2.5 %); with fewer it is the largest sample.
+    assert order_statistic_ranks(366, 0.99)[1] == 366 and order_statistic_ranks(1000, 0.99)[1] < 1000
+
+
+@pytest.mark.parametrize("q, n", [(0.5, 40), (0.5, 400), (0.99, 1000)])
+def test_intervals_cover_the_true_quantile_about_95_percent_of_the_time(q, n):
+    rng = np.random.default_rng(7)
+    truth = -np.log(1 - q)  # the q-quantile of Exp(1)
+    hits = sum(low <= truth <= high for low, high in
+               (quantile_ci(sorted(rng.exponential(size=n)), q) for _ in range(2000)))
+    assert 0.93 <= hits / 2000 <= 0.99  # order-statistic intervals are exact or slightly conservative
+
+
+def test_summarize_records_the_intervals_beside_the_percentiles():
+    stats = summarize([i / 1000 for i in range(1, 101)], 1)
+    assert stats.p50_ci_low_ms == pytest.approx(40.0) and stats.p50_ci_high_ms == pytest.approx(61.0)
+    assert stats.p50_ci_low_ms <= stats.p50_ms <= stats.p50_ci_high_ms
+    assert stats.p99_ci_low_ms <= stats.p99_ms <= stats.p99_ci_high_ms == pytest.approx(100.0)
+
+
+def test_robust_cv_ignores_one_outlier_that_the_plain_cv_does_not():
+    # Measured on a quiet machine: one 27 ms call among 9,718 of 0.16 ms gave CV 1.41.
+    samples = sorted([0.16 * (1 + 0.02 * (i % 7)) for i in range(9717)] + [27.0])
+    assert summarize([s / 1e3 for s in samples], 1).cv > 1.0
+    assert robust_cv(samples) < 0.1
+
+
+# --- the rules -------------------------------------------------------------------------------------------
+
+def test_other_processes_on_the_runs_cores_flag_a_size():
+    judge = Judge(RULES, host_threads=2)
+    assert judge.size(result(64, 1.0, other=0.05)) == []
+    assert judge.size(result(64, 1.0, other=1.7)) == ["other processes used 1.70 cores"]
+
+
+def test_a_run_that_leaves_cores_spare_tolerates_their_use():
+    # One thread on two cores: another process may use the other core without disturbing the run.
+    assert Judge(RULES, host_threads=1).size(result(64, 1.0, other=0.9)) == []
+    assert "left 1 of 2 spare" in Judge(RULES, host_threads=1).size(result(64, 1.0, other=1.5))[0]
+
+
+def test_steal_and_dispersion_and_device_users_are_reasons_too():
+    judge = Judge(RULES, host_threads=2)
+    assert judge.size(result(8, 1.0, steal=0.5)) == ["the hypervisor stole 0.50 cores"]
+    spread = [1.0 + (i % 10) * 0.2 for i in range(200)]  # 1 to 2.8 ms: robust CV ~0.5
+    assert judge.size(result(8, spread))[0].startswith("robust CV")
+    busy_gpu = result(8, 1.0)
+    busy_gpu.extra["device_other_processes"] = 2.0
+    assert judge.size(busy_gpu) == ["2 other processes used the device"]
+
+
+def test_what_the_machine_does_not_report_is_not_a_reason():
+    assert Judge(RULES, host_threads=2).size(result(8, 1.0, other=None, steal=None)) == []
+    assert reading(None, None).unmeasurable() == ["other processes' CPU time (/proc/stat)",
+                                                  "steal time (/proc/stat)", "CPU frequency (cpufreq, /proc/cpuinfo)"]
+    assert "interference_other_cores" not in reading(None, None).metrics()  # never recorded as zero
+
+
+def test_a_smaller_size_slower_than_a_larger_one_flags_both():
+    judge = Judge(RULES, host_threads=2)
+    ladder = [result(64, 1.0), result(1024, 20.0), result(4096, 12.0)]  # 1024 slower than 4096
+    reasons = judge.ladder(ladder)
+    assert sorted(reasons) == [1024, 4096]
+    assert reasons[1024][0].startswith("q=1024 slower than q=4096")
+    # Within the intervals (equal latencies, as small sizes on a CPU often are) nothing is flagged.
+    assert judge.ladder([result(1, 0.30), result(8, 0.30)]) == {}
+
+
+def test_a_size_above_the_roof_rechecks_the_peak_once_then_flags_it():
+    calls = []
+    ceiling = Ceiling(lambda q: 2e9 * q, 100.0, "gemm_gflops", 0.05, recheck=lambda: calls.append(1) or 120.0)
+    judge = Judge(RULES, host_threads=2, ceiling=ceiling)
+    # 2 GFLOP a sample at 8 samples in 100 ms: 160 GFLOP/s, above 100 and above the rechecked 120.
+    assert "above the measured gemm peak 120" in judge.size(result(8, 100.0))[0]
+    assert calls == [1] and ceiling.rechecked == (100.0, 120.0)
+    judge.size(result(8, 100.0))
+    assert calls == [1]  # once per run
+    # A recheck that finds the real peak higher clears the size.
+    fine = Ceiling(lambda q: 2e9 * q, 100.0, "gemm_gflops", 0.05, recheck=lambda: 400.0)
+    assert Judge(RULES, 2, fine).size(result(8, 100.0)) == []
+
+
+# --- measured again, then flagged ------------------------------------------------------------------------
+
+class Ladder:
+    """A fake `measure(sizes, attempt)`: each size's latency, and interference planted per (size, attempt)."""
+
+    def __init__(self, ms: dict[int, float], busy: dict[tuple[int, int], float]) -> None:
+        self.ms, self.busy, self.calls = ms, busy, []
+
+    def __call__(self, sizes, attempt):
+        self.calls.append((list(sizes), attempt))
+        return [result(q, self.ms[q], other=self.busy.get((q, attempt), 0.0), attempt=attempt) for q in sizes]
+
+
+def test_interference_that_passes_is_measured_again_and_not_flagged():
+    fake = Ladder({1: 0.1, 64: 1.0, 4096: 40.0}, busy={(64, 1): 1.8})
+    ladder = measure_reliably(fake, [1, 64, 4096], Judge(RULES, 2), sleep=lambda s: None)
+    assert ladder.reasons == {}
+    assert fake.calls == [([1, 64, 4096], 1), ([64, 4096], 2)]  # with its neighbour, side by side
+    assert [r.attempt for r in ladder.results] == [1, 2, 2]
+    assert len(ladder.attempts[64]) == 2
+
+
+def test_interference_that_persists_is_flagged_after_the_bounded_retries():
+    fake = Ladder({1: 0.1, 64: 1.0, 4096: 40.0}, busy={(64, a): 1.8 for a in range(1, 10)})
+    pauses = []
+    ladder = measure_reliably(fake, [1, 64, 4096], Judge(RULES, 2), sleep=pauses.append)
+    assert ladder.reasons == {64: ["other processes used 1.80 cores"]}
+    assert len(fake.calls) == 1 + RULES.retries and len(pauses) == RULES.retries
+    assert not ladder.reliable(64) and ladder.reliable(4096)
+    assert trust.describe(ladder.reasons) == "q=64: other processes used 1.80 cores"
+
+
+def test_the_neighbour_of_the_largest_size_is_the_next_smaller():
+    assert neighbours([4096], [1, 64, 4096]) == [64, 4096]
+    assert neighbours([1, 4096], [1, 64, 4096]) == [1, 64, 4096]
+
+
+def test_a_planted_probe_reports_the_planted_cores_and_a_real_one_reads_this_machine():
+    probe = PlantedProbe(1.5)
+    probe.start()
+    assert probe.stop().other_cores == 1.5
+    real = LoadProbe()
+    real.start()
+    got = real.stop()
+    assert got.cores == len(run_cores())
+    assert (got.other_cores is None) == (cpu_ticks(run_cores()) is None)
+
+
+# --- peaks that are checked ------------------------------------------------------------------------------
+
+class PeakAdapter:
+    """Peak kernels that do nothing: the values are whatever the (fast) loop times; the load is planted."""
+
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
+
+    def run_params(self):
+        return {"num_threads": 2}
+
+    def peak_kernels(self, scale):
+        return {"gemm": (lambda: None, 1e9, "flops"), "copy": (lambda: None, 1e9, "bytes")}
+
+    def synchronize(self, out):
+        return None
+
+
+class Device:
+    def __init__(self, name: str = "fake cpu") -> None:
+        self.backend, self.name, self.framework, self.framework_version = "cpu", name, "torch", "0"
+
+
+def test_the_peak_cache_refuses_a_loaded_measurement(tmp_path, monkeypatch):
+    judge = Judge(RULES, host_threads=2)
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(1.8))
+    loaded = pk.device_peaks(PeakAdapter(), Device(), tmp_path, 1.0, judge.load_reasons)
+    assert loaded.values and not loaded.reliable and "other processes used 1.80 cores" in loaded.unreliable[0]
+    assert pk.read_cache(tmp_path) == {}  # used by its run, never cached
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    quiet = pk.device_peaks(PeakAdapter(), Device(), tmp_path, 1.0, judge.load_reasons)
+    assert quiet.reliable and not quiet.cached
+    [entry] = pk.read_cache(tmp_path).values()
+    assert entry["load"]["other_cores"] == 0.0 and "torch" in entry["libraries"] and entry["measured_at"]
+    again = pk.device_peaks(PeakAdapter(), Device(), tmp_path, 1.0, judge.load_reasons)
+    assert again.cached and again.values == quiet.values
+
+
+def test_a_rechecked_peak_replaces_the_cached_one_only_when_quiet(tmp_path, monkeypatch):
+    judge = Judge(RULES, host_threads=2)
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    pk.device_peaks(PeakAdapter(), Device(), tmp_path, 1.0, judge.load_reasons)
+    key = next(iter(pk.read_cache(tmp_path)))
+    cache = json.loads((tmp_path / pk.CACHE_FILE).read_text())
+    cache[key]["peaks"]["gemm_gflops"] = 1e-9  # as if cached under load by an older version
+    (tmp_path / pk.CACHE_FILE).write_text(json.dumps(cache))
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(1.8))
+    value, reasons = pk.remeasure_peak(PeakAdapter(), Device(), tmp_path, 1.0, "gemm_gflops", judge.load_reasons)
+    assert value > 1e-9 and reasons and pk.read_cache(tmp_path)[key]["peaks"]["gemm_gflops"] == 1e-9
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    value, reasons = pk.remeasure_peak(PeakAdapter(), Device(), tmp_path, 1.0, "gemm_gflops", judge.load_reasons)
+    assert not reasons and pk.read_cache(tmp_path)[key]["peaks"]["gemm_gflops"] == value
+
+
+def test_parallel_jobs_keep_each_others_cache_entries(tmp_path, monkeypatch):
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    judge = Judge(RULES, host_threads=2)
+    jobs = [threading.Thread(target=pk.device_peaks, args=(PeakAdapter(), Device(f"cpu {i}"), tmp_path, 1.0,
+                                                          judge.load_reasons)) for i in range(8)]
+    for job in jobs:
+        job.start()
+    for job in jobs:
+        job.join()
+    assert len(pk.read_cache(tmp_path)) == 8
