@@ -38,7 +38,11 @@ def machine_limits(size_scale: float) -> dict:
 
     adapter = CpuBackend(load_config(compose(["+backend=cpu"])).backend)
     adapter.prepare(torch.nn.Identity(), None)
-    return measure_peaks(adapter, size_scale)
+    peaks, load = measure_peaks(adapter, size_scale)
+    if load.other_cores is not None and load.other_cores > 0.1 + load.resolution_cores:
+        print(f"warning: other processes used {load.other_cores:.2f} cores while the limits were measured: "
+              "the fractions below are of a roof that is too low; measure again on a quiet machine")
+    return {**peaks, "other_cores_while_measured": load.other_cores}
 
 
 def table_lookups(scale: float, sizes: list[int], limits: dict, reps: int, block_s: float) -> dict:

@@ -63,7 +63,7 @@ def test_the_first_run_says_what_was_timed_and_where_it_went_and_a_rerun_shows_i
     first = run_harness(*SMOKE, store_uri=store).stdout.splitlines()
     assert first[0].startswith("timed: inference of DLRM (synthetic_kaggle, scale 0.0001: 26 embedding features")
     assert "a sample is one user-item pair (13 dense features, one id per feature)" in first[0]
-    assert any(line.startswith("n: timed calls; CV: their standard deviation / mean") for line in first)
+    assert any(line.startswith("n: timed calls; ± CI: half-width of p50's 95 % interval") for line in first)
     [run] = _runs(store)
     [look] = [line for line in first if "look at it:" in line]
     assert look.strip() == f"look at it: mlflow ui --backend-store-uri {store}"  # whole, not wrapped
@@ -76,8 +76,15 @@ def test_the_first_run_says_what_was_timed_and_where_it_went_and_a_rerun_shows_i
     again = run_harness(*SMOKE, store_uri=store)
     said = (again.stdout + again.stderr).count("skipped table@cpu")
     assert said == 1 and again.stdout.startswith(f"skipped table@cpu: already measured in run {run.info.run_id}")
-    table = [line for line in first if line.startswith("│")]
-    assert table and table == [line for line in again.stdout.splitlines() if line.startswith("│")]  # the same figures
+    table = _table_rows(first)
+    assert len(table) == 2 and table == _table_rows(again.stdout.splitlines())  # the same figures
+
+
+def _table_rows(lines: list[str]) -> list[str]:
+    """The rows of the summary's table: the lines between its rule and the blank line after it."""
+    start = next(i for i, line in enumerate(lines) if "────" in line) + 1
+    end = next(i for i in range(start, len(lines)) if not lines[i].strip())
+    return lines[start:end]
 
 
 def test_a_smoke_run_lands_in_its_own_experiment(run_harness, store):
