@@ -61,14 +61,16 @@ def test_a_batched_call_takes_the_profiles_time_at_its_summed_size():
 
 
 class SlowAdapter:
-    """Serves a call in 20 ms whatever its size, recording each call's size."""
+    """Its first call lasts until the test opens the gate (so every query queues behind it, however slow
+    the machine); it records each call's size."""
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
+        self.gate = threading.Event()
 
     def serve(self, batch):
         self.sizes.append(batch.dense.shape[0])
-        time.sleep(0.02)
+        self.gate.wait(timeout=30)
 
 
 @pytest.mark.parametrize("batching, most", [(None, 1), (Batching(64), 3)])
@@ -85,6 +87,7 @@ def test_the_live_worker_coalesces_queued_queries_for_one_path(batching, most):
     path = LivePath(GPU, adapter)
     for i in range(7):  # all queued while the first call runs
         worker.submit(path, Batch(torch.zeros(20, 13), torch.zeros(20, 26, 1)), i, 0.001)
+    adapter.gate.set()
     deadline = time.time() + 10
     while len(done) < 7 and time.time() < deadline:
         time.sleep(0.01)

@@ -112,7 +112,8 @@ def test_a_call_gives_up_within_retry_s_naming_the_bound_and_no_password(tmp_pat
     began = time.monotonic()
     with pytest.raises(TrackingUnavailable, match=r"tracking\.retry_s") as raised:
         client.get_run("abc")
-    assert 0.5 <= time.monotonic() - began < 2.0  # the bound, not MLflow's 4 minutes
+    # The bound, not MLflow's 4 minutes: an upper limit a loaded machine cannot break (40x the bound).
+    assert 0.5 <= time.monotonic() - began < 20.0
     assert flaky.calls > 2 and "s3cret" not in str(raised.value) and "mlflow.lan" in str(raised.value)
     assert json.loads((tmp_path / "calls.jsonl").read_text())["ok"] is False
 

@@ -183,15 +183,22 @@ def _print_summary(p: Plan, device: str, rows: list[SizeRow], run_id: str, store
 
 
 def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:
-    """One row per job of a sweep (stderr): status, path, overrides, run, error."""
+    """One row per job of a sweep (stderr): status, path, the query sizes it flagged unreliable, overrides,
+    run, error; and one line when any job has flagged sizes."""
     title = f"sweep: {counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed"
     if counts.get("unavailable"):
         title += f", {counts['unavailable']} could not run here (backend, or its precision, not available)"
     table = Table(title=title, title_justify="left")
-    for column in ("status", "path", "overrides", "run", "error"):
+    for column in ("status", "path", "unreliable at", "overrides", "run", "error"):
         table.add_column(column)
     style = {"finished": "green", "skipped": "blue", "failed": "red", "unavailable": "yellow"}
     for s in statuses:
-        table.add_row(s["status"], s.get("path", ""), " ".join(s.get("overrides", [])), s.get("run_id") or "",
-                      (s.get("error") or "")[:120], style=style.get(s["status"]))
-    Console(stderr=True, width=200).print(table)
+        table.add_row(s["status"], s.get("path", ""), s.get("unreliable") or "", " ".join(s.get("overrides", [])),
+                      s.get("run_id") or "", (s.get("error") or "")[:120], style=style.get(s["status"]))
+    console = Console(stderr=True, width=200)
+    console.print(table)
+    shaky = [s for s in statuses if s.get("unreliable")]
+    if shaky:
+        console.print(f"unreliable: {len(shaky)} of {len(statuses)} jobs have query sizes that broke a stability "
+                      "rule after measuring them again (their runs' tag `unreliable` says why; the analysis hatches "
+                      "them): python -m harness.doctor shows what else is using this machine", highlight=False)

@@ -30,6 +30,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
 from harness.app.console import ladder_progress, print_path_summary, print_recorded_summary
+from harness.core import trust
 from harness.core.errors import BackendUnavailable, could_not_run_here
 from harness.core.schema import container as plain_config
 from harness.pipeline.plan import Plan, plan
@@ -161,7 +162,13 @@ def _run(p: Plan, container: dict, multirun: bool) -> dict[str, Any]:
         if not multirun:
             raise
         return {"status": "failed", "run_id": run_id, "error": f"{type(exc).__name__}: {exc}"}
-    return {"status": "finished", "run_id": run_id}
+    return _finished(store, run_id)
+
+
+def _finished(store: Store, run_id: str) -> dict[str, Any]:
+    """A finished job's status, with the query sizes its run still flagged unreliable (the sweep's table)."""
+    flagged = trust.parse(store.get(run_id).data.tags.get(trust.TAG))
+    return {"status": "finished", "run_id": run_id, "unreliable": ",".join(map(str, sorted(flagged)))}
 
 
 def _run_isolated(p: Plan, container: dict, store: Store) -> dict[str, Any]:
@@ -189,7 +196,7 @@ def _run_isolated(p: Plan, container: dict, store: Store) -> dict[str, Any]:
 
     status = store.status(run_id)
     if child.returncode == 0 and status == "FINISHED":
-        return {"status": "finished", "run_id": run_id}
+        return _finished(store, run_id)
     if timed_out:
         reason = f"timed out: the work ran longer than job_timeout_s={p.run.job_timeout_s:g} s and was killed"
     elif child.returncode is not None and child.returncode < 0:
