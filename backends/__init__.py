@@ -81,7 +81,10 @@ def typed_config(node: dict) -> BackendConfig:
 def default_config(name: str) -> dict:
     """The YAML defaults of backend `name` (conf/backend/<name>.yaml)."""
     path = config_dir() / "backend" / f"{name}.yaml"
-    return OmegaConf.to_container(OmegaConf.load(path)) if path.is_file() else {"name": name}
+    if not path.is_file():
+        return {"name": name}
+    node = OmegaConf.to_container(OmegaConf.load(path))
+    return node if isinstance(node, dict) else {"name": name}
 
 
 def resolve_auto(config: BackendConfig, name: str) -> BackendConfig:

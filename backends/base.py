@@ -113,6 +113,12 @@ class Backend(ABC):
             raise BackendUnavailable(f"backend {self.name!r} does not run precision={precision}: it runs "
                                      f"{', '.join(self.precisions)}")
 
+    def process_settings(self, precision: str) -> dict[str, Any]:
+        """The process-wide state `use_precision` and `prepare` will set for a path in `precision` (torch's
+        thread counts, CUDA's TF32 switch), declared before either runs: paths served side by side in one
+        process must agree on it, since the last one prepared sets it for all (live serving checks)."""
+        return {}
+
     def use_precision(self, precision: str) -> None:
         """Device-wide settings the compute precision needs, before `prepare` (CUDA: TF32 matmuls on or
         off). The model's dtypes are set by the workload (harness/workload/precision.py), not here."""

@@ -44,6 +44,7 @@ class CpuConfig(TorchConfig):
 class CpuBackend(TorchBackend):
     name = "cpu"
     config_class = CpuConfig
+    config: CpuConfig  # the adapter's own section, typed by config_class (backends/__init__.py)
     install_hint = "Install torch: pip install torch"
     device = "cpu"
     # bf16 and fp16 where torch has CPU kernels (native with avx512_bf16/AMX or avx512_fp16/AMX-FP16,
@@ -67,6 +68,11 @@ class CpuBackend(TorchBackend):
             details={"physical_cores": physical_cores(), "numeric_flags": ",".join(numeric_flags()),
                      "bf16": native_cpu_dtype("bf16"), "fp16": native_cpu_dtype("fp16")},
         )
+
+    def process_settings(self, precision: str) -> dict[str, Any]:
+        default = "torch's default"
+        return {"torch intra-op threads": self.config.num_threads or default,
+                "torch inter-op threads": self.config.interop_threads or default}
 
     def prepare(self, model, example) -> None:
         import torch

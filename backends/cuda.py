@@ -50,6 +50,7 @@ class CudaConfig(TorchConfig):
 class CudaBackend(TorchBackend):
     name = "cuda"
     config_class = CudaConfig
+    config: CudaConfig  # the adapter's own section, typed by config_class (backends/__init__.py)
     install_hint = "Install a CUDA build of torch (pip install torch) on a machine with an NVIDIA GPU."
     precisions = ("fp32", "bf16", "fp16", "tf32")
 
@@ -92,6 +93,9 @@ class CudaBackend(TorchBackend):
         # torch's quantized embedding-bag kernels (int8 table rows) are CPU-only: int8 rows are gathered
         # and dequantized by plain tensor ops here.
         return DeviceCapabilities(launch_bound=True, quantized_bag=False)
+
+    def process_settings(self, precision: str) -> dict[str, Any]:
+        return {"CUDA TF32 matmuls": precision == "tf32"}
 
     def use_precision(self, precision: str) -> None:
         import torch
@@ -170,6 +174,8 @@ class CudaBackend(TorchBackend):
         torch.cuda.synchronize(self.config.device_index)
 
     def device_time_s(self) -> float | None:
+        if self._events is None:  # before prepare: nothing timed
+            return None
         start, end = self._events
         return start.elapsed_time(end) / 1e3  # ms -> s; valid after synchronize
 

@@ -46,7 +46,8 @@ class IpuConfig(BackendConfig):
             if getattr(self, key) < 1:
                 raise ConfigError(key, f"must be >= 1, got {getattr(self, key)}")
         if self.offload_min_elements is not None and self.offload_min_elements < 1:
-            raise ConfigError("offload_min_elements", f"must be >= 1 or null, got {self.offload_min_elements}")
+            raise ConfigError("offload_min_elements",
+                              f"must be >= 1 or null, got {self.offload_min_elements}")
 
 
 def build_options(poptorch, config: IpuConfig):
@@ -75,6 +76,7 @@ def int32_ids(ids):
 class IpuBackend(Backend):
     name = "ipu"
     config_class = IpuConfig
+    config: IpuConfig  # the adapter's own section, typed by config_class (backends/__init__.py)
     install_hint = ""  # INSTALL says it all
     nominal_memory_bytes = GC200_MEMORY_BYTES
     precisions = ("fp32", "fp16")  # poptorch runs a model cast to half natively; no bf16 on IPUs

@@ -29,6 +29,8 @@ class TorchConfig(BackendConfig):
 class TorchBackend(Backend):
     """A torch device given by `device`; subclasses add synchronization and device specifics."""
 
+    config: TorchConfig
+
     device: str = "cpu"
 
     def __init__(self, config: TorchConfig) -> None:
@@ -55,8 +57,11 @@ class TorchBackend(Backend):
         if not self.config.compile:
             return "eager"
         # reduce-overhead replays CUDA graphs of the compiled model (on CUDA; elsewhere it is a compile)
-        return "compiled+graphs" if self.config.compile_mode == "reduce-overhead" and str(self.device).startswith(
-            "cuda") else "compiled"
+        return (
+            "compiled+graphs"
+            if self.config.compile_mode == "reduce-overhead" and str(self.device).startswith("cuda")
+            else "compiled"
+        )
 
     def place(self, batch):
         return type(batch)(*(t.to(self.device) for t in batch))
@@ -71,7 +76,8 @@ class TorchBackend(Backend):
         return {"compile_s": self.compile_s} if self.compile_s is not None else {}
 
     def peak_kernels(self, size_scale: float = 1.0) -> dict[str, tuple]:
-        return torch_peak_kernels(self.device, self.device_info().memory_bytes, size_scale, self.peak_precisions())
+        return torch_peak_kernels(self.device, self.device_info().memory_bytes, size_scale,
+                                  self.peak_precisions())
 
     def peak_precisions(self) -> tuple[str, ...]:
         """The compute precisions whose GEMM peak is measured: all this adapter runs."""

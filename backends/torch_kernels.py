@@ -6,6 +6,7 @@ harness times them with its own loop and the adapter's synchronize (harness/pipe
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 Kernel = tuple[Callable[[], object], float, str]  # (launch, work per call, unit: "bytes" | "flops")
@@ -61,8 +62,8 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0,
         if precision in precisions:
             a16, b16 = a.to(dtype), b.to(dtype)
             c16 = torch.empty_like(a16)
-            kernels[f"gemm_{precision}"] = (lambda a16=a16, b16=b16, c16=c16: torch.mm(a16, b16, out=c16),
-                                            2.0 * side**3, "flops")
+            kernels[f"gemm_{precision}"] = (functools.partial(torch.mm, a16, b16, out=c16), 2.0 * side**3,
+                                            "flops")
     if "tf32" in precisions and device.startswith("cuda"):
         kernels["gemm_tf32"] = (lambda: _tf32_mm(a, b, c), 2.0 * side**3, "flops")
     return kernels

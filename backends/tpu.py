@@ -14,6 +14,7 @@ lowering grows with the batch), and on a real TPU (no float64) DHE hashes with 3
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from importlib import metadata
@@ -57,6 +58,7 @@ def fallback_counts(met) -> dict[str, int]:
 class TpuBackend(TorchBackend):
     name = "tpu"
     config_class = TpuConfig
+    config: TpuConfig  # the adapter's own section, typed by config_class (backends/__init__.py)
     precisions = ("fp32", "bf16")  # bf16 is the TPU's native matmul type; no fp16 or TF32 there
     install_hint = ""
     nominal_memory_bytes = TPU_V3_CORE_BYTES
@@ -76,11 +78,15 @@ class TpuBackend(TorchBackend):
             device = torch_xla.device()
             hw = xm.xla_device_hw(device)
         except Exception as exc:  # noqa: BLE001 - e.g. no PJRT_DEVICE and no TPU
-            return False, f"torch_xla finds no device ({exc}); on a TPU VM it needs none, elsewhere PJRT_DEVICE=CPU"
+            return (
+                False,
+                f"torch_xla finds no device ({exc}); on a TPU VM it needs none, elsewhere PJRT_DEVICE=CPU",
+            )
         return True, f"torch_xla on {hw} (PJRT_DEVICE={os.environ.get('PJRT_DEVICE', 'unset')})"
 
-    @property
-    def device(self):  # type: ignore[override]
+    @functools.cached_property
+    def device(self):
+        """The XLA device, looked up once (at `prepare`), never again inside a timed call's `to_device`."""
         torch_xla, _, _ = _xla()
         return torch_xla.device()
 
@@ -141,8 +147,8 @@ class TpuBackend(TorchBackend):
         if steady and self.config.fail_on_recompile:
             raise RuntimeError(f"XLA recompiled {steady} times in the measured phase: shapes are not static")
         fallbacks = fallback_counts(met)
-        return {"xla_compiles": float(now - self._counts.get("start", now)), "xla_steady_compiles": float(steady),
-                "xla_fallback_ops": float(sum(fallbacks.values()))}
+        return {"xla_compiles": float(now - self._counts.get("start", now)),
+                "xla_steady_compiles": float(steady), "xla_fallback_ops": float(sum(fallbacks.values()))}
 
     def fallbacks(self) -> dict[str, int]:
         _, _, met = _xla()

@@ -36,11 +36,10 @@ def _ratio(value: float, target: str | None = None, note: str = "") -> Ratio:
 
 def _table_path(f: dict) -> dict[str, Ratio]:
     p = f["path_vs_bare"]
-    return {
-        "table_path.harness_over_bare": _ratio(p["harness_over_bare"], ">= 0.8", "samples/s, same weights and ids"),
-        "table_path.loop_overhead_us": _ratio(p["loop_overhead_us"], None, "per iteration, empty model"),
-        "table_path.overhead_fraction_of_q1": _ratio(p["overhead_fraction_of_q1"], "< 0.02"),
-    }
+    return {"table_path.harness_over_bare": _ratio(p["harness_over_bare"], ">= 0.8",
+                                                   "samples/s, same weights and ids"),
+            "table_path.loop_overhead_us": _ratio(p["loop_overhead_us"], None, "per iteration, empty model"),
+            "table_path.overhead_fraction_of_q1": _ratio(p["overhead_fraction_of_q1"], "< 0.02")}
 
 
 def _torchrec(f: dict) -> dict[str, Ratio]:
@@ -76,15 +75,16 @@ def _limits(f: dict) -> dict[str, Ratio]:
 
 
 def _representations(f: dict) -> dict[str, Ratio]:
-    out = {f"representations.dhe.q{q}.loop_over_bmm": _ratio(r["loop_over_bmm"], None, "batched vs looped decoders")
+    out = {f"representations.dhe.q{q}.loop_over_bmm": _ratio(r["loop_over_bmm"], None,
+                                                             "batched vs looped decoders")
            for q, r in f["dhe_decoders"].items()}
     out["representations.tt.dense_over_tt"] = _ratio(f["tt_vs_dense"]["dense_over_tt"], ">= 1.0")
     return out
 
 
 def _dhe_cache(f: dict) -> dict[str, Ratio]:
-    return {f"dhe_cache.zipf{r['zipf_exponent']}.rows{r['cache_rows_per_table']}.q{r['query_size']}.speedup": _ratio(r["speedup"])
-            for r in f["rows"]}
+    key = "dhe_cache.zipf{zipf_exponent}.rows{cache_rows_per_table}.q{query_size}.speedup"
+    return {key.format(**r): _ratio(r["speedup"]) for r in f["rows"]}
 
 
 def _criteo_reader(f: dict) -> dict[str, Ratio]:
@@ -111,13 +111,13 @@ def _precision(f: dict) -> dict[str, Ratio]:
                 target = ">= 2.5" if (rep, label) == ("table", "bf16") else None
                 out[f"precision.{rep}.q{largest}.{label}_speedup"] = _ratio(row["fp32_over_this"], target,
                                                                            "whole DLRM, fp32 p50 / this p50")
-    out["precision.table.int8_lookup_speedup"] = _ratio(f["lookups"]["table_lookup"]["fp32_over_int8"], ">= 1.0",
-                                                         "lookup alone, largest size")
+    out["precision.table.int8_lookup_speedup"] = _ratio(f["lookups"]["table_lookup"]["fp32_over_int8"],
+                                                        ">= 1.0", "lookup alone, largest size")
     for key, row in f["lookups"].items():
         if key.startswith("dhe_q"):
             big = int(key[5:]) >= 1024
-            out[f"precision.{key}.whole_bf16_speedup"] = _ratio(row["whole_fp32_over_bf16"], ">= 2.5" if big else None,
-                                                                "hashing included")
+            out[f"precision.{key}.whole_bf16_speedup"] = _ratio(row["whole_fp32_over_bf16"],
+                                                                ">= 2.5" if big else None, "hashing included")
             out[f"precision.{key}.decoders_fraction_of_bf16_gemm"] = _ratio(
                 row["decoder_fraction_of_gemm_peak"]["bf16"], ">= 0.6" if big else None)
     out["precision.table.int8_param_bytes_over_fp32"] = _ratio(f["param_bytes"]["int8_over_fp32"], "< 0.3",
@@ -125,8 +125,9 @@ def _precision(f: dict) -> dict[str, Ratio]:
     for rep, rows in f.get("accuracy", {}).items():
         for label, row in rows.items():
             if label != "fp32":
-                out[f"precision.{rep}.{label}_accuracy_delta_pt"] = _ratio(abs(100 * row["accuracy_delta"]) or 1e-9,
-                                                                           "< 0.1", "|points|")
+                out[f"precision.{rep}.{label}_accuracy_delta_pt"] = _ratio(
+                    abs(100 * row["accuracy_delta"]) or 1e-9, "< 0.1", "|points|"
+                )
     return out
 
 
@@ -154,7 +155,8 @@ def collect(names: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tiny", action="store_true")
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated: " + ",".join(BENCHMARKS))
+    parser.add_argument("--only", default=",".join(BENCHMARKS),
+                        help="comma-separated: " + ",".join(BENCHMARKS))
     parser.add_argument("--collect", action="store_true", help="run nothing; gather the existing reports")
     args = parser.parse_args(argv)
     names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -177,7 +179,10 @@ def main(argv: list[str] | None = None) -> dict:
         met = {True: "yes", False: "NO", None: ""}[r["meets"]]
         print(f"{key:<58} {r['value']:>12.4g}  {r['target'] or '':<10}  {met}")
     missed = [k for k, r in result["ratios"].items() if r["meets"] is False]
-    print(f"\n{len(result['ratios'])} figures, {len(missed)} below target" + (f": {', '.join(missed)}" if missed else ""))
+    print(
+        f"\n{len(result['ratios'])} figures, {len(missed)} below target"
+        + (f": {', '.join(missed)}" if missed else "")
+    )
     print(f"written: {path}")
     return result
 

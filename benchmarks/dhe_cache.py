@@ -33,13 +33,15 @@ def main(argv: list[str] | None = None) -> dict:
     exponents, cache_rows, sizes = (0.8, 1.05, 1.2), (4096, 65536), (64, 1024, 4096)
     k, hidden, block_s = 1024, 128, 0.3
     if args.tiny:
-        exponents, cache_rows, sizes, k, hidden, block_s, args.scale = (1.05,), (64,), (64,), 16, 8, 0.01, 0.001
+        exponents, cache_rows, sizes, k, hidden, block_s, args.scale = ((1.05,), (64,), (64,), 16, 8, 0.01,
+                                                                        0.001)
     spec = WorkloadSpec.from_shape("kaggle", args.scale)
     cache_off = dhe.CacheConfig(rows=0, bytes=None, sample_rows=1)
     params = dhe.Config(k=k, decoder=[k, hidden], m=1_000_000, encoding="uniform", activation="none",
                         batch_norm=False, seed=0, cache=cache_off)
     torch.manual_seed(0)
-    module = DeepHashEmbedding(range(spec.num_tables), params, spec.embedding_dim).eval().requires_grad_(False)
+    module = (DeepHashEmbedding(range(spec.num_tables), params,
+                                spec.embedding_dim).eval().requires_grad_(False))
     figures = []
     for exponent in exponents:
         generator = SyntheticCriteo(spec.table_rows, zipf_exponent=exponent, seed=0)
@@ -49,25 +51,27 @@ def main(argv: list[str] | None = None) -> dict:
             for q in sizes:
                 pool = [torch.from_numpy(generator.batch(i, q)[1]) for i in range(4)]
 
-                def run(enabled):
-                    def call(i):
+                def run(enabled, pool=pool):
+                    def call(step, pool=pool):
                         module.cache_enabled = enabled
-                        module(pool[i % len(pool)])
+                        module(pool[step % len(pool)])
                     return call
 
                 t = interleaved({"cached": run(True), "uncached": run(False)}, args.repetitions, block_s,
                                 min_iters=2, warmup=1)
                 module.cache_enabled = True
-                figures.append({
-                    "zipf_exponent": exponent, "cache_rows_per_table": rows, "cache_bytes": cache.nbytes,
-                    "query_size": q, "hit_rate": float(np.mean([cache.hit_rate(ids) for ids in pool])),
-                    "cached_ms": t["cached"]["median_s"] * 1e3, "uncached_ms": t["uncached"]["median_s"] * 1e3,
-                    "speedup": t["uncached"]["median_s"] / t["cached"]["median_s"],
-                })
+                figures.append({"zipf_exponent": exponent, "cache_rows_per_table": rows,
+                                "cache_bytes": cache.nbytes, "query_size": q,
+                                "hit_rate": float(np.mean([cache.hit_rate(ids) for ids in pool])),
+                                "cached_ms": t["cached"]["median_s"] * 1e3,
+                                "uncached_ms": t["uncached"]["median_s"] * 1e3,
+                                "speedup": t["uncached"]["median_s"] / t["cached"]["median_s"]})
                 f = figures[-1]
-                print(f"zipf {exponent:<4} cache {rows:>6}/table ({f['cache_bytes'] / 1e6:6.1f} MB) q={q:>5}: "
-                      f"hit rate {f['hit_rate']:.3f}  dhe {f['uncached_ms']:8.2f} ms  dhe+cache "
-                      f"{f['cached_ms']:8.2f} ms  speedup {f['speedup']:5.2f}x")
+                print(
+                    f"zipf {exponent:<4} cache {rows:>6}/table ({f['cache_bytes'] / 1e6:6.1f} MB) q={q:>5}: "
+                    f"hit rate {f['hit_rate']:.3f}  dhe {f['uncached_ms']:8.2f} ms  dhe+cache "
+                    f"{f['cached_ms']:8.2f} ms  speedup {f['speedup']:5.2f}x"
+                )
     print(f"written: {write_report('dhe_cache', {'rows': figures})}")
     return {"rows": figures}
 

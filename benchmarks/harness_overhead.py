@@ -28,17 +28,21 @@ from benchmarks.common import write_report
 def _run(args: list[str], workdir: Path, store: str, timeout: float) -> float:
     env = {**os.environ, "MLFLOW_TRACKING_URI": store, "TF_CPP_MIN_LOG_LEVEL": "3"}
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "harness", *args, f"tracking.results_dir={workdir / 'results'}"],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "-m", "harness", *args,
+                           f"tracking.results_dir={workdir / 'results'}"], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=timeout)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise RuntimeError(f"python -m harness {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"python -m harness {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+        )
     return seconds
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="the smoke experiment instead of the default scale")
+    parser.add_argument("--tiny", action="store_true",
+                        help="the smoke experiment instead of the default scale")
     parser.add_argument("--dry-runs", type=int, default=5)
     args = parser.parse_args(argv)
     sweep = ["-m", "representation=table,tt,dhe,hybrid"]
@@ -55,9 +59,11 @@ def main(argv: list[str] | None = None) -> dict:
 
         client = MlflowClient(store)
         experiment = client.get_experiment_by_name(experiment_name)
-        jobs = {r.data.tags.get("mlflow.runName", r.info.run_id): (r.info.end_time - r.info.start_time) / 1e3
-                for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mprec.kind") == "latency"
-                and r.info.end_time}
+        jobs = {
+            r.data.tags.get("mlflow.runName", r.info.run_id): (r.info.end_time - r.info.start_time) / 1e3
+            for r in client.search_runs([experiment.experiment_id])
+            if r.data.tags.get("mprec.kind") == "latency" and r.info.end_time
+        }
     figures = {
         "dry_run_s": statistics.median(dry), "dry_run_samples_s": dry,
         "sweep_command": "python -m harness " + " ".join(sweep), "sweep_s": sweep_s, "sweep_job_s": jobs,

@@ -52,8 +52,9 @@ def table_lookups(scale: float, sizes: list[int], limits: dict, reps: int, block
     out = {}
     for q in sizes:
         pool = [torch.stack([torch.randint(0, r, (q, 1)) for r in rows], dim=1) for _ in range(4)]
-        t = interleaved({"lookup": lambda i: module(pool[i % 4])}, reps, block_s)["lookup"]
-        moved = 2.0 * q * len(rows) * 16 * FP32  # rows read + pooled rows written, as the gather kernel counts
+        t = interleaved({"lookup": lambda i, pool=pool: module(pool[i % 4])}, reps, block_s)["lookup"]
+        # rows read + pooled rows written, as the gather kernel counts
+        moved = (2.0 * q * len(rows) * 16 * FP32)
         gbps = moved / t["median_s"] / 1e9
         out[q] = {"ms": t["median_s"] * 1e3, "gbps": gbps, "fraction_of_gather": gbps / limits["gather_gbps"],
                   "fraction_of_gather64": gbps / limits["gather64_gbps"], "blocks_s": t["blocks_s"]}
@@ -66,13 +67,14 @@ def dhe_lookups(tables: int, sizes: list[int], gemm_gflops: float, reps: int, bl
     for q in sizes:
         ids = torch.randint(0, 10_000_000, (q, tables, 1))
         codes = module.encode(ids)
-        t = interleaved({"decoders": lambda i: module.decode(codes), "lookup": lambda i: module(ids)},
-                        reps, block_s, min_iters=3)
+        t = interleaved({"decoders": lambda i, codes=codes: module.decode(codes),
+                         "lookup": lambda i, ids=ids: module(ids)}, reps, block_s, min_iters=3)
         flops = flops_per_lookup * q * tables
         decoders, lookup = flops / t["decoders"]["median_s"] / 1e9, flops / t["lookup"]["median_s"] / 1e9
         out[q] = {"decoders_ms": t["decoders"]["median_s"] * 1e3, "lookup_ms": t["lookup"]["median_s"] * 1e3,
                   "decoders_gflops": decoders, "lookup_gflops": lookup,
-                  "decoders_fraction_of_gemm": decoders / gemm_gflops, "lookup_fraction_of_gemm": lookup / gemm_gflops}
+                  "decoders_fraction_of_gemm": decoders / gemm_gflops,
+                  "lookup_fraction_of_gemm": lookup / gemm_gflops}
     return {"tables": tables, "flops_per_lookup": flops_per_lookup, "sizes": out}
 
 
@@ -97,12 +99,17 @@ def main(argv: list[str] | None = None) -> dict:
           f"{limits['gather64_gbps']:.2f} GB/s (64-B rows), copy {limits['copy_gbps']:.2f} GB/s, "
           f"GEMM {limits['gemm_gflops']:.1f} GFLOP/s")
     for q, row in figures["table"]["sizes"].items():
-        print(f"  table q={q:>5}: {row['ms']:.3f} ms, {row['gbps']:.2f} GB/s = {100 * row['fraction_of_gather']:.0f}% "
-              f"of the gather limit ({100 * row['fraction_of_gather64']:.0f}% of the 64-B-row gather)")
+        print(
+            f"  table q={q:>5}: {row['ms']:.3f} ms, {row['gbps']:.2f} GB/s = "
+            f"{100 * row['fraction_of_gather']:.0f}% of the gather limit "
+            f"({100 * row['fraction_of_gather64']:.0f}% of the 64-B-row gather)"
+        )
     for q, row in figures["dhe"]["sizes"].items():
-        print(f"  dhe   q={q:>5}: decoders {row['decoders_gflops']:.1f} GFLOP/s "
-              f"({100 * row['decoders_fraction_of_gemm']:.0f}% of GEMM); whole lookup {row['lookup_gflops']:.1f} "
-              f"({100 * row['lookup_fraction_of_gemm']:.0f}%)")
+        print(
+            f"  dhe   q={q:>5}: decoders {row['decoders_gflops']:.1f} GFLOP/s "
+            f"({100 * row['decoders_fraction_of_gemm']:.0f}% of GEMM); whole lookup "
+            f"{row['lookup_gflops']:.1f} ({100 * row['lookup_fraction_of_gemm']:.0f}%)"
+        )
     print(f"written: {write_report('limits', figures)}")
     return figures
 

@@ -46,7 +46,8 @@ VARIANTS = {  # representation -> [(label, precision, storage)]
 
 
 def _spec(representation: str, scale: float, precision: str = "fp32", storage: str | None = None, extra=()):
-    overrides = [f"representation={representation}", f"dataset.scale={scale}", f"precision={precision}", *extra]
+    overrides = [f"representation={representation}", f"dataset.scale={scale}", f"precision={precision}",
+                 *extra]
     if storage:
         overrides.append(f"representation.storage={storage}")
     run = load_config(compose(overrides))
@@ -70,7 +71,8 @@ def torch_cpu_capabilities():
 
 def _batch(spec, size: int, seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.stack([torch.randint(0, r, (size, spec.ids_per_lookup), generator=gen) for r in spec.table_rows], 1)
+    ids = torch.stack([torch.randint(0, r, (size, spec.ids_per_lookup),
+                                     generator=gen) for r in spec.table_rows], 1)
     return torch.rand(size, 13, generator=gen), ids
 
 
@@ -85,14 +87,20 @@ def latency(scale: float, sizes: tuple[int, ...], repetitions: int, block_s: flo
         for q in sizes:
             dense, ids = _batch(spec, q)
             with torch.inference_mode():
-                timed = interleaved({label: (lambda i, m=m: m(dense, ids)) for label, m in models.items()},
+                timed = interleaved({label: (lambda i, m=m, dense=dense, ids=ids: m(dense, ids))
+                                     for label, m in models.items()},
                                     repetitions=repetitions, block_s=block_s, min_iters=3, warmup=2)
             base = timed["fp32"]["median_s"]
             rows[q] = {label: {"p50_ms": t["median_s"] * 1e3, "fp32_over_this": base / t["median_s"]}
                        for label, t in timed.items()}
-            print(f"{representation:7s} q={q:5d} " + "  ".join(
-                f"{label} {r['p50_ms']:8.2f} ms ({r['fp32_over_this']:.2f}x)" for label, r in rows[q].items()),
-                flush=True)
+            print(
+                f"{representation:7s} q={q:5d} "
+                + "  ".join(
+                    f"{label} {r['p50_ms']:8.2f} ms ({r['fp32_over_this']:.2f}x)"
+                    for label, r in rows[q].items()
+                ),
+                flush=True,
+            )
         out[representation] = rows
         del model, models
     return out
@@ -113,7 +121,14 @@ def gemm_peaks(tiny: bool, repetitions: int, block_s: float) -> dict:
 
 def lookups(scale: float, repetitions: int, block_s: float, size: int, peaks: dict,
             dhe_sizes: tuple[int, ...] = (1024, 4096)) -> dict:
-    figures = {}
+    figures = {"table_lookup": table_lookup(scale, repetitions, block_s, size)}
+    for q in dhe_sizes:
+        figures[f"dhe_q{q}"] = dhe_lookup(scale, repetitions, block_s, q, peaks)
+    return figures
+
+
+def table_lookup(scale: float, repetitions: int, block_s: float, size: int) -> dict:
+    """fp32 rows against int8 rows, the lookup alone, side by side."""
     _, spec = _spec("table", scale)
     tables = build_model(spec, seed=0).sparse_arch.eval().requires_grad_(False)
     int8 = copy.deepcopy(tables, memo={id(tables.weight): tables.weight})
@@ -122,55 +137,56 @@ def lookups(scale: float, repetitions: int, block_s: float, size: int, peaks: di
     with torch.inference_mode():
         timed = interleaved({"fp32": lambda i, m=tables: m(ids), "int8": lambda i, m=int8: m(ids)},
                             repetitions, block_s, 3)
-    figures["table_lookup"] = {k: t["median_s"] * 1e3 for k, t in timed.items()}
-    figures["table_lookup"]["fp32_over_int8"] = timed["fp32"]["median_s"] / timed["int8"]["median_s"]
-    print(f"table lookup q={size}: fp32 {figures['table_lookup']['fp32']:.2f} ms, int8 "
-          f"{figures['table_lookup']['int8']:.2f} ms ({figures['table_lookup']['fp32_over_int8']:.2f}x)", flush=True)
-    del tables, int8
+    out = {k: t["median_s"] * 1e3 for k, t in timed.items()}
+    out["fp32_over_int8"] = timed["fp32"]["median_s"] / timed["int8"]["median_s"]
+    print(f"table lookup q={size}: fp32 {out['fp32']:.2f} ms, int8 {out['int8']:.2f} ms "
+          f"({out['fp32_over_int8']:.2f}x)", flush=True)
+    return out
+
+
+def dhe_lookup(scale: float, repetitions: int, block_s: float, q: int, peaks: dict) -> dict:
+    """DHE in fp32 against bf16 at query size q: the whole lookup, the decoders and the hash, side by side."""
+    from harness.workload.precision import cast_compute
+    from harness.workload.representations.dhe import dhe_cost
 
     _, spec = _spec("dhe", scale)
     dhe = build_model(spec, seed=0).sparse_arch.eval().requires_grad_(False)
     configure_for(dhe, torch_cpu_capabilities())
     dhe16 = copy.deepcopy(dhe)
-    from harness.workload.precision import cast_compute
-
     cast_compute(dhe16, torch.bfloat16)
-    from harness.workload.representations.dhe import dhe_cost
-
     flops = dhe_cost(spec.num_tables, spec.representation, spec.embedding_dim, 1).flops_per_sample
-    for q in dhe_sizes:
-        _, ids = _batch(spec, q)
-        with torch.inference_mode():
-            codes, codes16 = dhe.encode(ids), dhe16.encode(ids)  # each in its decoders' dtype, as a run has them
-            whole = interleaved({"fp32": lambda i: dhe(ids), "bf16": lambda i: dhe16(ids)}, repetitions, block_s, 3)
-            decoders = interleaved({"fp32": lambda i: dhe.decode(codes), "bf16": lambda i: dhe16.decode(codes16)},
-                                   repetitions, block_s, 3)
-            hashing = interleaved({"hash": lambda i: dhe.encode(ids), "hash_bf16": lambda i: dhe16.encode(ids)},
-                                  repetitions, block_s, 3)
-        row = {
-            "whole_ms": {k: t["median_s"] * 1e3 for k, t in whole.items()},
-            "decoders_ms": {k: t["median_s"] * 1e3 for k, t in decoders.items()},
-            "hash_ms": hashing["hash"]["median_s"] * 1e3,
-            "hash_bf16_ms": hashing["hash_bf16"]["median_s"] * 1e3,
-        }
-        row["whole_fp32_over_bf16"] = whole["fp32"]["median_s"] / whole["bf16"]["median_s"]
-        row["decoders_fp32_over_bf16"] = decoders["fp32"]["median_s"] / decoders["bf16"]["median_s"]
-        row["decoder_gflops"] = {k: flops * q / t["median_s"] / 1e9 for k, t in decoders.items()}
-        row["decoder_fraction_of_gemm_peak"] = {k: row["decoder_gflops"][k] / peaks[k] for k in ("fp32", "bf16")}
-        figures[f"dhe_q{q}"] = row
-        print(f"dhe q={q}: whole fp32 {row['whole_ms']['fp32']:.1f} ms, bf16 {row['whole_ms']['bf16']:.1f} ms "
-              f"({row['whole_fp32_over_bf16']:.2f}x; hashing {row['hash_ms']:.1f} ms); decoders "
-              f"{row['decoder_gflops']['fp32']:.0f} / {row['decoder_gflops']['bf16']:.0f} GFLOP/s = "
-              f"{row['decoder_fraction_of_gemm_peak']['fp32']:.0%} / {row['decoder_fraction_of_gemm_peak']['bf16']:.0%}"
-              " of the fp32 / bf16 GEMM peaks", flush=True)
-    return figures
+    _, ids = _batch(spec, q)
+    with torch.inference_mode():
+        codes, codes16 = dhe.encode(ids), dhe16.encode(ids)  # each in its decoders' dtype, as a run has them
+        whole = interleaved({"fp32": lambda i: dhe(ids), "bf16": lambda i: dhe16(ids)}, repetitions, block_s,
+                            3)
+        decoders = interleaved({"fp32": lambda i: dhe.decode(codes), "bf16": lambda i: dhe16.decode(codes16)},
+                               repetitions, block_s, 3)
+        hashing = interleaved({"hash": lambda i: dhe.encode(ids), "hash_bf16": lambda i: dhe16.encode(ids)},
+                              repetitions, block_s, 3)
+    row = {"whole_ms": {k: t["median_s"] * 1e3 for k, t in whole.items()},
+           "decoders_ms": {k: t["median_s"] * 1e3 for k, t in decoders.items()},
+           "hash_ms": hashing["hash"]["median_s"] * 1e3,
+           "hash_bf16_ms": hashing["hash_bf16"]["median_s"] * 1e3,
+           "whole_fp32_over_bf16": whole["fp32"]["median_s"] / whole["bf16"]["median_s"],
+           "decoders_fp32_over_bf16": decoders["fp32"]["median_s"] / decoders["bf16"]["median_s"],
+           "decoder_gflops": {k: flops * q / t["median_s"] / 1e9 for k, t in decoders.items()}}
+    row["decoder_fraction_of_gemm_peak"] = {k: row["decoder_gflops"][k] / peaks[k] for k in ("fp32", "bf16")}
+    fraction = row["decoder_fraction_of_gemm_peak"]
+    print(f"dhe q={q}: whole fp32 {row['whole_ms']['fp32']:.1f} ms, bf16 {row['whole_ms']['bf16']:.1f} ms "
+          f"({row['whole_fp32_over_bf16']:.2f}x; hashing {row['hash_ms']:.1f} ms); decoders "
+          f"{row['decoder_gflops']['fp32']:.0f} / {row['decoder_gflops']['bf16']:.0f} GFLOP/s = "
+          f"{fraction['fp32']:.0%} / {fraction['bf16']:.0%} of the fp32 / bf16 GEMM peaks", flush=True)
+    return row
 
 
 def param_bytes() -> dict:
     """Kaggle scale 1.0 table model's bytes per storage (the cost model's, which the dry run prints)."""
     from harness.workload.cost import path_cost
 
-    out = {storage: path_cost(_spec("table", 1.0, storage=storage)[1]).param_bytes for storage in ("fp32", "fp16", "int8")}
+    out = {storage: path_cost(_spec("table", 1.0, storage=storage)[1]).param_bytes for storage in ("fp32",
+                                                                                                   "fp16",
+                                                                                                   "int8")}
     out["int8_over_fp32"] = out["int8"] / out["fp32"]
     return out
 
@@ -190,13 +206,18 @@ def accuracy(scale: float, steps: int, eval_samples: int) -> dict:
             twin = copy.deepcopy(model)
             apply_precision(twin, precision, storage or "fp32")
             rows[label] = evaluate_model(twin, eval_set).as_dict()
-        for label, r in rows.items():
+        for r in rows.values():
             for key in ("accuracy", "auc", "log_loss"):
                 r[f"{key}_delta"] = r[key] - rows["fp32"][key]
         out[representation] = rows
-        print(f"{representation:7s} trained {steps} steps in {time.perf_counter() - t0:.0f} s: " + "  ".join(
-            f"{label} acc {r['accuracy']:.4f} ({100 * r['accuracy_delta']:+.3f} pt)" for label, r in rows.items()),
-            flush=True)
+        print(
+            f"{representation:7s} trained {steps} steps in {time.perf_counter() - t0:.0f} s: "
+            + "  ".join(
+                f"{label} acc {r['accuracy']:.4f} ({100 * r['accuracy_delta']:+.3f} pt)"
+                for label, r in rows.items()
+            ),
+            flush=True,
+        )
     return out
 
 
@@ -210,15 +231,18 @@ def main(argv: list[str] | None = None) -> dict:
     scale = 0.0001 if tiny else args.scale
     sizes = (1, 64) if tiny else SIZES
     reps, block = (1, 0.02) if tiny else (3, 0.5)
-    print(f"CPU flags {','.join(numeric_flags())}; bf16 {native_cpu_dtype('bf16')}; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads", flush=True)
+    print(
+        f"CPU flags {','.join(numeric_flags())}; bf16 {native_cpu_dtype('bf16')}; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads",
+        flush=True,
+    )
     peaks = gemm_peaks(tiny, reps, block)
     print(f"GEMM peaks: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s "
           f"({peaks['bf16'] / peaks['fp32']:.1f}x)", flush=True)
-    figures = {"scale": scale, "sizes": list(sizes), "gemm_peak_gflops": peaks, "bf16": native_cpu_dtype("bf16"),
-               "latency": latency(scale, sizes, reps, block),
-               "lookups": lookups(scale, reps, block, 64 if tiny else 4096, peaks, (64,) if tiny else (1024, 4096)),
-               "param_bytes": param_bytes()}
+    figures = {"scale": scale, "sizes": list(sizes), "gemm_peak_gflops": peaks,
+               "bf16": native_cpu_dtype("bf16"), "latency": latency(scale, sizes, reps, block),
+               "lookups": lookups(scale, reps, block, 64 if tiny else 4096, peaks,
+                                  (64,) if tiny else (1024, 4096)), "param_bytes": param_bytes()}
     if not args.skip_accuracy:
         figures["accuracy"] = accuracy(0.0001 if tiny else 0.01, 20 if tiny else 2000, 512 if tiny else 32768)
     path = write_report("precision", figures)

@@ -65,17 +65,12 @@ def fault_injection() -> dict:
         second = harness(sweep, store, Path(tmp))
         after_second = latency_runs(store)
         count = lambda runs, s: sum(r.info.status == s for r in runs)  # noqa: E731
-        return {
-            "jobs": 6,
-            "first_exit": first.returncode,
-            "first_finished": count(after_first, "FINISHED"),
-            "first_failed": count(after_first, "FAILED"),
-            "errors": sorted(r.data.tags.get("error", "")[:80] for r in after_first if r.info.status == "FAILED"),
-            "rerun_exit": second.returncode,
-            "rerun_ran": len(after_second) - len(after_first),
-            "finished_after_rerun": count(after_second, "FINISHED"),
-            "seconds": time.perf_counter() - t0,
-        }
+        return {"jobs": 6, "first_exit": first.returncode, "first_finished": count(after_first, "FINISHED"),
+                "first_failed": count(after_first, "FAILED"),
+                "errors": sorted(r.data.tags.get("error",
+                                                 "")[:80] for r in after_first if r.info.status == "FAILED"),
+                "rerun_exit": second.returncode, "rerun_ran": len(after_second) - len(after_first),
+                "finished_after_rerun": count(after_second, "FINISHED"), "seconds": time.perf_counter() - t0}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -85,11 +80,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  round {r['round']}: {r['runs']} runs ({r['finished']} FINISHED), {r['lost']} lost, "
               f"{r['locked_errors']} lock errors, {r['seconds']:.0f} s")
     f = figures["fault_injection"]
-    print(f"fault injection, 6 jobs: {f['first_finished']} FINISHED, {f['first_failed']} FAILED (exit {f['first_exit']})")
+    print(
+        f"fault injection, 6 jobs: {f['first_finished']} FINISHED, {f['first_failed']} FAILED "
+        f"(exit {f['first_exit']})"
+    )
     for e in f["errors"]:
         print(f"  {e}")
-    print(f"  rerun ran {f['rerun_ran']} jobs (exit {f['rerun_exit']}); FINISHED now {f['finished_after_rerun']}; "
-          f"{f['seconds']:.0f} s in all")
+    print(
+        f"  rerun ran {f['rerun_ran']} jobs (exit {f['rerun_exit']}); FINISHED now "
+        f"{f['finished_after_rerun']}; {f['seconds']:.0f} s in all"
+    )
     print(f"written: {write_report('reliability', figures)}")
     return figures
 

@@ -64,11 +64,9 @@ def dhe_decoders(query_sizes: list[int], peak_gflops: float, reps: int, block_s:
         ids = torch.randint(0, 10_000_000, (q, tables, 1))
         codes = module.encode(ids)
         torch.testing.assert_close(module.decode(codes), decode_per_table(module, codes))
-        t = interleaved({
-            "bmm": lambda i: module.decode(codes),
-            "loop": lambda i: decode_per_table(module, codes),
-            "encode": lambda i: module.encode(ids),
-        }, reps, block_s, min_iters=3)
+        t = interleaved({"bmm": lambda i, codes=codes: module.decode(codes), "loop": lambda i,
+                         codes=codes: decode_per_table(module, codes), "encode": lambda i,
+                         ids=ids: module.encode(ids)}, reps, block_s, min_iters=3)
         flops = flops_per_lookup * q * tables
         bmm_gflops = flops / t["bmm"]["median_s"] / 1e9
         out[q] = {

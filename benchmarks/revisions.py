@@ -42,7 +42,8 @@ def worktree(repo: Path, revision: str, into: Path) -> Path:
 
 def harness(checkout: Path, args: list[str], store: str, results: Path, timeout: float = 1800) -> float:
     """`python -m harness <args>` run from `checkout` (its own package first on sys.path); wall seconds."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(checkout)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": str(checkout)}
     t0 = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "harness", *args, f"tracking.results_dir={results}",
                            "hydra.run.dir=" + str(results / "hydra")],
@@ -61,7 +62,8 @@ def p50_by_path(store: str) -> dict[str, dict[int, float]]:
     return {r["tags"]["path"]: r["per_size"]["latency_p50_ms"] for r in records if r["status"] == "FINISHED"}
 
 
-def compare(repo: Path, revisions: tuple[str, str], runs: list[list[str]], rounds: int, dry_runs: int) -> dict:
+def compare(repo: Path, revisions: tuple[str, str], runs: list[list[str]], rounds: int,
+            dry_runs: int) -> dict:
     samples = {rev: {} for rev in revisions}  # rev -> (path, size) -> [p50 per round]
     dry = {rev: [] for rev in revisions}
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,8 +90,8 @@ def compare(repo: Path, revisions: tuple[str, str], runs: list[list[str]], round
     rows = []
     for key in sorted(set(samples[a]) & set(samples[b])):
         ma, mb = statistics.median(samples[a][key]), statistics.median(samples[b][key])
-        rows.append({"path": key[0], "query_size": key[1], "a_p50_ms": ma, "b_p50_ms": mb, "b_over_a": mb / ma,
-                     "a_rounds_ms": samples[a][key], "b_rounds_ms": samples[b][key]})
+        rows.append({"path": key[0], "query_size": key[1], "a_p50_ms": ma, "b_p50_ms": mb,
+                     "b_over_a": mb / ma, "a_rounds_ms": samples[a][key], "b_rounds_ms": samples[b][key]})
     return {"a": a, "b": b, "rounds": rounds, "runs": [[*args, *COMMON] for args in runs], "latency": rows,
             "dry_run_s": {rev: statistics.median(v) for rev, v in dry.items()}, "dry_run_samples_s": dry}
 

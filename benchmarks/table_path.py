@@ -67,7 +67,8 @@ def bare_forward(model, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 
 
 def path_vs_bare(scale: float, query_size: int, pool_batches: int, reps: int, block_s: float) -> dict:
-    spec = WorkloadSpec.from_shape("kaggle", scale, representation=TableConfig(layout="fused", storage="fp32"))
+    spec = WorkloadSpec.from_shape("kaggle", scale, representation=TableConfig(layout="fused",
+                                                                               storage="fp32"))
     model = build_model(spec, seed=0)
     backend = cpu_backend()
     generator = SyntheticCriteo(spec.table_rows, seed=0)
@@ -116,7 +117,8 @@ def path_vs_bare(scale: float, query_size: int, pool_batches: int, reps: int, bl
 def layouts(scale: float, query_sizes: list[int], reps: int, block_s: float) -> dict:
     backends = {}
     for layout in ("fused", "per_table"):
-        spec = WorkloadSpec.from_shape("kaggle", scale, representation=TableConfig(layout=layout, storage="fp32"))
+        spec = WorkloadSpec.from_shape("kaggle", scale, representation=TableConfig(layout=layout,
+                                                                                   storage="fp32"))
         backend = cpu_backend()
         backend.prepare(build_model(spec, seed=0), None)
         backends[layout] = backend
@@ -124,9 +126,8 @@ def layouts(scale: float, query_sizes: list[int], reps: int, block_s: float) -> 
     out = {}
     for q in query_sizes:
         pool = build_pool(generator, q, 16)
-        candidates = {
-            name: (lambda b: lambda i: b.synchronize(b.run(pool[i % 16])))(b) for name, b in backends.items()
-        }
+        candidates = {name: (lambda i, b=b, pool=pool: b.synchronize(b.run(pool[i % 16])))
+                      for name, b in backends.items()}
         t = interleaved(candidates, reps, block_s)
         out[q] = {
             "fused_ms": t["fused"]["median_s"] * 1e3,
@@ -146,18 +147,24 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tiny", action="store_true", help="seconds-long run on a tiny shape (CI)")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.scale, args.query_size, args.layout_scale, args.repetitions, args.block_s = 0.001, 64, 0.001, 5, 0.02
+        args.scale, args.query_size, args.layout_scale, args.repetitions, args.block_s = (0.001, 64, 0.001, 5,
+                                                                                          0.02)
     figures = {
         "path_vs_bare": path_vs_bare(args.scale, args.query_size, 8, args.repetitions, args.block_s),
         "layouts": layouts(args.layout_scale, [1, 64, 1024] if args.tiny else [1, 64, 1024, 4096],
                            args.repetitions, args.block_s),
     }
     p = figures["path_vs_bare"]
-    print(f"table path, Kaggle scale {p['scale']} ({p['param_bytes'] / 1e9:.2f} GB), query size {p['query_size']}:")
+    print(
+        f"table path, Kaggle scale {p['scale']} ({p['param_bytes'] / 1e9:.2f} GB), query size "
+        f"{p['query_size']}:"
+    )
     print(f"  harness {p['harness_samples_per_s']:,.0f} samples/s, bare loop {p['bare_samples_per_s']:,.0f} "
           f"samples/s -> ratio {p['harness_over_bare']:.3f} (target >= 0.8)")
-    print(f"  timing-loop overhead {p['loop_overhead_us']:.2f} us = {100 * p['overhead_fraction_of_q1']:.3f}% of "
-          f"the query-size-1 latency {p['query_size_1_latency_us']:.1f} us (target < 2%)")
+    print(
+        f"  timing-loop overhead {p['loop_overhead_us']:.2f} us = {100 * p['overhead_fraction_of_q1']:.3f}% "
+        f"of the query-size-1 latency {p['query_size_1_latency_us']:.1f} us (target < 2%)"
+    )
     print(f"layouts at scale {args.layout_scale} (median ms; per_table / fused):")
     for q, row in figures["layouts"].items():
         print(f"  q={q:>5}: fused {row['fused_ms']:.3f}  per_table {row['per_table_ms']:.3f}  "

@@ -247,8 +247,8 @@ def faulted_sweep(server: TeamServer, command: list[str], seeds: range, work: Pa
 
 def restart_round(server: TeamServer, seeds: range, workers: int, work: Path, down_s: float) -> dict:
     t0 = time.perf_counter()
-    proc, down, err, calls = faulted_sweep(server, sweep_command(seeds, workers, work / "restart"), seeds, work,
-                                           "restart", server.kill_mlflow, down_s)
+    proc, down, err, calls = faulted_sweep(server, sweep_command(seeds, workers, work / "restart"), seeds,
+                                           work, "restart", server.kill_mlflow, down_s)
     seconds = time.perf_counter() - t0
     return {"exit": proc.returncode, "seconds": seconds, "server_down_s": down, **audit(server.uri, seeds),
             **call_stats(calls), "retry_warnings": err.count("retrying")}
@@ -259,7 +259,8 @@ def outage_round(server: TeamServer, seeds: range, workers: int, work: Path, ret
     from harness.tracking.environment import process_alive
 
     command = sweep_command(seeds, workers, work / "outage", f"tracking.retry_s={retry_s:g}")
-    proc, down, err, calls = faulted_sweep(server, command, seeds, work, "outage", server.stop_postgres, outage_s)
+    proc, down, err, calls = faulted_sweep(server, command, seeds, work, "outage", server.stop_postgres,
+                                           outage_s)
     first = {"exit": proc.returncode, "db_down_s": down, **audit(server.uri, seeds), **call_stats(calls),
              "gave_up_logged": err.count("gave up")}
     # Resuming means running the same command later: the jobs' processes are gone by then.
@@ -280,7 +281,9 @@ def cpu_line() -> str:
     """The CPU as lscpu names it, its logical cores and the vector flags that matter here."""
     from harness.core.host import cpu_model_name, numeric_flags
 
-    return f"{cpu_model_name()}, {os.cpu_count()} logical cores, flags: {' '.join(numeric_flags()) or 'no avx2'}"
+    return (
+        f"{cpu_model_name()}, {os.cpu_count()} logical cores, flags: {' '.join(numeric_flags()) or 'no avx2'}"
+    )
 
 
 def summary(rounds: list[dict]) -> dict:
@@ -293,7 +296,7 @@ def summary(rounds: list[dict]) -> dict:
             "incomplete": total("incomplete"), "not_finished": total("jobs") - total("finished")}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=32)
@@ -306,8 +309,45 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--outage-s", type=float, default=20.0, help="PostgreSQL stays down this long")
     parser.add_argument("--auth", action="store_true", help="the server behind MLflow's basic-auth app")
     parser.add_argument("--no-faults", action="store_true")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
 
+
+def _load_rounds(args: argparse.Namespace, server: "TeamServer", sqlite: str,
+                 work: Path) -> dict[str, list[dict]]:
+    """The same load on PostgreSQL and SQLite, alternating, so both see the machine in the same state."""
+    rounds: dict[str, list[dict]] = {"postgresql": [], "sqlite": []}
+    for i in range(args.rounds):
+        seeds = range(i * args.jobs, (i + 1) * args.jobs)
+        for store, env, uri in (("postgresql", server.client_env(), server.uri),
+                                ("sqlite", {"MLFLOW_TRACKING_URI": sqlite}, sqlite)):
+            row = load_round(f"{store}-{i}", env, uri, seeds, args.workers, work)
+            rounds[store].append(row)
+            print(f"{store:<10} round {i}: {row['finished']}/{row['jobs']} FINISHED, "
+                  f"{row['lost']} lost, {row['duplicated_keys']} keys twice, "
+                  f"{row['jobs_per_s']:.2f} jobs/s, calls p50 {row['p50_ms']:.0f} ms "
+                  f"p95 {row['p95_ms']:.0f} ms", flush=True)
+    return rounds
+
+
+def _fault_rounds(args: argparse.Namespace, server: "TeamServer", work: Path, figures: dict) -> None:
+    """The server killed and restarted, then PostgreSQL down, each under a round of jobs."""
+    n = args.rounds * args.jobs
+    figures["restart"] = r = restart_round(server, range(n, n + args.jobs), args.workers, work, args.down_s)
+    print(f"server killed and restarted ({r['server_down_s']:.0f} s down): "
+          f"{r['finished']}/{r['jobs']} FINISHED, {r['lost']} lost, {r['running']} RUNNING, "
+          f"{r['retried']} calls retried, longest {r['max_s']:.1f} s", flush=True)
+    n += args.jobs
+    figures["outage"] = o = outage_round(server, range(n, n + args.jobs), args.workers, work,
+                                         args.outage_retry_s, args.outage_s)
+    f, a = o["first_pass"], o["after_rerun"]
+    print(f"PostgreSQL down {f['db_down_s']:.0f} s, retry_s={o['retry_s']:g}: "
+          f"{f['finished']} FINISHED, {f['failed']} FAILED, {f['running']} RUNNING; "
+          f"the rerun ran {o['rerun_ran']}: {a['finished']}/{a['jobs']} FINISHED, "
+          f"{a['running']} RUNNING, {a['duplicated_keys']} keys twice", flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _arguments(argv)
     figures: dict = {"command": " ".join(["python -m benchmarks.team_server", *(argv or sys.argv[1:])]),
                      "cpu": cpu_line(), "date": time.strftime("%Y-%m-%d"), "jobs_per_round": args.jobs,
                      "workers": args.workers, "server_workers": args.server_workers, "auth": args.auth}
@@ -325,36 +365,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         MlflowClient(sqlite).search_experiments()  # its schema made before any round is timed
         try:
-            rounds: dict[str, list[dict]] = {"postgresql": [], "sqlite": []}
-            for i in range(args.rounds):  # the stores alternate, so both see the machine in the same state
-                seeds = range(i * args.jobs, (i + 1) * args.jobs)
-                for store, env, uri in (("postgresql", server.client_env(), server.uri),
-                                        ("sqlite", {"MLFLOW_TRACKING_URI": sqlite}, sqlite)):
-                    row = load_round(f"{store}-{i}", env, uri, seeds, args.workers, work)
-                    rounds[store].append(row)
-                    print(f"{store:<10} round {i}: {row['finished']}/{row['jobs']} FINISHED, "
-                          f"{row['lost']} lost, {row['duplicated_keys']} keys twice, "
-                          f"{row['jobs_per_s']:.2f} jobs/s, calls p50 {row['p50_ms']:.0f} ms "
-                          f"p95 {row['p95_ms']:.0f} ms", flush=True)
-            figures["load"] = rounds
+            figures["load"] = rounds = _load_rounds(args, server, sqlite, work)
             figures["summary"] = {store: summary(rows) for store, rows in rounds.items()}
             if not args.no_faults:
-                n = args.rounds * args.jobs
-                figures["restart"] = restart_round(server, range(n, n + args.jobs), args.workers, work,
-                                                   args.down_s)
-                r = figures["restart"]
-                print(f"server killed and restarted ({r['server_down_s']:.0f} s down): "
-                      f"{r['finished']}/{r['jobs']} FINISHED, {r['lost']} lost, {r['running']} RUNNING, "
-                      f"{r['retried']} calls retried, longest {r['max_s']:.1f} s", flush=True)
-                n += args.jobs
-                figures["outage"] = outage_round(server, range(n, n + args.jobs), args.workers, work,
-                                                 args.outage_retry_s, args.outage_s)
-                o = figures["outage"]
-                f, a = o["first_pass"], o["after_rerun"]
-                print(f"PostgreSQL down {f['db_down_s']:.0f} s, retry_s={o['retry_s']:g}: "
-                      f"{f['finished']} FINISHED, {f['failed']} FAILED, {f['running']} RUNNING; "
-                      f"the rerun ran {o['rerun_ran']}: {a['finished']}/{a['jobs']} FINISHED, "
-                      f"{a['running']} RUNNING, {a['duplicated_keys']} keys twice", flush=True)
+                _fault_rounds(args, server, work, figures)
             figures["secrets_found"] = secrets_in(server, [work], recorded_texts(server.uri))
         finally:
             server.stop()

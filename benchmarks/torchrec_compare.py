@@ -1,6 +1,6 @@
 """Our table lookups against TorchRec's, side by side: inference and a sparse training step.
 
-    scripts/install_bench.sh                         # TorchRec 1.8 + fbgemm-gpu-cpu for torch 2.13 (--no-deps)
+    scripts/install_bench.sh                    # TorchRec 1.8 + fbgemm-gpu-cpu for torch 2.13 (--no-deps)
     python -m benchmarks.torchrec_compare            # Kaggle shape, scales 0.01 and 1.0; about 6 minutes here
     python -m benchmarks.torchrec_compare --tiny     # seconds (CI)
 
@@ -67,7 +67,8 @@ def sync(ours: FusedTables, ebc, fused) -> None:
 
 
 def batches(rows: tuple[int, ...], query_size: int, multi_hot: bool, seed: int):
-    """(ours_input, kjt, lengths [T, B]) with the same ids; ours_input is ids [B, T, 1] or (values, lengths)."""
+    """(ours_input, kjt, lengths [T, B]) with the same ids; ours_input is ids [B, T, 1] or (values,
+    lengths)."""
     from torchrec import KeyedJaggedTensor
 
     gen = torch.Generator().manual_seed(seed)
@@ -135,7 +136,9 @@ def compare_case(ours, ebc, fused, rows, query_size: int, multi_hot: bool, reps:
     for name, t in training.items():
         row[f"train_{name}_ms"] = t["median_s"] * 1e3
     row["infer_ours_over_ebc"] = inference["torchrec_ebc"]["median_s"] / inference["ours"]["median_s"]
-    row["infer_ours_over_fused"] = inference["torchrec_fused_forward"]["median_s"] / inference["ours"]["median_s"]
+    row["infer_ours_over_fused"] = (
+        inference["torchrec_fused_forward"]["median_s"] / inference["ours"]["median_s"]
+    )
     row["train_ours_over_fused"] = training["torchrec_fused"]["median_s"] / training["ours"]["median_s"]
     row["blocks_s"] = {f"infer_{k}": v["blocks_s"] for k, v in inference.items()}
     row["blocks_s"].update({f"train_{k}": v["blocks_s"] for k, v in training.items()})
@@ -163,11 +166,14 @@ def main(argv: list[str] | None = None) -> dict:
                 row.update(scale=scale, query_size=q, ids_per_feature="1-16" if multi_hot else "1",
                            table_bytes=sum(rows) * DIM * 4)
                 figures["cases"].append(row)
-                print(f"  scale {scale:g} ({row['table_bytes'] / 1e9:.2f} GB) q={q:>5} ids {row['ids_per_feature']:>4}: "
-                      f"infer ours {row['infer_ours_ms']:.3f} ms, EBC {row['infer_torchrec_ebc_ms']:.3f} "
-                      f"({row['infer_ours_over_ebc']:.2f}x), fused fwd {row['infer_torchrec_fused_forward_ms']:.3f} "
-                      f"({row['infer_ours_over_fused']:.2f}x) | train ours {row['train_ours_ms']:.3f} ms, fused "
-                      f"{row['train_torchrec_fused_ms']:.3f} ({row['train_ours_over_fused']:.2f}x)")
+                print(
+                    f"  scale {scale:g} ({row['table_bytes'] / 1e9:.2f} GB) q={q:>5} ids "
+                    f"{row['ids_per_feature']:>4}: infer ours {row['infer_ours_ms']:.3f} ms, EBC "
+                    f"{row['infer_torchrec_ebc_ms']:.3f} ({row['infer_ours_over_ebc']:.2f}x), fused fwd "
+                    f"{row['infer_torchrec_fused_forward_ms']:.3f} ({row['infer_ours_over_fused']:.2f}x) | "
+                    f"train ours {row['train_ours_ms']:.3f} ms, fused "
+                    f"{row['train_torchrec_fused_ms']:.3f} ({row['train_ours_over_fused']:.2f}x)"
+                )
         del ours, ebc, fused
         gc.collect()
     cases = figures["cases"]

@@ -1,4 +1,6 @@
-"""`python -m harness.doctor [overrides]`: is this machine quiet enough to measure on? (harness/app/doctor.py)"""
+"""`python -m harness.doctor [overrides]`: is this machine quiet enough to measure on?
+
+The check itself is harness/app/doctor.py."""
 
 import sys
 

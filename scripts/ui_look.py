@@ -1,6 +1,6 @@
 """Look at the MLflow UI as a user does, in headless Chromium: screenshots of an experiment's runs (list
-and charts) and of its sweep run's analysis (latency against query size on log axes, the report), and the page's console
-errors. A check by eye of what README's "Comparing paths in the MLflow UI" promises.
+and charts) and of its sweep run's analysis (latency against query size on log axes, the report), and
+the page's console errors. A check by eye of what README's "Comparing paths in the MLflow UI" promises.
 
     pip install playwright                       # its Python API only: the browser is Debian's chromium
     mlflow ui --backend-store-uri sqlite:///results/mlflow.db --port 5000 &

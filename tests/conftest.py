@@ -79,7 +79,9 @@ def run_harness(tmp_path):
             cwd=tmp_path, env=harness_env(store_uri), capture_output=True, text=True, timeout=timeout,
         )
         if check and proc.returncode != 0:
-            raise AssertionError(f"harness exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+            raise AssertionError(
+                f"harness exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+            )
         return proc
 
     return run

@@ -30,9 +30,21 @@ CASES: dict[str, list[str]] = {
     "isolated": ["isolate=always"],
 }
 # Values that depend on the machine, the checkout or the moment: compared by presence only.
-VOLATILE_TAGS = {"git_sha", "git_dirty", "device_name", "mprec.owner", "mprec.heartbeat", "quality_source_run",
-                 "mlflow.runName", "mlflow.user", "mlflow.source.name", "mlflow.source.type",
-                 "mlflow.source.git.commit", "mlflow.parentRunId", "mprec.create_token"}
+VOLATILE_TAGS = {
+    "git_sha",
+    "git_dirty",
+    "device_name",
+    "mprec.owner",
+    "mprec.heartbeat",
+    "quality_source_run",
+    "mlflow.runName",
+    "mlflow.user",
+    "mlflow.source.name",
+    "mlflow.source.type",
+    "mlflow.source.git.commit",
+    "mlflow.parentRunId",
+    "mprec.create_token",
+}
 VOLATILE_PARAMS = {"tracking.results_dir", "tracking.uri", "backend_resolved.num_threads",
                    "backend_resolved.interop_threads"}
 ERROR_TAG = "error"  # its first line is compared (the message), not the traceback
@@ -70,10 +82,9 @@ def record(case: str, folder: Path, env: dict | None = None) -> dict:
 
     store = f"sqlite:///{folder / 'mlflow.db'}"
     environ = {**(env or os.environ), "MLFLOW_TRACKING_URI": store, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    subprocess.run([sys.executable, "-m", "harness", "+backend=cpu", "experiment=smoke", "experiment_name=mprec",
-                    *CASES[case],
-                    f"tracking.results_dir={folder / 'results'}"], cwd=folder, env=environ,
-                   capture_output=True, text=True, timeout=600)
+    subprocess.run([sys.executable, "-m", "harness", "+backend=cpu", "experiment=smoke",
+                    "experiment_name=mprec", *CASES[case], f"tracking.results_dir={folder / 'results'}"],
+                   cwd=folder, env=environ, capture_output=True, text=True, timeout=600)
     client = MlflowClient(store)
     experiment = client.get_experiment_by_name("mprec")
     runs = client.search_runs([experiment.experiment_id], "tags.`mprec.kind` = 'latency'")

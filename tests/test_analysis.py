@@ -16,8 +16,7 @@ from harness.core import trust
 from harness.core.schema import TrackingConfig
 
 GB = 1e9
-SETTINGS = mp.MappingSettings(targets_ms=(1, 10, 100), percentile="p99", memory_headroom=0.1,
-                             rank_by="correct_throughput")
+SETTINGS = mp.MappingSettings(targets_ms=(1, 10, 100), percentile="p99", rank_by="correct_throughput")
 
 
 def record(path, status="FINISHED", sizes=None, accuracy=0.78, param_bytes=1e6, capacity=16 * GB,
@@ -109,9 +108,11 @@ def test_a_path_without_quality_is_never_given_one():
     assert c["choice"] == "table@cpu" and "unrated (no quality): tt@cpu" in c["note"]
     assert runs.loc[runs["path"] == "tt@cpu", "accuracy"].isna().all()
     # A workload where no path has a measured quality is ranked by throughput rather than choosing nothing.
-    only_unrated = cell(mp.mapping(table_of(record("tt@cpu", sizes={64: (1.0, 9e4)}, accuracy=None)), SETTINGS), 64, 10)
+    only_unrated = cell(
+        mp.mapping(table_of(record("tt@cpu", sizes={64: (1.0, 9e4)}, accuracy=None)), SETTINGS), 64, 10
+    )
     assert only_unrated["choice"] == "tt@cpu" and only_unrated["basis"] == "throughput"
-    by_throughput = mp.MappingSettings(targets_ms=(10,), percentile="p99", memory_headroom=0.1, rank_by="throughput")
+    by_throughput = mp.MappingSettings(targets_ms=(10,), percentile="p99", rank_by="throughput")
     assert cell(mp.mapping(runs, by_throughput), 64, 10)["choice"] == "tt@cpu"
 
 
@@ -136,19 +137,45 @@ def test_a_model_measured_twice_under_two_names_is_ranked_once_and_said_so():
     runs = table_of(table, tt)
     c = cell(mp.mapping(runs, SETTINGS), 64, 10)
     assert c["choice"] == "table@cpu" and not mp.chosen(c["runner_up"])
-    assert ("tt@cpu (synthetic_kaggle x0.1): exactly the table@cpu model at this scale (tag same_model_as): left "
-            "out of the mapping") in mp.missing_report(runs)
-    alone = cell(mp.mapping(table_of(tt), SETTINGS), 64, 10)  # without its twin measured, it is a path like any
+    assert (
+        "tt@cpu (synthetic_kaggle x0.1): exactly the table@cpu model at this scale (tag same_model_as): left "
+        "out of the mapping"
+    ) in mp.missing_report(runs)
+    # without its twin measured, it is a path like any
+    alone = cell(mp.mapping(table_of(tt), SETTINGS), 64, 10)
     assert alone["choice"] == "tt@cpu"
 
 
-def test_quality_is_joined_from_the_same_representation_and_workload():
-    runs = table_of(record("dhe@cpu", sizes={64: (9.0, 5000)}, accuracy=0.81, start=1),
-                    record("dhe@gpu", sizes={64: (1.0, 90_000)}, accuracy=None, start=2),
-                    record("dhe@tpu", sizes={64: (1.0, 90_000)}, accuracy=None, start=3, scale="1.0"))
+def test_quality_is_borrowed_only_between_runs_of_the_identical_quality_configuration():
+    runs = table_of(record("dhe@cpu", sizes={64: (9.0, 5000)}, accuracy=0.81, start=1, quality_key="q1"),
+                    record("dhe@gpu", sizes={64: (1.0, 90_000)}, accuracy=None, start=2, quality_key="q1"),
+                    record("dhe@tpu", sizes={64: (1.0, 90_000)}, accuracy=None, start=3, quality_key="q2"),
+                    record("dhe@ipu", sizes={64: (1.0, 90_000)}, accuracy=None, start=4))
     accuracy = runs.groupby("path")["accuracy"].first()
-    assert accuracy["dhe@gpu"] == 0.81
-    assert math.isnan(accuracy["dhe@tpu"])  # another workload (scale 1.0): not the same model
+    assert accuracy["dhe@gpu"] == 0.81  # the same training, served on another device
+    assert math.isnan(accuracy["dhe@tpu"])  # another training (another k, steps, seed...): not the same model
+    assert math.isnan(accuracy["dhe@ipu"])  # no quality key (it never trained): never given one
+
+
+def test_a_dhe_k_sweep_is_as_many_paths_as_values_of_k():
+    # The labels name k (harness/core/paths.py: variant): each k is its own path, rated by its own runs.
+    runs = table_of(record("dhe[k=512,decoder=512-128]@cpu", sizes={64: (4.0, 16_000)}, accuracy=0.775),
+                    record("dhe@cpu", sizes={64: (9.0, 7000)}, accuracy=0.781, start=1))
+    table = mp.mapping(runs, SETTINGS)
+    assert set(mp.paths_table(runs, SETTINGS)["path"]) == {"dhe@cpu", "dhe[k=512,decoder=512-128]@cpu"}
+    c = cell(table, 64, 10)
+    assert c["choice"] == "dhe[k=512,decoder=512-128]@cpu" and c["runner_up"] == "dhe@cpu"
+
+
+def test_runs_of_one_path_trained_differently_are_said_and_the_rated_one_used():
+    runs = table_of(record("dhe@cpu", sizes={64: (9.0, 7000)}, accuracy=0.78, start=1, quality_key="a"),
+                    record("dhe@cpu", sizes={64: (9.5, 6900)}, accuracy=None, start=2, quality_key="b"))
+    assert mp.latest_finished(runs)["run_id"].unique().tolist() == ["dhe@cpu-1"]  # the latest rated run
+    [line] = [m for m in mp.missing_report(runs) if "training configurations" in m]
+    assert (
+        line.startswith("dhe@cpu (synthetic_kaggle x0.1): 2 runs of 2 training configurations")
+        and "dhe@cpu-1" in line
+    )
 
 
 def test_pareto_front_on_a_small_set():
@@ -162,15 +189,19 @@ def test_regime_sentences_merge_query_size_ranges():
     sentences = mp.regimes(mp.mapping(runs, SETTINGS))
     assert "p99 <= 1 ms: table@cpu for query sizes 1-8; no path for query sizes 64-1024." in sentences[0]
     assert "p99 <= 10 ms: table@cpu for query sizes 1-8; dhe@gpu for query sizes 64-1024." in sentences[1]
-    merged = mp.regimes(mp.mapping(runs, replace(SETTINGS, targets_ms=(10, 25, 100))))  # same winners: one line
-    assert merged == ["[synthetic_kaggle x0.1] p99 <= 10 ms: table@cpu for query sizes 1-8; dhe@gpu for query sizes "
-                      "64-1024.", "[synthetic_kaggle x0.1] p99 <= 25, 100 ms: table@cpu for query sizes 1-64; dhe@gpu "
-                      "for query sizes 1024."]
+    # same winners: one line
+    merged = mp.regimes(mp.mapping(runs, replace(SETTINGS, targets_ms=(10, 25, 100))))
+    assert merged == [
+        "[synthetic_kaggle x0.1] p99 <= 10 ms: table@cpu for query sizes 1-8; dhe@gpu for query sizes "
+        "64-1024.",
+        "[synthetic_kaggle x0.1] p99 <= 25, 100 ms: table@cpu for query sizes 1-64; dhe@gpu "
+        "for query sizes 1024.",
+    ]
 
 
 def _config(tmp_path) -> AnalysisConfig:
     return AnalysisConfig(experiment_name="x", parent_run_id=None, targets_ms=[1, 10], percentile="p99",
-                          memory_headroom=0.1, rank_by="correct_throughput", output_dir=str(tmp_path),
+                          rank_by="correct_throughput", output_dir=str(tmp_path),
                           log_to_mlflow=False, plots=True, devices={"ipu_gc200": 9e8, "cpu_here": None},
                           tracking=TrackingConfig(uri=None, results_dir=str(tmp_path), parent_run_id=None,
                                                   retry_s=120, request_timeout_s=60))
@@ -188,7 +219,10 @@ def test_a_partial_experiment_reports_what_is_missing(tmp_path):
     # Paths whose backend is not on the machine are grouped apart from real failures, one line per reason.
     assert ("could not run here: dhe@cuda (synthetic_kaggle x0.1), table@cuda (synthetic_kaggle x0.1): "
             "no GPU driver found") in out.missing
-    assert "run hybrid@cpu-0 is FAILED: RuntimeError: injected fault" in missing and "cuda-0 is FAILED" not in missing
+    assert (
+        "run hybrid@cpu-0 is FAILED: RuntimeError: injected fault" in missing
+        and "cuda-0 is FAILED" not in missing
+    )
     assert "tt@cpu" in missing and "no measured quality" in missing
     for name in ("paths.csv", "mapping.csv", "mapping.md", "feasibility.csv"):
         assert (tmp_path / name).is_file()
@@ -238,7 +272,9 @@ def test_an_unreliable_measurement_is_not_chosen_over_a_reliable_path_that_meets
     assert "table@cpu set aside (unreliable measurement), dhe@cpu chosen on reliable figures" in c["note"]
     assert "table@cpu (other processes used 1.70 cores)" in c["note"] and not c["reliable"]
     # With no reliable alternative, the unreliable path is chosen: flagged, never dropped silently.
-    alone = table_of(record("table@cpu", sizes={1024: (5.0, 900_000)}, unreliable={1024: "robust CV 0.61 > 0.25"}))
+    alone = table_of(
+        record("table@cpu", sizes={1024: (5.0, 900_000)}, unreliable={1024: "robust CV 0.61 > 0.25"})
+    )
     alone = cell(mp.mapping(alone, SETTINGS), 1024, 10)
     assert alone["choice"] == "table@cpu" and not alone["reliable"]
 
@@ -264,11 +300,13 @@ def test_runs_recorded_before_reliability_was_judged_are_unknown_not_flagged(tmp
     c = cell(mp.mapping(runs, SETTINGS), 64, 10)
     assert c["choice"] == "table@cpu" and c["reliable"]
     assert mp.reliability_notices(mp.mapping(runs, SETTINGS), runs) == [
-        "reliability unknown for synthetic_kaggle x0.1: some runs were recorded before measurements were judged "
-        "(no `reliable` metric); force=true measures them again."]
+        "reliability unknown for synthetic_kaggle x0.1: some runs were recorded before measurements were "
+        "judged (no `reliable` metric); force=true measures them again."
+    ]
     paths = mp.paths_table(runs, SETTINGS)
     assert math.isnan(paths.iloc[0]["reliable@64"])
-    out = write_analysis([record("table@cpu", sizes={64: (2.0, 30_000)})], _config(tmp_path), tmp_path, {}, 24 * GB)
+    out = write_analysis([record("table@cpu", sizes={64: (2.0, 30_000)})], _config(tmp_path), tmp_path, {},
+                         24 * GB)
     assert "<td>unknown</td>" in out.report.read_text()
 
 
@@ -279,3 +317,49 @@ def test_a_path_above_its_roof_is_flagged_in_the_paths_table_and_the_report(tmp_
     assert row["fraction_of_gemm_peak"] == pytest.approx(100 / 60) and row["above_roof"]
     page = write_analysis([fast], _config(tmp_path), tmp_path, {}, 24 * GB).report.read_text()
     assert "above the roof" in page and "167%" in page
+
+
+# --- the mapping on planted profiles with known crossovers (issue 23) ---------------------------------------
+
+def linear_path(path, fixed_ms, per_sample_ms, sizes=(1, 64, 256, 1024, 4096), accuracy=0.78, **kw):
+    """A path whose p99 is fixed + per-sample x q exactly (p50 = 0.8 p99 in `record`): known crossovers."""
+    return record(path, sizes={q: (fixed_ms + per_sample_ms * q, q / (fixed_ms + per_sample_ms * q) * 1e3)
+                               for q in sizes}, accuracy=accuracy, **kw)
+
+
+def test_a_planted_crossover_gives_exactly_the_known_mapping():
+    # fast@cpu: 1 ms + 10 us a sample; big@gpu: 5 ms + 1 us a sample: they cross at 444 samples.
+    settings = mp.MappingSettings(targets_ms=(1, 10, 50), percentile="p99", rank_by="throughput")
+    table = mp.mapping(table_of(linear_path("fast@cpu", 1.0, 0.010), linear_path("big@gpu", 5.0, 0.001)),
+                       settings)
+    got = {(int(c.query_size),
+            c.target_ms): c.choice if mp.chosen(c.choice) else None for c in table.itertuples()}
+    assert got == {
+        (1, 1): None, (64, 1): None, (256, 1): None, (1024, 1): None, (4096, 1): None,  # 1.01 ms at best
+        (1, 10): "fast@cpu", (64, 10): "fast@cpu", (256, 10): "fast@cpu",  # below the crossover
+        (1024, 10): "big@gpu", (4096, 10): "big@gpu",  # above it (fast@cpu: 11.2 ms misses 10 ms at 1024)
+        (1, 50): "fast@cpu", (64, 50): "fast@cpu", (256, 50): "fast@cpu", (1024, 50): "big@gpu",
+        (4096, 50): "big@gpu",
+    }
+    # Where both meet the target, the margin is the planted throughput ratio.
+    c = cell(table, 256, 10)
+    assert c["runner_up"] == "big@gpu" and c["margin"] == pytest.approx((5 + 0.256) / (1 + 2.56) - 1)
+
+
+def test_planted_ties_infeasible_and_unfitting_cells():
+    settings = mp.MappingSettings(targets_ms=(100,), percentile="p99", rank_by="throughput")
+    runs = table_of(
+        linear_path("b_twin@cpu", 1.0, 0.01),
+        linear_path("a_twin@cpu", 1.0, 0.01),  # identical: the name decides
+        linear_path(
+            "huge@cpu", 0.1, 0.0001, param_bytes=20 * GB, capacity=16 * GB
+        ),  # fastest, but does not fit
+        record(
+            "oom@cpu", sizes={1: (0.05, 20_000), 64: None}, accuracy=0.78
+        ),  # fastest at 1, out of memory at 64
+    )
+    table = mp.mapping(runs, settings)
+    assert cell(table, 1, 100)["choice"] == "oom@cpu"
+    assert [cell(table, q, 100)["choice"] for q in (64, 256, 1024, 4096)] == ["a_twin@cpu"] * 4
+    assert cell(table, 64, 100)["runner_up"] == "b_twin@cpu" and cell(table, 64, 100)["margin"] == 0
+    assert not (table["choice"] == "huge@cpu").any()

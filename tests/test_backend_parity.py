@@ -28,19 +28,18 @@ def _dhe(**kw):
                          "batch_norm": False, "seed": 0, **kw})
 
 
-REPRESENTATIONS = {
-    "table": table.Config(layout="fused", storage="fp32"),
-    "table_per_table": table.Config(layout="per_table", storage="fp32"),
-    "tt": tt.Config(rank=4, cores=3, min_rows=200, layout="fused"),
-    "dhe": _dhe(),
-    "dhe_gaussian_bn_mish": _dhe(encoding="gaussian", batch_norm=True, activation="mish"),
-    "hybrid": hybrid.Config(layout="fused", storage="fp32", dhe=_dhe()),
-    "select": select.Config(layout="fused", storage="fp32", features=["C3", "C4"], num_largest=5, dhe=_dhe(activation="sigmoid")),
-}
+REPRESENTATIONS = {"table": table.Config(layout="fused", storage="fp32"),
+                   "table_per_table": table.Config(layout="per_table", storage="fp32"),
+                   "tt": tt.Config(rank=4, cores=3, min_rows=200, layout="fused"), "dhe": _dhe(),
+                   "dhe_gaussian_bn_mish": _dhe(encoding="gaussian", batch_norm=True, activation="mish"),
+                   "hybrid": hybrid.Config(layout="fused", storage="fp32", dhe=_dhe()),
+                   "select": select.Config(layout="fused", storage="fp32", features=["C3", "C4"],
+                                           num_largest=5, dhe=_dhe(activation="sigmoid"))}
 
 
 def case(name: str, per_bag: int = 1):
-    spec = WorkloadSpec.from_shape("kaggle", 0.0001, representation=REPRESENTATIONS[name], ids_per_lookup=per_bag)
+    spec = WorkloadSpec.from_shape("kaggle", 0.0001, representation=REPRESENTATIONS[name],
+                                   ids_per_lookup=per_bag)
     model = build_model(spec, seed=0).eval()
     if name == "dhe_gaussian_bn_mish":  # non-trivial running statistics
         with torch.no_grad():
@@ -61,7 +60,8 @@ def run_on(adapter, model, batch) -> torch.Tensor:
 
 
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (pip install -e '.[tf]')")
-@pytest.mark.parametrize("name, per_bag", [(n, 1) for n in REPRESENTATIONS] + [("table", 3), ("tt", 2), ("dhe", 2)])
+@pytest.mark.parametrize("name, per_bag", [(n, 1) for n in REPRESENTATIONS] + [("table", 3), ("tt", 2),
+                                                                               ("dhe", 2)])
 def test_tensorflow_matches_torch(run_config, name, per_bag):
     from backends.tf import TfBackend
 
@@ -106,7 +106,8 @@ needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device (torch.cuda
 
 
 @needs_cuda
-@pytest.mark.parametrize("name, per_bag", [(n, 1) for n in REPRESENTATIONS] + [("table", 3), ("tt", 2), ("dhe", 2)])
+@pytest.mark.parametrize("name, per_bag", [(n, 1) for n in REPRESENTATIONS] + [("table", 3), ("tt", 2),
+                                                                               ("dhe", 2)])
 def test_cuda_matches_torch_cpu(run_config, name, per_bag):
     from backends.cuda import CudaBackend
 
@@ -141,7 +142,8 @@ def test_a_real_cuda_out_of_memory_is_recorded_and_the_ladder_goes_on(run_config
 
     adapter = CudaBackend(run_config("+backend=cuda").backend)
     adapter.prepare(Greedy(), None)
-    settings = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=4, min_time_s=0, max_iters=4, max_time_s=5)
+    settings = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=4, min_time_s=0, max_iters=4,
+                              max_time_s=5)
     pool = lambda q: [Batch(torch.rand(q, 13), torch.zeros(q, 26, 1, dtype=torch.long))]  # noqa: E731
     results = run_ladder(adapter, [4, 16, 8], pool, settings)
     assert [r.feasible for r in results] == [True, False, True]
@@ -153,7 +155,8 @@ def test_a_real_cuda_out_of_memory_is_recorded_and_the_ladder_goes_on(run_config
 PRECISION_CASES = [(n, 1) for n in REPRESENTATIONS] + [("table", 3), ("tt", 2), ("dhe", 2), ("hybrid", 3)]
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (torch.cuda.is_available() is False)")
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="no CUDA device (torch.cuda.is_available() is False)")
 @pytest.mark.parametrize("precision", ["bf16", "fp16", "tf32"])
 @pytest.mark.parametrize("name, per_bag", PRECISION_CASES)
 def test_cuda_every_representation_in_every_precision_matches_fp32(run_config, precision, name, per_bag):

@@ -25,8 +25,8 @@ from .test_backend_parity import HAS_TF, case
 
 
 def test_backends_command_lists_every_backend_and_why():
-    proc = subprocess.run([sys.executable, "-m", "backends"], capture_output=True, text=True, env=harness_env(),
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-m", "backends"], capture_output=True, text=True,
+                          env=harness_env(), timeout=120)
     assert proc.returncode == 0, proc.stderr
     for name in ("cpu", "cuda", "tpu", "ipu", "tf"):
         assert f"│ {name} " in proc.stdout
@@ -117,8 +117,9 @@ def test_ipu_options_follow_the_config(run_config):
                      "backend.offload_min_elements=100000").backend
     fake = FakePoptorch()
     build_options(fake, cfg)
-    assert fake.calls == [("deviceIterations", 4), ("replicationFactor", 2), ("minElementsForOffChip", 100000),
-                          ("useOnChipStorage", False), ("setWeightLocation", "Settings")]
+    assert fake.calls == [("deviceIterations", 4), ("replicationFactor", 2),
+                          ("minElementsForOffChip", 100000), ("useOnChipStorage", False),
+                          ("setWeightLocation", "Settings")]
 
 
 def test_ipu_without_poptorch_says_what_to_install(run_config):
@@ -177,7 +178,8 @@ def test_a_failed_ipu_compile_is_the_error_the_run_reports(run_config, monkeypat
 
 
 def test_unavailable_backend_records_a_failed_run_naming_the_install(run_harness, store):
-    proc = run_harness("experiment=smoke", "experiment_name=mprec", "+backend=ipu", store_uri=store, check=False)
+    proc = run_harness("experiment=smoke", "experiment_name=mprec", "+backend=ipu", store_uri=store,
+                       check=False)
     assert proc.returncode == 2 and "Poplar SDK" in proc.stderr
     mlflow.set_tracking_uri(store)
     [run] = mlflow.search_runs(experiment_names=["mprec"], output_format="list")
@@ -186,19 +188,24 @@ def test_unavailable_backend_records_a_failed_run_naming_the_install(run_harness
 
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (pip install -e '.[tf]')")
 def test_a_sweep_over_backends_runs_what_is_here_and_records_what_is_not(run_harness, store):
-    proc = run_harness("-m", "experiment=smoke", "experiment_name=mprec", "+backend=tf,tpu", "workload.query_sizes=[4]", "isolate=never",
-                       store_uri=store, check=False)
+    proc = run_harness("-m", "experiment=smoke", "experiment_name=mprec", "+backend=tf,tpu",
+                       "workload.query_sizes=[4]", "isolate=never", store_uri=store, check=False)
     assert proc.returncode == 1  # one job failed; the sweep went on
     mlflow.set_tracking_uri(store)
-    runs = {r.data.tags["backend"]: r for r in mlflow.search_runs(experiment_names=["mprec"], output_format="list")
-            if r.data.tags.get("mprec.kind") == "latency"}
+    runs = {
+        r.data.tags["backend"]: r
+        for r in mlflow.search_runs(experiment_names=["mprec"], output_format="list")
+        if r.data.tags.get("mprec.kind") == "latency"
+    }
     assert runs["tf"].info.status == "FINISHED" and runs["tf"].data.metrics["latency_p50_ms"] > 0
-    assert runs["tpu"].info.status == "FAILED" and "torch_xla is not installed" in runs["tpu"].data.tags["error"]
+    assert (
+        runs["tpu"].info.status == "FAILED" and "torch_xla is not installed" in runs["tpu"].data.tags["error"]
+    )
 
 
 def test_an_unavailable_backend_in_an_isolated_sweep_is_one_line_and_counted_apart(run_harness, store):
-    proc = run_harness("-m", "experiment=smoke", "experiment_name=mprec", "+backend=cpu,ipu", "workload.query_sizes=[4]", store_uri=store,
-                       check=False)
+    proc = run_harness("-m", "experiment=smoke", "experiment_name=mprec", "+backend=cpu,ipu",
+                       "workload.query_sizes=[4]", store_uri=store, check=False)
     assert proc.returncode == 1  # the sweep did not do everything it was asked
     assert "Traceback" not in proc.stderr  # the worker says it in one line, as a single run does
     assert len([line for line in proc.stderr.splitlines() if line.startswith("error: backend 'ipu'")]) == 1
@@ -215,8 +222,8 @@ def test_table_pooling_variants_agree():
 
 @pytest.mark.parametrize("name, hash_method, pooling", [("cpu", "float64", "bag"), ("cuda", "int64", "bag"),
                                                         ("ipu", "int32", "bag"), ("tf", "float64", "bag")])
-def test_each_adapter_declares_capabilities_and_the_workload_configures_the_model(run_config, name, hash_method,
-                                                                                  pooling):
+def test_each_adapter_declares_capabilities_and_the_workload_configures_the_model(run_config, name,
+                                                                                  hash_method, pooling):
     adapter = backends.adapter_class(name)(run_config(f"+backend={name}").backend)
     model, _, _ = case("hybrid")
     settings = configure_for(model, adapter.capabilities())
@@ -246,12 +253,16 @@ def test_cuda_adapter_logic_with_a_simulated_device(run_config, monkeypatch):
     cuda = torch.cuda
     monkeypatch.setattr(cuda, "set_device", lambda i: None)
     monkeypatch.setattr(cuda, "Event", Event)
-    monkeypatch.setattr(cuda, "synchronize", lambda i=None: calls.__setitem__("synchronize", calls["synchronize"] + 1))
-    monkeypatch.setattr(cuda, "reset_peak_memory_stats", lambda i=None: calls.__setitem__("reset", calls["reset"] + 1))
+    monkeypatch.setattr(cuda, "synchronize", lambda i=None: calls.__setitem__("synchronize",
+                                                                              calls["synchronize"] + 1))
+    monkeypatch.setattr(cuda, "reset_peak_memory_stats", lambda i=None: calls.__setitem__("reset",
+                                                                                          calls["reset"] + 1))
     monkeypatch.setattr(cuda, "max_memory_allocated", lambda i=None: 12345)
-    monkeypatch.setattr(cuda, "empty_cache", lambda: calls.__setitem__("empty_cache", calls["empty_cache"] + 1))
+    monkeypatch.setattr(cuda, "empty_cache", lambda: calls.__setitem__("empty_cache",
+                                                                       calls["empty_cache"] + 1))
     pinned = []
-    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: pinned.append(t.shape) or t)  # no pinned memory here
+    # no pinned memory here
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: pinned.append(t.shape) or t)
 
     class Model(torch.nn.Module):
         def forward(self, dense, ids):
@@ -262,8 +273,10 @@ def test_cuda_adapter_logic_with_a_simulated_device(run_config, monkeypatch):
     adapter = CudaBackend(run_config("+backend=cuda").backend)
     adapter.device = "cpu"  # the simulation: tensors stay on the host
     adapter.prepare(Model(), None)
-    settings = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=4, min_time_s=0, max_iters=4, max_time_s=5)
-    results = run_ladder(adapter, [4, 16, 8], lambda q: [Batch(torch.rand(q, 13), torch.zeros(q, 26, 1))], settings)
+    settings = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=4, min_time_s=0, max_iters=4,
+                              max_time_s=5)
+    results = run_ladder(adapter, [4, 16, 8], lambda q: [Batch(torch.rand(q, 13), torch.zeros(q, 26, 1))],
+                         settings)
     assert [r.feasible for r in results] == [True, False, True]
     assert calls["empty_cache"] == 1 and calls["reset"] == 3 and calls["synchronize"] > 0
     assert len(results[0].device_latencies_s) == 4 and results[0].device_stats is not None
@@ -271,18 +284,15 @@ def test_cuda_adapter_logic_with_a_simulated_device(run_config, monkeypatch):
     assert pinned  # batches staged in pinned memory, copied in and out inside the timed region
     copies = []
     monkeypatch.setattr(torch.Tensor, "to", lambda t, *a, **k: copies.append((a, k)) or t)
-    adapter.synchronize(adapter.fetch(adapter.run(adapter.to_device(Batch(torch.rand(2, 13), torch.zeros(2, 26, 1))))))
+    adapter.synchronize(adapter.fetch(adapter.run(adapter.to_device(Batch(torch.rand(2, 13),
+                                                                          torch.zeros(2, 26, 1))))))
     # dense and ids to the device (here "cpu", the simulation), then the logits back: all asynchronous
     assert copies == [(("cpu",), {"non_blocking": True})] * 3
 
 
-def test_cuda_graphs_capture_once_per_size_replay_and_fall_back_to_eager(run_config, monkeypatch):
-    """backend.graphs=true against a simulated torch.cuda: one capture per query size before its first
-    timed call (timed apart as capture_s), every timed call a replay into the static buffers, and a size
-    without a graph (live serving) run eagerly. The real API is exercised by scripts/gpu_check.sh."""
-    from harness.pipeline.timing import LadderSettings, run_ladder
-
-    log = []
+def _simulated_cuda_graphs(monkeypatch, log: list) -> None:
+    """torch.cuda replaced by enough of it for graphs: events, streams, capture contexts and a graph whose
+    replay computes what its captured kernels would (a simulation: scripts/gpu_check.sh runs the real API)."""
 
     class Event:
         def __init__(self, enable_timing):
@@ -309,15 +319,24 @@ def test_cuda_graphs_capture_once_per_size_replay_and_fall_back_to_eager(run_con
         def __exit__(self, *exc):
             return False
 
-    cuda = torch.cuda
+    stream = lambda: type("S", (), {"wait_stream": lambda self, other: None})()  # noqa: E731
     for name, value in {"set_device": lambda i: None, "Event": Event, "synchronize": lambda i=None: None,
-                        "reset_peak_memory_stats": lambda i=None: None, "max_memory_allocated": lambda i=None: 0,
-                        "Stream": lambda: type("S", (), {"wait_stream": lambda self, other: None})(),
-                        "current_stream": lambda: type("S", (), {"wait_stream": lambda self, other: None})(),
+                        "reset_peak_memory_stats": lambda i=None: None,
+                        "max_memory_allocated": lambda i=None: 0, "Stream": stream, "current_stream": stream,
                         "stream": lambda s: Capturing("side stream"), "CUDAGraph": Graph,
                         "graph": lambda g: Capturing("capture")}.items():
-        monkeypatch.setattr(cuda, name, value)
+        monkeypatch.setattr(torch.cuda, name, value)
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda t: t)
+
+
+def test_cuda_graphs_capture_once_per_size_replay_and_fall_back_to_eager(run_config, monkeypatch):
+    """backend.graphs=true against a simulated torch.cuda: one capture per query size before its first
+    timed call (timed apart as capture_s), every timed call a replay into the static buffers, and a size
+    without a graph (live serving) run eagerly. The real API is exercised by scripts/gpu_check.sh."""
+    from harness.pipeline.timing import LadderSettings, run_ladder
+
+    log: list = []
+    _simulated_cuda_graphs(monkeypatch, log)
 
     class Model(torch.nn.Module):
         def forward(self, dense, ids):
@@ -326,8 +345,7 @@ def test_cuda_graphs_capture_once_per_size_replay_and_fall_back_to_eager(run_con
 
     adapter = CudaBackend(run_config("+backend=cuda", "backend.graphs=true").backend)
     adapter.device = "cpu"
-    model = Model()
-    adapter.prepare(model, None)
+    adapter.prepare(Model(), None)
     assert adapter.mode() == "graphs"
     original_capture = adapter.capture
 
@@ -338,7 +356,8 @@ def test_cuda_graphs_capture_once_per_size_replay_and_fall_back_to_eager(run_con
         return captured
 
     adapter.capture = capture
-    settings = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=3, min_time_s=0, max_iters=3, max_time_s=5)
+    settings = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=3, min_time_s=0, max_iters=3,
+                              max_time_s=5)
     pools = lambda q: [Batch(torch.full((q, 13), float(i)), torch.zeros(q, 26, 1)) for i in range(2)]  # noqa: E731
     results = run_ladder(adapter, [4, 8], pools, settings)
     assert sorted(adapter._graphs) == [4, 8] and log.count("capture") == 2
@@ -346,7 +365,9 @@ def test_cuda_graphs_capture_once_per_size_replay_and_fall_back_to_eager(run_con
     timed_calls = 1 + 1 + 3  # first call, warm-up, measured: per size
     assert log.count("replay") == 2 * timed_calls
     # Replays compute each batch's own result: the static inputs were refilled, not stale.
-    out = adapter.fetch(adapter.run(adapter.to_device(Batch(torch.full((4, 13), 2.0), torch.zeros(4, 26, 1)))))
+    out = adapter.fetch(
+        adapter.run(adapter.to_device(Batch(torch.full((4, 13), 2.0), torch.zeros(4, 26, 1))))
+    )
     assert torch.equal(out, torch.full((4,), 26.0))
     log.clear()
     adapter.serve(Batch(torch.ones(3, 13), torch.zeros(3, 26, 1)))  # no graph of size 3: eager

@@ -24,7 +24,8 @@ def test_at_low_load_nothing_waits_so_batching_changes_nothing():
     t = arrivals(np.random.default_rng(1), len(SIZES), qps=20.0)  # 2 % utilisation: queues are empty
     plain = simulate(Static(GPU), [GPU], t, SIZES, 10.0)
     batched = simulate(Static(GPU), [GPU], t, SIZES, 10.0, Batching(4096))
-    assert np.percentile(batched.latency_ms, 50) == pytest.approx(np.percentile(plain.latency_ms, 50), rel=1e-6)
+    assert np.percentile(batched.latency_ms, 50) == pytest.approx(np.percentile(plain.latency_ms, 50),
+                                                                  rel=1e-6)
     assert batched.policy.endswith("+batching")
 
 
@@ -57,7 +58,9 @@ def test_a_batched_call_takes_the_profiles_time_at_its_summed_size():
     assert r.busy_s["cpu"] == pytest.approx(0.030)
     # By default a host CPU does not batch: its time grows with the size, so sharing a call only delays.
     plain = simulate(Static(slow), [slow], t, np.array([100, 100, 100]), 1000.0, Batching(1000))
-    assert plain.latency_ms[1] == pytest.approx(20.0 - 0.1) and plain.latency_ms[2] == pytest.approx(30.0 - 0.2)
+    assert plain.latency_ms[1] == pytest.approx(20.0 - 0.1) and plain.latency_ms[2] == pytest.approx(
+        30.0 - 0.2
+    )
 
 
 class SlowAdapter:

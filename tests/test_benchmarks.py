@@ -12,7 +12,9 @@ import math
 
 import pytest
 
-HAS_TORCHREC = importlib.util.find_spec("torchrec") is not None and importlib.util.find_spec("fbgemm_gpu") is not None
+HAS_TORCHREC = (
+    importlib.util.find_spec("torchrec") is not None and importlib.util.find_spec("fbgemm_gpu") is not None
+)
 
 
 def _finite_positive(x) -> bool:
@@ -46,7 +48,10 @@ def test_every_benchmark_ran_and_every_ratio_is_recorded(tiny_run):
     assert {"table_path.harness_over_bare", "table_path.overhead_fraction_of_q1", "harness.dry_run_s",
             "harness.default_sweep_s"} <= targeted
     assert any(k.startswith("limits.table.") for k in targeted)  # the largest size's (DHE's: >= 1024 only)
-    assert any(k.startswith("limits.dhe.") for k in ratios) and any(k.startswith("torchrec.") for k in ratios) == HAS_TORCHREC
+    assert (
+        any(k.startswith("limits.dhe.") for k in ratios)
+        and any(k.startswith("torchrec.") for k in ratios) == HAS_TORCHREC
+    )
     assert all(isinstance(r["meets"], bool) for k, r in ratios.items() if k in targeted)
 
 
@@ -66,19 +71,23 @@ def test_torchrec_comparison_figures(tiny_run):
     f = tiny_run[1]["torchrec_compare"]
     assert {c["ids_per_feature"] for c in f["cases"]} == {"1", "1-16"}
     for case in f["cases"]:
-        for key in ("infer_ours_ms", "infer_torchrec_ebc_ms", "infer_torchrec_fused_forward_ms", "train_ours_ms",
-                    "train_torchrec_fused_ms", "infer_ours_over_ebc", "train_ours_over_fused"):
+        for key in ("infer_ours_ms", "infer_torchrec_ebc_ms", "infer_torchrec_fused_forward_ms",
+                    "train_ours_ms", "train_torchrec_fused_ms", "infer_ours_over_ebc",
+                    "train_ours_over_fused"):
             assert _finite_positive(case[key]), key
         assert all(len(b) == 5 for b in case["blocks_s"].values())
 
 
 def test_limits_figures(tiny_run):
     f = tiny_run[1]["limits"]
-    assert all(_finite_positive(f["limits"][k]) for k in ("gather_gbps", "gather64_gbps", "copy_gbps", "gemm_gflops"))
+    assert all(_finite_positive(f["limits"][k]) for k in ("gather_gbps", "gather64_gbps", "copy_gbps",
+                                                          "gemm_gflops"))
     for row in f["table"]["sizes"].values():
         assert _finite_positive(row["fraction_of_gather"]) and _finite_positive(row["gbps"])
     for row in f["dhe"]["sizes"].values():
-        assert _finite_positive(row["decoders_fraction_of_gemm"]) and _finite_positive(row["lookup_fraction_of_gemm"])
+        assert _finite_positive(row["decoders_fraction_of_gemm"]) and _finite_positive(
+            row["lookup_fraction_of_gemm"]
+        )
         assert row["lookup_ms"] >= row["decoders_ms"] * 0.5  # the whole lookup includes the decoders
 
 
@@ -98,7 +107,9 @@ def test_data_serving_and_cache_figures(tiny_run):
     reader = reports["criteo_reader"]
     assert set(reader["rows_per_s"]) == {"reader_one_core", "reader_threads", "pandas"}
     assert all(_finite_positive(v) for v in reader["rows_per_s"].values())
-    assert len(reports["serving"]) == 4 and all(_finite_positive(f["queries_per_s"]) for f in reports["serving"].values())
+    assert len(reports["serving"]) == 4 and all(
+        _finite_positive(f["queries_per_s"]) for f in reports["serving"].values()
+    )
     rows = reports["dhe_cache"]["rows"]
     assert rows and all(0 <= r["hit_rate"] <= 1 and _finite_positive(r["speedup"]) for r in rows)
 
@@ -123,11 +134,18 @@ def test_collect_names_what_is_missing(tmp_path, monkeypatch):
 def test_precision_figures(tiny_run):
     f = tiny_run[1]["precision"]
     assert set(f["latency"]) == {"table", "tt", "dhe", "hybrid"}
-    assert all(_finite_positive(r["fp32_over_this"]) for rows in f["latency"].values() for sizes in rows.values()
-               for r in sizes.values())
+    assert all(
+        _finite_positive(r["fp32_over_this"])
+        for rows in f["latency"].values()
+        for sizes in rows.values()
+        for r in sizes.values()
+    )
     assert f["param_bytes"]["int8"] == 33762577 * 24 + 1903940  # rows x (16 + 8) bytes, fp32 MLPs
     assert f["param_bytes"]["int8_over_fp32"] < 0.4 and f["gemm_peak_gflops"]["bf16"] > 0
     assert set(f["accuracy"]["table"]) == {"fp32", "bf16", "int8", "int8+bf16"}
     assert f["accuracy"]["table"]["fp32"]["accuracy_delta"] == 0
     ratios = tiny_run[0]["ratios"]
-    assert "precision.table.q64.bf16_speedup" in ratios and ratios["precision.table.int8_param_bytes_over_fp32"]["target"]
+    assert (
+        "precision.table.q64.bf16_speedup" in ratios
+        and ratios["precision.table.int8_param_bytes_over_fp32"]["target"]
+    )

@@ -19,7 +19,8 @@ TOP = 367 * 512 + 512 + 512 * 256 + 256 + 256 * 1 + 1
 
 
 def kaggle(scale=1.0, **kw):
-    return WorkloadSpec.from_shape("kaggle", scale, representation=TableConfig(layout="fused", storage="fp32"), **kw)
+    return WorkloadSpec.from_shape("kaggle", scale, representation=TableConfig(layout="fused",
+                                                                               storage="fp32"), **kw)
 
 
 def test_full_kaggle_table_cost_by_hand():

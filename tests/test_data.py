@@ -22,7 +22,8 @@ from .conftest import SHARED_DATA, write_criteo_csv
 
 SAMPLE = SHARED_DATA / "criteo_sample.csv"
 ROWS = scale_rows(KAGGLE_ROWS, 0.001)
-needs_sample = pytest.mark.skipif(not SAMPLE.is_file(), reason="../shared/data/criteo_sample.csv not beside the repo")
+needs_sample = pytest.mark.skipif(not SAMPLE.is_file(),
+                                  reason="../shared/data/criteo_sample.csv not beside the repo")
 
 # ------------------------------------------------------------------ synthetic generator
 
@@ -38,8 +39,8 @@ def test_generator_is_deterministic_across_processes():
     assert len(digests) == 1
     import hashlib
 
-    d, i, l = SyntheticCriteo(ROWS, seed=7).samples("train", 123_456, 300)
-    assert digests == {hashlib.sha256(d.tobytes() + i.tobytes() + l.tobytes()).hexdigest()}
+    dense, ids, labels = SyntheticCriteo(ROWS, seed=7).samples("train", 123_456, 300)
+    assert digests == {hashlib.sha256(dense.tobytes() + ids.tobytes() + labels.tobytes()).hexdigest()}
 
 
 def test_batches_are_reproducible_independently():
@@ -90,7 +91,8 @@ def test_planted_signal_is_learnable_by_a_table_model_briefly_trained(run_config
     from harness.workload.dlrm import build_model
     from harness.workload.training import train
 
-    run = run_config("dataset.scale=0.001", "train.steps=300", "train.eval_every=300", "train.eval_samples=8192")
+    run = run_config("dataset.scale=0.001", "train.steps=300", "train.eval_every=300",
+                     "train.eval_samples=8192")
     spec = workload_spec(run)
     result = train(build_model(spec, seed=0), open_dataset(run.dataset, spec), run.train, seed=0)
     constant = max(result.quality.positive_rate, 1 - result.quality.positive_rate)
@@ -173,9 +175,12 @@ def _with_malformed(tmp_path):
     lines = ["\t".join(r) for r in rows]
     lines[3] = lines[3] + "\textra"  # line 4: one column too many
     lines[7] = "\t".join(rows[7][:30])  # line 8: too few
-    bad_int = list(rows[11]); bad_int[2] = "12x"; lines[11] = "\t".join(bad_int)  # line 12: I2 not a number
-    bad_label = list(rows[15]); bad_label[0] = "2"; lines[15] = "\t".join(bad_label)  # line 16: label 2
-    bad_hex = list(rows[17]); bad_hex[14] = "zz12ab34"; lines[17] = "\t".join(bad_hex)  # line 18: C1 not hex
+    for line, column, value in ((11, 2, "12x"),  # line 12: I2 not a number
+                                (15, 0, "2"),  # line 16: label 2
+                                (17, 14, "zz12ab34")):  # line 18: C1 not hex
+        bad = list(rows[line])
+        bad[column] = value
+        lines[line] = "\t".join(bad)
     path = tmp_path / "mixed.tsv"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -274,7 +279,9 @@ def test_auc_with_ties_equals_the_pairwise_definition():
     scores = rng.integers(0, 5, 300).astype(float)  # many ties
     labels = (rng.random(300) < 0.3).astype(float)
     pos, neg = scores[labels == 1], scores[labels == 0]
-    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (len(pos) * len(neg))
+    pairwise = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (
+        len(pos) * len(neg)
+    )
     assert auc(scores, labels) == pytest.approx(pairwise)
 
 

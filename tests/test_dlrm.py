@@ -13,7 +13,8 @@ from harness.workload.representations.table import Config as TableConfig
 
 def tiny_spec(layout: str = "fused", ids_per_lookup: int = 1) -> WorkloadSpec:
     return WorkloadSpec((5, 7, 3), embedding_dim=4, bottom_mlp=(13, 8, 4), top_mlp=(6, 1),
-                        ids_per_lookup=ids_per_lookup, representation=TableConfig(layout=layout, storage="fp32"))
+                        ids_per_lookup=ids_per_lookup, representation=TableConfig(layout=layout,
+                                                                                  storage="fp32"))
 
 
 def test_output_is_one_logit_per_sample():
@@ -68,7 +69,8 @@ def test_forward_equals_hand_computation(layout, ids_per_lookup):
 
 
 def test_top_mlp_input_width_is_367_for_kaggle():
-    spec = WorkloadSpec.from_shape("kaggle", 0.0001, representation=TableConfig(layout="fused", storage="fp32"))
+    spec = WorkloadSpec.from_shape("kaggle", 0.0001, representation=TableConfig(layout="fused",
+                                                                                storage="fp32"))
     model = build_model(spec)
     assert model.over_arch.mlp[0].in_features == 367
 

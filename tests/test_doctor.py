@@ -21,7 +21,10 @@ def test_other_busy_processes_are_named_with_their_share_and_what_to_do():
     busy = [(4242, "stress", 0.98), (17, "python", 0.91)]
     finding = doctor.other_processes(busy, reading(other=1.9), threads=2, max_other=0.1)
     assert not finding.ok
-    assert "other processes used 1.90 cores over 2 s: stress (pid 4242) 0.98, python (pid 17) 0.91" in finding.what
+    assert (
+        "other processes used 1.90 cores over 2 s: stress (pid 4242) 0.98, python (pid 17) 0.91"
+        in finding.what
+    )
     assert "backend.num_threads=1" in finding.todo  # leave them a core
     assert doctor.other_processes([], reading(other=0.01), threads=2, max_other=0.1).ok
     # A one-thread run leaves a core: one busy process beside it is fine.
@@ -62,6 +65,6 @@ def test_the_command_examines_this_machine_and_refuses_an_unknown_key(tmp_path):
                           env=harness_env(), timeout=120)
     assert proc.returncode in (0, 1), proc.stderr  # 1 where this machine is busy (other tests beside it)
     assert "the run will use 1 threads" in proc.stdout and proc.stdout.splitlines()[-1].startswith("doctor: ")
-    bad = subprocess.run([sys.executable, "-m", "harness.doctor", "backend.num_thread=1"], capture_output=True,
-                         text=True, env=harness_env(), timeout=120)
+    bad = subprocess.run([sys.executable, "-m", "harness.doctor", "backend.num_thread=1"],
+                         capture_output=True, text=True, env=harness_env(), timeout=120)
     assert bad.returncode == 2 and "error:" in bad.stderr

@@ -50,7 +50,8 @@ def test_a_run_is_recorded_with_metrics_tags_and_artifacts(run_harness, store, t
     local = client.download_artifacts(run.info.run_id, "")
     raw = list(csv.DictReader(io.open(f"{local}/samples/latency_raw.csv")))
     iterations = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "iterations")}
-    # Every attempt's samples are kept (a loaded machine measures a size again); the figures are the used ones.
+    # Every attempt's samples are kept (a loaded machine measures a size again); the figures are the used
+    # ones.
     assert len([r for r in raw if r["used"] == "1"]) == sum(iterations.values())
     assert {int(r["query_size"]) for r in raw} == {1, 64}
     env = json.load(open(f"{local}/environment.json"))
@@ -61,7 +62,9 @@ def test_a_run_is_recorded_with_metrics_tags_and_artifacts(run_harness, store, t
 
 def test_the_first_run_says_what_was_timed_and_where_it_went_and_a_rerun_shows_it_again(run_harness, store):
     first = run_harness(*SMOKE, store_uri=store).stdout.splitlines()
-    assert first[0].startswith("timed: inference of DLRM (synthetic_kaggle, scale 0.0001: 26 embedding features")
+    assert first[0].startswith(
+        "timed: inference of DLRM (synthetic_kaggle, scale 0.0001: 26 embedding features"
+    )
     assert "a sample is one user-item pair (13 dense features, one id per feature)" in first[0]
     assert any(line.startswith("n: timed calls; ± CI: half-width of p50's 95 % interval") for line in first)
     [run] = _runs(store)
@@ -70,12 +73,16 @@ def test_the_first_run_says_what_was_timed_and_where_it_went_and_a_rerun_shows_i
     experiment_id = mlflow.get_experiment_by_name("mprec").experiment_id
     assert (f"then open http://127.0.0.1:5000/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
             in first[first.index(look) + 1])
-    assert (f"recorded: MLflow run {run.info.run_id} (table@cpu synthetic_kaggle x0.0001 q1-64) in experiment "
-            "'mprec'") in first
+    assert (
+        f"recorded: MLflow run {run.info.run_id} (table@cpu synthetic_kaggle x0.0001 q1-64) in experiment "
+        "'mprec'"
+    ) in first
 
     again = run_harness(*SMOKE, store_uri=store)
     said = (again.stdout + again.stderr).count("skipped table@cpu")
-    assert said == 1 and again.stdout.startswith(f"skipped table@cpu: already measured in run {run.info.run_id}")
+    assert said == 1 and again.stdout.startswith(
+        f"skipped table@cpu: already measured in run {run.info.run_id}"
+    )
     table = _table_rows(first)
     assert len(table) == 2 and table == _table_rows(again.stdout.splitlines())  # the same figures
 
@@ -130,7 +137,8 @@ def test_multirun_sweep_records_one_run_per_job_in_one_experiment(run_harness, s
     assert "query sizes" in proc.stderr  # the printed summary
 
 
-def test_a_planted_interference_is_flagged_in_the_run_the_summary_and_the_report(run_harness, store, tmp_path):
+def test_a_planted_interference_is_flagged_in_the_run_the_summary_and_the_report(run_harness, store,
+                                                                                 tmp_path):
     # A fake reading of 1.5 cores used by other processes at q=64, every attempt: the size is measured again
     # (with its neighbour), then recorded unreliable; the analysis hatches it and says why.
     proc = run_harness(*SMOKE, "debug.interference={64: 1.5}", "measure.stability.retry_pause_s=0",
@@ -158,6 +166,19 @@ def test_a_planted_interference_is_flagged_in_the_run_the_summary_and_the_report
     header, row = paths[0].split(","), paths[1].split(",")
     assert row[header.index("reliable@64")] == "0.0" and row[header.index("reliable@1")] in ("0.0", "1.0")
     assert "(on unreliable measurements)" in (folder / "mapping.md").read_text()
+
+
+def test_a_sweeps_analysis_is_about_that_sweep_and_prints_its_paths(run_harness, store, tmp_path):
+    import pandas as pd
+
+    common = ("-m", *SMOKE, "experiment_name=scoped", "isolate=never")
+    run_harness(*common, "dataset.scale=0.0001", store_uri=store)
+    second = run_harness(*common, "dataset.scale=0.0002", store_uri=store)
+    mapping = tmp_path / "results" / "scoped" / "analysis" / "mapping.csv"
+    assert set(pd.read_csv(mapping)["workload"]) == {"synthetic_kaggle x0.0002"}  # not the first sweep's
+    assert "paths of this sweep, synthetic_kaggle x0.0002" in second.stderr and "table@cpu" in second.stderr
+    run_harness(*common, "dataset.scale=0.0002", "analysis_scope=experiment", store_uri=store)  # all skipped
+    assert set(pd.read_csv(mapping)["workload"]) == {"synthetic_kaggle x0.0001", "synthetic_kaggle x0.0002"}
 
 
 def test_a_run_that_raises_is_ended_failed_with_the_error(run_harness, store):
@@ -189,7 +210,9 @@ def test_every_representation_runs_and_logs_its_cost(run_harness, store):
     metrics = {name: r.data.metrics for name, r in runs.items()}
     assert metrics["dhe"]["flops_per_sample"] > metrics["table"]["flops_per_sample"]
     # Hybrid holds both the tables and the decoders (at this tiny scale the decoders are the larger part).
-    assert metrics["hybrid"]["param_bytes"] > max(metrics["table"]["param_bytes"], metrics["dhe"]["param_bytes"])
+    assert metrics["hybrid"]["param_bytes"] > max(
+        metrics["table"]["param_bytes"], metrics["dhe"]["param_bytes"]
+    )
     assert metrics["hybrid"]["top_input_width"] == 1394
     cost = MlflowClient(store).download_artifacts(runs["tt"].info.run_id, "cost.json")
     assert "tt_factorization" in json.load(open(cost))["embedding_details"]
@@ -236,8 +259,10 @@ def test_training_logs_quality_and_weights_then_another_run_reuses_them(run_harn
 
 def test_a_tt_run_that_keeps_every_table_plain_says_so_and_records_it(run_harness, store):
     proc = run_harness(*SMOKE, "representation=tt", store_uri=store)  # scale 0.0001: every table < min_rows
-    assert ("note: tt@cpu is exactly the table model at dataset.scale=0.0001: its largest table has 1,014 rows, "
-            "below representation.min_rows=100,000") in proc.stdout
+    assert (
+        "note: tt@cpu is exactly the table model at dataset.scale=0.0001: its largest table has 1,014 rows, "
+        "below representation.min_rows=100,000"
+    ) in proc.stdout
     [run] = _runs(store)
     assert run.data.tags["tt_tables"] == "0 of 26" and run.data.tags["same_model_as"] == "table"
 
@@ -258,12 +283,16 @@ def test_a_data_error_is_one_printable_line_in_the_terminal_and_the_run(run_harn
     path = tmp_path / "criteo.csv"
     path.write_text("\n".join(lines) + "\n")
     proc = run_harness(*SMOKE, "dataset=criteo_kaggle", f"dataset.path={path}", "dataset.strict=true",
-                       "train.steps=4", "train.batch_size=32", "train.eval_samples=16", store_uri=store, check=False)
+                       "train.steps=4", "train.batch_size=32", "train.eval_samples=16", store_uri=store,
+                       check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert line == f"error: {path}:8: expected 40 columns, found 41"
     [run] = _runs(store)
-    assert run.info.status == "FAILED" and run.data.tags["error"] == f"MalformedLine: {path}:8: expected 40 columns, found 41"
+    assert (
+        run.info.status == "FAILED"
+        and run.data.tags["error"] == f"MalformedLine: {path}:8: expected 40 columns, found 41"
+    )
     assert run.data.tags["error"].isprintable()
 
 
@@ -281,3 +310,16 @@ def test_malformed_criteo_lines_are_logged_with_the_count(run_harness, store, tm
     [run] = _runs(store)
     assert run.data.metrics["data_malformed_lines"] == 2
     assert "line 6" in proc.stderr and "line 10" in proc.stderr
+
+
+def test_the_rows_a_run_says_it_read_are_trainings_not_the_timing_pools(run_harness, store, tmp_path):
+    from .conftest import write_criteo_csv
+
+    # 60,000 rows: more than one 8 MB block of the reader. Training's 4 steps of 32 read the first block
+    # only; the timing pool of 16 queries of 4096 then reads the whole file.
+    path = write_criteo_csv(tmp_path / "big.csv", rows=60_000)
+    run_harness(*SMOKE, "dataset=criteo_kaggle", f"dataset.path={path}", "dataset.scale=0.001",
+                "train.steps=4", "train.batch_size=32", "train.eval_samples=16",
+                "workload.query_sizes=[4096]", "measure.pool_samples=65536", store_uri=store)
+    [run] = _runs(store)
+    assert 0 < run.data.metrics["data_rows_read"] < 60_000

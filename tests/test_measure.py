@@ -192,7 +192,8 @@ def test_the_ladder_brackets_each_size_and_keeps_the_adapters_metrics():
 
 def test_device_timer_samples_are_kept_beside_the_wall_clock():
     clock = FakeClock(step_s=0.002)
-    settings = LadderSettings(warmup_iters=0, warmup_s=0, min_iters=3, min_time_s=0, max_iters=3, max_time_s=1)
+    settings = LadderSettings(warmup_iters=0, warmup_s=0, min_iters=3, min_time_s=0, max_iters=3,
+                              max_time_s=1)
     timing = time_iterations(clock.step, lambda out: None, settings, clock, device_time=lambda: 0.0015)
     assert timing.device_latencies_s == [0.0015] * 3
     assert timing.latencies_s == pytest.approx([0.002] * 3)

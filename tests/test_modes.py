@@ -20,12 +20,13 @@ from harness.serving.profiles import from_runs
 from .test_analysis import SETTINGS, cell, record, table_of
 
 
-@pytest.mark.parametrize("overrides, label", [
-    (["+backend=cuda"], "table@cuda"),
-    (["+backend=cuda", "backend.graphs=true", "precision=bf16"], "table@cuda+graphs/bf16"),
-    (["+backend=cuda", "backend.compile=true", "backend.compile_mode=reduce-overhead"], "table@cuda+compiled+graphs"),
-    (["+backend=cpu", "backend.compile=true"], "table@cpu+compiled"),
-])
+@pytest.mark.parametrize("overrides, label",
+                         [(["+backend=cuda"], "table@cuda"),
+                          (["+backend=cuda", "backend.graphs=true", "precision=bf16"],
+                           "table@cuda+graphs/bf16"),
+                          (["+backend=cuda", "backend.compile=true", "backend.compile_mode=reduce-overhead"],
+                           "table@cuda+compiled+graphs"),
+                          (["+backend=cpu", "backend.compile=true"], "table@cpu+compiled")])
 def test_the_label_and_tag_carry_the_execution_mode(overrides, label):
     p = plan(compose(["dry_run=true", *overrides]))
     assert p.path == label and p.run_tags()["mode"] == PathLabel.parse(label).mode
@@ -68,7 +69,8 @@ def _modes():
     # The same DHE model on one GPU: launch-bound eager at small sizes, graphs win there; at 4096 eager wins.
     eager = record("dhe@cuda", sizes={1: (0.9, 1e3), 64: (1.0, 6e4), 4096: (5.0, 8e5)}, start=1)
     graphs = record("dhe@cuda+graphs", sizes={1: (0.25, 4e3), 64: (0.4, 1.6e5), 4096: (5.5, 7.4e5)}, start=2)
-    table = record("table@cpu", sizes={1: (0.5, 2e3), 64: (0.7, 9e4), 4096: (30.0, 1.3e5)}, accuracy=0.78, start=3)
+    table = record("table@cpu", sizes={1: (0.5, 2e3), 64: (0.7, 9e4), 4096: (30.0, 1.3e5)}, accuracy=0.78,
+                   start=3)
     return table_of(eager, graphs, table)
 
 

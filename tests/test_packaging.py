@@ -35,7 +35,8 @@ def test_wheel_ships_conf_and_runs_outside_the_checkout(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.stdout.strip() == str(target / "harness" / "conf")
-    proc = subprocess.run([sys.executable, "-m", "harness", "dry_run=true", "+backend=cpu", "hydra.run.dir=."],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "harness", "dry_run=true", "+backend=cpu",
+                           "hydra.run.dir=."], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["path"] == "table@cpu"

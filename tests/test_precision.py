@@ -1,4 +1,5 @@
-"""Precision as a dimension of a path (issue 16): compute dtype, table storage, their cost, quality and labels.
+"""Precision as a dimension of a path (issue 16): compute dtype, table storage, their cost, quality and
+labels.
 
 Parity: each representation in each precision the CPU adapter runs matches its fp32 output within the
 tolerance written down in harness/workload/precision.py (PARITY_TOLERANCE); int8 tables match their own
@@ -46,7 +47,9 @@ def relative_error(out: torch.Tensor, expected: torch.Tensor) -> float:
 def run_in(precision: str, name: str, per_bag: int, device_backend: str = "cpu"):
     model, batch, expected = case(name, per_bag)
     apply_precision(model, precision)
-    adapter = backends.adapter_class(device_backend)(load_config(compose([f"+backend={device_backend}"])).backend)
+    adapter = backends.adapter_class(device_backend)(
+        load_config(compose([f"+backend={device_backend}"])).backend
+    )
     from harness.pipeline.run import prepare_on
 
     prepare_on(adapter, model, batch, precision)
@@ -58,7 +61,8 @@ CASES = [(n, 1) for n in REPRESENTATIONS] + [("table", 3), ("tt", 2), ("dhe", 2)
 
 @pytest.mark.parametrize("precision", REDUCED_ON_CPU)
 @pytest.mark.parametrize("name, per_bag", CASES)
-def test_every_representation_in_every_cpu_precision_matches_fp32_within_its_tolerance(precision, name, per_bag):
+def test_every_representation_in_every_cpu_precision_matches_fp32_within_its_tolerance(precision, name,
+                                                                                       per_bag):
     out, expected = run_in(precision, name, per_bag)
     assert out.dtype == torch.float32  # the path's boundary stays fp32
     error = relative_error(out, expected)
@@ -89,8 +93,9 @@ def test_tensorflow_reads_fp16_and_int8_tables_as_torch_does(storage):
 
 
 def _int8_and_reference(per_bag: int, lookup: str, storage: str = "int8"):
-    spec = WorkloadSpec.from_shape("kaggle", 0.0001, representation=table.Config(layout="fused", storage=storage),
-                                   ids_per_lookup=per_bag)
+    spec = WorkloadSpec.from_shape(
+        "kaggle", 0.0001, representation=table.Config(layout="fused", storage=storage), ids_per_lookup=per_bag
+    )
     model = build_model(spec, seed=0).eval()
     reference = copy.deepcopy(model)
     apply_precision(model, "fp32", storage)
@@ -101,7 +106,8 @@ def _int8_and_reference(per_bag: int, lookup: str, storage: str = "int8"):
     ids = torch.stack([torch.randint(0, r, (64, per_bag), generator=gen) for r in spec.table_rows], dim=1)
     dense = torch.rand(64, 13, generator=gen)
     with torch.no_grad():
-        return model, model(dense, ids), reference(dense, ids), reference.sparse_arch(ids), model.sparse_arch(ids)
+        return (model, model(dense, ids), reference(dense, ids), reference.sparse_arch(ids),
+                model.sparse_arch(ids))
 
 
 @pytest.mark.parametrize("lookup", ["fbgemm", "gather"])
@@ -173,7 +179,12 @@ def test_the_cost_model_follows_the_storage_and_the_compute_precision():
 def test_the_kaggle_int8_table_model_fits_a_900_mb_ipu_where_fp32_does_not():
     # 811 MB of int8 rows with their fp32 scales and biases, 29 MB of activations at 4096: inside 900 MB,
     # though not inside the default 10 % headroom (810 MB), which the dry run says just as plainly.
-    args = ("+backend=ipu", "dataset.scale=1.0", "workload.query_sizes=[1,4096]", "workload.memory_headroom=0.05")
+    args = (
+        "+backend=ipu",
+        "dataset.scale=1.0",
+        "workload.query_sizes=[1,4096]",
+        "workload.memory_headroom=0.05",
+    )
     fp32 = _plan(*args).dry_run_report()
     int8 = _plan(*args, "representation.storage=int8", "precision=fp16").dry_run_report()
     assert fp32["device_capacity_bytes"] == int8["device_capacity_bytes"] == 900_000_000
@@ -190,7 +201,11 @@ def test_labels_tags_and_keys_carry_the_precision():
     assert base.path == "table@cpu" and reduced.path == "table:int8@cpu/bf16"
     assert reduced.run_name.startswith("table:int8@cpu/bf16 ")
     tags = reduced.run_tags()
-    assert tags["precision"] == "bf16" and tags["table_storage"] == "int8" and base.run_tags()["precision"] == "fp32"
+    assert (
+        tags["precision"] == "bf16"
+        and tags["table_storage"] == "int8"
+        and base.run_tags()["precision"] == "fp32"
+    )
     assert "table_storage" not in base.run_tags()
     # Another measurement, the same trained weights: training is fp32 whatever the path's precision.
     assert reduced.run_key() != base.run_key()
@@ -204,7 +219,8 @@ def test_labels_tags_and_keys_carry_the_precision():
 
 @pytest.mark.parametrize("override, key", [("precision.name=bf17", "precision.name"),
                                            ("representation.storage=int4", "representation.storage"),
-                                           ("representation=hybrid representation.storage=int4", "representation.storage")])
+                                           ("representation=hybrid representation.storage=int4",
+                                            "representation.storage")])
 def test_bad_precision_values_name_their_key(override, key):
     with pytest.raises(ConfigError) as info:
         load_config(compose(override.split()))
@@ -219,7 +235,9 @@ def test_int8_needs_the_fused_layout():
 def test_each_backend_declares_its_precisions_and_refuses_the_others_in_one_line():
     declared = {name: backends.adapter_class(name).precisions for name in ("cpu", "cuda", "tpu", "ipu", "tf")}
     assert declared["cuda"] == ("fp32", "bf16", "fp16", "tf32")
-    assert "tf32" not in declared["cpu"] and declared["tpu"] == ("fp32", "bf16") and declared["ipu"] == ("fp32", "fp16")
+    assert ("tf32" not in declared["cpu"] and declared["tpu"] == ("fp32",
+                                                                  "bf16") and declared["ipu"] == ("fp32",
+                                                                                                  "fp16"))
     adapter = _plan("+backend=cpu", "precision=tf32").adapter
     with pytest.raises(BackendUnavailable) as info:
         adapter.check_precision("tf32")
@@ -256,16 +274,16 @@ def test_a_reduced_precision_path_records_its_own_quality_and_the_delta_to_fp32(
 
 
 def test_the_analysis_never_gives_a_reduced_precision_path_the_fp32_accuracy():
-    rows = pd.DataFrame([
-        {"path": "dhe@cpu", "representation": "dhe", "workload": "w", "numerics": "fp32", "quality_key": "q",
-         "accuracy": 0.78, "status": "FINISHED", "start_time": 1},
-        {"path": "dhe@cpu/bf16", "representation": "dhe", "workload": "w", "numerics": "bf16", "quality_key": "q",
-         "accuracy": float("nan"), "status": "FINISHED", "start_time": 2},
-        {"path": "dhe@tf/bf16", "representation": "dhe", "workload": "w", "numerics": "bf16", "quality_key": "q",
-         "accuracy": 0.77, "status": "FINISHED", "start_time": 3},
-        {"path": "dhe@tpu/bf16", "representation": "dhe", "workload": "w", "numerics": "bf16", "quality_key": "q",
-         "accuracy": float("nan"), "status": "FINISHED", "start_time": 4},
-    ])
+    rows = pd.DataFrame([{"path": "dhe@cpu", "representation": "dhe", "workload": "w", "numerics": "fp32",
+                          "quality_key": "q", "accuracy": 0.78, "status": "FINISHED", "start_time": 1},
+                         {"path": "dhe@cpu/bf16", "representation": "dhe", "workload": "w",
+                          "numerics": "bf16", "quality_key": "q", "accuracy": float("nan"),
+                          "status": "FINISHED", "start_time": 2},
+                         {"path": "dhe@tf/bf16", "representation": "dhe", "workload": "w", "numerics": "bf16",
+                          "quality_key": "q", "accuracy": 0.77, "status": "FINISHED", "start_time": 3},
+                         {"path": "dhe@tpu/bf16", "representation": "dhe", "workload": "w",
+                          "numerics": "bf16", "quality_key": "q", "accuracy": float("nan"),
+                          "status": "FINISHED", "start_time": 4}])
     joined = join_quality(rows).set_index("path")["accuracy"]
     assert joined["dhe@cpu/bf16"] == 0.77 and joined["dhe@tpu/bf16"] == 0.77 and joined["dhe@cpu"] == 0.78
     only_fp32 = join_quality(rows.iloc[:2]).set_index("path")["accuracy"]
@@ -273,8 +291,10 @@ def test_the_analysis_never_gives_a_reduced_precision_path_the_fp32_accuracy():
 
 
 def test_serving_profiles_take_accuracy_only_from_the_same_precision():
-    measured = [PathProfile("dhe@cpu", "cpu", 0.78, (1,), (1.0,)), PathProfile("dhe@cpu/bf16", "cpu", 0.77, (1,), (1.0,))]
-    gpu = [PathProfile("dhe@h200/bf16", "h200", None, (1,), (0.5,)), PathProfile("dhe@h200/fp16", "h200", None, (1,), (0.5,))]
+    measured = [PathProfile("dhe@cpu", "cpu", 0.78, (1,), (1.0,)), PathProfile("dhe@cpu/bf16", "cpu", 0.77,
+                                                                               (1,), (1.0,))]
+    gpu = [PathProfile("dhe@h200/bf16", "h200", None, (1,), (0.5,)), PathProfile("dhe@h200/fp16", "h200",
+                                                                                 None, (1,), (0.5,))]
     bf16, fp16 = with_accuracy_of(measured, gpu)
     assert bf16.accuracy == 0.77 and fp16.accuracy is None
     assert measured[1].scaled("gpu", 2.0, 0.1, "x").path == "dhe@gpu/bf16"
@@ -286,7 +306,8 @@ def test_dhe_codes_written_in_bf16_equal_the_fp32_codes_rounded(use_kernel):
 
     p, m = 1_000_003, 1_000_000
     gen = torch.Generator().manual_seed(5)
-    flat = torch.cat([torch.tensor([[0, 1, p - 1, p, 2**40 + 3]] * 3), torch.randint(0, 2**40, (3, 300), generator=gen)], 1)
+    flat = torch.cat([torch.tensor([[0, 1, p - 1, p, 2**40 + 3]] * 3), torch.randint(0, 2**40, (3, 300),
+                                                                                     generator=gen)], 1)
     a = torch.randint(1, p, (3, 1, 64), generator=gen)
     b = torch.randint(0, p, (3, 1, 64), generator=gen)
     fp32 = hashing.codes_float64(flat, a, b, p, m, "uniform", use_kernel=use_kernel)

@@ -5,7 +5,9 @@ issue 17, its execution mode (eager here) as a tag and a plan entry; since issue
 bounds as params and the token a retried create finds its run by as a tag; since issue 22, the stability
 rules and the planted-interference switch as params, and per size the intervals of p50 and p99, the robust
 CV, the host's load while it was timed, `reliable` and `attempts` (and whether the peaks were measured
-quietly), the raw samples' attempt columns. Nothing else changes: run keys included.
+quietly), the raw samples' attempt columns; since issue 23, `analysis_scope` as a param, each size's
+`memory_needed_bytes` (the fit rule's input), and a path label that names the settings which differ from
+conf/'s defaults (the DHE case's k, decoder and cache budget). Nothing else changes: run keys included.
 
 The reference shapes were captured from the code before the move (tests/record_shape.py says how);
 run keys are hashes of the resolved config, so equal run keys also mean an unchanged config schema.
@@ -30,7 +32,8 @@ REFERENCE = json.loads((Path(__file__).parent / "data" / "record_shapes.json").r
 def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_move(case, tmp_path):
     now = record(case, tmp_path, env=harness_env())
     before = REFERENCE[case]
-    added = {k: now["metrics"].pop(k) for k in list(now["metrics"]) if k.startswith(COMPARE)}  # issue 15, below
+    # issue 15, below
+    added = {k: now["metrics"].pop(k) for k in list(now["metrics"]) if k.startswith(COMPARE)}
     # Issue 16: fp32 runs say they are fp32 and nothing else changes (their run keys included).
     assert now["params"].pop("precision.name") == "fp32"
     if "representation.layout" in now["params"]:  # the representations that keep tables
@@ -41,7 +44,8 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
     # backend runs too (bf16 here; fp16 where the CPU has it natively).
     extra_peaks = {k for k in now["metrics"] if k.startswith("device_gemm_") and k != "device_gemm_gflops"}
     if "device_gemm_gflops" in before["metrics"]:
-        assert "device_gemm_bf16_gflops" in extra_peaks <= {"device_gemm_bf16_gflops", "device_gemm_fp16_gflops"}
+        assert ("device_gemm_bf16_gflops" in extra_peaks <= {"device_gemm_bf16_gflops",
+                                                             "device_gemm_fp16_gflops"})
     for key in extra_peaks:
         now["metrics"].pop(key)
     # Issue 17: and eager.
@@ -53,15 +57,23 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
     # Issue 22: how far each figure can be trusted (docs/measurement.md).
     stability = {k for k in now["params"] if k.startswith("measure.stability.")}
     assert {k.rsplit(".", 1)[1] for k in stability} == {"max_other_cores", "max_steal_cores", "max_robust_cv",
-                                                        "order_tolerance", "peak_tolerance", "retries", "retry_pause_s"}
+                                                        "order_tolerance", "peak_tolerance", "retries",
+                                                        "retry_pause_s"}
     for key in stability:
         now["params"].pop(key)
     assert now["params"].pop("debug.interference") == "null"
+    # Issue 23: the sweep's analysis scope; a label naming the settings that differ from the defaults.
+    assert now["params"].pop("analysis_scope") == "sweep"
+    variant = {"dhe_cache_trained": "dhe[k=16,decoder=16-8,cache.rows=8]+cache@cpu"}.get(case)
+    if variant:
+        assert now["tags"]["path"] == now["plan"]["path"] == variant
+        now["tags"]["path"] = now["plan"]["path"] = before["tags"]["path"]
     if now["status"] == "FINISHED":
         sizes = before["metrics"]["latency_p50_ms"]
         trust = {f"latency_{p}_ci_{side}_ms" for p in ("p50", "p99") for side in ("low", "high")}
-        trust |= {"latency_robust_cv", "reliable", "attempts", "interference_other_cores", "interference_steal_cores",
-                  "load_avg_before", "load_avg_after", "cpu_mhz"}
+        trust |= {"memory_needed_bytes"}  # issue 23: the fit rule's input per size
+        trust |= {"latency_robust_cv", "reliable", "attempts", "interference_other_cores",
+                  "interference_steal_cores", "load_avg_before", "load_avg_after", "cpu_mhz"}
         assert {k: now["metrics"].pop(k) for k in trust} == {k: sizes for k in trust}
         if "device_gemm_gflops" in before["metrics"]:
             assert now["metrics"].pop("device_peaks_reliable") == [0]

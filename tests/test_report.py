@@ -16,19 +16,32 @@ from harness.analysis.output import write_analysis
 from .test_analysis import GB, _config, record
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium; "
-                                                             ".ci/run installs it)")
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="no Chromium here (Debian: apt-get install chromium; .ci/run installs it)"
+)
 # The flags a headless Chromium needs on a machine with no display, no D-Bus and no network.
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
-         "--enable-logging=stderr", "--v=0"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--enable-logging=stderr",
+    "--v=0",
+]
 
 
 def analysis(folder: Path):
-    records = [record("table@cpu", sizes={1: (0.5, 2000), 64: (2.0, 30_000), 1024: (30.0, 40_000)}, accuracy=0.7801),
-               record("tt@cpu", sizes={1: (0.6, 1800), 64: (2.2, 29_000), 1024: (33.0, 38_000)}, accuracy=0.7803),
-               record("dhe@cuda", sizes={1: (1.0, 1000), 64: (1.1, 60_000), 1024: (4.0, 256_000)}, accuracy=0.7806),
-               record("hybrid@cpu", status="FAILED", error="RuntimeError: injected fault")]
+    records = [
+        record("table@cpu", sizes={1: (0.5, 2000), 64: (2.0, 30_000), 1024: (30.0, 40_000)}, accuracy=0.7801),
+        record("tt@cpu", sizes={1: (0.6, 1800), 64: (2.2, 29_000), 1024: (33.0, 38_000)}, accuracy=0.7803),
+        record("dhe@cuda", sizes={1: (1.0, 1000), 64: (1.1, 60_000), 1024: (4.0, 256_000)}, accuracy=0.7806),
+        record("hybrid@cpu", status="FAILED", error="RuntimeError: injected fault"),
+    ]
     errors = {r["run_id"]: r["tags"]["error"] for r in records if "error" in r["tags"]}
     return write_analysis(records, _config(folder), folder, errors, 24 * GB)
 
@@ -54,8 +67,9 @@ def test_an_analysis_writes_one_self_contained_html_report(tmp_path):
 
 def screenshot(page: Path, out: Path, tmp_path: Path) -> str:
     """Load `page` in headless Chromium and screenshot it; returns Chromium's log (console messages)."""
-    proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,2400",
-                           f"--screenshot={out}", page.as_uri()], capture_output=True, text=True, timeout=120)
+    proc = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                           "--window-size=1200,2400", f"--screenshot={out}", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
     assert out.is_file(), proc.stderr[-2000:]
     return proc.stderr
 

@@ -122,14 +122,16 @@ def test_dhe_fast_encoding_is_bit_identical_to_the_definition(m, encoding):
     ids = torch.randint(0, 2**62, (4000, 2, 1), generator=torch.Generator().manual_seed(m))
     # Ids whose first hash lands exactly on 0, 1, p-1 and m (mod p): the reductions' edge cases.
     a, b, p = int(module.hash_a[0, 0, 0]), int(module.hash_b[0, 0, 0]), module.p
-    edges = [((target - b) * pow(a, -1, p)) % p + j * p for target in (0, 1, p - 1, m % p) for j in (0, 3, 10**9)]
+    edges = [((target - b) * pow(a, -1, p)) % p + j * p for target in (0, 1, p - 1, m % p) for j in (0, 3,
+                                                                                                     10**9)]
     ids[: len(edges), 0, 0] = torch.tensor(edges)
     flat = ids.permute(1, 0, 2).reshape(2, -1)
     definition = hashing.code(module.hash(flat), encoding, module.m)
     assert torch.equal(module.encode(ids), definition)
     a, b, p = module.hash_a, module.hash_b, module.p
     for chunk in (10**9, 32 * 2 * 7):  # the torch path in one chunk, and in chunks that leave a remainder
-        assert torch.equal(hashing.codes_float64(flat, a, b, p, m, encoding, chunk, use_kernel=False), definition)
+        assert torch.equal(hashing.codes_float64(flat, a, b, p, m, encoding, chunk, use_kernel=False),
+                           definition)
     configure_for(module, DeviceCapabilities(launch_bound=True))  # a GPU's setting: one int64 pass
     assert module.hash_method == "int64" and torch.equal(module.encode(ids), definition)
 
@@ -174,7 +176,8 @@ def test_dhe_32_bit_hashing_gives_the_same_buckets(m):
     module = DeepHashEmbedding(range(3), small_dhe(k=32, decoder=[32, 6], m=m), dim=4)
     ids = torch.randint(0, 2**62, (3, 2000), generator=torch.Generator().manual_seed(m))
     def int32(x):
-        return hashing.buckets_int32(x, module.hash_a_limbs, module.limb_bits, module.hash_b32, module.p, module.m)
+        return hashing.buckets_int32(x, module.hash_a_limbs, module.limb_bits, module.hash_b32, module.p,
+                                     module.m)
 
     assert torch.equal(int32(ids).long(), module.hash(ids))
     small = torch.randint(0, 2**31 - 1, (3, 2000), dtype=torch.int32)  # int32 ids, as an IPU receives them
@@ -192,10 +195,12 @@ def test_dhe_gaussian_codes_are_standard_normal_ish():
     assert abs(codes.mean().item()) < 0.02 and abs(codes.std().item() - 1) < 0.02
 
 
-_CODES = ("import torch; from harness.workload.representations.dhe.module import DeepHashEmbedding as D;"
-          "from harness.workload.representations.dhe import Config as C;"
-          "m = D(range(4), C(k=8, decoder=[8, 6], m=1000, encoding='uniform', activation='none', batch_norm=False,"
-          " seed=3), 4); print(m.encode(torch.tensor([[[1], [2], [3], [123456]]])).flatten().tolist())")
+_CODES = (
+    "import torch; from harness.workload.representations.dhe.module import DeepHashEmbedding as D;"
+    "from harness.workload.representations.dhe import Config as C;"
+    "m = D(range(4), C(k=8, decoder=[8, 6], m=1000, encoding='uniform', activation='none', batch_norm=False,"
+    " seed=3), 4); print(m.encode(torch.tensor([[[1], [2], [3], [123456]]])).flatten().tolist())"
+)
 
 
 def test_dhe_same_id_same_code_in_every_process():
@@ -239,10 +244,13 @@ def test_dhe_batch_norm_uses_batch_stats_in_training_and_running_stats_in_eval()
 
 def test_hybrid_feeds_both_vectors_and_widens_the_top_mlp():
     for shape, width in (("kaggle", 1394), ("terabyte", 1442)):
-        spec = WorkloadSpec.from_shape(shape, 0.0001, representation=hybrid.Config(layout="fused", storage="fp32",
-                                                                                   dhe=dhe.Config(**DHE)))
+        spec = WorkloadSpec.from_shape(
+            shape, 0.0001, representation=hybrid.Config(layout="fused", storage="fp32", dhe=dhe.Config(**DHE))
+        )
         assert path_cost(spec).top_input_width == width
-    spec = WorkloadSpec.from_shape("kaggle", 0.0001, representation=hybrid.Config(layout="fused", storage="fp32", dhe=small_dhe()))
+    spec = WorkloadSpec.from_shape(
+        "kaggle", 0.0001, representation=hybrid.Config(layout="fused", storage="fp32", dhe=small_dhe())
+    )
     model = build_model(spec, seed=0)
     assert model.over_arch.mlp[0].in_features == 1394
     ids = torch.stack([torch.randint(0, r, (3, 1)) for r in spec.table_rows], dim=1)
@@ -253,7 +261,8 @@ def test_hybrid_feeds_both_vectors_and_widens_the_top_mlp():
 
 
 def select_spec(features=None, scale=0.001) -> WorkloadSpec:
-    cfg = select.Config(layout="fused", storage="fp32", features=features, num_largest=5, dhe=small_dhe(decoder=[8, 6]))
+    cfg = select.Config(layout="fused", storage="fp32", features=features, num_largest=5,
+                        dhe=small_dhe(decoder=[8, 6]))
     return WorkloadSpec.from_shape("kaggle", scale, representation=cfg)
 
 
@@ -305,8 +314,9 @@ def test_bad_representation_values_name_their_key(run_config, overrides, key):
 
 @pytest.mark.parametrize("name", ["table", "tt", "dhe", "hybrid", "select"])
 def test_every_representation_composes_and_runs_in_dlrm(run_config, name):
-    run = run_config(f"representation={name}", "dataset.scale=0.0001", "representation.k=8" if name == "dhe" else
-                     "representation.layout=fused", *(["representation.decoder=[8,6]"] if name == "dhe" else []))
+    run = run_config(f"representation={name}", "dataset.scale=0.0001",
+                     "representation.k=8" if name == "dhe" else "representation.layout=fused",
+                     *(["representation.decoder=[8,6]"] if name == "dhe" else []))
     spec = workload_spec(run)
     model = build_model(spec, seed=0)
     ids = torch.stack([torch.randint(0, r, (2, 1)) for r in spec.table_rows], dim=1)

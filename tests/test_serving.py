@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from harness.serving import policies as pol
 from harness.serving.profiles import PathProfile
 from harness.serving.simulator import arrivals, max_qps, simulate
 from harness.serving.sizes import MLPERF_QUANTILES, from_quantiles, read_quantiles
-from harness.serving.study import check_target, threshold_policy
+from harness.serving.study import check_target
 
 TABLE = PathProfile("table@cpu", "cpu", 0.75, (1, 64, 1024), (0.5, 2.0, 20.0))
 DHE_GPU = PathProfile("dhe@gpu", "gpu", 0.80, (1, 64, 1024), (1.0, 1.5, 6.0))
@@ -46,7 +47,7 @@ def test_mprec_split_divides_a_query_no_single_path_can_finish():
 
 
 def test_the_threshold_policy_sends_large_queries_to_the_path_fast_on_them():
-    policy = threshold_policy([TABLE, DHE_GPU], np.array([1, 50, 1000]))
+    [policy] = pol.SizeThreshold.instances([TABLE, DHE_GPU], np.array([1, 50, 1000]), None)
     assert policy.small is TABLE and policy.large is DHE_GPU and 1 <= policy.threshold <= 64
 
 
@@ -60,7 +61,8 @@ def test_arrivals_are_a_poisson_process():
 def test_simulator_matches_md1_queueing_theory():
     service = PathProfile("x@cpu", "cpu", 0.8, (1, 2), (2.0, 2.0))  # 2 ms, deterministic
     qps, n = 300.0, 200_000  # rho = 0.6
-    r = simulate(pol.Static(service), [service], arrivals(np.random.default_rng(1), n, qps), np.ones(n, int), 100)
+    r = simulate(pol.Static(service), [service], arrivals(np.random.default_rng(1), n, qps), np.ones(n, int),
+                 100)
     rho, mu = qps * 0.002, 1 / 0.002
     wait_ms = 1e3 * rho / (2 * mu * (1 - rho))  # Pollaczek-Khinchine for M/D/1
     assert r.latency_ms.mean() == pytest.approx(2.0 + wait_ms, rel=0.03)
@@ -101,7 +103,8 @@ def test_a_latency_only_profile_file_takes_its_representations_accuracy(tmp_path
     from harness.serving import profiles as prof
 
     gpu = PathProfile("table@cuda", "cuda", None, (1, 64), (0.1, 0.2), source="gpu check")
-    prof.save([gpu, PathProfile("tt@cuda", "cuda", None, (1,), (0.3,))], tmp_path / "gpu.json", {"source": "x"})
+    prof.save([gpu, PathProfile("tt@cuda", "cuda", None, (1,), (0.3,))], tmp_path / "gpu.json",
+              {"source": "x"})
     filled = prof.with_accuracy_of([TABLE, DHE_GPU], prof.load(tmp_path / "gpu.json"))
     assert filled[0].accuracy == TABLE.accuracy and "accuracy of table@cpu" in filled[0].source
     assert filled[1].accuracy is None  # no measured tt path: nothing to borrow
@@ -118,9 +121,9 @@ def test_quantile_files(tmp_path):
 
 
 def _measure(run_harness, store, *args):
-    run_harness("-m", "+backend=cpu", "experiment=smoke", "experiment_name=mprec", "representation=table,dhe", "dataset.scale=0.001",
-                "workload.query_sizes=[1,32,256]", "isolate=never", "train.steps=10", "train.eval_every=10",
-                "train.eval_samples=256", *args, store_uri=store)
+    run_harness("-m", "+backend=cpu", "experiment=smoke", "experiment_name=mprec", "representation=table,dhe",
+                "dataset.scale=0.001", "workload.query_sizes=[1,32,256]", "isolate=never", "train.steps=10",
+                "train.eval_every=10", "train.eval_samples=256", *args, store_uri=store)
 
 
 SCALED = ("scaled_devices=[{source: cpu, device: gpu-scaled, per_sample_speedup: {table: 4.0, dhe: 20.0}, "
@@ -136,9 +139,10 @@ def test_serving_cli_writes_the_policy_table_plot_and_an_mlflow_run(run_harness,
     from .conftest import harness_env
 
     _measure(run_harness, store)
-    proc = subprocess.run([sys.executable, "-m", "harness.serving", f"tracking.results_dir={tmp_path / 'results'}",
-                           "target_ms=100", "queries=2000", "load_points=3", SCALED], cwd=tmp_path,
-                          env=harness_env(store), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "harness.serving",
+                           f"tracking.results_dir={tmp_path / 'results'}", "target_ms=100", "queries=2000",
+                           "load_points=3", SCALED], cwd=tmp_path, env=harness_env(store),
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     folder = tmp_path / "results" / "mprec" / "serving"
     assert {"serving.csv", "serving_load.csv", "serving.md", "serving.png", "profiles.json"} <= {
@@ -164,9 +168,9 @@ def test_serving_refuses_an_impossible_target(run_harness, store, tmp_path):
     from .conftest import harness_env
 
     _measure(run_harness, store)
-    proc = subprocess.run([sys.executable, "-m", "harness.serving", f"tracking.results_dir={tmp_path / 'results'}",
-                           "target_ms=0.001", "queries=500"], cwd=tmp_path, env=harness_env(store),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "harness.serving",
+                           f"tracking.results_dir={tmp_path / 'results'}", "target_ms=0.001", "queries=500"],
+                          cwd=tmp_path, env=harness_env(store), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "no path meets p99 <= 0.001 ms" in proc.stderr
 
 
@@ -177,14 +181,28 @@ def test_a_study_without_its_measured_inputs_is_refused_with_the_command_that_re
     from .conftest import harness_env
 
     # The headline's GPU profiles exist (shipped); its CPU runs, which give every path its accuracy, do not.
-    proc = subprocess.run([sys.executable, "-m", "harness.serving", "serving=mprec_headline_h200",
-                           f"tracking.results_dir={tmp_path / 'results'}"], cwd=tmp_path, env=harness_env(store),
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "harness.serving",
+            "serving=mprec_headline_h200",
+            f"tracking.results_dir={tmp_path / 'results'}",
+        ],
+        cwd=tmp_path,
+        env=harness_env(store),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     [line] = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "no measured accuracy for dhe@cuda, hybrid@cuda, table@cuda, tt@cuda" in line
     assert line.endswith("python -m harness experiment=mprec_headline")
-    assert "nan" not in proc.stdout.lower() and not (tmp_path / "results" / "mprec_headline" / "serving").exists()
+    assert (
+        "nan" not in proc.stdout.lower()
+        and not (tmp_path / "results" / "mprec_headline" / "serving").exists()
+    )
 
 
 def test_live_serving_under_loadgen_and_a_failing_path(run_harness, store, tmp_path, monkeypatch):
@@ -240,7 +258,8 @@ def test_profiles_carry_each_sizes_reliability_and_the_study_names_unreliable_in
         if reliable is not None:
             per["reliable"] = reliable
         return {"run_id": path, "status": "FINISHED", "start_time": 0,
-                "tags": {"path": path, "representation": path.split("@")[0], "backend": "cpu", "device_name": "cpu"},
+                "tags": {"path": path, "representation": path.split("@")[0], "backend": "cpu",
+                         "device_name": "cpu"},
                 "params": {"dataset.name": "synthetic_kaggle", "dataset.scale": "0.01"},
                 "metrics": {"accuracy": 0.78, "param_bytes": 1e6}, "per_size": per}
 
@@ -258,3 +277,169 @@ def test_profiles_carry_each_sizes_reliability_and_the_study_names_unreliable_in
     assert reliability_of_inputs([TABLE]) == "reliability unknown for table@cpu."
     trusted = PathProfile("table@cpu", "cpu", 0.75, (1, 64), (0.5, 2.0), reliable=(1.0, 1.0))
     assert reliability_of_inputs([trusted]) == "Every input latency passed the stability rules."
+
+
+
+# --- the studies are right (issue 23) -----------------------------------------------------------------------
+
+def _study_config(**overrides):
+    from harness.core.conf import compose
+    from harness.serving.run import load_serving_config
+
+    items = [f"{k}={v}" for k, v in {"queries": 2000, "load_points": 3, "batching.enabled": "false",
+                                     **overrides}.items()]
+    return load_serving_config(compose(items, config_name="serving"))
+
+
+def test_the_headline_finds_policies_by_kind_and_computes_the_ratio_to_the_size_threshold_policy():
+    from harness.serving.study import run_study
+
+    study = run_study(_study_config(), [TABLE, DHE_GPU])
+    kinds = dict(zip(study.table["policy"], study.table["kind"]))
+    assert kinds["static:table@cpu"] == "static" and kinds["mprec"] == "mprec"
+    [threshold] = [p for p, k in kinds.items() if k == "size_threshold"]
+    assert threshold.startswith("threshold:")  # named otherwise than its kind: found by kind all the same
+    head = study.headline
+    row = study.table.set_index("policy").loc[threshold]
+    assert head["size_threshold_correct_per_s"] == pytest.approx(row["correct_per_s"])
+    assert head["ratio_vs_size_threshold"] == pytest.approx(
+        head["mprec_correct_per_s"] / row["correct_per_s"]
+    )
+
+
+def test_a_label_on_two_devices_is_two_servers_and_a_duplicate_is_refused():
+    from harness.serving import profiles as prof
+
+    here = PathProfile("table@cpu", "AMD EPYC", 0.75, (1, 64), (0.5, 2.0), source="this experiment")
+    there = PathProfile("table@cpu", "Intel Xeon", 0.75, (1, 64), (5.0, 20.0), source="gpu check file")
+    named = prof.distinguish([here, there])
+    assert [p.name for p in named] == ["table@cpu (AMD EPYC)", "table@cpu (Intel Xeon)"]
+    # Each keeps its own service table: a query on the slow one takes its own 5 ms, not the other's 0.5.
+    for profile, expected in zip(named, (0.5, 5.0)):
+        r = simulate(pol.Static(profile), named, np.array([0.001]), np.array([1]), 100.0)
+        assert r.latency_ms[0] == pytest.approx(expected) and r.path_samples[profile.name] == 1
+    with pytest.raises(ValueError,
+                       match=r"two profiles of table@cpu on AMD EPYC: this experiment and a file"):
+        prof.distinguish([here, PathProfile("table@cpu", "AMD EPYC", 0.7, (1,), (1.0,), source="a file")])
+
+
+def test_scaled_stand_ins_exist_for_reduced_precision_and_int8_paths():
+    from harness.serving.config import ScaledDevice
+    from harness.serving.study import scaled_profiles
+
+    measured = [PathProfile(p, "cpu", 0.75, (1, 64), (0.5, 2.0)) for p in ("table@cpu/bf16", "table:int8@cpu",
+                                                                           "dhe[k=512]+cache@cpu")]
+    stand_ins = scaled_profiles(measured, [ScaledDevice("cpu", "gpu-scaled", {"table": 4.0, "dhe": 8.0}, 0.1,
+                                                        "x")])
+    assert [p.path for p in stand_ins] == ["table@gpu-scaled/bf16", "table:int8@gpu-scaled",
+                                           "dhe[k=512]+cache@gpu-scaled"]
+
+
+class Recorder:
+    """A fake adapter for live serving: records the rows each call served."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+
+    def serve(self, batch):
+        self.rows.append(batch.dense.shape[0])
+
+
+def test_live_serving_dispatches_every_part_of_a_split_query(monkeypatch):
+    import sys
+    import types
+
+    from harness.data.pool import Batch
+    from harness.serving.live import LivePath, serve
+
+    completed, issued = [], {}
+
+    class FakeLoadGen(types.SimpleNamespace):
+        """Enough of mlperf_loadgen to issue two queries and collect their completions."""
+
+    lg = FakeLoadGen(QuerySampleResponse=lambda sid, a, b: sid,
+                     QuerySamplesComplete=lambda responses: completed.extend(responses),
+                     ConstructSUT=lambda issue, flush: issued.setdefault("issue", issue),
+                     ConstructQSL=lambda *a: None, DestroyQSL=lambda q: None, DestroySUT=lambda s: None,
+                     TestSettings=types.SimpleNamespace, TestScenario=types.SimpleNamespace(Server=0),
+                     TestMode=types.SimpleNamespace(PerformanceOnly=0),
+                     LogOutputSettings=types.SimpleNamespace, LogSettings=types.SimpleNamespace)
+
+    def start(sut, qsl, settings, log_settings):
+        Path(log_settings.log_output.outdir, "mlperf_log_detail.txt").write_text("")  # LoadGen's log, empty
+        samples = [types.SimpleNamespace(index=0, id=100), types.SimpleNamespace(index=1, id=101)]
+        issued["issue"](samples)
+        import time
+
+        deadline = time.time() + 30
+        while len(completed) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+
+    lg.StartTestWithLogSettings = start
+    monkeypatch.setitem(sys.modules, "mlperf_loadgen", lg)
+    cpu, gpu = Recorder(), Recorder()
+    paths = [LivePath(TABLE, cpu), LivePath(DHE_GPU, gpu)]
+    policy = pol.MPRecSplit([TABLE, DHE_GPU], min_size=64)
+    batches = [Batch(torch.zeros(q, 13), torch.zeros(q, 26, 1, dtype=torch.long)) for q in (1024, 8)]
+    result = serve(paths, policy, batches, np.array([1024, 8]), 10.0, 5.0, 1.0, log_dir=None)
+    assert sorted(completed) == [100, 101]  # each query completed once, after all its parts
+    assert sum(cpu.rows) + sum(gpu.rows) == 1032 and cpu.rows and gpu.rows  # 1024 split over both devices
+    assert result.per_path["table@cpu"] >= 1 and result.per_path["dhe@gpu"] >= 1
+
+
+def test_live_paths_with_conflicting_process_settings_are_refused_before_any_is_built():
+    import types
+
+    from harness.core.errors import ConfigError
+    from harness.serving.live_paths import _refuse_conflicts
+
+    def planned(name, threads, precision="fp32"):
+        from backends.cpu import CpuBackend
+
+        adapter = CpuBackend(types.SimpleNamespace(num_threads=threads, interop_threads=None))
+        run = types.SimpleNamespace(precision=types.SimpleNamespace(name=precision))
+        return (types.SimpleNamespace(name=name), types.SimpleNamespace(adapter=adapter, run=run), None)
+
+    _refuse_conflicts([planned("table@cpu", 2), planned("dhe@cpu", 2)])
+    with pytest.raises(ConfigError,
+                       match=r"table@cpu and dhe@cpu need different torch intra-op threads \(1 and 2\)"):
+        _refuse_conflicts([planned("table@cpu", 1), planned("dhe@cpu", 2)])
+
+
+def test_a_live_path_that_fails_to_build_closes_those_already_prepared(monkeypatch):
+    import types
+
+    from harness.serving import live_paths
+
+    closed = []
+
+    class Adapter:
+        def __init__(self, name):
+            self.name = name
+
+        def process_settings(self, precision):
+            return {}
+
+        def close(self):
+            closed.append(self.name)
+
+    def fake_plan(name):
+        run = types.SimpleNamespace(precision=types.SimpleNamespace(name="fp32"),
+                                    dataset=types.SimpleNamespace(kind="synthetic"))
+        return (types.SimpleNamespace(name=name, path=name), types.SimpleNamespace(adapter=Adapter(name),
+                                                                                   run=run, spec=None), None)
+
+    monkeypatch.setattr(live_paths, "_plans", lambda *a: [fake_plan("a@cpu"), fake_plan("b@cpu")])
+    monkeypatch.setattr(live_paths, "SyntheticDataset", lambda *a: types.SimpleNamespace(generator=None))
+    monkeypatch.setattr(live_paths, "prepare_on", lambda adapter, *a: None)
+
+    def model(p, weights, store):
+        if p.adapter.name == "b@cpu":
+            raise RuntimeError("cannot build b")
+        return object()
+
+    monkeypatch.setattr(live_paths, "_model", model)
+    cfg = types.SimpleNamespace(live=types.SimpleNamespace(fault_path=None))
+    with pytest.raises(RuntimeError, match="cannot build b"):
+        live_paths.build_live_paths(cfg, [], [], None)
+    assert closed == ["a@cpu"]

@@ -28,7 +28,8 @@ def reading(other: float | None = 0.0, steal: float | None = 0.0, cores: int = 2
 
 
 def result(q: int, ms: float | list[float], other: float = 0.0, attempt: int = 1, **load) -> QuerySizeResult:
-    samples = [v / 1e3 for v in (ms if isinstance(ms, list) else [ms * (1 + 0.01 * (i % 5)) for i in range(200)])]
+    values = ms if isinstance(ms, list) else [ms * (1 + 0.01 * (i % 5)) for i in range(200)]
+    samples = [v / 1e3 for v in values]
     return QuerySizeResult(q, True, 0.001, 1, samples, summarize(samples, q), load=reading(other, **load),
                            attempt=attempt)
 
@@ -94,7 +95,8 @@ def test_steal_and_dispersion_and_device_users_are_reasons_too():
 def test_what_the_machine_does_not_report_is_not_a_reason():
     assert Judge(RULES, host_threads=2).size(result(8, 1.0, other=None, steal=None)) == []
     assert reading(None, None).unmeasurable() == ["other processes' CPU time (/proc/stat)",
-                                                  "steal time (/proc/stat)", "CPU frequency (cpufreq, /proc/cpuinfo)"]
+                                                  "steal time (/proc/stat)",
+                                                  "CPU frequency (cpufreq, /proc/cpuinfo)"]
     assert "interference_other_cores" not in reading(None, None).metrics()  # never recorded as zero
 
 
@@ -217,10 +219,12 @@ def test_a_rechecked_peak_replaces_the_cached_one_only_when_quiet(tmp_path, monk
     cache[key]["peaks"]["gemm_gflops"] = 1e-9  # as if cached under load by an older version
     (tmp_path / pk.CACHE_FILE).write_text(json.dumps(cache))
     monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(1.8))
-    value, reasons = pk.remeasure_peak(PeakAdapter(), Device(), tmp_path, 1.0, "gemm_gflops", judge.load_reasons)
+    value, reasons = pk.remeasure_peak(PeakAdapter(), Device(), tmp_path, 1.0, "gemm_gflops",
+                                       judge.load_reasons)
     assert value > 1e-9 and reasons and pk.read_cache(tmp_path)[key]["peaks"]["gemm_gflops"] == 1e-9
     monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
-    value, reasons = pk.remeasure_peak(PeakAdapter(), Device(), tmp_path, 1.0, "gemm_gflops", judge.load_reasons)
+    value, reasons = pk.remeasure_peak(PeakAdapter(), Device(), tmp_path, 1.0, "gemm_gflops",
+                                       judge.load_reasons)
     assert not reasons and pk.read_cache(tmp_path)[key]["peaks"]["gemm_gflops"] == value
 
 

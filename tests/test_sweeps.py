@@ -53,11 +53,13 @@ def test_fault_injection_sweep_then_resume_reruns_only_the_failed(run_harness, s
     assert sorted(r.data.params["seed"] for r in finished) == ["0", "1", "2", "3", "4", "5"]
 
 
-def test_ctrl_c_ends_the_job_and_the_sweep_killed_with_one_line_and_the_rerun_resumes(run_harness, store, tmp_path):
+def test_ctrl_c_ends_the_job_and_the_sweep_killed_with_one_line_and_the_rerun_resumes(run_harness, store,
+                                                                                      tmp_path):
     sweep = ["-m", *FAST, "seed=0,1"]
     proc = subprocess.Popen([sys.executable, "-m", "harness", *sweep, 'debug.fault="hang@1"',
-                             f"tracking.results_dir={tmp_path / 'results'}"], cwd=tmp_path, env=harness_env(store),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                             f"tracking.results_dir={tmp_path / 'results'}"], cwd=tmp_path,
+                            env=harness_env(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
     deadline = time.time() + 180
     while time.time() < deadline:  # job 1's worker hangs once its run has started
         if proc.poll() is not None:
@@ -110,8 +112,15 @@ def test_force_reruns_a_finished_job(run_harness, store):
 
 def test_joblib_with_two_workers_on_sqlite_loses_no_run(run_harness, store):
     # isolate=never: loky's workers are processes already; the store sees four writers either way.
-    proc = run_harness("-m", *FAST, "seed=0,1,2,3,4,5,6,7", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                       "isolate=never", store_uri=store)
+    proc = run_harness(
+        "-m",
+        *FAST,
+        "seed=0,1,2,3,4,5,6,7",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "isolate=never",
+        store_uri=store,
+    )
     runs = runs_of(store)
     assert len(runs) == 8 and all(r.info.status == "FINISHED" for r in runs)
     assert "database is locked" not in proc.stderr
@@ -143,7 +152,8 @@ def test_bad_jobs_fail_before_any_job_starts(run_harness, store, overrides, name
 
 
 def test_no_secret_from_the_environment_is_logged(run_harness, store, tmp_path, monkeypatch):
-    secrets = {"AWS_SECRET_ACCESS_KEY": "fake-aws-secret-1234567890", "MLFLOW_TRACKING_PASSWORD": "fake-pass-0987"}
+    secrets = {"AWS_SECRET_ACCESS_KEY": "fake-aws-secret-1234567890",
+               "MLFLOW_TRACKING_PASSWORD": "fake-pass-0987"}
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secrets["AWS_SECRET_ACCESS_KEY"])
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", secrets["MLFLOW_TRACKING_PASSWORD"])
     run_harness(*FAST, store_uri=store)
@@ -191,9 +201,17 @@ def test_team_mode_against_a_real_mlflow_server(run_harness, mlflow_server, tmp_
     run_harness("-m", *FAST, "seed=0,1", "isolate=never", store_uri=mlflow_server, timeout=300)
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("mprec")
-    runs = [r for r in client.search_runs([experiment.experiment_id]) if r.data.tags.get("mprec.kind") == "latency"]
+    runs = [
+        r
+        for r in client.search_runs([experiment.experiment_id])
+        if r.data.tags.get("mprec.kind") == "latency"
+    ]
     assert len(runs) == 2 and all(r.info.status == "FINISHED" for r in runs)
     for run in runs:
         assert [m.step for m in client.get_metric_history(run.info.run_id, "latency_p50_ms")] == [4]
         local = Path(client.download_artifacts(run.info.run_id, "samples", str(tmp_path / run.info.run_id)))
-        assert (local / "latency_raw.csv").read_text().startswith("query_size,iteration,latency_s,device_latency_s")
+        assert (
+            (local / "latency_raw.csv")
+            .read_text()
+            .startswith("query_size,iteration,latency_s,device_latency_s")
+        )

@@ -53,14 +53,16 @@ def test_ragged_bags_equal_a_manual_gather_sum_and_train_sparsely():
     for t in range(len(ROWS)):
         for b in range(6):
             n = int(lengths[t, b])
-            torch.testing.assert_close(out[b, t], tables.table_weight(t)[values[position : position + n]].sum(0))
+            torch.testing.assert_close(out[b, t],
+                                       tables.table_weight(t)[values[position : position + n]].sum(0))
             position += n
     out.sum().backward()
     grad = tables.weight.grad
     assert grad.is_sparse
     touched = set(grad.coalesce().indices()[0].tolist())
     starts = [0, 11, 14, 54]
-    expected = {starts[t] + int(v) for t, chunk in enumerate(values.split(lengths.sum(1).tolist())) for v in chunk}
+    expected = {starts[t] + int(v)
+                for t, chunk in enumerate(values.split(lengths.sum(1).tolist())) for v in chunk}
     assert touched == expected
 
 

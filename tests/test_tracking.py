@@ -195,3 +195,37 @@ def test_a_uris_credentials_go_to_mlflows_variables_and_nothing_recorded_has_the
     recorded[2] = Path(recorded[2]).read_text()
     assert all("s3cret" not in text for text in recorded)
     assert run.data.params["tracking.uri"] == "http://***@mlflow.lan:5000"
+
+
+def test_a_study_metric_retried_after_its_answer_was_lost_is_recorded_once(tracking, tmp_path):
+    # The batch is written, then the answer is lost: the retry sends the same rows (same timestamp), which
+    # MLflow's SQL store does not insert twice.
+    experiment = Store(tracking, "metrics once")
+
+    class AnswerLost:
+        def __init__(self, client):
+            self.client, self.lost = client, False
+
+        def __getattr__(self, name):
+            return getattr(self.client, name)
+
+        def log_batch(self, *args, **kwargs):
+            self.client.log_batch(*args, **kwargs)
+            if not self.lost:
+                self.lost = True
+                raise MlflowException(REFUSED)
+
+    experiment.client = RetryingClient(AnswerLost(experiment.client.unretried), retry_s=30, where="here")
+    folder = tmp_path / "files"
+    folder.mkdir()
+    run_id = experiment.record_files("serving", "study", folder, {}, {"headline.ratio": 1.25})
+    history = experiment.client.get_metric_history(run_id, "headline.ratio")
+    assert [m.value for m in history] == [1.25]
+
+
+def test_the_heartbeat_thread_has_ended_when_the_run_has(tracking):
+    experiment = Store(tracking, "heartbeat")
+    run_id = experiment.create_run("beat", {})
+    with RunRecorder(experiment, run_id) as recorder:
+        assert recorder._heartbeat is not None and recorder._heartbeat.is_alive()
+    assert not recorder._heartbeat.is_alive()  # joined: its last write lands before the run's end

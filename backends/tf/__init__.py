@@ -10,6 +10,7 @@ tensorflow is imported only inside this adapter's methods: `pip install -e ".[tf
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 from contextlib import nullcontext
 from dataclasses import dataclass
 from importlib import metadata
@@ -30,6 +31,27 @@ class TfConfig(BackendConfig):
     device: Optional[str] = MISSING  # e.g. /GPU:0; null: TF's own placement (a GPU if it sees one)
 
 
+def gpu_memory_bytes(index: int) -> int:
+    """GPU `index`'s total memory: NVML through pynvml where installed, else nvidia-smi; 0 if neither."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).total)
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # noqa: BLE001 - no pynvml or no NVML library: ask nvidia-smi
+        pass
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={index}", "--query-gpu=memory.total",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=20,
+                             check=True).stdout
+        return int(float(out.strip().splitlines()[0]) * 2**20)  # MiB
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError):
+        return 0
+
+
 def _tf():
     import os
 
@@ -42,6 +64,7 @@ def _tf():
 class TfBackend(Backend):
     name = "tf"
     config_class = TfConfig
+    config: TfConfig  # the adapter's own section, typed by config_class (backends/__init__.py)
     install_hint = ""
     # The model's dtypes carry over from torch (backends/tf/model.py); no TF32 switch is exposed here.
     precisions = ("fp32", "bf16", "fp16")
@@ -68,12 +91,25 @@ class TfBackend(Backend):
         tf = _tf()
         gpus = tf.config.list_physical_devices("GPU")
         on_gpu = bool(gpus) and (self.config.device is None or "GPU" in self.config.device.upper())
-        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU") if on_gpu else cpu_model_name()
+        name = (tf.config.experimental.get_device_details(gpus[0]).get("device_name",
+                                                                       "GPU") if on_gpu else cpu_model_name())
         framework, version = self._framework()
-        return DeviceInfo(backend=self.name, name=name, kind="gpu" if on_gpu else "cpu",
-                          memory_bytes=self.config.memory_bytes or host_memory_bytes(),
+        # A GPU's own memory (NVML, else nvidia-smi), never the host's RAM; 0 where neither can say, which
+        # `capacity_bytes` turns into "unknown" (fit not judged) rather than a wrong capacity.
+        memory = self.config.memory_bytes or (
+            gpu_memory_bytes(self._gpu_index()) if on_gpu else host_memory_bytes()
+        )
+        return DeviceInfo(backend=self.name, name=name, kind="gpu" if on_gpu else "cpu", memory_bytes=memory,
                           framework=framework, framework_version=version,
                           details={"xla": self.config.xla, "gpus": len(gpus)})
+
+    def _gpu_index(self) -> int:
+        device = (self.config.device or "/GPU:0").rsplit(":", 1)[-1]
+        return int(device) if device.isdigit() else 0
+
+    def capacity_bytes(self) -> tuple[int | None, str]:
+        capacity, source = super().capacity_bytes()
+        return (capacity, source) if capacity else (None, "unknown")
 
     def prepare(self, model, example) -> None:
         tf = _tf()

@@ -14,7 +14,8 @@ here, is the inference form of the same arithmetic.
 >>> from harness.workload.dlrm import build_model
 >>> from harness.core.spec import WorkloadSpec
 >>> from harness.workload.representations.table import Config
->>> model = build_model(WorkloadSpec((5, 7), 4, (13, 8, 4), (6, 1), representation=Config(layout="fused", storage="fp32")))
+>>> config = Config(layout="fused", storage="fp32")
+>>> model = build_model(WorkloadSpec((5, 7), 4, (13, 8, 4), (6, 1), representation=config))
 >>> tf_model = TfDLRM.from_torch(model)
 >>> dense, ids = torch.rand(3, 13), torch.zeros(3, 2, 1, dtype=torch.int64)
 >>> bool(abs(tf_model(dense.numpy(), ids.numpy()).numpy() - model(dense, ids).detach().numpy()).max() < 1e-5)
@@ -110,7 +111,9 @@ class DeepHash:
 
     def __init__(self, module) -> None:
         if module.cache is not None and module.cache_enabled:
-            raise NotImplementedError("dhe+cache (MP-Cache) runs on the torch backends; measure plain dhe on tf")
+            raise NotImplementedError(
+                "dhe+cache (MP-Cache) runs on the torch backends; measure plain dhe on tf"
+            )
         self.a = tf.constant(_np(module.hash_a))  # [T, 1, k]
         self.b = tf.constant(_np(module.hash_b))
         self.p, self.m, self.k, self.dim = module.p, module.m, module.k, module.dim
@@ -118,8 +121,8 @@ class DeepHash:
         self.layers = [(_const(w), _const(b)) for w, b in zip(module.weights, module.biases)]
         self.norms = None
         if module.norms is not None:
-            self.norms = [(_const(n.running_mean), _const(n.running_var), _const(n.weight), _const(n.bias), n.eps)
-                          for n in module.norms]
+            self.norms = [(_const(n.running_mean), _const(n.running_var), _const(n.weight), _const(n.bias),
+                           n.eps) for n in module.norms]
 
     def codes(self, flat):
         buckets = tf.math.floormod(

@@ -28,17 +28,27 @@ def load_analysis_config(cfg) -> AnalysisConfig:
     return typed(AnalysisConfig, container(cfg), root="analysis")
 
 
-def run_analysis(config: AnalysisConfig, quiet: bool = False) -> Analysis:
-    """Load the experiment's runs from MLflow, write the analysis, record it as a run, print the summary."""
+def run_analysis(config: AnalysisConfig, quiet: bool = False, run_ids: list[str] | None = None) -> Analysis:
+    """Load the experiment's runs from MLflow (only `run_ids` if given: a sweep's own), write the analysis,
+    record it as a run, print the summary."""
     store = Store(config.tracking, config.experiment_name, create=False)
     records = store.load_runs("latency", config.parent_run_id)
+    if run_ids is not None:
+        wanted = set(run_ids)
+        records = [r for r in records if r["run_id"] in wanted]
     errors = {r["run_id"]: r["tags"].get("error", "") for r in records if r["status"] != "FINISHED"}
-    folder = Path(config.output_dir or Path(config.tracking.results_dir) / config.experiment_name / "analysis")
+    folder = Path(
+        config.output_dir or Path(config.tracking.results_dir) / config.experiment_name / "analysis"
+    )
     analysis = write_analysis(records, config, folder, errors, float(host_memory_bytes()))
     if config.log_to_mlflow and records:
         tags = {"parent_run_id": config.parent_run_id} if config.parent_run_id else {}
+        tags["scope"] = (
+            "sweep" if run_ids is not None else ("parent run" if config.parent_run_id else "experiment")
+        )
         studies = Store(config.tracking, studies_experiment(config.experiment_name))
-        analysis.run_id = studies.record_files("analysis", f"analysis of {config.experiment_name}", folder, tags)
+        analysis.run_id = studies.record_files("analysis", f"analysis of {config.experiment_name}", folder,
+                                               tags)
     if not quiet:
         print_analysis(analysis, config)
     return analysis

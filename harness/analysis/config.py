@@ -18,7 +18,6 @@ class AnalysisConfig:
     parent_run_id: Optional[str] = MISSING  # only this sweep's runs
     targets_ms: List[float] = MISSING
     percentile: str = MISSING
-    memory_headroom: float = MISSING
     rank_by: str = MISSING
     output_dir: Optional[str] = MISSING  # null: <results_dir>/<experiment>/analysis
     log_to_mlflow: bool = MISSING
@@ -29,8 +28,6 @@ class AnalysisConfig:
     def check(self) -> None:
         if not self.targets_ms or min(self.targets_ms) <= 0:
             raise ConfigError("targets_ms", f"must be positive latency targets, got {self.targets_ms}")
-        if not 0 <= self.memory_headroom < 1:
-            raise ConfigError("memory_headroom", f"must be in [0, 1), got {self.memory_headroom}")
         if self.percentile not in mp.PERCENTILES:
             raise ConfigError("percentile", f"must be one of {mp.PERCENTILES}, got {self.percentile!r}")
         if self.rank_by not in mp.RANKINGS:
@@ -38,4 +35,4 @@ class AnalysisConfig:
         check_section(self.tracking, "tracking")
 
     def settings(self) -> mp.MappingSettings:
-        return mp.MappingSettings(tuple(self.targets_ms), self.percentile, self.memory_headroom, self.rank_by)
+        return mp.MappingSettings(tuple(self.targets_ms), self.percentile, self.rank_by)

@@ -16,7 +16,8 @@ import harness
 from harness.analysis import mapping as mp
 
 STYLE = """
-body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; padding: 0 1em; }
+body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222;
+       padding: 0 1em; }
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 13px; }
 th, td { border: 1px solid #ccc; padding: 3px 7px; text-align: right; }
@@ -25,13 +26,16 @@ td.none { color: #999; text-align: center; }
 img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
 .note { color: #555; } ul.missing li { color: #8a4b00; }
 td.unreliable { color: #777; background: repeating-linear-gradient(45deg, #f4f4f4 0 6px, #e2e2e2 6px 12px); }
-span.swatch { display: inline-block; width: 2.2em; height: 1em; vertical-align: middle; border: 1px solid #ccc; }
+span.swatch { display: inline-block; width: 2.2em; height: 1em; vertical-align: middle;
+              border: 1px solid #ccc; }
 td.flag { color: #a33; font-weight: bold; }
 """
-LEGEND = ('<p class="note"><span class="swatch unreliable" style="background: repeating-linear-gradient(45deg, '
-          '#f4f4f4 0 6px, #e2e2e2 6px 12px)"></span> hatched: the cell compared a measurement that broke a '
-          "stability rule (interference, dispersion, order of sizes, above the roof; docs/measurement.md); "
-          "hover a cell for why. Where a reliable path met the target it was chosen over an unreliable one.</p>")
+LEGEND = (
+    '<p class="note"><span class="swatch unreliable" style="background: repeating-linear-gradient(45deg, '
+    '#f4f4f4 0 6px, #e2e2e2 6px 12px)"></span> hatched: the cell compared a measurement that broke a '
+    "stability rule (interference, dispersion, order of sizes, above the roof; docs/measurement.md); "
+    "hover a cell for why. Where a reliable path met the target it was chosen over an unreliable one.</p>"
+)
 
 
 def _img(path: Path, alt: str) -> str:
@@ -54,8 +58,10 @@ def _mapping_table(cells: pd.DataFrame) -> str:
             if mp.chosen(c["choice"]):
                 runner = (f"<br><small>2nd {html.escape(c['runner_up'])} (+{100 * c['margin']:.0f}%)</small>"
                           if mp.chosen(c["runner_up"]) else "")
-                tds.append(f'<td class="path{" unreliable" if shaky else ""}"{title}>{html.escape(c["choice"])}'
-                           f'<br><small>{c["score"]:,.0f}/s</small>{runner}</td>')
+                tds.append(
+                    f'<td class="path{" unreliable" if shaky else ""}"{title}>{html.escape(c["choice"])}'
+                    f"<br><small>{c['score']:,.0f}/s</small>{runner}</td>"
+                )
             else:
                 tds.append(f'<td class="none{" unreliable" if shaky else ""}"{title}>none</td>')
         rows.append(f"<tr><th>{int(q)}</th>{''.join(tds)}</tr>")
@@ -81,12 +87,18 @@ def _paths_table(paths: pd.DataFrame, workload: str) -> str:
         accuracy = "not measured" if pd.isna(r["accuracy"]) else f"{r['accuracy']:.4f}"
         fraction = r.get("fraction_of_gemm_peak", float("nan"))
         roof = "" if fraction != fraction else f"{100 * fraction:.0f}%"
-        roof_cell = (f'<td class="flag" title="above the measured GEMM peak: the peak or the measurement is '
-                     f'wrong">{roof} &#9888; above the roof</td>' if r.get("above_roof") else f"<td>{roof}</td>")
-        body.append(f'<tr><td class="path">{html.escape(r["path"])}</td><td>{html.escape(str(r["device"]))}</td>'
-                    f"<td>{accuracy}</td><td>{r['param_bytes'] / 2**20:,.1f}</td>"
-                    f"<td>{'yes' if r['fits'] else 'no'}</td><td>{r['achieved_gflops']:,.2f}</td>{roof_cell}"
-                    f"<td>{_reliability(r)}</td></tr>")
+        roof_cell = (
+            f'<td class="flag" title="above the measured GEMM peak: the peak or the measurement is '
+            f'wrong">{roof} &#9888; above the roof</td>'
+            if r.get("above_roof")
+            else f"<td>{roof}</td>"
+        )
+        body.append(
+            f'<tr><td class="path">{html.escape(r["path"])}</td><td>{html.escape(str(r["device"]))}</td>'
+            f"<td>{accuracy}</td><td>{r['param_bytes'] / 2**20:,.1f}</td>"
+            f"<td>{'yes' if r['fits'] else 'no'}</td><td>{r['achieved_gflops']:,.2f}</td>{roof_cell}"
+            f"<td>{_reliability(r)}</td></tr>"
+        )
     return ("<table><tr><th>path</th><th>device</th><th>accuracy</th><th>parameters (MiB)</th><th>fits</th>"
             "<th>GFLOP/s at its largest size</th><th>of the GEMM peak</th><th>trusted</th></tr>"
             f"{''.join(body)}</table>")
@@ -96,21 +108,28 @@ def write_report(folder: Path, experiment: str, summary: list[str], missing: lis
                  paths: pd.DataFrame, figures: list[Path], basis: str) -> Path:
     """Write `folder/report.html` from an analysis' tables and figures (already written into `folder`)."""
     by_name = {f.name: f for f in figures}
-    parts = [f"<h1>Mapping of experiment '{html.escape(experiment)}'</h1>",
-             f'<p class="note">mprec-harness {harness.__version__}, written {time.strftime("%Y-%m-%d %H:%M")}; '
-             f"the choice maximises {html.escape(basis)} among the paths that fit their device and meet the "
-             "latency target (docs/analysis.md).</p>",
-             "<h2>Summary</h2>", "<ul>", *(f"<li>{html.escape(s)}</li>" for s in summary), "</ul>",
-             "<h2>Missing or unusable inputs</h2>", '<ul class="missing">',
-             *(f"<li>{html.escape(m)}</li>" for m in (missing or ["nothing: every run finished and every path is rated"])),
-             "</ul>"]
+    parts = [
+        f"<h1>Mapping of experiment '{html.escape(experiment)}'</h1>",
+        f'<p class="note">mprec-harness {harness.__version__}, written {time.strftime("%Y-%m-%d %H:%M")}; '
+        f"the choice maximises {html.escape(basis)} among the paths that fit their device and meet the "
+        "latency target (docs/analysis.md).</p>",
+        "<h2>Summary</h2>",
+        "<ul>",
+        *(f"<li>{html.escape(s)}</li>" for s in summary),
+        "</ul>",
+        "<h2>Missing or unusable inputs</h2>",
+        '<ul class="missing">',
+        *(f"<li>{html.escape(m)}</li>" for m in missing),
+        "</ul>",
+    ]
     for workload, cells in (mapping.groupby("workload", sort=True) if len(mapping) else []):
         slug = "".join(c if c.isalnum() else "_" for c in workload).strip("_")
-        parts += [f"<h2>{html.escape(workload)}</h2>", "<h3>Chosen path per query size and latency target</h3>",
-                  _mapping_table(cells)]
+        parts += [f"<h2>{html.escape(workload)}</h2>",
+                  "<h3>Chosen path per query size and latency target</h3>", _mapping_table(cells)]
         if any(mp.unreliable_cell(c) for _, c in cells.iterrows()):
             parts.append(LEGEND)
-        for name, alt in ((f"mapping_{slug}.png", "mapping heat map"), (f"latency_{slug}.png", "latency vs query size"),
+        for name, alt in ((f"mapping_{slug}.png", "mapping heat map"), (f"latency_{slug}.png",
+                                                                        "latency vs query size"),
                           (f"pareto_{slug}.png", "accuracy vs correct-prediction throughput")):
             if name in by_name:
                 parts.append(_img(by_name[name], f"{alt}, {workload}"))

@@ -27,14 +27,14 @@ import numpy as np
 import pandas as pd
 
 from harness.core.errors import could_not_run_here
+from harness.core.fit import fits as fit_rule
+from harness.core.metrics import PER_SIZE
 from harness.core.paths import PathLabel
 
-COLUMNS = (
-    "run_id", "status", "path", "representation", "backend", "device", "workload", "query_size",
-    "p50_ms", "p90_ms", "p95_ms", "p99_ms", "samples_per_s", "feasible", "param_bytes", "flops_per_sample",
-    "bytes_read_per_sample", "bytes_read_fixed", "device_memory_bytes", "device_gemm_gflops",
-    "device_gather_gbps", "device_gather64_gbps", "device_copy_gbps", "accuracy", "start_time", "reliable",
-)
+COLUMNS = ("run_id", "status", "path", "representation", "backend", "device", "workload", "query_size",
+           *PER_SIZE.values(), "param_bytes", "flops_per_sample", "bytes_read_per_sample", "bytes_read_fixed",
+           "device_memory_bytes", "device_gemm_gflops", "device_gather_gbps", "device_gather64_gbps",
+           "device_copy_gbps", "accuracy", "start_time")
 PERCENTILES = ("p50", "p90", "p95", "p99")
 RANKINGS = ("correct_throughput", "throughput")
 
@@ -45,17 +45,39 @@ class MappingSettings:
 
     targets_ms: tuple[float, ...]
     percentile: str  # one of PERCENTILES
-    memory_headroom: float
     rank_by: str  # one of RANKINGS
 
 
 def latest_finished(runs: pd.DataFrame) -> pd.DataFrame:
-    """Measurements of FINISHED runs; of several runs of one path in one workload, the latest."""
+    """Measurements of FINISHED runs; of several runs of one path in one workload, the latest with a
+    measured quality (its latency is the path's as much as any other's, and it carries the accuracy), else
+    the latest. A path's label names every setting of its model (harness/core/paths.py), so such runs
+    differ in training, timing or query sizes only; `collapsed` reports those that differ in training."""
     done = runs[runs["status"] == "FINISHED"]
     if done.empty:
         return done
-    latest = done.groupby(["workload", "path"])["start_time"].transform("max")
-    return done[done["start_time"] == latest].copy()
+    rated = done["accuracy"].notna() if "accuracy" in done else pd.Series(False, index=done.index)
+    order = done.assign(_rated=rated).sort_values(["_rated", "start_time"], kind="mergesort")
+    chosen = order.groupby(["workload", "path"])["run_id"].transform("last")
+    return done[done["run_id"] == chosen.reindex(done.index)].copy()
+
+
+def collapsed(runs: pd.DataFrame) -> list[str]:
+    """One line per path whose finished runs were trained differently (several quality keys): which run the
+    mapping uses. Runs that differ only in timing settings or query sizes are not worth a line."""
+    done = runs[runs["status"] == "FINISHED"].drop_duplicates("run_id")
+    used = (latest_finished(runs).drop_duplicates(["workload", "path"]).set_index(["workload",
+                                                                                   "path"])["run_id"])
+    lines = []
+    for (workload, path), group in done.groupby(["workload", "path"], sort=True):
+        keys = group["quality_key"].fillna("none").unique() if "quality_key" in group else []
+        if len(keys) > 1:
+            lines.append(
+                f"{path} ({workload}): {len(group)} runs of {len(keys)} training configurations (quality "
+                f"keys {', '.join(sorted(map(str, keys)))}); the mapping uses run {used[(workload, path)]}, "
+                "the latest with a measured quality"
+            )
+    return lines
 
 
 def best_modes(rows: pd.DataFrame, percentile: str = "p50") -> pd.DataFrame:
@@ -91,9 +113,22 @@ def twins(rows: pd.DataFrame) -> pd.Series:
     return pd.Series(out, index=rows.index, dtype=object)
 
 
-def fits(row, headroom: float) -> bool:
-    capacity = row["device_memory_bytes"]
-    return bool(capacity and not math.isnan(capacity) and row["param_bytes"] <= capacity * (1.0 - headroom))
+def fits(row) -> bool:
+    """The run's own verdict at this query size (`fits_device`, harness/core/fit.py's rule with the run's
+    headroom and this size's activations); for runs recorded without one, the same rule on what they
+    recorded (parameters, and activations where known). Unknown capacity: does not fit."""
+    verdict = row.get("fits_device", np.nan)
+    if verdict == verdict and verdict is not None:
+        return bool(verdict)
+    needed = row.get("memory_needed_bytes", np.nan)
+    needed = row["param_bytes"] if needed != needed or needed is None else needed
+    return bool(fit_rule(needed, row["device_memory_bytes"], _headroom(row)))
+
+
+def _headroom(row) -> float:
+    """The run's `workload.memory_headroom`; none recorded (a hand-made record): none kept free."""
+    headroom = row.get("memory_headroom", np.nan)
+    return 0.0 if headroom is None or headroom != headroom else float(headroom)
 
 
 def score_of(row, rank_by: str) -> float:
@@ -130,28 +165,33 @@ def choose(rows: pd.DataFrame, query_size: int, target_ms: float, settings: Mapp
     if at_size.empty:
         cell["note"] = "no path measured at this query size"
         return cell
-    at_size["fits"] = [fits(r, settings.memory_headroom) for _, r in at_size.iterrows()]
+    at_size["fits"] = [fits(r) for _, r in at_size.iterrows()]
     compared = at_size[at_size["fits"] & (at_size["feasible"] > 0)]
     shaky = compared[flagged(compared)]
     cell["reliable"] = shaky.empty
     unreliable = f"unreliable measurement: {_why(shaky)}" if len(shaky) else ""
     meets = compared[compared[latency] <= target_ms].copy()
     if meets.empty:
-        cell["note"] = "; ".join(x for x in (f"no path meets {settings.percentile} <= {target_ms:g} ms", unreliable) if x)
+        cell["note"] = "; ".join(x for x in (f"no path meets {settings.percentile} <= {target_ms:g} ms",
+                                             unreliable) if x)
         return cell
     meets["score"] = [score_of(r, settings.rank_by) for _, r in meets.iterrows()]
     rated = meets[meets["score"].notna()]
     if rated.empty:
         fastest = meets.sort_values([latency, "path"]).iloc[0]
-        cell["note"] = (f"no path with a measured quality meets the target; fastest unrated: {fastest['path']} "
-                        f"({fastest[latency]:.3g} ms)")
+        cell["note"] = (
+            f"no path with a measured quality meets the target; fastest unrated: {fastest['path']} "
+            f"({fastest[latency]:.3g} ms)"
+        )
         return cell
     ranked = _ordered(rated, latency)
     trusted = ranked[~flagged(ranked)]
     notes = []
     if len(trusted) and flagged(ranked.iloc[:1]).iloc[0]:
-        notes.append(f"{ranked.iloc[0]['path']} set aside (unreliable measurement), {trusted.iloc[0]['path']} "
-                     "chosen on reliable figures")
+        notes.append(
+            f"{ranked.iloc[0]['path']} set aside (unreliable measurement), {trusted.iloc[0]['path']} "
+            "chosen on reliable figures"
+        )
         ranked = pd.concat([trusted, ranked[flagged(ranked)]])
     best = ranked.iloc[0]
     cell.update(choice=best["path"], score=best["score"], latency_ms=best[latency])
@@ -197,8 +237,9 @@ def mapping(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
         for q in sorted(group["query_size"].unique()):
             for target in settings.targets_ms:
                 cells.append({"workload": workload, **choose(group, int(q), float(target), rules)})
-    return pd.DataFrame(cells, columns=["workload", "query_size", "target_ms", "choice", "score", "latency_ms",
-                                        "runner_up", "runner_up_score", "margin", "basis", "note", "reliable"])
+    return pd.DataFrame(cells, columns=["workload", "query_size", "target_ms", "choice", "score",
+                                        "latency_ms", "runner_up", "runner_up_score", "margin", "basis",
+                                        "note", "reliable"])
 
 
 def reliability_notices(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
@@ -215,16 +256,20 @@ def reliability_notices(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
         which = "; ".join(f"{path} at {', '.join(str(int(q)) for q in sorted(g['query_size']))}"
                           for path, g in rows.groupby("path", sort=True))
         avoided = int(cells["note"].str.contains("set aside", regex=False).sum())
-        sentences.append(f"[{workload}] {len(shaky)} of {len(cells)} cells compared unreliable measurements "
-                         f"(hatched in the report: {which})" + (f"; in {avoided} a reliable path that meets the "
-                                                                "target was chosen instead" if avoided else "")
-                         + "; measure those paths again on a quiet machine (python -m harness.doctor) to trust them.")
+        sentences.append(
+            f"[{workload}] {len(shaky)} of {len(cells)} cells compared unreliable measurements "
+            f"(hatched in the report: {which})"
+            + (f"; in {avoided} a reliable path that meets the target was chosen instead" if avoided else "")
+            + "; measure those paths again on a quiet machine (python -m harness.doctor) to trust them."
+        )
     if "reliable" in runs:
         done = latest_finished(runs)
         unknown = sorted(done.loc[done["reliable"].isna() & (done["feasible"] > 0), "workload"].unique())
         if unknown:
-            sentences.append(f"reliability unknown for {', '.join(unknown)}: some runs were recorded before "
-                             "measurements were judged (no `reliable` metric); force=true measures them again.")
+            sentences.append(
+                f"reliability unknown for {', '.join(unknown)}: some runs were recorded before "
+                "measurements were judged (no `reliable` metric); force=true measures them again."
+            )
     return sentences
 
 
@@ -245,24 +290,33 @@ def paths_table(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
     out = []
     for (workload, path), group in rows.groupby(["workload", "path"], sort=True):
         first = group.iloc[0]
+        largest = group.sort_values("query_size").iloc[-1]
+        needed = largest.get("memory_needed_bytes", np.nan)
         record = {
             "workload": workload, "path": path, "representation": first["representation"],
             "backend": first["backend"], "device": first["device"], "run_id": first["run_id"],
             "accuracy": first["accuracy"], "param_bytes": first["param_bytes"],
             "same_model_as": first.get("same_model_as"),
-            "device_memory_bytes": first["device_memory_bytes"], "fits": fits(first, settings.memory_headroom),
+            # What the largest query size needs, and whether it fits (the run's rule, harness/core/fit.py).
+            "memory_needed_bytes": first["param_bytes"] if needed != needed else needed,
+            "memory_headroom": largest.get("memory_headroom", np.nan),
+            "device_memory_bytes": first["device_memory_bytes"], "fits": fits(largest),
         }
-        largest = group.sort_values("query_size").iloc[-1]
         for _, r in group.sort_values("query_size").iterrows():
             q = int(r["query_size"])
             record[f"p50_ms@{q}"] = r["p50_ms"]
             record[f"{settings.percentile}_ms@{q}"] = r[f"{settings.percentile}_ms"]
             record[f"samples_per_s@{q}"] = r["samples_per_s"]
-            record[f"reliable@{q}"] = r.get("reliable", np.nan)  # 1, 0, or empty: recorded before it was judged
+            # 1, 0, or empty: recorded before it was judged
+            record[f"reliable@{q}"] = r.get("reliable", np.nan)
         achieved_gflops = largest["flops_per_sample"] * largest["samples_per_s"] / 1e9
-        achieved_gbps = (largest["bytes_read_per_sample"] * largest["samples_per_s"]
-                         + largest["bytes_read_fixed"] * largest["samples_per_s"] / largest["query_size"]) / 1e9
-        fraction = achieved_gflops / largest["device_gemm_gflops"] if largest["device_gemm_gflops"] else np.nan
+        achieved_gbps = (
+            largest["bytes_read_per_sample"] * largest["samples_per_s"]
+            + largest["bytes_read_fixed"] * largest["samples_per_s"] / largest["query_size"]
+        ) / 1e9
+        fraction = (
+            achieved_gflops / largest["device_gemm_gflops"] if largest["device_gemm_gflops"] else np.nan
+        )
         record.update({
             "largest_query_size": int(largest["query_size"]),
             "achieved_gflops": achieved_gflops,
@@ -280,14 +334,16 @@ def paths_table(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def feasibility_matrix(paths: pd.DataFrame, devices: dict[str, float], headroom: float) -> pd.DataFrame:
-    """Does each representation's model fit each device (nominal capacities for devices not here)?"""
+def feasibility_matrix(paths: pd.DataFrame, devices: dict[str, float]) -> pd.DataFrame:
+    """Does each representation's model, at its largest measured query size, fit each device (nominal
+    capacities for devices not here)? The run's own rule (harness/core/fit.py) and headroom."""
     reps = paths.drop_duplicates(["workload", "representation"])
     rows = []
     for _, r in reps.iterrows():
-        row = {"workload": r["workload"], "representation": r["representation"], "param_bytes": r["param_bytes"]}
+        row = {"workload": r["workload"], "representation": r["representation"],
+               "param_bytes": r["param_bytes"], "memory_needed_bytes": r["memory_needed_bytes"]}
         for device, capacity in devices.items():
-            row[device] = bool(capacity and r["param_bytes"] <= capacity * (1.0 - headroom))
+            row[device] = bool(fit_rule(r["memory_needed_bytes"], capacity, _headroom(r)))
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -312,10 +368,12 @@ def regimes(table: pd.DataFrame, percentile: str = "p99") -> list[str]:
     with the same winners share one sentence (`p99 <= 10, 25 ms: ...`)."""
     sentences = []
     for workload, group in table.groupby("workload", sort=True):
-        described_by_target: list[tuple[float, str]] = []
+        described_by_target: list[tuple[tuple[float, ...], str]] = []
         for target, cells in group.groupby("target_ms", sort=True):
             cells = cells.sort_values("query_size")
-            parts, current, sizes = [], None, []
+            parts: list[tuple[tuple[str, bool], list[int]]] = []
+            current: tuple[str, bool] = ("", True)
+            sizes: list[int] = []
             for _, c in cells.iterrows():
                 # A run of sizes with one winner, split where the cells' reliability changes.
                 winner = (c["choice"] if chosen(c["choice"]) else "none", not unreliable_cell(c))
@@ -329,9 +387,9 @@ def regimes(table: pd.DataFrame, percentile: str = "p99") -> list[str]:
             described = "; ".join(f"{'no path' if w == 'none' else w} for query sizes {_ranges(s)}"
                                   + ("" if ok else " (on unreliable measurements)") for (w, ok), s in parts)
             if described_by_target and described_by_target[-1][1] == described:
-                described_by_target[-1] = (described_by_target[-1][0] + (target,), described)
+                described_by_target[-1] = (described_by_target[-1][0] + (float(target),), described)
             else:
-                described_by_target.append(((target,), described))
+                described_by_target.append(((float(target),), described))
         for targets, described in described_by_target:
             bounds = ", ".join(f"{t:g}" for t in targets)
             sentences.append(f"[{workload}] {percentile} <= {bounds} ms: {described}.")
@@ -352,17 +410,23 @@ def missing_report(runs: pd.DataFrame, errors: dict[str, str] | None = None) -> 
         if first["status"] != "FINISHED" and not redone:
             reason = errors.get(run_id, "")
             if could_not_run_here(reason):  # not a failure of the path: its backend is not on that machine
-                elsewhere.setdefault(reason.split(": ", 1)[1], set()).add(f"{first['path']} ({first['workload']})")
+                elsewhere.setdefault(reason.split(": ", 1)[1],
+                                     set()).add(f"{first['path']} ({first['workload']})")
                 continue
             lines.append(f"{first['path']} ({first['workload']}): run {run_id} is {first['status']}"
                          + (f": {reason}" if reason else ""))
-    lines += [f"could not run here: {', '.join(sorted(paths))}: {why}" for why, paths in sorted(elsewhere.items())]
+    lines += [f"could not run here: {', '.join(sorted(paths))}: {why}"
+              for why, paths in sorted(elsewhere.items())]
     done = latest_finished(runs)
     for (workload, path, twin), _ in done.assign(twin=twins(done)).dropna(subset=["twin"]).groupby(
             ["workload", "path", "twin"], sort=True):
-        lines.append(f"{path} ({workload}): exactly the {twin} model at this scale (tag same_model_as): left out "
-                     "of the mapping")
-    unmeasured = {w for w, g in done.groupby("workload") if g["accuracy"].isna().all()}  # said once, elsewhere
+        lines.append(
+            f"{path} ({workload}): exactly the {twin} model at this scale (tag same_model_as): left out "
+            "of the mapping"
+        )
+    lines += collapsed(runs)
+    # said once, elsewhere
+    unmeasured = {w for w, g in done.groupby("workload") if g["accuracy"].isna().all()}
     for (workload, path), group in done.groupby(["workload", "path"], sort=True):
         if group["accuracy"].isna().all() and workload not in unmeasured:
             lines.append(f"{path} ({workload}): no measured quality (train.steps > 0 measures it)")

@@ -30,22 +30,32 @@ def _mapping_markdown(table: pd.DataFrame, percentile: str) -> str:
     lines = []
     for workload, cells in table.groupby("workload", sort=True):
         targets = sorted(cells["target_ms"].unique())
-        score = ("samples/s (quality not measured: ranked by throughput)" if (cells["basis"] == "throughput").all()
-                 else "correct predictions/s (accuracy x samples/s)")
-        lines += [f"## {workload}", "",
-                  f"Chosen path per query size (rows) and {percentile} latency target (columns), with its "
-                  f"{score}, the runner-up and the margin; (unreliable): the cell compared a measurement that "
-                  "broke a stability rule (docs/measurement.md).", "",
-                  "| query size | " + " | ".join(f"<= {t:g} ms" for t in targets) + " |",
-                  "|---" * (len(targets) + 1) + "|"]
+        score = (
+            "samples/s (quality not measured: ranked by throughput)"
+            if (cells["basis"] == "throughput").all()
+            else "correct predictions/s (accuracy x samples/s)"
+        )
+        lines += [
+            f"## {workload}",
+            "",
+            f"Chosen path per query size (rows) and {percentile} latency target (columns), with its "
+            f"{score}, the runner-up and the margin; (unreliable): the cell compared a measurement that "
+            "broke a stability rule (docs/measurement.md).",
+            "",
+            "| query size | " + " | ".join(f"<= {t:g} ms" for t in targets) + " |",
+            "|---" * (len(targets) + 1) + "|",
+        ]
         for q, row in cells.groupby("query_size", sort=True):
             out = []
             for t in targets:
                 c = row[row["target_ms"] == t].iloc[0]
                 shaky = " (unreliable)" if mp.unreliable_cell(c) else ""
                 if mp.chosen(c["choice"]):
-                    runner = (f"; 2nd {c['runner_up']} (+{100 * c['margin']:.0f}%)" if mp.chosen(c["runner_up"])
-                              else "")
+                    runner = (
+                        f"; 2nd {c['runner_up']} (+{100 * c['margin']:.0f}%)"
+                        if mp.chosen(c["runner_up"])
+                        else ""
+                    )
                     out.append(f"**{c['choice']}** {c['score']:,.0f}/s{runner}{shaky}")
                 else:
                     out.append(("none" if "meets" in c["note"] else c["note"]) + shaky)
@@ -63,16 +73,18 @@ def write_analysis(records: list[dict], config: AnalysisConfig, folder: Path, er
     table = mp.mapping(runs, settings) if records else pd.DataFrame()
     paths = mp.paths_table(runs, settings) if records else pd.DataFrame()
     devices = {name: (cap if cap else ram_bytes) for name, cap in config.devices.items()}
-    feasibility = mp.feasibility_matrix(paths, devices, settings.memory_headroom) if len(paths) else pd.DataFrame()
+    feasibility = mp.feasibility_matrix(paths, devices) if len(paths) else pd.DataFrame()
     summary = (mp.quality_notices(runs, settings) + mp.reliability_notices(table, runs)
                + mp.regimes(table, settings.percentile)) if len(table) else []
     missing = mp.missing_report(runs, errors) if records else ["no runs of kind 'latency' in this experiment"]
+    # Said only when true: a latency-only workload's paths are not rated (its summary says so).
+    rated = bool(len(paths)) and bool(paths["accuracy"].notna().all())
+    shown = missing or ["nothing: every run finished" + (" and every path is rated" if rated else "")]
     paths.to_csv(folder / "paths.csv", index=False)
     table.to_csv(folder / "mapping.csv", index=False)
     feasibility.to_csv(folder / "feasibility.csv", index=False)
     report = [f"# Mapping: experiment '{config.experiment_name}'", "", "## Summary", "",
-              *(f"- {s}" for s in summary), "", "## Missing or unusable", "",
-              *(f"- {m}" for m in (missing or ["nothing: every run finished and every path is rated"])), ""]
+              *(f"- {s}" for s in summary), "", "## Missing or unusable", "", *(f"- {m}" for m in shown), ""]
     if len(table):
         report.append(_mapping_markdown(table, settings.percentile))
     (folder / "mapping.md").write_text("\n".join(report) + "\n")
@@ -90,9 +102,16 @@ def write_analysis(records: list[dict], config: AnalysisConfig, folder: Path, er
             out = plots.roofline(done, device, folder)
             if out:
                 figures.append(out)
-    basis = ("samples/s (quality not measured)" if len(table) and (table["basis"] == "throughput").all() else
-             "correct predictions per second (accuracy x samples/s)" + (
-                 "; samples/s where quality is not measured" if len(table) and (table["basis"] == "throughput").any()
-                 else ""))
-    report_page = html.write_report(folder, config.experiment_name, summary, missing, table, paths, figures, basis)
+    basis = (
+        "samples/s (quality not measured)"
+        if len(table) and (table["basis"] == "throughput").all()
+        else "correct predictions per second (accuracy x samples/s)"
+        + (
+            "; samples/s where quality is not measured"
+            if len(table) and (table["basis"] == "throughput").any()
+            else ""
+        )
+    )
+    report_page = html.write_report(folder, config.experiment_name, summary, shown, table, paths, figures,
+                                    basis)
     return Analysis(folder, paths, table, feasibility, summary, missing, figures, report_page)

@@ -36,7 +36,8 @@ def latency_vs_query_size(runs: pd.DataFrame, workload: str, percentile: str, fo
         if g.empty:
             continue
         line, = ax.plot(g["query_size"], g["p50_ms"], marker="o", label=f"{path} p50")
-        ax.fill_between(g["query_size"], g["p50_ms"], g[f"{percentile}_ms"], color=line.get_color(), alpha=0.2)
+        ax.fill_between(g["query_size"], g["p50_ms"], g[f"{percentile}_ms"], color=line.get_color(),
+                        alpha=0.2)
         bad = g[_flagged(g)]
         if len(bad):
             ax.scatter(bad["query_size"], bad["p50_ms"], marker="x", s=90, color="red", zorder=5)
@@ -61,7 +62,7 @@ def mapping_heatmap(table: pd.DataFrame, workload: str, percentile: str, folder:
     choices = sorted({c for c in cells["choice"] if chosen(c)})
     code = {c: i + 1 for i, c in enumerate(choices)}
     grid = np.zeros((len(sizes), len(targets)))
-    fig, ax = plt.subplots(figsize=(1.2 * len(targets) + 5, 0.5 * len(sizes) + 2))
+    fig, ax = plt.subplots(figsize=(1.9 * len(targets) + 5, 0.8 * len(sizes) + 2))
     from matplotlib.colors import ListedColormap
     from matplotlib.patches import Patch, Rectangle
 
@@ -70,13 +71,15 @@ def mapping_heatmap(table: pd.DataFrame, workload: str, percentile: str, folder:
         i, j = sizes.index(c["query_size"]), targets.index(c["target_ms"])
         grid[i, j] = code.get(c["choice"], 0) if chosen(c["choice"]) else 0
         text, bbox = (c["choice"] if chosen(c["choice"]) else "-"), None
+        if chosen(c["choice"]) and chosen(c.get("runner_up")):  # one colour everywhere still says by how much
+            text += f"\n2nd {c['runner_up']} +{100 * c['margin']:.0f}%"
         if unreliable_cell(c):  # hatched: the cell compared an unreliable measurement
             shaky = True
             ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", edgecolor="#555555",
                                    linewidth=0, zorder=2))
             text += "\n(unreliable)"
             bbox = {"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1}
-        ax.text(j, i, text, ha="center", va="center", fontsize=7, zorder=3, bbox=bbox)
+        ax.text(j, i, text, ha="center", va="center", fontsize=6, zorder=3, bbox=bbox)
 
     # Grey where no path meets the target, then one colour per chosen path, named in the legend.
     colours = ["#dddddd", *plt.get_cmap("tab10").colors[: max(1, len(choices))]]
@@ -91,7 +94,7 @@ def mapping_heatmap(table: pd.DataFrame, workload: str, percentile: str, folder:
     ax.set_xticks(range(len(targets)), [f"{t:g}" for t in targets])
     ax.set_yticks(range(len(sizes)), [str(int(q)) for q in sizes])
     ax.set(xlabel=f"{percentile} latency target (ms)", ylabel="query size",
-           title=f"chosen path, {workload} ('-': none meets the target)")
+           title=f"chosen path, {workload} ('-': none meets the target; 2nd: runner-up, its margin)")
     out = folder / f"mapping_{_slug(workload)}.png"
     fig.tight_layout()
     fig.savefig(out, dpi=120)
@@ -114,8 +117,8 @@ def pareto(paths: pd.DataFrame, front: pd.Series, workload: str, folder: Path) -
     middle, half = (low + high) / 2, max((high - low) / 2 * 1.2, 0.01)
     ax.set_ylim(middle - half, middle + half)
     on_front = rated[front.reindex(rated.index, fill_value=False)].sort_values("peak_correct_throughput")
-    ax.plot(on_front["peak_correct_throughput"], on_front["accuracy"], color="tab:red", marker="o", markersize=10,
-            markerfacecolor="none", label="Pareto front")
+    ax.plot(on_front["peak_correct_throughput"], on_front["accuracy"], color="tab:red", marker="o",
+            markersize=10, markerfacecolor="none", label="Pareto front")
     ax.set(xscale="log", xlabel="peak correct predictions / s (accuracy x samples/s)", ylabel="accuracy",
            title=f"accuracy vs correct-prediction throughput, {workload}")
     ax.grid(True, alpha=0.3)
@@ -133,7 +136,9 @@ def roofline(runs: pd.DataFrame, device: str, folder: Path) -> Path | None:
     rows = runs[(runs["device"] == device) & (runs["feasible"] > 0)].copy()
     if rows.empty:
         return None
-    column = "device_gemm_fp32_gflops" if rows["device_gemm_fp32_gflops"].notna().any() else "device_gemm_gflops"
+    column = (
+        "device_gemm_fp32_gflops" if rows["device_gemm_fp32_gflops"].notna().any() else "device_gemm_gflops"
+    )
     peak = rows[column].dropna()
     if peak.empty:
         return None
@@ -144,8 +149,10 @@ def roofline(runs: pd.DataFrame, device: str, folder: Path) -> Path | None:
     rows["intensity"] = flops / moved
     rows["gflops"] = flops / (q / rows["samples_per_s"]) / 1e9
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    x = np.logspace(np.log10(max(rows["intensity"].min() / 4, 1e-3)), np.log10(rows["intensity"].max() * 4), 100)
-    for name, style in (("device_gather_gbps", ":"), ("device_gather64_gbps", "-."), ("device_copy_gbps", "--")):
+    x = np.logspace(np.log10(max(rows["intensity"].min() / 4, 1e-3)), np.log10(rows["intensity"].max() * 4),
+                    100)
+    for name, style in (("device_gather_gbps", ":"), ("device_gather64_gbps", "-."), ("device_copy_gbps",
+                                                                                      "--")):
         bandwidth = rows[name].dropna() if name in rows else rows.iloc[0:0]
         if not bandwidth.empty:
             bw = float(bandwidth.iloc[0])

@@ -46,10 +46,11 @@ def ladder_progress(label: str, total: int) -> Iterator:
         task = progress.add_task(label, total=total, last="")
 
         def advance(result: QuerySizeResult) -> None:
-            figure = f"p50 {result.stats.p50_ms:.3f} ms" if result.feasible else "infeasible"
+            figure = f"p50 {result.timed.p50_ms:.3f} ms" if result.feasible else "infeasible"
             if result.attempt > 1:  # a size measured again (harness/pipeline/stability.py): no new step
-                progress.update(task, last=f"q={result.query_size}: measured again (attempt {result.attempt}), "
-                                           f"{figure}")
+                progress.update(
+                    task, last=f"q={result.query_size}: measured again (attempt {result.attempt}), {figure}"
+                )
                 return
             progress.update(task, advance=1, last=f"q={result.query_size}: {figure}")
 
@@ -59,20 +60,23 @@ def ladder_progress(label: str, total: int) -> Iterator:
 # A path's summary: one row per query size, short headers (the table fits 80 columns) and LEGEND below.
 COLUMNS = ("query size", "p50 ms", "± CI", "p99 ms", "CV", "samples/s", "first call ms", "n", "trusted")
 _NO_WRAP = {"p50 ms", "± CI", "p99 ms", "CV", "samples/s", "n"}
-LEGEND = ("n: timed calls; ± CI: half-width of p50's 95 % interval, in ms (the wider side); CV: standard deviation / "
-          "mean; trusted: no stability rule broken (interference, dispersion, order of sizes, the roof: "
-          "docs/measurement.md), '?' for runs recorded before it was judged; OOM: out of memory; first call: "
-          "compilation and cold caches, timed apart and left out of the other columns")
+LEGEND = (
+    "n: timed calls; ± CI: half-width of p50's 95 % interval, in ms (the wider side); CV: standard "
+    "deviation / mean; trusted: no stability rule broken (interference, dispersion, order of sizes, the "
+    "roof: docs/measurement.md), '?' for runs recorded before it was judged; OOM: out of memory; first "
+    "call: compilation and cold caches, timed apart and left out of the other columns"
+)
 SizeRow = dict  # query_size, feasible and, when feasible, the figures of COLUMNS
 
 
-def rows_of(results: Sequence[QuerySizeResult], unreliable: dict[int, list[str]] | None = None) -> list[SizeRow]:
+def rows_of(results: Sequence[QuerySizeResult],
+            unreliable: dict[int, list[str]] | None = None) -> list[SizeRow]:
     unreliable = unreliable or {}
     return [{"query_size": r.query_size, "feasible": r.feasible} if not r.feasible else
-            {"query_size": r.query_size, "feasible": True, "p50_ms": r.stats.p50_ms, "p99_ms": r.stats.p99_ms,
-             "p50_ci_low_ms": r.stats.p50_ci_low_ms, "p50_ci_high_ms": r.stats.p50_ci_high_ms,
-             "cv": r.stats.cv, "samples_per_s": r.stats.samples_per_s,
-             "first_call_ms": r.first_call_s * 1e3, "n": r.stats.n,
+            {"query_size": r.query_size, "feasible": True, "p50_ms": r.timed.p50_ms, "p99_ms": r.timed.p99_ms,
+             "p50_ci_low_ms": r.timed.p50_ci_low_ms, "p50_ci_high_ms": r.timed.p50_ci_high_ms,
+             "cv": r.timed.cv, "samples_per_s": r.timed.samples_per_s,
+             "first_call_ms": r.first_call_ms, "n": r.timed.n,
              "reliable": 0.0 if r.query_size in unreliable else 1.0} for r in results]
 
 
@@ -82,13 +86,13 @@ def rows_recorded(per_size: dict[str, dict[int, float]]) -> list[SizeRow]:
     keys = {"p50_ms": "latency_p50_ms", "p99_ms": "latency_p99_ms", "p50_ci_low_ms": "latency_p50_ci_low_ms",
             "p50_ci_high_ms": "latency_p50_ci_high_ms", "cv": "latency_cv", "samples_per_s": "samples_per_s",
             "first_call_ms": "first_call_ms", "n": "iterations", "reliable": "reliable"}
-    rows = []
+    rows: list[SizeRow] = []
     for q in sorted(per_size.get("feasible", {})):
         if not per_size["feasible"][q]:
             rows.append({"query_size": q, "feasible": False})
             continue
-        rows.append({"query_size": q, "feasible": True, **{k: per_size.get(m, {}).get(q, float("nan"))
-                                                            for k, m in keys.items()}})
+        figures = {k: per_size.get(m, {}).get(q, math.nan) for k, m in keys.items()}
+        rows.append({"query_size": q, "feasible": True, **figures})
     return rows
 
 
@@ -99,8 +103,8 @@ def _plus_minus(r: SizeRow) -> str:
 
 
 def summary_table(title: str, rows: Sequence[SizeRow]) -> Table:
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1), collapse_padding=True,
-                  pad_edge=False)
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  collapse_padding=True, pad_edge=False)
     for column in COLUMNS:
         table.add_column(column, justify="right", no_wrap=column in _NO_WRAP)
     for r in rows:
@@ -109,10 +113,9 @@ def summary_table(title: str, rows: Sequence[SizeRow]) -> Table:
             continue
         reliable = r.get("reliable", math.nan)
         trusted = "?" if math.isnan(reliable) else ("yes" if reliable else "NO")
-        table.add_row(
-            str(r["query_size"]), f"{r['p50_ms']:.3f}", _plus_minus(r), f"{r['p99_ms']:.3f}", f"{r['cv']:.2f}", f"{r['samples_per_s']:,.0f}",
-            f"{r['first_call_ms']:.2f}", f"{int(r['n'])}", trusted, style="yellow" if trusted == "NO" else None,
-        )
+        table.add_row(str(r["query_size"]), f"{r['p50_ms']:.3f}", _plus_minus(r), f"{r['p99_ms']:.3f}",
+                      f"{r['cv']:.2f}", f"{r['samples_per_s']:,.0f}", f"{r['first_call_ms']:.2f}",
+                      f"{int(r['n'])}", trusted, style="yellow" if trusted == "NO" else None)
     return table
 
 
@@ -126,10 +129,12 @@ def what_was_timed(p: Plan, device: str) -> str:
     representation = representation.replace(storage_label(storage), "")  # said below, in words
     numerics = "" if precision == "fp32" and storage == "fp32" else (
         f", computing in {precision}" + ("" if storage == "fp32" else f" with {storage} table rows"))
-    return (f"timed: inference of DLRM ({run.dataset.name}, scale {run.dataset.scale}: {spec.num_tables} "
-            f"embedding features, {p.cost.param_bytes / 2**20:,.1f} MiB of parameters) with {representation} "
-            f"embeddings{numerics} on {device} ({p.adapter.name}); a sample is one user-item pair ({spec.num_dense} dense "
-            f"features, {ids} per feature), a query is `query size` samples in one call")
+    return (
+        f"timed: inference of DLRM ({run.dataset.name}, scale {run.dataset.scale}: {spec.num_tables} "
+        f"embedding features, {p.cost.param_bytes / 2**20:,.1f} MiB of parameters) with {representation} "
+        f"embeddings{numerics} on {device} ({p.adapter.name}); a sample is one user-item pair "
+        f"({spec.num_dense} dense features, {ids} per feature), a query is `query size` samples in one call"
+    )
 
 
 def experiment_page(server: str, experiment_id: str) -> str:
@@ -178,8 +183,8 @@ def _print_summary(p: Plan, device: str, rows: list[SizeRow], run_id: str, store
     for note in p.notes():
         print(f"note: {note}")
     artifact_uri = store.get(run_id).info.artifact_uri
-    print("\n".join(where_it_went(p.run_name, run_id, p.run.experiment_name, store.experiment_id, store.uri,
-                                 artifact_uri)))
+    print("\n".join(where_it_went(p.run_name, run_id, p.run.experiment_name, str(store.experiment_id),
+                                 store.uri, artifact_uri)))
 
 
 def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:
@@ -193,12 +198,40 @@ def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:
         table.add_column(column)
     style = {"finished": "green", "skipped": "blue", "failed": "red", "unavailable": "yellow"}
     for s in statuses:
-        table.add_row(s["status"], s.get("path", ""), s.get("unreliable") or "", " ".join(s.get("overrides", [])),
+        table.add_row(s["status"], s.get("path", ""), s.get("unreliable") or "", " ".join(s.get("overrides",
+                                                                                                [])),
                       s.get("run_id") or "", (s.get("error") or "")[:120], style=style.get(s["status"]))
     console = Console(stderr=True, width=200)
     console.print(table)
     shaky = [s for s in statuses if s.get("unreliable")]
     if shaky:
-        console.print(f"unreliable: {len(shaky)} of {len(statuses)} jobs have query sizes that broke a stability "
-                      "rule after measuring them again (their runs' tag `unreliable` says why; the analysis hatches "
-                      "them): python -m harness.doctor shows what else is using this machine", highlight=False)
+        console.print(
+            f"unreliable: {len(shaky)} of {len(statuses)} jobs have query sizes that broke a stability "
+            "rule after measuring them again (their runs' tag `unreliable` says why; the analysis hatches "
+            "them): python -m harness.doctor shows what else is using this machine",
+            highlight=False,
+        )
+
+
+def print_paths_side_by_side(paths) -> None:
+    """A sweep's paths in one table (stderr): path, accuracy, MiB, then p50/p99 ms per query size; one
+    table per workload, sizes flagged unreliable marked `!` (the analysis' paths table, harness/analysis)."""
+    if paths is None or not len(paths):
+        return
+    console = Console(stderr=True, width=200)
+    for workload, rows in paths.groupby("workload", sort=True):
+        sizes = sorted({int(c.split("@")[1]) for c in rows.columns if c.startswith("p50_ms@")
+                        and rows[c].notna().any()})
+        table = Table(title=f"paths of this sweep, {workload}: p50 / p99 ms per query size ('!': unreliable)",
+                      title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("path", "accuracy", "MiB", *map(str, sizes)):
+            table.add_column(column, justify="left" if column == "path" else "right")
+        for _, r in rows.iterrows():
+            cells = []
+            for q in sizes:
+                p50, p99 = r.get(f"p50_ms@{q}", math.nan), r.get(f"p99_ms@{q}", math.nan)
+                flag = "!" if r.get(f"reliable@{q}") == 0 else ""
+                cells.append("" if p50 != p50 else f"{p50:.3g} / {p99:.3g}{flag}")
+            accuracy = "" if r["accuracy"] != r["accuracy"] else f"{r['accuracy']:.4f}"
+            table.add_row(r["path"], accuracy, f"{r['param_bytes'] / 2**20:,.1f}", *cells)
+        console.print(table)

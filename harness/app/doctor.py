@@ -34,7 +34,9 @@ class Finding:
     todo: str = ""
 
     def line(self) -> str:
-        return f"{'ok  ' if self.ok else 'FIX '} {self.what}" + (f"\n       -> {self.todo}" if self.todo else "")
+        return f"{'ok  ' if self.ok else 'FIX '} {self.what}" + (
+            f"\n       -> {self.todo}" if self.todo else ""
+        )
 
 
 def _process_times() -> dict[int, tuple[str, float]]:
@@ -95,7 +97,9 @@ def other_processes(busy: list[tuple[int, str, float]], reading: LoadReading, th
         return Finding(True, what)
     todo = "close them (or wait for them) before measuring: the harness would flag every size they overlap"
     if threads > 1:
-        todo += f"; or leave them a core with backend.num_threads={max(1, threads - round(reading.other_cores))}"
+        todo += (
+            f"; or leave them a core with backend.num_threads={max(1, threads - round(reading.other_cores))}"
+        )
     return Finding(False, what, todo)
 
 
@@ -105,25 +109,39 @@ def load_and_steal(reading: LoadReading, max_steal: float) -> list[Finding]:
     if load is None:
         out.append(Finding(True, "load average: not measurable here"))
     else:
-        out.append(Finding(load <= reading.cores, f"1-minute load average {load:.2f} on {reading.cores} cores",
-                           "" if load <= reading.cores else "more runnable threads than cores: something else is "
-                           "busy (the load average lags by a minute: check again)"))
+        out.append(
+            Finding(
+                load <= reading.cores,
+                f"1-minute load average {load:.2f} on {reading.cores} cores",
+                ""
+                if load <= reading.cores
+                else "more runnable threads than cores: something else is "
+                "busy (the load average lags by a minute: check again)",
+            )
+        )
     if reading.steal_cores is None:
         out.append(Finding(True, "steal time: not reported by this kernel (not measurable here)"))
     else:
         stolen = reading.steal_cores > max_steal + reading.resolution_cores
-        out.append(Finding(not stolen, f"steal: the hypervisor took {reading.steal_cores:.2f} cores",
-                           "this VM shares its host: figures will vary with the neighbours; prefer a dedicated "
-                           "instance, and compare only runs measured side by side" if stolen else ""))
+        out.append(
+            Finding(
+                not stolen,
+                f"steal: the hypervisor took {reading.steal_cores:.2f} cores",
+                "this VM shares its host: figures will vary with the neighbours; prefer a dedicated "
+                "instance, and compare only runs measured side by side"
+                if stolen
+                else "",
+            )
+        )
     return out
 
 
 def governor() -> Finding:
-    values = {_read(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor") for c in run_cores()}
-    values.discard(None)
+    read = (_read(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_governor") for c in run_cores())
+    values = {v for v in read if v is not None}
     if not values:
-        return Finding(True, "frequency governor: not readable here (a VM, or no cpufreq driver): the host sets "
-                             "the clock")
+        return Finding(True, "frequency governor: not readable here (a VM, or no cpufreq driver): the host "
+                             "sets the clock")
     if values == {"performance"}:
         return Finding(True, "frequency governor: performance")
     return Finding(False, f"frequency governor: {', '.join(sorted(values))}",
@@ -135,7 +153,8 @@ def peak_cache(results_dir: str) -> Finding:
     try:
         cache = read_cache(results_dir)
     except (OSError, ValueError) as exc:
-        return Finding(False, f"peak cache in {results_dir} is unreadable ({exc})", "remove it: it is measured again")
+        return Finding(False, f"peak cache in {results_dir} is unreadable ({exc})",
+                       "remove it: it is measured again")
     if not cache:
         return Finding(True, f"no peak cache in {results_dir} yet: the first run measures the device's peaks")
     old = [k for k in cache if not k.endswith(f"kernels={KERNELS_VERSION}")]
@@ -149,7 +168,8 @@ def peak_cache(results_dir: str) -> Finding:
     if old or other:
         what = (f"peak cache {path}: {len(old)} entries measured before peaks were checked for load"
                 + (f", {len(other)} measured with another torch than {torch}" if other else ""))
-        return Finding(False, what, f"remove {path}: the next run measures the peaks again, under the load check")
+        return Finding(False, what,
+                       f"remove {path}: the next run measures the peaks again, under the load check")
     return Finding(True, f"peak cache {path}: {len(cache)} entries, measured quietly with this torch")
 
 
@@ -183,7 +203,8 @@ def threads_of(run) -> int:
 def check(run, seconds: float = SAMPLE_S) -> list[Finding]:
     """The findings for a validated RunConfig (harness/pipeline/config.py)."""
     rules = run.measure.stability
-    return examine(threads_of(run), run.tracking.results_dir, rules.max_other_cores, rules.max_steal_cores, seconds)
+    return examine(threads_of(run), run.tracking.results_dir, rules.max_other_cores, rules.max_steal_cores,
+                   seconds)
 
 
 def main(argv: list[str]) -> int:

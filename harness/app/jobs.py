@@ -85,7 +85,8 @@ def run_job(cfg: Any) -> dict[str, Any]:
         if parent:
             p.run.tracking.parent_run_id = parent
             container["tracking"]["parent_run_id"] = parent
-    status = {"path": p.path, "run_key": p.run_key(), "overrides": _overrides(), "run_id": None, "error": None}
+    status = {"path": p.path, "run_key": p.run_key(), "overrides": _overrides(), "run_id": None,
+              "error": None}
     try:
         status.update(_run(p, container, multirun))
     except KeyboardInterrupt:
@@ -102,7 +103,8 @@ def run_job(cfg: Any) -> dict[str, Any]:
         return status
     if not multirun:  # an isolated single run: the worker has printed why; the command fails in one line
         unavailable = status["status"] == "unavailable"
-        raise (BackendUnavailable(status["error"].split(": ", 1)[1]) if unavailable else RunFailed(status["error"]))
+        error = str(status["error"])
+        raise BackendUnavailable(error.split(": ", 1)[1]) if unavailable else RunFailed(error)
     log.error("job %s: %s", status["status"], status["error"])
     return status
 
@@ -138,8 +140,10 @@ def _run(p: Plan, container: dict, multirun: bool) -> dict[str, Any]:
     if not run.force:
         done = store.find({"run_key": key}, ("FINISHED",))
         if done:
-            print(f"skipped {p.path}: already measured in run {done[0].info.run_id} with this config (run key "
-                  f"{key}); force=true measures it again. What it recorded:")
+            print(
+                f"skipped {p.path}: already measured in run {done[0].info.run_id} with this config (run key "
+                f"{key}); force=true measures it again. What it recorded:"
+            )
             print_recorded_summary(p, done[0].info.run_id, store)
             return {"status": "skipped", "run_id": done[0].info.run_id}
     for stale in (r for r in store.find({"run_key": key}, ("RUNNING",)) if is_stale(r)):
@@ -172,15 +176,16 @@ def _finished(store: Store, run_id: str) -> dict[str, Any]:
 
 
 def _run_isolated(p: Plan, container: dict, store: Store) -> dict[str, Any]:
-    run_id = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity(), "mprec.isolated": "true"})
+    run_id = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity(),
+                                           "mprec.isolated": "true"})
     hc = _hydra()
     folder = Path(hc.runtime.output_dir) if hc is not None else Path(p.run.tracking.results_dir) / "jobs"
     folder.mkdir(parents=True, exist_ok=True)
     job_file = folder / "job.json"
     job_file.write_text(json.dumps({"config": container, "run_id": run_id}, default=str))
 
-    child = subprocess.Popen([sys.executable, "-m", "harness.app.worker", str(job_file)], stderr=subprocess.PIPE,
-                             text=True, errors="replace")
+    child = subprocess.Popen([sys.executable, "-m", "harness.app.worker", str(job_file)],
+                             stderr=subprocess.PIPE, text=True, errors="replace")
     tail: deque[str] = deque(maxlen=60)
     relay = threading.Thread(target=_relay, args=(child.stderr, tail), daemon=True)
     relay.start()

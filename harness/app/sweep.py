@@ -30,11 +30,11 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from harness.app.console import print_sweep_summary
+from harness.app.console import print_paths_side_by_side, print_sweep_summary
 from harness.app.doctor import check, verdict
 from harness.app.jobs import PARENT_RUN_FILE, STATUS_FILE
 from harness.core.conf import compose
-from harness.core.schema import RunConfig
+from harness.core.schema import RunConfig, TrackingConfig
 from harness.pipeline.config import load_config
 from harness.tracking import KIND_TAG, Store
 
@@ -78,7 +78,7 @@ class SweepCallback(Callback):
 
     def __init__(self) -> None:
         self.parent_run_id: str | None = None
-        self.tracking = None
+        self.tracking: TrackingConfig | None = None
         self.experiment_name: str | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -109,28 +109,42 @@ class SweepCallback(Callback):
         statuses = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob(STATUS_FILE))]
         if not statuses or all(s.get("status") == "dry_run" for s in statuses):
             return
-        counts = {k: sum(s["status"] == k for s in statuses) for k in ("finished", "skipped", "failed", "unavailable")}
+        counts = {k: sum(s["status"] == k for s in statuses) for k in ("finished", "skipped", "failed",
+                                                                       "unavailable")}
         print_sweep_summary(statuses, counts)
         if self.parent_run_id:
-            store = Store(self.tracking, self.experiment_name)
+            store = self._store()
             store.set_tags(self.parent_run_id, {f"jobs_{k}": v for k, v in counts.items()})
             store.log_text(self.parent_run_id, json.dumps(statuses, indent=2), "sweep_summary.json")
-            store.finish(self.parent_run_id, "FAILED" if counts["failed"] + counts["unavailable"] else "FINISHED")
+            store.finish(self.parent_run_id,
+                         "FAILED" if counts["failed"] + counts["unavailable"] else "FINISHED")
         if self.experiment_name and OmegaConf.select(config, "analysis_after_sweep", default=False):
-            self._analyse(config)
+            scope = OmegaConf.select(config, "analysis_scope", default="sweep")
+            # This sweep's runs: the finished, failed and skipped (measured before) jobs' runs.
+            self._analyse([s["run_id"] for s in statuses if s.get("run_id")] if scope == "sweep" else None)
         scenario = OmegaConf.select(config, "serving_after_sweep", default=None)
         if self.experiment_name and scenario:
             self._serve(scenario)
         if counts["failed"] or counts["unavailable"]:
             sys.exit(1)
 
+    def _store(self) -> Store:
+        """The sweep's experiment (known once `on_multirun_start` has run)."""
+        if self.tracking is None or self.experiment_name is None:
+            raise RuntimeError("the sweep has not started: no experiment yet")
+        return Store(self.tracking, self.experiment_name)
+
     def _kill_parent_if_running(self) -> None:
+        if self.parent_run_id is None:
+            return
         try:
-            Store(self.tracking, self.experiment_name).kill(self.parent_run_id)
+            self._store().kill(self.parent_run_id)
         except Exception:  # noqa: BLE001 - at exit, a store that cannot be reached leaves nothing to do
             pass
 
     def _tracking_overrides(self) -> list[str]:
+        if self.tracking is None:
+            return []
         return [f"tracking.{k}={'null' if v is None else v}" for k, v in asdict(self.tracking).items()
                 if k != "parent_run_id"]
 
@@ -138,24 +152,30 @@ class SweepCallback(Callback):
         """A sweep whose experiment sets serving_after_sweep ends with that serving study."""
         from harness.serving import load_serving_config, run_serving  # pandas, matplotlib: only when asked
 
-        overrides = [f"serving={scenario}", f"experiment_name={self.experiment_name}", *self._tracking_overrides()]
+        overrides = [f"serving={scenario}", f"experiment_name={self.experiment_name}",
+                     *self._tracking_overrides()]
         try:
             run_serving(load_serving_config(compose(overrides, config_name="serving")))
         except Exception as exc:  # noqa: BLE001 - the sweep's results are recorded; the study can be redone
-            print(f"serving study failed ({type(exc).__name__}: {exc}); redo it with python -m harness.serving "
-                  f"serving={scenario} experiment_name={self.experiment_name}", file=sys.stderr)
+            print(
+                f"serving study failed ({type(exc).__name__}: {exc}); redo it with python -m harness.serving "
+                f"serving={scenario} experiment_name={self.experiment_name}",
+                file=sys.stderr,
+            )
 
-    def _analyse(self, config: DictConfig) -> None:
-        """The sweep ends by writing the experiment's analysis (python -m harness.analysis redoes it)."""
+    def _analyse(self, run_ids: list[str] | None) -> None:
+        """The sweep ends by writing the analysis of its runs (`run_ids`; None: the whole experiment's) and
+        printing its paths side by side (python -m harness.analysis redoes it for the experiment)."""
         from harness.analysis import load_analysis_config, run_analysis  # pandas, matplotlib: only when asked
 
         overrides = [f"experiment_name={self.experiment_name}", *self._tracking_overrides()]
         try:
-            analysis = run_analysis(load_analysis_config(compose(overrides, config_name="analysis")))
+            analysis = run_analysis(load_analysis_config(compose(overrides, config_name="analysis")),
+                                    run_ids=run_ids)
+            print_paths_side_by_side(analysis.paths)
             if self.parent_run_id:  # one click from the sweep's row in the UI: latency vs query size on log
                 # axes, the mapping, the whole report (MLflow's artifact view shows PNG and HTML)
-                Store(self.tracking, self.experiment_name).log_artifacts(self.parent_run_id, analysis.folder,
-                                                                         "analysis")
+                self._store().log_artifacts(self.parent_run_id, analysis.folder, "analysis")
         except Exception as exc:  # noqa: BLE001 - the sweep's results are recorded; the analysis can be redone
             print(f"analysis failed ({type(exc).__name__}: {exc}); redo it with "
                   f"python -m harness.analysis experiment_name={self.experiment_name}", file=sys.stderr)

@@ -13,7 +13,9 @@ def config_dir() -> Path:
     for candidate in (package / "conf", package.parent / "conf"):
         if (candidate / "config.yaml").is_file():
             return candidate
-    raise FileNotFoundError(f"no Hydra config tree (config.yaml) in {package / 'conf'} or {package.parent / 'conf'}")
+    raise FileNotFoundError(
+        f"no Hydra config tree (config.yaml) in {package / 'conf'} or {package.parent / 'conf'}"
+    )
 
 
 def compose(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:

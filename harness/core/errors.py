@@ -37,7 +37,7 @@ class BackendUnavailable(RuntimeError):
 
 def could_not_run_here(error: str | None) -> bool:
     """Whether a run's `error` tag says its backend was not available on the machine that ran it."""
-    return bool(error) and error.startswith(f"{BackendUnavailable.__name__}:")
+    return bool(error) and str(error).startswith(f"{BackendUnavailable.__name__}:")
 
 
 class ConfigError(ValueError):
@@ -56,4 +56,5 @@ class ConfigError(ValueError):
         self.message = message
 
     def within(self, prefix: str) -> "ConfigError":
-        return ConfigError(f"{prefix}.{self.key}" if prefix and self.key else prefix or self.key, self.message)
+        return ConfigError(f"{prefix}.{self.key}" if prefix and self.key else prefix or self.key,
+                           self.message)

@@ -23,7 +23,7 @@ from harness.core.precision import DEFAULT
 
 # Keys that say where results go or whether to run, not what is measured: left out of the run key.
 NOT_IN_RUN_KEY = ("tracking", "dry_run", "experiment_name", "force", "isolate", "job_timeout_s", "debug",
-                  "analysis_after_sweep", "serving_after_sweep")
+                  "analysis_after_sweep", "analysis_scope", "serving_after_sweep")
 
 
 def _digest(identity: Any) -> str:
@@ -35,7 +35,7 @@ def run_key(config: Mapping[str, Any]) -> str:
     measured = {k: v for k, v in config.items() if k not in NOT_IN_RUN_KEY}
     if measured.get("precision", {}).get("name") == DEFAULT:
         del measured["precision"]
-    if measured.get("backend", {}).get("graphs") is False:  # added with CUDA graphs; eager runs keep their keys
+    if measured.get("backend", {}).get("graphs") is False:  # added with CUDA graphs; eager runs keep keys
         measured["backend"] = {k: v for k, v in measured["backend"].items() if k != "graphs"}
     measured["representation"] = _without_default_storage(measured["representation"])
     # The stability rules judge a measurement, they do not change what is measured (added in issue 22):
@@ -57,7 +57,8 @@ def quality_key(config: Mapping[str, Any]) -> str:
 
 
 def _without_default_storage(node: Any, always: bool = False) -> Any:
-    """The representation without `storage` where it is fp32 (or always: storage is applied after training)."""
+    """The representation without `storage` where it is fp32 (or always: storage is applied after
+    training)."""
     if isinstance(node, dict) and "storage" in node and (always or node["storage"] == DEFAULT):
         return {k: v for k, v in node.items() if k != "storage"}
     return node

@@ -103,7 +103,9 @@ def cpu_mhz(cores: tuple[int, ...]) -> float | None:
     freqs = []
     for c in cores:
         try:
-            freqs.append(int(Path(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq").read_text()) / 1e3)
+            freqs.append(
+                int(Path(f"/sys/devices/system/cpu/cpu{c}/cpufreq/scaling_cur_freq").read_text()) / 1e3
+            )
         except (OSError, ValueError):
             break
     if len(freqs) == len(cores) and freqs:

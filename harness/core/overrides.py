@@ -100,7 +100,11 @@ def unknown_override(argv: list[str], conf: Path, config_name: str) -> str | Non
         if key in keys:
             continue
         close = difflib.get_close_matches(key, sorted(keys), n=1, cutoff=0.75)
-        hint = (f"did you mean '{close[0]}'?" if close else
-                f"the keys are those of conf/{config_name}.yaml and its groups (--cfg job prints them composed)")
+        hint = (
+            f"did you mean '{close[0]}'?"
+            if close
+            else f"the keys are those of conf/{config_name}.yaml and its groups (--cfg job prints them "
+            "composed)"
+        )
         return f"config key '{key}' does not exist; {hint}"
     return None

@@ -56,14 +56,14 @@ class StabilityConfig:
     max_other_cores: float = MISSING  # other processes' CPU on the run's cores beyond what it left spare
     max_steal_cores: float = MISSING  # CPU the hypervisor gave other guests, in cores
     max_robust_cv: float = MISSING  # 1.4826 x MAD / median of the timed calls
-    order_tolerance: float = MISSING  # a smaller size slower than a larger one beyond both p50 intervals + this
+    order_tolerance: float = MISSING  # smaller size slower than a larger one beyond both p50 intervals + this
     peak_tolerance: float = MISSING  # achieved GFLOP/s above the measured GEMM peak by more than this
     retries: int = MISSING  # rounds of measuring a flagged size again (with a neighbour) before flagging it
     retry_pause_s: float = MISSING  # pause before each such round
 
     def check(self) -> None:
-        for key in ("max_other_cores", "max_steal_cores", "max_robust_cv", "order_tolerance", "peak_tolerance",
-                    "retries", "retry_pause_s"):
+        for key in ("max_other_cores", "max_steal_cores", "max_robust_cv", "order_tolerance",
+                    "peak_tolerance", "retries", "retry_pause_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
 
@@ -91,7 +91,8 @@ class MeasureConfig:
         if self.max_iters < self.min_iters:
             raise ConfigError("max_iters", f"must be >= min_iters ({self.min_iters}), got {self.max_iters}")
         if self.max_time_s < self.min_time_s:
-            raise ConfigError("max_time_s", f"must be >= min_time_s ({self.min_time_s}), got {self.max_time_s}")
+            raise ConfigError("max_time_s",
+                              f"must be >= min_time_s ({self.min_time_s}), got {self.max_time_s}")
         if self.pool_samples < 1:
             raise ConfigError("pool_samples", f"must be >= 1, got {self.pool_samples}")
         if not 0 < self.peaks_scale <= 1:
@@ -129,7 +130,7 @@ class TrackingConfig:
     # null: $MLFLOW_TRACKING_URI if set, else sqlite:///<results_dir>/mlflow.db
     uri: Optional[str] = MISSING
     results_dir: str = MISSING
-    parent_run_id: Optional[str] = MISSING  # set by a sweep for its jobs (the MLflow parent run)
+    parent_run_id: Optional[str] = MISSING  # set by a sweep for its jobs: recorded as their tag mprec.sweep
     retry_s: float = MISSING  # how long one MLflow call retries a locked or unreachable store
     request_timeout_s: int = MISSING  # one HTTP request to a tracking server (MLFLOW_HTTP_REQUEST_TIMEOUT)
 
@@ -189,13 +190,15 @@ def fault_for_job(spec: str, job_num: int | None) -> str:
     for entry in spec.split(","):
         kind, _, num = entry.strip().partition("@")
         if kind not in FAULTS or not num.isdigit():
-            raise ConfigError("fault", f"entry {entry!r} is not <fault>@<job number> with a fault in {FAULTS}")
+            raise ConfigError("fault",
+                              f"entry {entry!r} is not <fault>@<job number> with a fault in {FAULTS}")
         if job_num is not None and int(num) == job_num:
             chosen = kind
     return chosen
 
 
 ISOLATION = ("auto", "always", "never")
+SCOPES = ("sweep", "experiment")
 
 
 @dataclass
@@ -207,6 +210,7 @@ class RunConfig:
     isolate: str = MISSING  # run the work in a child process: auto (in multiruns), always or never
     job_timeout_s: Optional[float] = MISSING  # kill the work after this long (isolated jobs only)
     analysis_after_sweep: bool = MISSING  # a multirun ends by writing the experiment's analysis
+    analysis_scope: str = MISSING  # that analysis covers the sweep's own runs (sweep) or the experiment's
     serving_after_sweep: Optional[str] = MISSING  # a serving scenario to run at the end of a multirun
     backend: Any = None  # typed by the adapter that backend.name selects (harness/pipeline/config.py)
     representation: Any = None  # typed by the representation that representation.name selects
@@ -224,6 +228,8 @@ class RunConfig:
             check_section(getattr(self, name), name)
         if not self.experiment_name.strip():
             raise ConfigError("experiment_name", "must not be empty")
+        if self.analysis_scope not in SCOPES:
+            raise ConfigError("analysis_scope", f"must be one of {SCOPES}, got {self.analysis_scope!r}")
         if self.isolate not in ISOLATION:
             raise ConfigError("isolate", f"must be auto, always or never, got {self.isolate!r}")
         if self.job_timeout_s is not None and not self.job_timeout_s > 0:
@@ -259,12 +265,20 @@ def typed(schema: type, node: Any, key: str = "", root: str = "") -> Any:
     return config
 
 
+def plain(node: Any) -> dict:
+    """An OmegaConf mapping, resolved, as a plain dict (a list or a scalar here is a bug)."""
+    value = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a mapping, got {type(value).__name__}")
+    return value
+
+
 def container(cfg: DictConfig | dict) -> dict:
     """A composed config as a plain dict, without Hydra's own `hydra` node (which, for a job composed
     ahead of launch, is not resolvable yet)."""
     if isinstance(cfg, DictConfig):
-        mine = [k for k in cfg.keys() if k != "hydra"]
-        return OmegaConf.to_container(OmegaConf.masked_copy(cfg, mine), resolve=True)
+        mine = [str(k) for k in cfg.keys() if k != "hydra"]
+        return plain(OmegaConf.masked_copy(cfg, mine))
     node = dict(cfg)
     node.pop("hydra", None)
     return node

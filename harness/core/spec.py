@@ -88,8 +88,11 @@ class WorkloadSpec:
             if not widths or min(widths) < 1:
                 raise ConfigError(key, f"widths must be positive integers, got {widths}")
         if len(bottom) < 2 or bottom[0] != self.num_dense:
-            raise ConfigError("model.bottom_mlp", f"must start at the {self.num_dense} dense features and have "
-                                                  f"at least one layer, got {bottom}")
+            raise ConfigError(
+                "model.bottom_mlp",
+                f"must start at the {self.num_dense} dense features and have "
+                f"at least one layer, got {bottom}",
+            )
         if bottom[-1] != self.embedding_dim:
             raise ConfigError(
                 "model.embedding_dim",
@@ -104,14 +107,9 @@ class WorkloadSpec:
     @classmethod
     def from_shape(cls, shape: str, scale: float = 1.0, **overrides: Any) -> "WorkloadSpec":
         ref = SHAPES[shape]
-        fields = dict(
-            table_rows=scale_rows(ref.table_rows, scale),
-            embedding_dim=ref.embedding_dim,
-            bottom_mlp=ref.bottom_mlp,
-            top_mlp=ref.top_mlp,
-            shape_name=shape,
-            scale=scale,
-        )
+        fields: dict[str, Any] = dict(table_rows=scale_rows(ref.table_rows, scale),
+                                      embedding_dim=ref.embedding_dim, bottom_mlp=ref.bottom_mlp,
+                                      top_mlp=ref.top_mlp, shape_name=shape, scale=scale)
         fields.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**fields)
 

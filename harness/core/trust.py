@@ -57,5 +57,7 @@ def unreliable_line(reasons: dict[int, list[str]], sizes: int) -> str:
         return ""
     shown = [f"q={q}: {why[0]}" + (f" (+{len(why) - 1} more)" if len(why) > 1 else "")
              for q, why in sorted(reasons.items())]
-    return (f"unreliable: {len(reasons)} of {sizes} query sizes still broke a stability rule after measuring them "
-            f"again ({'; '.join(shown)}); {advice(reasons)}")
+    return (
+        f"unreliable: {len(reasons)} of {sizes} query sizes still broke a stability rule after measuring "
+        f"them again ({'; '.join(shown)}); {advice(reasons)}"
+    )

@@ -106,8 +106,10 @@ def detect_format(path: str | Path) -> FileFormat:
         start.decode("utf-8")
     except UnicodeDecodeError as exc:
         if exc.start < len(start) - 4:  # not just a character cut at the end of the sample
-            raise EmptyInput(f"{path}: not a text file (byte 0x{start[exc.start]:02x} at offset {exc.start} is "
-                             "not UTF-8); Criteo data is TSV or CSV text, plain or gzip") from None
+            raise EmptyInput(
+                f"{path}: not a text file (byte 0x{start[exc.start]:02x} at offset {exc.start} is "
+                "not UTF-8); Criteo data is TSV or CSV text, plain or gzip"
+            ) from None
     lines = start.split(b"\n", 2)
     first = lines[0]
     if not first.strip():
@@ -172,7 +174,11 @@ def _hex8_swar(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     n = (n | (n << _U(16))) & _U(0x0000FFFF0000FFFF)
     n = (n | (n << _U(8))) & _U(0x00FF00FF00FF00FF)
     n = (n | (n << _U(4))) & _U(0x0F0F0F0F0F0F0F0F)
-    ascii = n + _U(0x3030303030303030) + _U(39) * (((n + _U(0x0606060606060606)) >> _U(4)) & _U(0x0101010101010101))
+    ascii = (
+        n
+        + _U(0x3030303030303030)
+        + _U(39) * (((n + _U(0x0606060606060606)) >> _U(4)) & _U(0x0101010101010101))
+    )
     folded = words | ((words & _U(0x4040404040404040)) >> _U(1))
     return value, ascii == folded
 
@@ -186,8 +192,11 @@ class CriteoReader:
         self.format = detect_format(self.path)
         self.table_rows = np.asarray(table_rows, dtype=np.uint64)
         if len(self.table_rows) != NUM_SPARSE:
-            raise ValueError(f"Criteo has {NUM_SPARSE} categorical columns, the model {len(self.table_rows)} tables")
-        self.modulus = self.table_rows if max_ind_range is None else np.minimum(self.table_rows, max_ind_range)
+            raise ValueError(
+                f"Criteo has {NUM_SPARSE} categorical columns, the model {len(self.table_rows)} tables"
+            )
+        self.modulus = (self.table_rows if max_ind_range is None else np.minimum(self.table_rows,
+                                                                                 max_ind_range))
         self.hashed = max_ind_range is not None
         self.strict = strict
         self.block_bytes = block_bytes
@@ -233,7 +242,8 @@ class CriteoReader:
         stream = pa.input_stream(str(self.path), compression="gzip" if fmt.gzip else None)
         emitted = 0  # rows pyarrow has handed us so far
         try:
-            with pacsv.open_csv(stream, read_options=read, parse_options=parse, convert_options=convert) as reader:
+            with pacsv.open_csv(stream, read_options=read, parse_options=parse,
+                                convert_options=convert) as reader:
                 for batch in _prefetched(reader):
                     if batch.num_rows == 0:
                         continue
@@ -245,8 +255,10 @@ class CriteoReader:
         except pa.ArrowInvalid as exc:
             raise MalformedLine(strict_failure[0] if strict_failure else f"{self.path}: {exc}") from None
         except OSError as exc:  # e.g. a gzip stream cut short after its start: rows read so far were used
-            raise DataError(f"{self.path}: cannot read past row {emitted + header_lines} ({exc}); a truncated "
-                            "or corrupt file?") from None
+            raise DataError(
+                f"{self.path}: cannot read past row {emitted + header_lines} ({exc}); a truncated "
+                "or corrupt file?"
+            ) from None
 
     def _line_of(self, emitted_index: np.ndarray, header_lines: int, skips: list[int]) -> np.ndarray:
         """File line numbers (1-based) of rows by their index among the rows pyarrow emitted."""
@@ -275,10 +287,12 @@ class CriteoReader:
                 values = pc.cast(col, pa.float32())
             except pa.ArrowInvalid:
                 # Rare: a non-numeric field in this block. Find the rows, read the rest.
-                numeric = pc.fill_null(pc.match_substring_regex(
-                    col, r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"), True).to_numpy(zero_copy_only=False)
+                numeric = pc.fill_null(
+                    pc.match_substring_regex(col, r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$"), True
+                ).to_numpy(zero_copy_only=False)
                 problems.append((~numeric, f"I{j + 1} is not a number"))
-                values = pc.cast(pc.if_else(pa.array(numeric), col, pa.scalar(None, pa.string())), pa.float32())
+                values = pc.cast(pc.if_else(pa.array(numeric), col, pa.scalar(None, pa.string())),
+                                 pa.float32())
             dense[:, j] = pc.fill_null(values, 0.0).to_numpy(zero_copy_only=False)
         np.maximum(dense, 0.0, out=dense)  # negative (and missing, filled above) -> 0
         np.log1p(dense, out=dense)

@@ -18,7 +18,7 @@ from omegaconf import MISSING
 from harness.core.errors import ConfigError, DataError
 from harness.core.schema import typed
 from harness.core.spec import SHAPES, feature_names
-from harness.data.criteo import CriteoReader, EmptyInput, detect_format
+from harness.data.criteo import CriteoReader, EmptyInput, ReaderStats, detect_format
 from harness.data.synthetic import SyntheticCriteo
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,8 @@ class SyntheticConfig:
         known = feature_names(len(SHAPES[self.shape].table_rows))
         unknown = [f for f in self.signal.fields if f not in known]
         if unknown:
-            raise ConfigError("signal.fields", f"{unknown} are not features of the {self.shape} shape (C1..C26)")
+            raise ConfigError("signal.fields",
+                              f"{unknown} are not features of the {self.shape} shape (C1..C26)")
         if self.signal.latent_dim < 1:
             raise ConfigError("signal.latent_dim", f"must be >= 1, got {self.signal.latent_dim}")
         if not 0 < self.signal.positive_rate < 1:
@@ -165,18 +166,21 @@ class CriteoDataset:
     def __init__(self, cfg: CriteoConfig, spec) -> None:
         self.cfg = cfg
         self.table_rows = spec.table_rows
-        self.stats = None
+        self.stats: ReaderStats | None = None  # the latest pass over the file
+        self.training_stats: ReaderStats | None = None  # training's pass, when one ran
 
-    def _reader(self):
+    def _reader(self, split: str | None = None):
         reader = CriteoReader(self.cfg.path, self.table_rows, self.cfg.max_ind_range, self.cfg.strict,
                               use_threads=self.cfg.use_threads)
         self.stats = reader.stats  # the latest pass; counts grow as it reads
+        if split == "train":  # training's own pass: what a run records as the rows it read
+            self.training_stats = reader.stats
         return reader
 
     def _rows(self, split: str | None) -> Iterator[LabeledBatch]:
         """One pass over the file's rows of `split` (None: every row), chunk by chunk."""
         every = self.cfg.test_every
-        for chunk in self._reader():
+        for chunk in self._reader(split):
             if split is None:
                 keep = slice(None)
             else:
@@ -235,9 +239,9 @@ class CriteoDataset:
                 if seen >= sample_rows:
                     break
             self._counts, self._counts_rows = counts, sample_rows
-        counts = self._counts.get(feature, np.zeros(0, dtype=np.int64))
-        present = np.flatnonzero(counts)
-        return present[np.argsort(-counts[present], kind="stable")[:n]]
+        of_feature = self._counts.get(feature, np.zeros(0, dtype=np.int64))
+        present = np.flatnonzero(of_feature)
+        return present[np.argsort(-of_feature[present], kind="stable")[:n]]
 
     def pool(self, query_size: int, batches: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """The file's first rows, cut into batches; cycled again if the file is shorter."""

@@ -67,7 +67,8 @@ class SyntheticCriteo:
         self.zipf_exponent = zipf_exponent
         self.seed = seed
         self.ids_per_lookup = ids_per_lookup
-        self.samplers = [ZipfSampler(rows, zipf_exponent, seed * 1000 + t) for t, rows in enumerate(self.table_rows)]
+        self.samplers = [ZipfSampler(rows, zipf_exponent, seed * 1000 + t)
+                         for t, rows in enumerate(self.table_rows)]
         shape_rng = np.random.default_rng([seed, 0xD15E])
         # Criteo's integer columns are counts with medians from ~1 to ~1e4 and long right tails; a lognormal
         # per column with a share of missing values (read as 0, as DLRM does) mimics that.
@@ -113,8 +114,10 @@ class SyntheticCriteo:
         logit = self.dense_weight * (z @ self._dense_w)
         if len(self.signal_fields) > 1:
             # Pooled hidden vector per field (one id per bag on Criteo).
-            vecs = [self.hidden_vectors(f, ids[:, f, :].reshape(-1)).reshape(len(ids), -1, self.latent_dim).sum(1)
-                    for f in self.signal_fields]
+            vecs = [
+                self.hidden_vectors(f, ids[:, f, :].reshape(-1)).reshape(len(ids), -1, self.latent_dim).sum(1)
+                for f in self.signal_fields
+            ]
             total = sum(vecs)
             # sum_{i<j} <v_i, v_j> = (|sum v|^2 - sum |v|^2) / 2
             pairs = 0.5 * ((total * total).sum(1) - sum((v * v).sum(1) for v in vecs))
@@ -151,7 +154,8 @@ class SyntheticCriteo:
         blocks = range(first // BLOCK, (first + count - 1) // BLOCK + 1)
         parts = [self._block(b) for b in blocks]
         lo = first - blocks[0] * BLOCK
-        return tuple(np.concatenate([p[i] for p in parts])[lo : lo + count] for i in range(3))
+        dense, ids, labels = (np.concatenate([p[i] for p in parts])[lo : lo + count] for i in range(3))
+        return dense, ids, labels
 
     def batch(self, index: int, size: int, split: str = "timing") -> tuple[np.ndarray, np.ndarray]:
         """(dense, ids) of batch `index` of `size` samples in `split`."""

@@ -15,7 +15,7 @@ import torch
 
 from harness.pipeline.timing import run_ladder
 from harness.workload.representations import cache_config
-from harness.workload.representations.dhe.cache import attach
+from harness.workload.representations.dhe.cache import DheCache, attach
 from harness.workload.representations.dhe.module import DeepHashEmbedding
 
 
@@ -57,9 +57,13 @@ class Caches:
     modules: list[DeepHashEmbedding]
     source: str
 
+    def caches(self) -> list[DheCache]:
+        """The attached caches (every module of a `Caches` has one: `attach_caches` made them)."""
+        return [m.cache for m in self.modules if m.cache is not None]
+
     def summary(self) -> dict[str, float]:
-        return {"cache_bytes": float(sum(m.cache.nbytes for m in self.modules)),
-                "cache_rows": float(sum(sum(m.cache.rows_per_table) for m in self.modules))}
+        return {"cache_bytes": float(sum(c.nbytes for c in self.caches())),
+                "cache_rows": float(sum(sum(c.rows_per_table) for c in self.caches()))}
 
     def enable(self, on: bool) -> None:
         for m in self.modules:
@@ -69,7 +73,8 @@ class Caches:
         hits = lookups = 0.0
         for m in self.modules:
             part = ids[:, m.features, :]
-            hits += m.cache.hit_rate(part) * part.numel()
+            if m.cache is not None:
+                hits += m.cache.hit_rate(part) * part.numel()
             lookups += part.numel()
         return hits / lookups if lookups else 0.0
 
@@ -102,7 +107,7 @@ def attach_caches(model, spec, dataset, counter: IdCounter | None, recorder=None
 def cache_comparison(caches: Caches | None, adapter, sizes, make_pool, settings, cached_results):
     """Metric rows: hit rate per query size, and the uncached ladder's latency and the cache's speedup,
     measured in the same run (none without a cache)."""
-    rows = []
+    rows: list[tuple[str, float, int]] = []
     if caches is None:
         return rows
     for q in sizes:
@@ -116,7 +121,7 @@ def cache_comparison(caches: Caches | None, adapter, sizes, make_pool, settings,
     for with_cache, without in zip(cached_results, uncached):
         q = with_cache.query_size
         if with_cache.feasible and without.feasible:
-            rows += [("uncached_latency_p50_ms", without.stats.p50_ms, q),
-                     ("uncached_latency_p99_ms", without.stats.p99_ms, q),
-                     ("cache_speedup", without.stats.p50_ms / with_cache.stats.p50_ms, q)]
+            rows += [("uncached_latency_p50_ms", without.timed.p50_ms, q),
+                     ("uncached_latency_p99_ms", without.timed.p99_ms, q),
+                     ("cache_speedup", without.timed.p50_ms / with_cache.timed.p50_ms, q)]
     return rows

@@ -49,7 +49,8 @@ def from_record(config: dict[str, Any]) -> dict[str, Any]:
     that reproduce what it measured (runs before precision was a choice were fp32 with fp32 tables)."""
     config = {**config, "precision": config.get("precision") or {"name": "fp32"}}
     rep = dict(config.get("representation") or {})
-    fields = getattr(representations.get(rep["name"]).Config, "__dataclass_fields__", {}) if "name" in rep else {}
+    fields = (getattr(representations.get(rep["name"]).Config, "__dataclass_fields__",
+                      {}) if "name" in rep else {})
     if "storage" in fields and "storage" not in rep:
         rep["storage"] = "fp32"
     config["representation"] = rep

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import statistics
@@ -64,17 +65,21 @@ def _full_key(adapter, device, size_scale: float) -> str:
     return cache_key(adapter, device) + f"|scale={size_scale:g}|kernels={KERNELS_VERSION}"
 
 
+def _launch(launch, step: int) -> object:
+    return launch()  # a kernel ignores which iteration it is
+
+
 def measure_peaks(adapter, size_scale: float = 1.0, only: str | None = None,
                   probe: LoadProbe | None = None) -> tuple[dict[str, float], LoadReading]:
     """Time the adapter's peak kernels (or only the one whose metric is `only`) under a load probe."""
     probe = probe or LoadProbe()
     probe.start()
     peaks = {}
-    for name, (launch, work, unit) in adapter.peak_kernels(size_scale).items():
+    for name, (launch, work, _unit) in adapter.peak_kernels(size_scale).items():
         metric = _METRIC.get(name, f"{name}_per_s")
         if only is not None and metric != only:
             continue
-        timing = time_iterations(lambda i: launch(), adapter.synchronize, _SETTINGS)
+        timing = time_iterations(functools.partial(_launch, launch), adapter.synchronize, _SETTINGS)
         seconds = statistics.median(timing.latencies_s)
         peaks[metric] = work / seconds / 1e9  # GB/s or GFLOP/s
     return peaks, probe.stop()

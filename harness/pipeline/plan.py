@@ -6,14 +6,16 @@ sweep checks for every job before the first one starts.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import backends
 import harness
 from backends.base import Backend
 from harness.core.keys import run_key
-from harness.core.paths import PathLabel
+from harness.core.paths import PathLabel, variant
 from harness.core.schema import RunConfig
 from harness.core.spec import WorkloadSpec
 from harness.pipeline.config import load_config, resolved_backend, workload_spec
@@ -35,14 +37,16 @@ class Plan:
 
     @property
     def path(self) -> str:
-        """The path's label (harness/core/paths.py), e.g. `dhe+cache@cpu`, `table:int8@cuda+graphs/bf16`:
-        fp32, eager paths carry neither, as before these were choices."""
-        return str(PathLabel(label(self.run.representation), self.adapter.name, self.adapter.mode(),
-                             self.run.precision.name))
+        """The path's label (harness/core/paths.py), e.g. `dhe+cache@cpu`, `table:int8@cuda+graphs/bf16`,
+        `dhe[k=512]@cpu`: fp32, eager paths of the default model carry none of these, as before they were
+        choices."""
+        return str(PathLabel(label(self.run.representation, model_variant(self.run)), self.adapter.name,
+                             self.adapter.mode(), self.run.precision.name))
 
     @property
     def run_name(self) -> str:
-        """What the MLflow UI lists: the path and its workload, e.g. `table@cpu synthetic_kaggle x0.01 q1-4096`."""
+        """What the MLflow UI lists: the path and its workload, e.g.
+        `table@cpu synthetic_kaggle x0.01 q1-4096`."""
         sizes = self.run.workload.query_sizes
         q = f"q{min(sizes)}" if len(sizes) == 1 else f"q{min(sizes)}-{max(sizes)}"
         return f"{self.path} {self.run.dataset.name} x{self.run.dataset.scale:g} {q}"
@@ -113,6 +117,36 @@ class Plan:
             "fits_device_per_query_size": {q: self.fits(q) for q in sizes},
             "run_key": self.run_key(),
         }
+
+
+# What a path's label leaves out of its variant: said by the label otherwise (name, `:storage`), or not a
+# property of the model measured (where a cache's popularity is counted from).
+_NOT_VARIANT = ("name", "storage", "cache.sample_rows")
+
+
+@lru_cache(maxsize=None)
+def _defaults(representation: str) -> tuple[dict, dict]:
+    """The representation's and the model's settings as conf/ has them (composed once per process)."""
+    from harness.core.conf import compose
+    from harness.core.schema import plain
+
+    composed = compose([f"representation={representation}"])
+    return plain(composed.representation), plain(composed.model)
+
+
+def model_variant(run: RunConfig) -> str:
+    """The label's variant: the representation's and the model's settings that differ from conf/'s."""
+    rep_defaults, model_defaults = _defaults(run.representation.name)
+    settings = {**dataclasses.asdict(run.representation), **dataclasses.asdict(run.model)}
+    defaults = {**rep_defaults, **model_defaults}
+    for key in _NOT_VARIANT:
+        head, _, tail = key.partition(".")
+        for node in (settings, defaults):
+            if tail and isinstance(node.get(head), dict):
+                node[head] = {k: v for k, v in node[head].items() if k != tail}
+            elif not tail:
+                node.pop(head, None)
+    return variant(settings, defaults)
 
 
 def plan(cfg: Any) -> Plan:

@@ -69,7 +69,8 @@ def train_or_reuse(run: RunConfig, model: torch.nn.Module, dataset, recorder: Ru
     recorder.set_tags({"quality_key": key})
     store = recorder.store
     if run.train.reuse:
-        source = store.newest_finished({"quality_key": key, "quality_trained": "true"}, other_than=recorder.run_id)
+        source = store.newest_finished({"quality_key": key, "quality_trained": "true"},
+                                       other_than=recorder.run_id)
         if source is not None:
             with tempfile.TemporaryDirectory() as tmp:
                 load_weights(model, store.download(source.info.run_id, WEIGHTS, tmp))

@@ -48,8 +48,9 @@ def record_device(recorder: RunRecorder, device: DeviceInfo) -> None:
 
 
 def record_reader_stats(recorder: RunRecorder, dataset) -> None:
-    """Rows read and malformed lines skipped, for datasets read from files."""
-    stats = getattr(dataset, "stats", None)
+    """Rows read and malformed lines skipped, for datasets read from files: training's pass where one ran
+    (not the held-out or timing passes read after it), else the latest."""
+    stats = getattr(dataset, "training_stats", None) or getattr(dataset, "stats", None)
     if stats is None:
         return
     recorder.log_metrics({"data_rows_read": stats.rows, "data_malformed_lines": stats.malformed})
@@ -66,21 +67,16 @@ def size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float
     rows: list[MetricRow] = [("feasible", float(result.feasible), q)]
     if not result.feasible:
         return rows
-    stats = result.stats.as_dict()
-    for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms", "p50_ci_low_ms",
-                "p50_ci_high_ms", "p99_ci_low_ms", "p99_ci_high_ms"):
+    stats = result.timed.as_dict()
+    for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
+                "p50_ci_low_ms", "p50_ci_high_ms", "p99_ci_low_ms", "p99_ci_high_ms"):
         rows.append((f"latency_{key}", stats[key], q))
-    mean_s = result.stats.mean_ms / 1e3
-    rows += [
-        ("latency_cv", stats["cv"], q),
-        ("latency_robust_cv", stats["robust_cv"], q),
-        ("samples_per_s", stats["samples_per_s"], q),
-        ("iterations", stats["n"], q),
-        ("warmup_iterations", result.warmup_iters, q),
-        ("first_call_ms", result.first_call_s * 1e3, q),
-        ("achieved_gflops", cost.flops(q) / mean_s / 1e9, q),
-        ("achieved_gbps", cost.bytes_read(q) / mean_s / 1e9, q),
-    ]
+    mean_s = result.timed.mean_ms / 1e3
+    rows += [("latency_cv", stats["cv"], q), ("latency_robust_cv", stats["robust_cv"], q),
+             ("samples_per_s", stats["samples_per_s"], q), ("iterations", stats["n"], q),
+             ("warmup_iterations", result.warmup_iters, q), ("first_call_ms", result.first_call_ms, q),
+             ("achieved_gflops", cost.flops(q) / mean_s / 1e9, q),
+             ("achieved_gbps", cost.bytes_read(q) / mean_s / 1e9, q)]
     if result.device_stats is not None:
         device = result.device_stats.as_dict()
         rows += [(f"device_latency_{k}", device[k], q) for k in ("p50_ms", "p99_ms", "mean_ms")]
@@ -91,7 +87,8 @@ def size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float
     if gemm_peak:
         rows.append(("fraction_of_gemm_peak", cost.flops(q) / mean_s / 1e9 / gemm_peak, q))
     if peaks.get("gather_gbps"):
-        rows.append(("fraction_of_gather_bandwidth", cost.bytes_read(q) / mean_s / 1e9 / peaks["gather_gbps"], q))
+        rows.append(("fraction_of_gather_bandwidth", cost.bytes_read(q) / mean_s / 1e9 / peaks["gather_gbps"],
+                     q))
     return rows
 
 
@@ -100,7 +97,8 @@ def size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float
 COMPARE = "compare/"
 
 
-def comparison_rows(results: list[QuerySizeResult], cost: PathCost, accuracy: float | None) -> list[MetricRow]:
+def comparison_rows(results: list[QuerySizeResult], cost: PathCost,
+                    accuracy: float | None) -> list[MetricRow]:
     """p50 and p99 latency and samples/s per query size, parameter bytes, and where quality was measured
     the accuracy and correct predictions per second (accuracy x samples/s, the mapping's score)."""
     rows: list[MetricRow] = [(f"{COMPARE}param_bytes", cost.param_bytes, 0)]
@@ -110,10 +108,11 @@ def comparison_rows(results: list[QuerySizeResult], cost: PathCost, accuracy: fl
         if not r.feasible:
             continue
         q = r.query_size
-        rows += [(f"{COMPARE}latency_p50_ms", r.stats.p50_ms, q), (f"{COMPARE}latency_p99_ms", r.stats.p99_ms, q),
-                 (f"{COMPARE}samples_per_s", r.stats.samples_per_s, q)]
+        rows += [(f"{COMPARE}latency_p50_ms", r.timed.p50_ms, q), (f"{COMPARE}latency_p99_ms", r.timed.p99_ms,
+                                                                   q), (f"{COMPARE}samples_per_s",
+                                                                        r.timed.samples_per_s, q)]
         if accuracy is not None:
-            rows.append((f"{COMPARE}correct_predictions_per_s", accuracy * r.stats.samples_per_s, q))
+            rows.append((f"{COMPARE}correct_predictions_per_s", accuracy * r.timed.samples_per_s, q))
     return rows
 
 
@@ -127,8 +126,8 @@ def raw_samples_csv(results: list[QuerySizeResult], used: set[int] | None = None
         device = r.device_latencies_s
         in_use = int(used is None or id(r) in used)
         for i, latency in enumerate(r.latencies_s):
-            writer.writerow([r.query_size, i, repr(latency), repr(device[i]) if i < len(device) else "", r.attempt,
-                             in_use])
+            writer.writerow([r.query_size, i, repr(latency), repr(device[i]) if i < len(device) else "",
+                             r.attempt, in_use])
     return out.getvalue()
 
 
@@ -157,7 +156,13 @@ def record_ladder(recorder: RunRecorder, p: Plan, ladder: Ladder, peaks: dict[st
     results = ladder.results
     rows = [row for r in results for row in size_metrics(r, p.cost, peaks, p.run.precision.name)] + extra_rows
     rows += comparison_rows(results, p.cost, accuracy)
-    rows += [("fits_device", float(bool(p.fits(r.query_size))), r.query_size) for r in results]
+    # The fit rule's inputs and verdict per size (harness/core/fit.py); no verdict where the capacity is
+    # unknown.
+    rows += [
+        ("memory_needed_bytes", float(p.cost.memory_needed(r.query_size)), r.query_size) for r in results
+    ]
+    verdicts = {r.query_size: p.fits(r.query_size) for r in results}
+    rows += [("fits_device", float(fit), q) for q, fit in verdicts.items() if fit is not None]
     rows += reliability_rows(ladder)
     recorder.log_metric_rows(rows)
     every = [a for q in (r.query_size for r in results) for a in ladder.attempts.get(q, [])] or results

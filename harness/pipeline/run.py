@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
 from backends.base import Backend, DeviceInfo
+from harness.core.load import LoadProbe, PlantedProbe
+from harness.core.precision import gemm_peak_metric
 from harness.data.pool import Pools
 from harness.data.sources import open_dataset
 from harness.pipeline import record
 from harness.pipeline.cache import IdCounter, attach_caches, cache_comparison, cache_enabled
-from harness.core.load import LoadProbe, PlantedProbe
-from harness.core.precision import gemm_peak_metric
 from harness.pipeline.peaks import Peaks, device_peaks, remeasure_peak
 from harness.pipeline.plan import Plan
 from harness.pipeline.quality import into_precision, train_or_reuse
@@ -68,8 +68,9 @@ def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> Path
             counter = IdCounter(model) if cache_enabled(p.spec) else None
             quality: dict[str, float] = {}
             if run.train.steps > 0:
-                quality = train_or_reuse(run, model, dataset, recorder, observe=counter.observe if counter else None)
-                record.record_reader_stats(recorder, dataset)
+                quality = train_or_reuse(run, model, dataset, recorder,
+                                         observe=counter.observe if counter else None)
+                record.record_reader_stats(recorder, dataset)  # training's pass over the file
             quality = into_precision(run, model, dataset, quality, recorder)
             caches = attach_caches(model, p.spec, dataset, counter, recorder)
             pools = Pools(dataset, run.measure.pool_samples)
@@ -84,9 +85,12 @@ def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> Path
                     lambda sizes, attempt: run_ladder(adapter, sizes, pools, settings, on_size_done=advance,
                                                       probe=probe, attempt=attempt),
                     run.workload.query_sizes, judge)
-            extra = cache_comparison(caches, adapter, run.workload.query_sizes, pools, settings, ladder.results)
-            record.record_ladder(recorder, p, ladder, peaks.values, extra, quality.get("accuracy"), device.kind)
-            record.record_reader_stats(recorder, dataset)
+            extra = cache_comparison(caches, adapter, run.workload.query_sizes, pools, settings,
+                                     ladder.results)
+            record.record_ladder(recorder, p, ladder, peaks.values, extra, quality.get("accuracy"),
+                                 device.kind)
+            if run.train.steps == 0:  # nothing trained: the rows read are the timing pools'
+                record.record_reader_stats(recorder, dataset)
         finally:
             close_quietly(adapter)
     return PathResult(run_id, p.path, device, ladder.results, ladder.reasons)
@@ -138,8 +142,8 @@ def prepare(p: Plan, model, pools: Pools, device: DeviceInfo, build_s: float, re
     prepare_on(p.adapter, model, pools(1)[0], p.run.precision.name)
     prepare_s = time.perf_counter() - t0
     recorder.log_params({"backend_resolved": p.adapter.run_params()})
-    recorder.log_metrics({"build_s": build_s, "prepare_s": prepare_s, "device_memory_bytes": device.memory_bytes,
-                          **p.adapter.prepare_metrics()})
+    recorder.log_metrics({"build_s": build_s, "prepare_s": prepare_s,
+                          "device_memory_bytes": device.memory_bytes, **p.adapter.prepare_metrics()})
 
 
 def measure_peaks(p: Plan, device: DeviceInfo, recorder: RunRecorder, judge: Judge) -> Peaks:
@@ -153,8 +157,12 @@ def measure_peaks(p: Plan, device: DeviceInfo, recorder: RunRecorder, judge: Jud
         recorder.log_metrics({**{f"device_{k}": v for k, v in peaks.values.items()},
                               "device_peaks_reliable": float(peaks.reliable)})
     if not peaks.reliable:
-        recorder.set_tags({"peaks_unreliable": "; ".join(peaks.unreliable) + " while the peaks were measured: "
-                           "used by this run only, not cached"})
+        recorder.set_tags(
+            {
+                "peaks_unreliable": "; ".join(peaks.unreliable) + " while the peaks were measured: "
+                "used by this run only, not cached"
+            }
+        )
     return peaks
 
 
@@ -167,13 +175,15 @@ def ceiling(p: Plan, device: DeviceInfo, peaks: Peaks, recorder: RunRecorder, ju
 
     def recheck() -> float | None:
         before = peaks.values[metric]
-        value, reasons = remeasure_peak(p.adapter, device, p.run.tracking.results_dir, p.run.measure.peaks_scale,
-                                        metric, judge.load_reasons)
+        value, reasons = remeasure_peak(p.adapter, device, p.run.tracking.results_dir,
+                                        p.run.measure.peaks_scale, metric, judge.load_reasons)
         if value:
             peaks.values[metric] = value
             recorder.log_metrics({f"device_{metric}_before_recheck": before, f"device_{metric}": value})
         if reasons:
-            recorder.set_tags({"peaks_unreliable": "; ".join(reasons) + f" while {metric} was measured again"})
+            recorder.set_tags(
+                {"peaks_unreliable": "; ".join(reasons) + f" while {metric} was measured again"}
+            )
         return value
 
     tolerance = p.run.measure.stability.peak_tolerance

@@ -43,19 +43,25 @@ class Ceiling:
     rechecked: tuple[float, float] | None = None  # (peak before, peak measured again)
 
     def achieved_gflops(self, r: QuerySizeResult) -> float:
-        return self.flops_per_query(r.query_size) / (r.stats.mean_ms / 1e3) / 1e9
+        return self.flops_per_query(r.query_size) / (r.timed.mean_ms / 1e3) / 1e9
 
     def reason(self, r: QuerySizeResult) -> str | None:
         if not self.peak_gflops:
             return None
         achieved = self.achieved_gflops(r)
-        if achieved > self.peak_gflops * (1 + self.tolerance) and self.recheck is not None and not self.rechecked:
+        if (
+            achieved > self.peak_gflops * (1 + self.tolerance)
+            and self.recheck is not None
+            and not self.rechecked
+        ):
             before, again = self.peak_gflops, self.recheck()
             self.rechecked = (before, again if again else before)
             self.peak_gflops = again or before
         if achieved > self.peak_gflops * (1 + self.tolerance):
-            return (f"achieved {achieved:,.0f} GFLOP/s, above the measured {self.metric.removesuffix('_gflops')} "
-                    f"peak {self.peak_gflops:,.0f} (the peak is suspect)")
+            return (
+                f"achieved {achieved:,.0f} GFLOP/s, above the measured {self.metric.removesuffix('_gflops')} "
+                f"peak {self.peak_gflops:,.0f} (the peak is suspect)"
+            )
         return None
 
 
@@ -75,9 +81,16 @@ class Judge:
         if load.other_cores is not None:
             spare = max(0, load.cores - self.host_threads)
             if load.other_cores > spare + self.rules.max_other_cores + load.resolution_cores:
-                left = f" (the run's {self.host_threads} threads left {spare} of {load.cores} spare)" if spare else ""
+                left = (
+                    f" (the run's {self.host_threads} threads left {spare} of {load.cores} spare)"
+                    if spare
+                    else ""
+                )
                 out.append(f"other processes used {load.other_cores:.2f} cores{left}")
-        if load.steal_cores is not None and load.steal_cores > self.rules.max_steal_cores + load.resolution_cores:
+        if (
+            load.steal_cores is not None
+            and load.steal_cores > self.rules.max_steal_cores + load.resolution_cores
+        ):
             out.append(f"the hypervisor stole {load.steal_cores:.2f} cores")
         return out
 
@@ -89,8 +102,8 @@ class Judge:
         others = r.extra.get("device_other_processes", 0)
         if others > 0:
             out.append(f"{others:.0f} other processes used the device")
-        if r.stats.robust_cv > self.rules.max_robust_cv:
-            out.append(f"robust CV {r.stats.robust_cv:.2f} > {self.rules.max_robust_cv:g}")
+        if r.timed.robust_cv > self.rules.max_robust_cv:
+            out.append(f"robust CV {r.timed.robust_cv:.2f} > {self.rules.max_robust_cv:g}")
         above = self.ceiling.reason(r) if self.ceiling is not None else None
         if above:
             out.append(above)
@@ -102,9 +115,11 @@ class Judge:
         out: Reasons = {}
         for i, small in enumerate(done):
             for large in done[i + 1:]:
-                if small.stats.p50_ci_low_ms > large.stats.p50_ci_high_ms * (1 + self.rules.order_tolerance):
-                    why = (f"q={small.query_size} slower than q={large.query_size} (p50 {small.stats.p50_ms:.3g} "
-                           f"vs {large.stats.p50_ms:.3g} ms, beyond both intervals)")
+                if small.timed.p50_ci_low_ms > large.timed.p50_ci_high_ms * (1 + self.rules.order_tolerance):
+                    why = (
+                        f"q={small.query_size} slower than q={large.query_size} (p50 "
+                        f"{small.timed.p50_ms:.3g} vs {large.timed.p50_ms:.3g} ms, beyond both intervals)"
+                    )
                     for q in (small.query_size, large.query_size):
                         out.setdefault(q, []).append(why)
         return out
@@ -151,7 +166,8 @@ def neighbours(flagged: Sequence[int], sizes: Sequence[int]) -> list[int]:
 
 def measure_reliably(measure: Callable[[list[int], int], list[QuerySizeResult]], sizes: Sequence[int],
                      judge: Judge, sleep: Callable[[float], None] = time.sleep) -> Ladder:
-    """`measure(sizes, attempt)` the ladder; re-measure what breaks a rule (bounded), then flag what still does.
+    """`measure(sizes, attempt)` the ladder; re-measure what breaks a rule (bounded), then flag what still
+    does.
 
     Of a size's attempts, the latest that passes the per-size rules is used (else the latest): a retry
     that was left alone replaces a disturbed first attempt, and a neighbour measured again beside a

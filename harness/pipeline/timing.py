@@ -2,15 +2,19 @@
 
 The harness owns the clock; the backend owns synchronization. Every timed iteration is
 
-    t0 = clock(); out = backend.fetch(backend.run(backend.to_device(batch))); backend.synchronize(out); t1 = clock()
+    t0 = clock()
+    out = backend.fetch(backend.run(backend.to_device(batch)))
+    backend.synchronize(out)
+    t1 = clock()
 
 so no clock is read around work the device has not finished, and a device backend's latency runs from a
 host batch to its result on the host, as a served query's does (`to_device` and `fetch` are nothing on a
-CPU). The device's own time for the model alone, where it keeps one, is recorded beside it. The first call of each query size
-(compilation, lazy allocation, cold caches) is timed apart; warm-up runs by count *and* by time; the
-measured phase runs until both a minimum count and a minimum time are met (or a cap), and every raw
-per-iteration latency is kept. A `LoadProbe` (harness/core/load.py) brackets each measured phase, so every
-size says how busy the machine was while it was timed; harness/pipeline/stability.py judges the result.
+CPU). The device's own time for the model alone, where it keeps one, is recorded beside it. The first
+call of each query size (compilation, lazy allocation, cold caches) is timed apart; warm-up runs by count
+*and* by time; the measured phase runs until both a minimum count and a minimum time are met (or a
+cap), and every raw per-iteration latency is kept. A `LoadProbe` (harness/core/load.py) brackets each
+measured phase, so every size says how busy the machine was while it was timed;
+harness/pipeline/stability.py judges the result.
 """
 
 from __future__ import annotations
@@ -113,7 +117,8 @@ def order_statistic_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> t
     return max(1, min(low, n)), max(1, min(high if high is not None else n, n))
 
 
-def quantile_ci(sorted_values: Sequence[float], q: float, confidence: float = CONFIDENCE) -> tuple[float, float]:
+def quantile_ci(sorted_values: Sequence[float], q: float,
+                confidence: float = CONFIDENCE) -> tuple[float, float]:
     """A distribution-free `confidence` interval of the q-quantile (0 < q < 1) of already sorted values."""
     low, high = order_statistic_ranks(len(sorted_values), q, confidence)
     return sorted_values[low - 1], sorted_values[high - 1]
@@ -237,6 +242,17 @@ class QuerySizeResult:
     load: LoadReading | None = None  # how busy the host was during the measured phase
     attempt: int = 1  # 2, 3, ...: measured again because the first attempts broke a stability rule
 
+    @property
+    def timed(self) -> LatencyStats:
+        """The statistics of a feasible size (an infeasible one has none: asking is a bug)."""
+        if self.stats is None:
+            raise ValueError(f"query size {self.query_size} was not measured ({self.error})")
+        return self.stats
+
+    @property
+    def first_call_ms(self) -> float:
+        return (self.first_call_s or 0.0) * 1e3
+
 
 def host_to_host(backend, pool: list) -> Callable[[int], Any]:
     """Iteration i of the timed loop: pooled batch i's copy to the device, the model, the copy back."""
@@ -271,52 +287,51 @@ def run_ladder(
     """
     results = []
     for query_size in query_sizes:
+        error = None
         try:
-            pool = [backend.place(batch) for batch in make_pool(query_size)]
-            backend.begin_size(query_size)
-            captured = {}
-            t0 = clock()  # CUDA graphs: captured once per size, before its first call; timed apart
-            if getattr(backend, "capture", lambda staged: False)(pool[0]):
-                captured["capture_s"] = clock() - t0  # like compile time: never in the samples
             watch = probe(query_size) if probe is not None else None
-
-            def on_steady() -> None:
-                backend.mark_steady()
-                if watch is not None:
-                    watch.start()  # the last thing before the measured phase's first clock read
-
-            timing = time_iterations(
-                host_to_host(backend, pool), backend.synchronize, settings, clock,
-                device_time=backend.device_time_s, on_steady=on_steady,
-            )
-            load = watch.stop() if watch is not None else None
-            per_call = backend.queries_per_call
-            if per_call != 1:  # one call served `per_call` queries back to back: per-query time
-                timing.first_call_s /= per_call
-                timing.latencies_s = [t / per_call for t in timing.latencies_s]
-                timing.device_latencies_s = [t / per_call for t in timing.device_latencies_s]
-            result = QuerySizeResult(
-                query_size=query_size,
-                feasible=True,
-                first_call_s=timing.first_call_s,
-                warmup_iters=timing.warmup_iters,
-                latencies_s=timing.latencies_s,
-                stats=summarize(timing.latencies_s, query_size),
-                device_latencies_s=timing.device_latencies_s,
-                device_stats=summarize(timing.device_latencies_s, query_size) if timing.device_latencies_s else None,
-                extra={**backend.end_size(), **getattr(backend, "device_load", dict)(), **captured},
-                load=load,
-                attempt=attempt,
-            )
+            result = _time_size(backend, query_size, make_pool, settings, clock, watch, attempt)
         except Exception as exc:  # noqa: BLE001 - classified just below
             if not backend.is_out_of_memory(exc):
                 raise
-            result = QuerySizeResult(query_size=query_size, feasible=False, error=f"out of memory: {exc}",
-                                     attempt=attempt)
-        pool = None  # drop this size's batches before the next size allocates its own
-        if not result.feasible:
+            error = f"out of memory: {exc}"
+        if error is not None:  # released here, once the error (and with it the size's pool) is gone
             backend.release_memory()
+            result = QuerySizeResult(query_size=query_size, feasible=False, error=error, attempt=attempt)
         results.append(result)
         if on_size_done is not None:
             on_size_done(result)
     return results
+
+
+def _time_size(backend, query_size: int, make_pool: Callable[[int], list], settings: LadderSettings,
+               clock: Clock, watch: LoadProbe | None, attempt: int) -> QuerySizeResult:
+    """One query size: its pool staged, captured (CUDA graphs), timed under the load probe. The pool is
+    this function's own, so it is dropped before the next size allocates its own."""
+    pool = [backend.place(batch) for batch in make_pool(query_size)]
+    backend.begin_size(query_size)
+    captured = {}
+    t0 = clock()  # CUDA graphs: captured once per size, before its first call; timed apart
+    if getattr(backend, "capture", lambda staged: False)(pool[0]):
+        captured["capture_s"] = clock() - t0  # like compile time: never in the samples
+
+    def on_steady() -> None:
+        backend.mark_steady()
+        if watch is not None:
+            watch.start()  # the last thing before the measured phase's first clock read
+
+    timing = time_iterations(host_to_host(backend, pool), backend.synchronize, settings, clock,
+                             device_time=backend.device_time_s, on_steady=on_steady)
+    load = watch.stop() if watch is not None else None
+    per_call = backend.queries_per_call
+    if per_call != 1:  # one call served `per_call` queries back to back: per-query time
+        timing.first_call_s /= per_call
+        timing.latencies_s = [t / per_call for t in timing.latencies_s]
+        timing.device_latencies_s = [t / per_call for t in timing.device_latencies_s]
+    device = timing.device_latencies_s
+    return QuerySizeResult(query_size=query_size, feasible=True, first_call_s=timing.first_call_s,
+                           warmup_iters=timing.warmup_iters, latencies_s=timing.latencies_s,
+                           stats=summarize(timing.latencies_s, query_size), device_latencies_s=device,
+                           device_stats=summarize(device, query_size) if device else None,
+                           extra={**backend.end_size(), **getattr(backend, "device_load", dict)(),
+                                  **captured}, load=load, attempt=attempt)

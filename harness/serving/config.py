@@ -1,4 +1,5 @@
-"""The config of `python -m harness.serving` (conf/serving.yaml, scenarios in conf/serving/), typed and checked."""
+"""The config of `python -m harness.serving` (conf/serving.yaml, scenarios in conf/serving/), typed and
+checked."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from omegaconf import MISSING
 
 from harness.core.errors import ConfigError
 from harness.core.schema import TrackingConfig, check_section
+from harness.serving.policies import REGISTRY as POLICIES
 
-POLICIES = {"static", "size_threshold", "mprec", "mprec_split"}
 
 @dataclass
 class SizesConfig:
@@ -60,7 +61,8 @@ class BatchingConfig:
 @dataclass
 class ServingConfig:
     experiment_name: str = MISSING
-    # The command that records this study's measured paths, named when they are missing (null: a generic hint).
+    # The command that records this study's measured paths, named when they are missing (null: a generic
+    # hint).
     inputs_command: Optional[str] = MISSING
     profile_files: List[str] = MISSING
     scaled_devices: List[ScaledDevice] = MISSING
@@ -86,7 +88,8 @@ class ServingConfig:
         if not 0 < self.percentile < 100:
             raise ConfigError("percentile", f"must be in (0, 100), got {self.percentile}")
         if self.sizes.kind not in ("lognormal", "mlperf", "quantiles"):
-            raise ConfigError("sizes.kind", f"must be lognormal, mlperf or quantiles, got {self.sizes.kind!r}")
+            raise ConfigError("sizes.kind",
+                              f"must be lognormal, mlperf or quantiles, got {self.sizes.kind!r}")
         if self.sizes.kind == "quantiles" and not self.sizes.file:
             raise ConfigError("sizes.file", "a quantile file is needed with sizes.kind=quantiles")
         unknown = [p for p in self.policies if p not in POLICIES]

@@ -4,8 +4,10 @@ Each measured path whose device is here is rebuilt from its run's resolved confi
 weights where the run has them, and bound to its device's worker (one thread per device: paths on one
 device share it, as in the simulator). LoadGen issues queries at the target QPS; each is routed by the
 policy, using every device's pending work (the profiled service times of what is queued) as its queue
-wait, and completed when its worker has run it. A path that raises completes its queries with an empty
-response (LoadGen must never hang) and the run records the errors. LoadGen's own results (validity, p99
+wait, and completed when its worker has run it; a query a policy splits (mprec_split) is dispatched in
+parts, one per device, and completed when its last part is, as the simulator counts it. A path that
+raises completes its queries with an empty response (LoadGen must never hang) and the run records the
+errors. LoadGen's own results (validity, p99
 from mlperf_log_detail.txt, achieved QPS) are compared with the simulator's prediction for the same
 setting.
 """
@@ -18,6 +20,7 @@ import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +32,7 @@ from harness.serving.profiles import PathProfile
 @dataclass
 class LivePath:
     profile: PathProfile
-    adapter: object
+    adapter: Any  # a prepared backend adapter (backends/base.py), or anything with `serve` (tests)
     fails: bool = False  # fault injection: every call raises
 
 
@@ -40,7 +43,8 @@ class DeviceWorker:
 
     def __init__(self, device: str, complete, batching=None) -> None:
         self.device = device
-        self.batching = batching  # applied per path: `Batching.applies_to` (host CPUs do not batch by default)
+        # Applied per path: `Batching.applies_to` (host CPUs do not batch by default)
+        self.batching = batching
         self._held = None  # a job taken while batching that belongs to the next call
         self.queue: queue.Queue = queue.Queue()
         self.pending_s = 0.0
@@ -75,7 +79,11 @@ class DeviceWorker:
                 more = self.queue.get_nowait()
             except queue.Empty:
                 return jobs
-            if more is None or more[0] is not job[0] or samples + more[1].dense.shape[0] > self.batching.max_samples:
+            if (
+                more is None
+                or more[0] is not job[0]
+                or samples + more[1].dense.shape[0] > self.batching.max_samples
+            ):
                 self._held = more  # the next call's (or the stop signal)
                 return jobs
             jobs.append(more)
@@ -87,7 +95,11 @@ class DeviceWorker:
             if jobs is None:
                 return
             path = jobs[0][0]
-            batch = jobs[0][1] if len(jobs) == 1 else Batch(*(torch.cat(parts) for parts in zip(*(j[1] for j in jobs))))
+            batch = (
+                jobs[0][1]
+                if len(jobs) == 1
+                else Batch(*(torch.cat(parts) for parts in zip(*(j[1] for j in jobs))))
+            )
             try:
                 if path.fails:
                     raise RuntimeError(f"injected fault in {path.profile.path}")
@@ -110,7 +122,8 @@ class DeviceWorker:
 def parse_detail_log(path: str | Path) -> dict:
     """LoadGen's results from mlperf_log_detail.txt (:::MLLOG JSON lines)."""
     wanted = {"result_validity": "validity", "result_99.00_percentile_latency_ns": "p99_ns",
-              "result_50.00_percentile_latency_ns": "p50_ns", "result_completed_samples_per_sec": "achieved_qps",
+              "result_50.00_percentile_latency_ns": "p50_ns",
+              "result_completed_samples_per_sec": "achieved_qps",
               "result_scheduled_samples_per_sec": "scheduled_qps", "num_errors": "loadgen_errors"}
     out = {}
     for line in Path(path).read_text().splitlines():
@@ -137,16 +150,24 @@ class LiveResult:
         return self.loadgen.get("p99_ns", float("nan")) / 1e6
 
 
-def serve(paths: list[LivePath], policy, batches: list[Batch], sizes: np.ndarray, qps: float, target_ms: float,
-          duration_s: float, log_dir: str | None = None, batching=None) -> LiveResult:
+def serve(paths: list[LivePath], policy, batches: list[Batch], sizes: np.ndarray, qps: float,
+          target_ms: float, duration_s: float, log_dir: str | None = None, batching=None) -> LiveResult:
     """Run LoadGen's Server scenario against the paths, routed by `policy` (with device batching if given)."""
     import mlperf_loadgen as lg
 
-    by_path = {p.profile.path: p for p in paths}
-    routed = {name: 0 for name in by_path}
+    by_key = {p.profile.key: p for p in paths}
+    routed = {p.profile.name: 0 for p in paths}
+    parts_left: dict[int, int] = {}  # a split query completes when its last part does
+    lock = threading.Lock()
 
     def complete(sample_id: int) -> None:
-        lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, 0, 0)])
+        with lock:
+            parts_left[sample_id] -= 1
+            done = parts_left[sample_id] == 0
+            if done:
+                del parts_left[sample_id]
+        if done:
+            lg.QuerySamplesComplete([lg.QuerySampleResponse(sample_id, 0, 0)])
 
     workers = {d: DeviceWorker(d, complete, batching) for d in {p.profile.device for p in paths}}
 
@@ -154,13 +175,33 @@ def serve(paths: list[LivePath], policy, batches: list[Batch], sizes: np.ndarray
         for s in samples:
             size = int(sizes[s.index])
             waits = {d: w.pending_ms() for d, w in workers.items()}
-            profile, _ = policy.choose(size, target_ms, waits)[0]
-            path = by_path[profile.path]
-            routed[profile.path] += 1
-            workers[profile.device].submit(path, batches[s.index], s.id, profile.service_ms(size) / 1e3)
+            choice = policy.choose(size, target_ms, waits)  # one part, or one per device (mprec_split)
+            with lock:
+                parts_left[s.id] = len(choice)
+            for (profile, part), rows in zip(choice, split_rows(batches[s.index], [n for _, n in choice])):
+                routed[profile.name] += 1
+                workers[profile.device].submit(by_key[profile.key], rows, s.id,
+                                               profile.service_ms(part) / 1e3)
 
     sut = lg.ConstructSUT(issue_queries, lambda: None)
     qsl = lg.ConstructQSL(len(batches), len(batches), lambda s: None, lambda s: None)
+    out_dir = log_dir or tempfile.mkdtemp(prefix="loadgen-")
+    settings, log_settings = _loadgen_settings(lg, qps, target_ms, duration_s, out_dir)
+    try:
+        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
+    finally:
+        lg.DestroyQSL(qsl)
+        lg.DestroySUT(sut)
+        for w in workers.values():
+            w.stop()
+    return LiveResult(getattr(policy, "name", "policy"), qps,
+                      parse_detail_log(Path(out_dir) / "mlperf_log_detail.txt"),
+                      sum(w.errors for w in workers.values()), sum(w.served for w in workers.values()),
+                      routed, out_dir, sum(w.calls for w in workers.values()))
+
+
+def _loadgen_settings(lg, qps: float, target_ms: float, duration_s: float, out_dir: str):
+    """LoadGen's Server scenario at `qps` and the latency target, logging into `out_dir`."""
     settings = lg.TestSettings()
     settings.scenario = lg.TestScenario.Server
     settings.mode = lg.TestMode.PerformanceOnly
@@ -169,23 +210,21 @@ def serve(paths: list[LivePath], policy, batches: list[Batch], sizes: np.ndarray
     settings.min_duration_ms = int(duration_s * 1e3)
     settings.max_duration_ms = int(duration_s * 1e3 * 3)
     settings.min_query_count = max(1, int(qps * duration_s))
-    out_dir = log_dir or tempfile.mkdtemp(prefix="loadgen-")
     Path(out_dir).mkdir(parents=True, exist_ok=True)  # LoadGen writes its logs there, it does not create it
     output = lg.LogOutputSettings()
     output.outdir = out_dir
     output.copy_summary_to_stdout = False
     log_settings = lg.LogSettings()
     log_settings.log_output = output
-    try:
-        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
-    finally:
-        lg.DestroyQSL(qsl)
-        lg.DestroySUT(sut)
-        for w in workers.values():
-            w.stop()
-    return LiveResult(getattr(policy, "name", "policy"), qps, parse_detail_log(Path(out_dir) / "mlperf_log_detail.txt"),
-                      sum(w.errors for w in workers.values()), sum(w.served for w in workers.values()),
-                      routed, out_dir, sum(w.calls for w in workers.values()))
+    return settings, log_settings
+
+
+def split_rows(batch: Batch, parts: list[int]) -> list[Batch]:
+    """A query's rows in consecutive parts of the given sizes (one part: the batch itself)."""
+    if len(parts) == 1:
+        return [batch]
+    bounds = np.cumsum([0, *parts])
+    return [Batch(batch.dense[a:b], batch.ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def query_batches(generator, sizes: np.ndarray) -> list[Batch]:

@@ -15,6 +15,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from harness.core.errors import ConfigError
+from harness.core.schema import plain
 from harness.data.sources import SyntheticDataset
 from harness.pipeline.cache import attach_caches, cache_enabled
 from harness.pipeline.config import from_record
@@ -39,12 +40,14 @@ def run_live(cfg: ServingConfig, study, profiles, records: list[dict], store: St
             close_quietly(path.adapter)
 
 
-def _serve_and_compare(cfg: ServingConfig, study, live_paths: list[LivePath], generator, folder: Path) -> dict:
+def _serve_and_compare(cfg: ServingConfig, study, live_paths: list[LivePath], generator,
+                       folder: Path) -> dict:
     live_profiles = [p.profile for p in live_paths]
     sizes = draw_sizes(cfg, cfg.live.samples, cfg.seed + 1)
     candidates = {p.name: p for p in build_policies(cfg, live_profiles, sizes)}
     if cfg.live.policy not in candidates:
-        raise ConfigError("live.policy", f"{cfg.live.policy!r} is not among this study's policies {sorted(candidates)}")
+        raise ConfigError("live.policy",
+                          f"{cfg.live.policy!r} is not among this study's policies {sorted(candidates)}")
     policy = candidates[cfg.live.policy]
     batching = (Batching(cfg.batching.max_samples, tuple(cfg.batching.devices), cfg.batching.cpu)
                 if cfg.live.batching else None)
@@ -59,8 +62,8 @@ def _serve_and_compare(cfg: ServingConfig, study, live_paths: list[LivePath], ge
     n = max(2000, int(qps * cfg.live.duration_s))
     rng = np.random.default_rng([cfg.seed, 0x11FE])
     sim_sizes = draw_sizes(cfg, n, cfg.seed + 2)
-    predicted = simulate(policy, live_profiles, np.cumsum(rng.exponential(1.0, n)) / qps, sim_sizes, cfg.target_ms,
-                         batching)
+    predicted = simulate(policy, live_profiles, np.cumsum(rng.exponential(1.0, n)) / qps, sim_sizes,
+                         cfg.target_ms, batching)
     predicted_p99 = predicted.percentile(99)
     out = {"live_target_qps": qps, "live_p99_ms": result.p99_ms, "simulated_p99_ms": predicted_p99,
            "prediction_error": (result.p99_ms - predicted_p99) / predicted_p99,
@@ -74,38 +77,79 @@ def _serve_and_compare(cfg: ServingConfig, study, live_paths: list[LivePath], ge
 
 
 def build_live_paths(cfg: ServingConfig, profiles, records: list[dict], store: Store):
-    """Rebuild each measured, present path from its run (weights where trained) on its backend."""
+    """Rebuild each measured, present path from its run (weights where trained) on its backend. Paths whose
+    adapters set process-wide state differently (torch's threads, CUDA's TF32) are refused before any is
+    built; if one fails to build, those already prepared are closed."""
+    planned = _plans(profiles, records, store)
+    if not planned:
+        raise ConfigError("live.enabled", "no measured path of this experiment can run on this machine")
+    _refuse_conflicts(planned)
+    live, generator = [], None
+    try:
+        for profile, p, weights_run in planned:
+            model = _model(p, weights_run, store)
+            if generator is None:
+                if p.run.dataset.kind != "synthetic":
+                    raise ValueError(
+                        "live serving draws its queries from the synthetic generator of the paths' dataset"
+                    )
+                generator = SyntheticDataset(p.run.dataset, p.spec).generator
+            prepare_on(p.adapter, model, None, p.run.precision.name)
+            live.append(LivePath(profile, p.adapter, fails=profile.path == cfg.live.fault_path))
+    except BaseException:
+        for path in live:
+            close_quietly(path.adapter)
+        raise
+    return live, generator
+
+
+def _plans(profiles, records: list[dict], store: Store) -> list:
+    """(profile, plan, run holding its weights) for each measured profile whose backend is here."""
     by_run = {r["run_id"]: r for r in records}
-    live, generator, workload = [], None, None
+    planned, workload = [], None
     for profile in profiles:
         record = by_run.get(profile.run_id)
         if record is None:
             continue  # a file's or a scaled stand-in's profile: nothing here to run
         with tempfile.TemporaryDirectory() as tmp:
-            config = OmegaConf.to_container(OmegaConf.load(store.download(profile.run_id, "config/resolved.yaml",
-                                                                          tmp)))
-            p = plan({**from_record(config), "dry_run": False})
-            if not p.adapter.available()[0]:
-                continue
-            model = build_model(p.spec, seed=p.run.seed)
-            source = record["tags"].get("quality_source_run")
-            if source:
-                load_weights(model, store.download(source, WEIGHTS, tmp))
+            path = store.download(profile.run_id, "config/resolved.yaml", tmp)
+            config = plain(OmegaConf.load(path))
+        p = plan({**from_record(config), "dry_run": False})
+        if not p.adapter.available()[0]:
+            continue
         key = (p.run.dataset.name, p.run.dataset.scale)
         if workload not in (None, key):
-            raise ValueError(f"live paths must share one workload; {profile.path} is {key}, others {workload}")
+            raise ValueError(
+                f"live paths must share one workload; {profile.name} is {key}, others {workload}"
+            )
         workload = key
-        if generator is None:
-            if p.run.dataset.kind != "synthetic":
-                raise ValueError("live serving draws its queries from the synthetic generator of the paths' dataset")
-            generator = SyntheticDataset(p.run.dataset, p.spec).generator
-        apply_precision(model, p.run.precision.name, getattr(p.run.representation, "storage", "fp32"))
-        if cache_enabled(p.spec):
-            attach_caches(model, p.spec, SyntheticDataset(p.run.dataset, p.spec), None)
-        prepare_on(p.adapter, model, None, p.run.precision.name)
-        live.append(LivePath(profile, p.adapter, fails=profile.path == cfg.live.fault_path))
-    if not live:
-        raise ConfigError("live.enabled", "no measured path of this experiment can run on this machine")
-    return live, generator
+        planned.append((profile, p, record["tags"].get("quality_source_run")))
+    return planned
 
 
+def _refuse_conflicts(planned: list) -> None:
+    """Process-wide settings are the last path's for all: two paths that need different ones cannot be
+    served side by side in one process (a tf32 path would make an fp32 one run in TF32)."""
+    seen: dict[str, tuple[object, str]] = {}
+    for profile, p, _ in planned:
+        for setting, value in p.adapter.process_settings(p.run.precision.name).items():
+            if setting in seen and seen[setting][0] != value:
+                raise ConfigError(
+                    "live.enabled",
+                    f"{seen[setting][1]} and {profile.name} need different "
+                    f"{setting} ({seen[setting][0]} and {value}), a process-wide setting: serve "
+                    "them in separate studies (serving.paths)",
+                )
+            seen.setdefault(setting, (value, profile.name))
+
+
+def _model(p, weights_run: str | None, store: Store):
+    """The plan's model with its quality run's trained weights, precision and caches applied."""
+    model = build_model(p.spec, seed=p.run.seed)
+    if weights_run:
+        with tempfile.TemporaryDirectory() as tmp:
+            load_weights(model, store.download(weights_run, WEIGHTS, tmp))
+    apply_precision(model, p.run.precision.name, getattr(p.run.representation, "storage", "fp32"))
+    if cache_enabled(p.spec):
+        attach_caches(model, p.spec, SyntheticDataset(p.run.dataset, p.spec), None)
+    return model

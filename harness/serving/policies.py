@@ -12,6 +12,10 @@
 
 A choice is a list of (profile, part size): one entry, or one per device for a split.
 
+A policy is declared once, here: a class with a `kind` (its name in conf/serving.yaml's `policies`) and
+`instances(profiles, sizes, cfg)` (the policies of that kind a study simulates), listed in `REGISTRY`.
+The study and its headline find policies by kind, never by the text of their names.
+
 >>> from harness.serving.profiles import PathProfile
 >>> fast = PathProfile("table@cpu", "cpu", 0.75, (1, 100), (1.0, 10.0))
 >>> good = PathProfile("dhe@gpu", "gpu", 0.80, (1, 100), (2.0, 4.0))
@@ -24,7 +28,9 @@ A choice is a list of (profile, part size): one entry, or one per device for a s
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Any, Protocol, Sequence
+
+import numpy as np
 
 from harness.serving.profiles import PathProfile
 
@@ -39,6 +45,7 @@ class Policy(Protocol):
     """
 
     name: str
+    kind: str  # static, size_threshold, mprec, mprec_split: what the study and its headline match on
 
     def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice: ...
 
@@ -48,32 +55,61 @@ def _accuracy(p: PathProfile) -> float:
 
 
 class Static:
+    kind = "static"
+
     def __init__(self, path: PathProfile) -> None:
         self.path = path
-        self.name = f"static:{path.path}"
+        self.name = f"static:{path.name}"
+
+    @classmethod
+    def instances(cls, profiles: Sequence[PathProfile], sizes: np.ndarray, cfg: Any) -> list:
+        return [cls(p) for p in profiles]
 
     def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice:
         return [(self.path, size)]
 
 
 class SizeThreshold:
+    kind = "size_threshold"
+
     def __init__(self, small: PathProfile, large: PathProfile, threshold: int) -> None:
         self.small, self.large, self.threshold = small, large, threshold
-        self.name = f"threshold:{small.path}|{threshold}|{large.path}"
+        self.name = f"threshold:{small.name}|{threshold}|{large.name}"
+
+    @classmethod
+    def instances(cls, profiles: Sequence[PathProfile], sizes: np.ndarray, cfg: Any) -> list:
+        """DeepRecSys' rule, chosen from the profiles: large queries to the path fastest at the largest
+        size, small ones to the path fastest at size 1 on another device (or another path), the threshold
+        where the large path overtakes. None if one path is fastest everywhere."""
+        if len(profiles) < 2:
+            return []
+        largest = int(sizes.max())
+        large = min(profiles, key=lambda p: (p.service_ms(largest), p.name))
+        others = [p for p in profiles if p.device != large.device] or [p for p in profiles if p is not large]
+        small = min(others, key=lambda p: (p.service_ms(1), p.name))
+        step = max(1, largest // 512)
+        crossover = [q for q in range(1, largest + 1, step) if large.service_ms(q) <= small.service_ms(q)]
+        return [cls(small, large, crossover[0] if crossover else int(np.median(sizes)))]
 
     def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice:
         return [(self.small if size <= self.threshold else self.large, size)]
 
 
 class MPRec:
+    kind = "mprec"
+
     def __init__(self, paths: list[PathProfile], slack: float = 1.0) -> None:  # 1: the rule as stated
         # Highest accuracy first, then the fastest at a middling size: the order of preference.
-        self.paths = sorted(paths, key=lambda p: (-_accuracy(p), p.service_ms(64), p.path))
+        self.paths = sorted(paths, key=lambda p: (-_accuracy(p), p.service_ms(64), p.name))
         self.slack = slack
-        self.name = "mprec" if slack == 1.0 else f"mprec(slack={slack:g})"
+        self.name = self.kind if slack == 1.0 else f"{self.kind}(slack={slack:g})"
+
+    @classmethod
+    def instances(cls, profiles: Sequence[PathProfile], sizes: np.ndarray, cfg: Any) -> list:
+        return [cls(list(profiles), slack) for slack in cfg.mprec_slack]
 
     def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice:
-        best, best_done = None, math.inf
+        best, best_done = self.paths[0], math.inf
         budget = target_ms * self.slack
         for p in self.paths:
             done = wait_ms.get(p.device, 0.0) + p.service_ms(size)
@@ -85,11 +121,12 @@ class MPRec:
 
 
 class MPRecSplit(MPRec):
+    kind = "mprec_split"
+
     def __init__(self, paths: list[PathProfile], min_size: int, slack: float = 1.0) -> None:
         super().__init__(paths, slack)
-        self.name = self.name.replace("mprec", "mprec_split")
         self.min_size = min_size
-        self.fastest = {}
+        self.fastest: dict[str, PathProfile] = {}
         for p in paths:  # each device's fastest path at a large size
             if p.device not in self.fastest or p.service_ms(1024) < self.fastest[p.device].service_ms(1024):
                 self.fastest[p.device] = p
@@ -112,3 +149,14 @@ class MPRecSplit(MPRec):
                 left -= part
         split_done = max(wait_ms.get(p.device, 0.0) + p.service_ms(n) for p, n in parts)
         return parts if split_done < single_done else single
+
+    @classmethod
+    def instances(cls, profiles: Sequence[PathProfile], sizes: np.ndarray, cfg: Any) -> list:
+        if len({p.device for p in profiles}) < 2:
+            return []  # nothing to split across
+        return [cls(list(profiles), cfg.split_min_size, slack) for slack in cfg.mprec_slack]
+
+
+# Every policy the study knows, by kind: a new policy is a class above and its kind here (and in the
+# `policies` list of conf/serving.yaml to simulate it by default).
+REGISTRY = {cls.kind: cls for cls in (Static, SizeThreshold, MPRec, MPRecSplit)}

@@ -38,6 +38,18 @@ class PathProfile:
     # Per size: 1.0 trusted, 0.0 flagged unreliable (harness/pipeline/stability.py), NaN unknown (recorded
     # before reliability was judged, or a file without it); empty: unknown at every size.
     reliable: tuple[float, ...] = ()
+    # How tables, policies and plots name it when its label alone is ambiguous (the same label measured on
+    # two devices, e.g. this machine's table@cpu and a GPU machine's host-CPU table@cpu): `distinguish`.
+    display: str = ""
+
+    @property
+    def key(self) -> tuple[str, str]:
+        """What identifies a profile: its path on its device (service tables, live serving, duplicates)."""
+        return self.path, self.device
+
+    @property
+    def name(self) -> str:
+        return self.display or self.path
 
     def unreliable_sizes(self) -> list[int]:
         """The query sizes whose latency this profile holds from a measurement flagged unreliable."""
@@ -76,9 +88,28 @@ class PathProfile:
     def scaled(self, device: str, factor_per_sample: float, fixed_ms: float, label: str) -> "PathProfile":
         """A stand-in on another device: per-sample time divided by `factor_per_sample`, plus `fixed_ms`."""
         base = self.latency_ms[0]
-        lat = tuple(fixed_ms + base / factor_per_sample + (v - base) / factor_per_sample for v in self.latency_ms)
-        return PathProfile(str(PathLabel.parse(self.path).on(device)), device, self.accuracy, self.sizes, lat, (),
-                           label)
+        lat = tuple(
+            fixed_ms + base / factor_per_sample + (v - base) / factor_per_sample for v in self.latency_ms
+        )
+        return PathProfile(str(PathLabel.parse(self.path).on(device)), device, self.accuracy, self.sizes, lat,
+                           (), label)
+
+
+def distinguish(profiles: list[PathProfile]) -> list[PathProfile]:
+    """Refuse two profiles of one path on one device (two sources would silently share one service table:
+    the error names both); name a label measured on several devices by label and device."""
+    seen: dict[tuple[str, str], PathProfile] = {}
+    for p in profiles:
+        if p.key in seen:
+            raise ValueError(
+                f"two profiles of {p.path} on {p.device}: {seen[p.key].source} and {p.source}; keep "
+                "one (serving.paths, or drop one of profile_files)"
+            )
+        seen[p.key] = p
+    devices: dict[str, set[str]] = {}
+    for p in profiles:
+        devices.setdefault(p.path, set()).add(p.device)
+    return [replace(p, display=f"{p.path} ({p.device})") if len(devices[p.path]) > 1 else p for p in profiles]
 
 
 def from_runs(runs) -> list[PathProfile]:
@@ -102,13 +133,21 @@ def from_runs(runs) -> list[PathProfile]:
             source = "measured, best mode per size: " + ", ".join(
                 f"{q} {PathLabel.parse(label).mode} (run {rid})" for q, label, rid in
                 zip(g["query_size"], g["path"], g["run_id"]))
-        out.append(PathProfile(
-            path=path, device=str(g["device"].iloc[0]),
-            accuracy=None if accuracy is None or (isinstance(accuracy, float) and math.isnan(accuracy)) else float(accuracy),
-            sizes=tuple(int(q) for q in g["query_size"]), latency_ms=tuple(float(v) for v in g["p50_ms"]),
-            p99_ms=tuple(float(v) for v in g["p99_ms"]), source=source, run_id=run_id,
-            reliable=tuple(float(v) for v in g["reliable"]) if "reliable" in g else (),
-        ))
+        out.append(
+            PathProfile(
+                path=path,
+                device=str(g["device"].iloc[0]),
+                accuracy=None
+                if accuracy is None or (isinstance(accuracy, float) and math.isnan(accuracy))
+                else float(accuracy),
+                sizes=tuple(int(q) for q in g["query_size"]),
+                latency_ms=tuple(float(v) for v in g["p50_ms"]),
+                p99_ms=tuple(float(v) for v in g["p99_ms"]),
+                source=source,
+                run_id=run_id,
+                reliable=tuple(float(v) for v in g["reliable"]) if "reliable" in g else (),
+            )
+        )
     return out
 
 
@@ -123,7 +162,8 @@ def with_accuracy_of(measured: list[PathProfile], profiles: list[PathProfile]) -
     for p in profiles:
         donor = by_rep.get(PathLabel.parse(p.path).numbers)
         if p.accuracy is None and donor is not None:
-            p = replace(p, accuracy=donor.accuracy, source=f"{p.source}; accuracy of {donor.path} ({donor.source})")
+            p = replace(p, accuracy=donor.accuracy,
+                        source=f"{p.source}; accuracy of {donor.path} ({donor.source})")
         out.append(p)
     return out
 
@@ -134,7 +174,8 @@ def accuracy_donors(measured: list[PathProfile], provenance: dict) -> dict:
     donors = {}
     for p in measured:
         if p.accuracy is not None:
-            donors[PathLabel.parse(p.path).numbers] = {"accuracy": p.accuracy, "path": p.path, "run_id": p.run_id}
+            donors[PathLabel.parse(p.path).numbers] = {"accuracy": p.accuracy, "path": p.path,
+                                                       "run_id": p.run_id}
     return {"provenance": provenance, "accuracy": donors}
 
 
@@ -153,7 +194,8 @@ def with_donor_accuracy(profiles: list[PathProfile], donors: dict) -> list[PathP
 
 
 def save(profiles: list[PathProfile], path: str | Path, provenance: dict) -> None:
-    entries = [{**asdict(p), "reliable": [None if v != v else v for v in p.reliable]} for p in profiles]  # JSON: no NaN
+    # JSON: no NaN
+    entries = [{**asdict(p), "reliable": [None if v != v else v for v in p.reliable]} for p in profiles]
     Path(path).write_text(json.dumps({"provenance": provenance, "paths": entries}, indent=2))
 
 
@@ -177,9 +219,18 @@ def load(path: str | Path) -> list[PathProfile]:
 
     try:
         # No run_id: a file's profile is served from its figures, never rebuilt as this experiment's run.
-        return [PathProfile(e["path"], e["device"], e.get("accuracy"), tuple(e["sizes"]), tuple(e["latency_ms"]),
-                            tuple(e.get("p99_ms", ())), origin(e),
-                            reliable=tuple(math.nan if v is None else float(v) for v in e.get("reliable", ())))
-                for e in entries]
+        return [
+            PathProfile(
+                e["path"],
+                e["device"],
+                e.get("accuracy"),
+                tuple(e["sizes"]),
+                tuple(e["latency_ms"]),
+                tuple(e.get("p99_ms", ())),
+                origin(e),
+                reliable=tuple(math.nan if v is None else float(v) for v in e.get("reliable", ())),
+            )
+            for e in entries
+        ]
     except (KeyError, ValueError) as exc:
         raise ValueError(f"{path}: {exc}") from None

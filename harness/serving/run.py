@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 from harness.analysis.runs import join_quality, tidy
 from harness.core.errors import ConfigError
@@ -28,17 +29,18 @@ def gather_profiles(cfg: ServingConfig, records: list[dict]) -> list[prof.PathPr
     extra = prof.with_accuracy_of(measured, [p for f in cfg.profile_files for p in prof.load(f)])
     profiles = measured + extra + scaled_profiles(measured, cfg.scaled_devices)
     if cfg.paths:
-        known = {p.path for p in profiles}
+        known = {p.path for p in profiles} | {p.name for p in prof.distinguish(profiles)}
         missing = [p for p in cfg.paths if p not in known]
         if missing:
             raise ConfigError("paths", f"{missing} have no profile; known: {sorted(known)}")
-        profiles = [p for p in profiles if p.path in cfg.paths]
-    return profiles
+        profiles = [p for p in prof.distinguish(profiles) if p.path in cfg.paths or p.name in cfg.paths]
+    return prof.distinguish(profiles)
 
 
 def check_inputs(cfg: ServingConfig, profiles: list[prof.PathProfile], where: str) -> None:
     """Refuse a study whose inputs are missing, before simulating: no profile at all, or a path without a
-    measured accuracy (the study scores correct predictions/s, which would be NaN), saying how to record them."""
+    measured accuracy (the study scores correct predictions/s, which would be NaN), saying how to record
+    them."""
     unrated = sorted(p.path for p in profiles if p.accuracy is None)
     if profiles and not unrated:
         return
@@ -46,8 +48,10 @@ def check_inputs(cfg: ServingConfig, profiles: list[prof.PathProfile], where: st
                                      f"experiment_name={cfg.experiment_name}")
     how = f"record paths with their quality first: {command}"
     if not profiles:
-        raise ValueError(f"no profiles: experiment '{cfg.experiment_name}' has no finished latency runs in {where} "
-                         f"and no profile file was given; {how}")
+        raise ValueError(
+            f"no profiles: experiment '{cfg.experiment_name}' has no finished latency runs in {where} "
+            f"and no profile file was given; {how}"
+        )
     raise ValueError(f"no measured accuracy for {', '.join(unrated)} (experiment '{cfg.experiment_name}' in "
                      f"{where} has no finished run of their representation with quality); {how}")
 
@@ -69,13 +73,18 @@ def study_metrics(study, live: dict | None) -> dict[str, float]:
 def reliability_of_inputs(profiles: list[prof.PathProfile]) -> str:
     """One sentence: which profiles' latencies come from measurements flagged unreliable, and which are of
     unknown reliability (recorded before it was judged, or from a file that does not say)."""
-    flagged = [f"{p.path} at {', '.join(map(str, p.unreliable_sizes()))}" for p in profiles if p.unreliable_sizes()]
-    unknown = [p.path for p in profiles if not p.reliable or all(v != v for v in p.reliable)]
+    flagged = [
+        f"{p.name} at {', '.join(map(str, p.unreliable_sizes()))}" for p in profiles if p.unreliable_sizes()
+    ]
+    unknown = [p.name for p in profiles if not p.reliable or all(v != v for v in p.reliable)]
     parts = []
     if flagged:
-        parts.append("unreliable inputs (measurements that broke a stability rule, docs/measurement.md): "
-                     + "; ".join(flagged) + ". Their latencies feed the policies as measured: measure those paths "
-                     "again on a quiet machine before trusting this study")
+        parts.append(
+            "unreliable inputs (measurements that broke a stability rule, docs/measurement.md): "
+            + "; ".join(flagged)
+            + ". Their latencies feed the policies as measured: measure those paths "
+            "again on a quiet machine before trusting this study"
+        )
     if unknown:
         parts.append("reliability unknown for " + ", ".join(sorted(unknown)))
     return ("; ".join(parts) + ".") if parts else "Every input latency passed the stability rules."
@@ -101,8 +110,10 @@ def run_serving(cfg: ServingConfig, quiet: bool = False) -> dict:
     (folder / "serving.md").write_text(markdown(cfg, study, live))
     run_id = None
     if cfg.log_to_mlflow:
-        tags = {"target_ms": cfg.target_ms, "percentile": cfg.percentile, "live": cfg.live.enabled}
-        shaky = [f"{p.path}@{','.join(map(str, p.unreliable_sizes()))}" for p in profiles if p.unreliable_sizes()]
+        tags: dict[str, Any] = {"target_ms": cfg.target_ms, "percentile": cfg.percentile,
+                                "live": cfg.live.enabled}
+        shaky = [f"{p.name} at {','.join(map(str, p.unreliable_sizes()))}" for p in profiles
+                 if p.unreliable_sizes()]
         if shaky:
             tags["unreliable_inputs"] = "; ".join(shaky)
         if live is not None:
@@ -112,38 +123,65 @@ def run_serving(cfg: ServingConfig, quiet: bool = False) -> dict:
                                       study_metrics(study, live))
     if not quiet:
         print(markdown(cfg, study, live))
-    return {"headline": study.headline, "table": study.table, "live": live, "folder": folder, "run_id": run_id}
+        files = ", ".join(sorted(f.name for f in folder.iterdir() if f.is_file()))
+        print(
+            f"written: {folder} ({files})"
+            + (
+                f"; recorded as MLflow run {run_id} in experiment '{studies_experiment(cfg.experiment_name)}'"
+                if run_id
+                else ""
+            ),
+            file=sys.stderr,
+        )
+    return {"headline": study.headline, "table": study.table, "live": live, "folder": folder,
+            "run_id": run_id}
 
 
 def markdown(cfg: ServingConfig, study, live: dict | None) -> str:
     pct = f"p{cfg.percentile:g}"
-    lines = [f"# Serving: experiment '{cfg.experiment_name}', {pct} <= {cfg.target_ms:g} ms", "",
-             "| policy | max QPS at target | p50 ms | p95 ms | p99 ms | SLA violations | accuracy served | correct predictions/s |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# Serving: experiment '{cfg.experiment_name}', {pct} <= {cfg.target_ms:g} ms",
+        "",
+        "| policy | max QPS at target | p50 ms | p95 ms | p99 ms | SLA violations | accuracy served "
+        "| correct predictions/s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for _, r in study.table.iterrows():
         if not r["max_qps"] > 0:
             lines.append(f"| {r['policy']} | cannot meet the target at any load | | | | | | |")
             continue
-        lines.append(f"| {r['policy']} | {r['max_qps']:,.1f} | {r.get('p50_ms', float('nan')):.2f} | "
-                     f"{r.get('p95_ms', float('nan')):.2f} | {r.get('p99_ms', float('nan')):.2f} | "
-                     f"{100 * r.get('violation_rate', float('nan')):.2f}% | {r.get('accuracy_served', float('nan')):.4f} | "
-                     f"{r.get('correct_per_s', float('nan')):,.0f} |")
-    for title, h in (("Headline", study.headline), ("With device batching", study.headline.get("with_batching"))):
+        lines.append(
+            f"| {r['policy']} | {r['max_qps']:,.1f} | {r.get('p50_ms', float('nan')):.2f} | "
+            f"{r.get('p95_ms', float('nan')):.2f} | {r.get('p99_ms', float('nan')):.2f} | "
+            f"{100 * r.get('violation_rate', float('nan')):.2f}% | "
+            f"{r.get('accuracy_served', float('nan')):.4f} | "
+            f"{r.get('correct_per_s', float('nan')):,.0f} |"
+        )
+    for title, h in (("Headline", study.headline), ("With device batching",
+                                                    study.headline.get("with_batching"))):
         if h and "ratio" in h:
             threshold = (f"; against the size-threshold policy {h['ratio_vs_size_threshold']:.2f}x"
                          if "ratio_vs_size_threshold" in h else "")
-            lines += ["", f"**{title}**: {h['mprec_policy']} serves {h['mprec_correct_per_s']:,.0f} correct "
-                          f"predictions/s at {h['mprec_max_qps']:,.1f} QPS against {h['static_correct_per_s']:,.0f} for "
-                          f"the best static path ({h['best_static']} at {h['static_max_qps']:,.1f} QPS): "
-                          f"**{h['ratio']:.2f}x**, with {h['accuracy_gain_points']:+.2f} accuracy points{threshold}."]
-    sources = sorted({f"{p.path}: {p.source}" for p in study.profiles})
+            lines += [
+                "",
+                f"**{title}**: {h['mprec_policy']} serves {h['mprec_correct_per_s']:,.0f} correct "
+                f"predictions/s at {h['mprec_max_qps']:,.1f} QPS against "
+                f"{h['static_correct_per_s']:,.0f} for "
+                f"the best static path ({h['best_static']} at {h['static_max_qps']:,.1f} QPS): "
+                f"**{h['ratio']:.2f}x**, with {h['accuracy_gain_points']:+.2f} accuracy points{threshold}.",
+            ]
+    sources = sorted({f"{p.name}: {p.source}" for p in study.profiles})
     lines += ["", "Profiles:", *(f"- {s}" for s in sources)]
     lines += ["", reliability_of_inputs(study.profiles)]
     if live:
-        lines += ["", f"**Live (LoadGen, Server scenario)**: target {live['live_target_qps']:.1f} QPS, achieved "
-                      f"{live.get('live_achieved_qps', float('nan')):.1f}; p99 {live.get('live_p99_ms', float('nan')):.2f} ms "
-                      f"vs simulated {live['simulated_p99_ms']:.2f} ms (error {100 * live['prediction_error']:+.1f}%); "
-                      f"validity {live.get('live_validity', '?')}; errors {live['live_errors']:.0f}."]
+        lines += [
+            "",
+            f"**Live (LoadGen, Server scenario)**: target {live['live_target_qps']:.1f} QPS, achieved "
+            f"{live.get('live_achieved_qps', float('nan')):.1f}; p99 "
+            f"{live.get('live_p99_ms', float('nan')):.2f} ms "
+            f"vs simulated {live['simulated_p99_ms']:.2f} ms (error {100 * live['prediction_error']:+.1f}%); "
+            f"validity {live.get('live_validity', '?')}; errors {live['live_errors']:.0f}.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -99,9 +99,10 @@ def simulate(policy, profiles: list[PathProfile], arrival_s: np.ndarray, sizes: 
     if len(arrival_s) != len(sizes) or len(sizes) == 0:
         raise ValueError("simulate needs as many arrival times as query sizes, at least one")
     largest = max(int(sizes.max()), batching.max_samples if batching is not None else 0)
-    services = {p.path: p.service_table(largest) for p in profiles}
+    # Keyed by (path, device): one label on two devices (a GPU machine's host CPU, this one's) is two servers.
+    services = {p.key: p.service_table(largest) for p in profiles}
     for p in profiles:  # the policies read service times from these tables while the simulation runs
-        p.use_table(services[p.path])
+        p.use_table(services[p.key])
     try:
         if batching is not None:
             return _simulate_batched(policy, profiles, services, arrival_s, sizes, target_ms, batching)
@@ -111,12 +112,12 @@ def simulate(policy, profiles: list[PathProfile], arrival_s: np.ndarray, sizes: 
             p.use_table(None)
 
 
-def _simulate_fifo(policy, profiles: list[PathProfile], services: dict, arrival_s: np.ndarray, sizes: np.ndarray,
-                   target_ms: float) -> SimResult:
+def _simulate_fifo(policy, profiles: list[PathProfile], services: dict, arrival_s: np.ndarray,
+                   sizes: np.ndarray, target_ms: float) -> SimResult:
     """One FIFO server per device: each part starts when its device is free."""
     busy = {p.device: 0.0 for p in profiles}
     busy_total = dict.fromkeys(busy, 0.0)
-    path_samples = {p.path: 0 for p in profiles}
+    path_samples = {p.name: 0 for p in profiles}
     n = len(sizes)
     latency = np.empty(n)
     accuracy = np.empty(n)
@@ -130,11 +131,11 @@ def _simulate_fifo(policy, profiles: list[PathProfile], services: dict, arrival_
             start = busy[profile.device]
             if start < a:
                 start = a
-            service = services[profile.path][part]
+            service = services[profile.key][part]
             end = start + service
             busy[profile.device] = end
             busy_total[profile.device] += service
-            path_samples[profile.path] += part
+            path_samples[profile.name] += part
             if end > finish:
                 finish = end
             correct += (math.nan if profile.accuracy is None else profile.accuracy) * part
@@ -151,8 +152,9 @@ def _simulate_batched(policy, profiles: list[PathProfile], services: dict, arriv
     running one stays open, and a part for the same path joins it while it fits."""
     free_at = {p.device: 0.0 for p in profiles}  # when the device's last call (open or not) ends
     busy_total = dict.fromkeys(free_at, 0.0)
-    open_call: dict[str, list | None] = dict.fromkeys(free_at)  # [path, start, samples, end] queued, not started
-    path_samples = {p.path: 0 for p in profiles}
+    # [path, start, samples, end] queued, not started
+    open_call: dict[str, list | None] = dict.fromkeys(free_at)
+    path_samples = {p.name: 0 for p in profiles}
     n = len(sizes)
     calls: list[list] = []  # every call, [path, start, samples, end]; queries point at theirs
     parts_of: list[list[int]] = []
@@ -164,12 +166,12 @@ def _simulate_batched(policy, profiles: list[PathProfile], services: dict, arriv
         waits = {d: (b - a) * 1e3 if b > a else 0.0 for d, b in free_at.items()}
         mine, correct = [], 0.0
         for profile, part in choose(q, target_ms, waits):
-            d, table = profile.device, services[profile.path]
+            d, table = profile.device, services[profile.key]
             call = open_call[d]
             if call is not None and call[1] <= a:
                 call = open_call[d] = None  # it has started: nothing joins a running call
             batches = batching.applies_to(profile)
-            if (call is not None and call[0] == profile.path and batches
+            if (call is not None and call[0] == profile.key and batches
                     and call[2] + part <= batching.max_samples):
                 grown = table[call[2] + part]
                 busy_total[d] += grown - (call[3] - call[1])
@@ -178,14 +180,14 @@ def _simulate_batched(policy, profiles: list[PathProfile], services: dict, arriv
                 free_at[d] = call[3]  # the open call is the device's last
             else:
                 start = max(free_at[d], a)
-                call = [profile.path, start, part, start + table[part]]
+                call = [profile.key, start, part, start + table[part]]
                 calls.append(call)
                 busy_total[d] += table[part]
                 free_at[d] = call[3]
                 # Queued behind a running call: open to later parts (on a device that batches).
                 open_call[d] = call if start > a and batches else None
             mine.append(id(call))
-            path_samples[profile.path] += part
+            path_samples[profile.name] += part
             correct += (math.nan if profile.accuracy is None else profile.accuracy) * part
         parts_of.append(mine)
         accuracy[i] = correct / q
@@ -193,8 +195,8 @@ def _simulate_batched(policy, profiles: list[PathProfile], services: dict, arriv
     latency = np.array([(max(ends[c] for c in parts_of[i]) - arr[i]) * 1e3 for i in range(n)])
     duration = max(arr[-1], max(free_at.values()))
     name = getattr(policy, "name", type(policy).__name__)
-    return SimResult(f"{name} +batching", n / arr[-1], target_ms, latency, sizes, accuracy, duration, busy_total,
-                     path_samples)
+    return SimResult(f"{name} +batching", n / arr[-1], target_ms, latency, sizes, accuracy, duration,
+                     busy_total, path_samples)
 
 
 def max_qps(policy, profiles: list[PathProfile], sizes: np.ndarray, target_ms: float, percentile: float,

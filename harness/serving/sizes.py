@@ -28,7 +28,9 @@ def read_quantiles(path: str | Path) -> np.ndarray:
         raise ValueError(f"{path}: no quantiles")
     bad = np.flatnonzero(values < 1)
     if bad.size:
-        raise ValueError(f"{path}: query sizes must be >= 1; value {values[bad[0]]:g} at position {bad[0] + 1}")
+        raise ValueError(
+            f"{path}: query sizes must be >= 1; value {values[bad[0]]:g} at position {bad[0] + 1}"
+        )
     if np.any(np.diff(values) < 0):
         raise ValueError(f"{path}: quantiles must not decrease")
     return values
@@ -38,7 +40,8 @@ MLPERF_QUANTILES = Path(__file__).parent / "data" / "mlperf_dlrm_query_size_quan
 
 
 def from_quantiles(rng: np.random.Generator, n: int, quantiles: np.ndarray) -> np.ndarray:
-    """Inverse-CDF sampling, linear between the quantile points (p = k/len, k = 1..len; p = 0 -> the first)."""
+    """Inverse-CDF sampling, linear between the quantile points (p = k/len, k = 1..len; p = 0 -> the
+    first)."""
     p = np.concatenate([[0.0], np.arange(1, len(quantiles) + 1) / len(quantiles)])
     q = np.concatenate([[quantiles[0]], quantiles])
     return np.maximum(1, np.rint(np.interp(rng.random(n), p, q))).astype(np.int64)

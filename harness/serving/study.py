@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from harness.core.errors import ConfigError
+from harness.core.paths import PathLabel
 from harness.serving import policies as pol
 from harness.serving import sizes as size_dist
 from harness.serving.config import ScaledDevice, ServingConfig
@@ -28,6 +29,7 @@ def draw_sizes(cfg: ServingConfig, n: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng([seed, 0x512E])
     if cfg.sizes.kind in ("quantiles", "mlperf"):
         file = size_dist.MLPERF_QUANTILES if cfg.sizes.kind == "mlperf" else cfg.sizes.file
+        assert file is not None  # ServingConfig.check: kind=quantiles needs a file
         return size_dist.from_quantiles(rng, n, size_dist.read_quantiles(file))
     return size_dist.lognormal(rng, n, cfg.sizes.median, cfg.sizes.sigma, cfg.sizes.max)
 
@@ -36,42 +38,16 @@ def scaled_profiles(measured: list[PathProfile], scaled: list[ScaledDevice]) -> 
     out = []
     for s in scaled:
         for p in measured:
-            rep, backend = p.path.split("@")
-            base = rep.split("+")[0]
-            if backend == s.source and base in s.per_sample_speedup:
+            label = PathLabel.parse(p.path)  # table@cpu/bf16 and table:int8@cpu are tables on the cpu too
+            base = label.representation_name
+            if label.backend == s.source and base in s.per_sample_speedup:
                 out.append(p.scaled(s.device, s.per_sample_speedup[base], s.fixed_ms, s.label))
     return out
 
 
-def threshold_policy(profiles: list[PathProfile], sizes: np.ndarray) -> pol.SizeThreshold | None:
-    """DeepRecSys' rule, chosen from the profiles: large queries to the path fastest at the largest size,
-    small ones to the path fastest at size 1 on another device (or another path), the threshold where the
-    large path overtakes. None if one path is fastest everywhere."""
-    largest = int(sizes.max())
-    large = min(profiles, key=lambda p: (p.service_ms(largest), p.path))
-    others = [p for p in profiles if p.device != large.device] or [p for p in profiles if p is not large]
-    if not others:
-        return None
-    small = min(others, key=lambda p: (p.service_ms(1), p.path))
-    crossover = [q for q in range(1, largest + 1, max(1, largest // 512)) if large.service_ms(q) <= small.service_ms(q)]
-    threshold = crossover[0] if crossover else int(np.median(sizes))
-    return pol.SizeThreshold(small, large, threshold)
-
-
 def build_policies(cfg: ServingConfig, profiles: list[PathProfile], sizes: np.ndarray) -> list:
-    out = []
-    if "static" in cfg.policies:
-        out += [pol.Static(p) for p in profiles]
-    if "size_threshold" in cfg.policies and len(profiles) > 1:
-        threshold = threshold_policy(profiles, sizes)
-        if threshold is not None:
-            out.append(threshold)
-    for slack in cfg.mprec_slack:
-        if "mprec" in cfg.policies:
-            out.append(pol.MPRec(profiles, slack))
-        if "mprec_split" in cfg.policies and len({p.device for p in profiles}) > 1:
-            out.append(pol.MPRecSplit(profiles, cfg.split_min_size, slack))
-    return out
+    """Every policy of `cfg.policies`, by kind (harness/serving/policies.py: REGISTRY)."""
+    return [policy for kind in cfg.policies for policy in pol.REGISTRY[kind].instances(profiles, sizes, cfg)]
 
 
 def check_target(profiles: list[PathProfile], sizes: np.ndarray, target_ms: float, percentile: float) -> None:
@@ -79,7 +55,7 @@ def check_target(profiles: list[PathProfile], sizes: np.ndarray, target_ms: floa
     query at the target's percentile of sizes must fit on the fastest path (or all devices together)."""
     size = int(np.ceil(np.percentile(sizes, percentile)))
     fastest = min(profiles, key=lambda p: p.service_ms(size))
-    by_device = {}
+    by_device: dict[str, float] = {}
     for p in profiles:  # splitting across devices at best divides the work by their combined speed
         by_device[p.device] = max(by_device.get(p.device, 0.0), size / p.service_ms(size))
     split_ms = size / sum(by_device.values())
@@ -100,7 +76,9 @@ class Study:
 
 def run_study(cfg: ServingConfig, profiles: list[PathProfile]) -> Study:
     if not profiles:
-        raise ValueError("no profiles: the experiment has no finished latency runs and no profile file was given")
+        raise ValueError(
+            "no profiles: the experiment has no finished latency runs and no profile file was given"
+        )
     sizes = draw_sizes(cfg, cfg.queries, cfg.seed)
     check_target(profiles, sizes, cfg.target_ms, cfg.percentile)
     policies = build_policies(cfg, profiles, sizes)
@@ -113,15 +91,16 @@ def run_study(cfg: ServingConfig, profiles: list[PathProfile]) -> Study:
             name = policy.name + ("" if batching is None else BATCHED)
             qps, result = max_qps(policy, profiles, sizes, cfg.target_ms, cfg.percentile, cfg.seed,
                                   batching=batching)
-            row = {"policy": name, "batching": batching is not None, "max_qps": qps}
+            row = {"policy": name, "kind": policy.kind, "batching": batching is not None, "max_qps": qps}
             if result is not None:
                 row.update({k: v for k, v in result.summary().items() if k != "offered_qps"})
-                row["path_share"] = {p: round(n / result.sizes.sum(), 3) for p, n in result.path_samples.items() if n}
+                row["path_share"] = {p: round(n / result.sizes.sum(), 3)
+                                     for p, n in result.path_samples.items() if n}
             rows.append(row)
             best[name] = qps
     table = pd.DataFrame(rows)
     top = max(best.values()) if best else 0.0
-    loads = np.linspace(0.1, 1.2, cfg.load_points) * top if top > 0 else []
+    loads = np.linspace(0.1, 1.2, cfg.load_points) * top if top > 0 else np.zeros(0)
     base = np.cumsum(np.random.default_rng([cfg.seed, 0xA11]).exponential(1.0, len(sizes)))
     sweep = []
     for batching in modes:
@@ -140,11 +119,12 @@ BATCHED = " +batching"
 
 
 def headline(table: pd.DataFrame) -> dict[str, Any]:
-    """The best MP-Rec policy against the best static path, each at its own highest load meeting the target."""
+    """The best MP-Rec policy against the best static path, each at its own highest load meeting the
+    target."""
     if table.empty or "correct_per_s" not in table:
         return {}
-    static = table[table["policy"].str.startswith("static:")]
-    dynamic = table[table["policy"].str.startswith("mprec")]
+    static = table[table["kind"] == pol.Static.kind]
+    dynamic = table[table["kind"].isin([pol.MPRec.kind, pol.MPRecSplit.kind])]
     if static.empty or dynamic.empty:
         return {}
     s = static.loc[static["correct_per_s"].fillna(-1).idxmax()]
@@ -154,7 +134,7 @@ def headline(table: pd.DataFrame) -> dict[str, Any]:
            "mprec_correct_per_s": d["correct_per_s"], "static_correct_per_s": s["correct_per_s"],
            "ratio": ratio, "accuracy_gain_points": 100 * (d["accuracy_served"] - s["accuracy_served"]),
            "mprec_max_qps": d["max_qps"], "static_max_qps": s["max_qps"]}
-    threshold = table[table["policy"].str.startswith("size_threshold")]
+    threshold = table[table["kind"] == pol.SizeThreshold.kind]
     if not threshold.empty and threshold["correct_per_s"].iloc[0]:
         out["size_threshold_correct_per_s"] = threshold["correct_per_s"].iloc[0]
         out["ratio_vs_size_threshold"] = d["correct_per_s"] / threshold["correct_per_s"].iloc[0]
@@ -162,27 +142,45 @@ def headline(table: pd.DataFrame) -> dict[str, Any]:
 
 
 def plot(study: Study, cfg: ServingConfig, out: Path) -> Path:
+    """Small multiples: one column per kind of policy (static, size threshold, mprec, mprec split), tail
+    latency above and correct-prediction throughput below against offered load; the headline's policies
+    drawn thick, batched variants dashed, each column's legend below it (never over the data)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     pct = f"p{cfg.percentile:g}_ms"
-    sweep = study.sweep if len(study.sweep) else pd.DataFrame(columns=["policy", "offered_qps", pct, "correct_per_s"])
-    for name, g in sweep.groupby("policy", sort=True):
-        style = "-" if name.startswith("mprec") else "--"
-        left.plot(g["offered_qps"], g[pct], style, marker=".", label=name)
-        right.plot(g["offered_qps"], g["correct_per_s"], style, marker=".", label=name)
-    left.axhline(cfg.target_ms, color="black", linewidth=0.8)
-    left.set(yscale="log", xlabel="offered load (queries/s)", ylabel=f"{pct.replace('_ms', '')} latency (ms)",
-             title=f"tail latency (target {cfg.target_ms:g} ms)")
-    right.set(xlabel="offered load (queries/s)", ylabel="correct predictions / s (within target)",
-              title="correct-prediction throughput")
-    for ax in (left, right):
-        ax.grid(True, alpha=0.3)
-    right.legend(fontsize=7)
+    kinds = {row["policy"]: row["kind"] for _, row in study.table.iterrows()} if len(study.table) else {}
+    columns = [k for k in pol.REGISTRY if k in set(kinds.values())] or ["static"]
+    headline = {study.headline.get("mprec_policy"), study.headline.get("best_static")}
+    batched = study.headline.get("with_batching") or {}
+    headline |= {batched.get("mprec_policy"), batched.get("best_static")}
+    fig, axes = plt.subplots(2, len(columns), figsize=(4.2 * len(columns), 7.5), squeeze=False, sharex=True)
+    for j, kind in enumerate(columns):
+        top, bottom = axes[0][j], axes[1][j]
+        group = study.sweep[study.sweep["policy"].map(kinds) == kind] if len(study.sweep) else study.sweep
+        bases = sorted({name.removesuffix(BATCHED) for name in group["policy"]}) if len(group) else []
+        for name, g in group.groupby("policy", sort=True) if len(group) else []:
+            # A policy and its batched variant share a colour, the variant dashed.
+            colour = plt.get_cmap("tab10")(bases.index(name.removesuffix(BATCHED)) % 10)
+            style = {"linestyle": "--" if name.endswith(BATCHED) else "-", "marker": ".", "color": colour,
+                     "linewidth": 2.6 if name in headline else 1.0}
+            top.plot(g["offered_qps"], g[pct], label=name + (" (headline)" if name in headline else ""),
+                     **style)
+            bottom.plot(g["offered_qps"], g["correct_per_s"], **style)
+        top.axhline(cfg.target_ms, color="black", linewidth=0.8)
+        top.set(yscale="log", title=kind.replace("_", " "),
+                ylabel=f"{pct.replace('_ms', '')} latency (ms)" if j == 0 else None)
+        bottom.set(xlabel="offered load (queries/s)", ylabel="correct predictions / s" if j == 0 else None)
+        for ax in (top, bottom):
+            ax.grid(True, alpha=0.3)
+        if top.get_legend_handles_labels()[0]:
+            bottom.legend(*top.get_legend_handles_labels(), fontsize=7, loc="upper center",
+                          bbox_to_anchor=(0.5, -0.22), ncol=1, frameon=False)
+    fig.suptitle(f"serving: {pct.replace('_ms', '')} target {cfg.target_ms:g} ms (black line); thick: the "
+                 "headline's policies; dashed: with device batching", fontsize=10)
     fig.tight_layout()
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out

@@ -93,20 +93,14 @@ def process_alive(identity: str) -> bool | None:
 
 def capture() -> dict:
     sha, dirty = git_revision()
-    return {
-        "harness_version": harness.__version__,
-        "git_sha": sha,
-        "git_dirty": dirty,
-        "python": sys.version.split()[0],
-        "platform": {"system": platform.system(), "release": platform.release(), "machine": platform.machine()},
-        "cpu": {
-            "model": cpu_model_name(),
-            "logical_cores": os.cpu_count(),
-            "physical_cores": physical_cores(),
-            "affinity_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-            "numeric_flags": numeric_flags(),
-        },
-        "memory_bytes": host_memory_bytes(),
-        "libraries": library_versions(),
-        "env": {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ},
-    }
+    return {"harness_version": harness.__version__, "git_sha": sha, "git_dirty": dirty,
+            "python": sys.version.split()[0], "platform": {"system": platform.system(),
+                                                           "release": platform.release(),
+                                                           "machine": platform.machine()},
+            "cpu": {"model": cpu_model_name(), "logical_cores": os.cpu_count(),
+                    "physical_cores": physical_cores(),
+                    "affinity_cores": (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                       else None),
+                    "numeric_flags": numeric_flags()}, "memory_bytes": host_memory_bytes(),
+            "libraries": library_versions(),
+            "env": {key: os.environ[key] for key in ENV_ALLOWLIST if key in os.environ}}

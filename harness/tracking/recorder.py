@@ -5,8 +5,9 @@
         rec.log_params({...}); rec.log_metrics({"latency_p50_ms": 1.2}, step=64); rec.log_text(...)
 
 The run ends FINISHED when the body returns, FAILED, with the error as its `error` tag and the
-traceback as `error/traceback.txt`, when it raises, and KILLED when the user interrupts it (Ctrl-C). While open, a thread refreshes a heartbeat tag and the
-run names its process, so a run whose process was killed can be told from one still running. A URI's
+traceback as `error/traceback.txt`, when it raises, and KILLED when the user interrupts it (Ctrl-C).
+While open, a thread refreshes a heartbeat tag (and is joined before the run ends) and the run names its
+process, so a run whose process was killed can be told from one still running. A URI's
 credentials in a param, tag or text are redacted (credentials.py).
 """
 
@@ -17,7 +18,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 from harness.tracking.credentials import redact
 from harness.tracking.environment import process_identity
@@ -81,8 +82,10 @@ class RunRecorder:
             except Exception:  # noqa: BLE001 - a missed heartbeat must never break a measurement
                 pass
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type, exc, tb) -> Literal[False]:
         self._stop.set()
+        if self._heartbeat is not None:  # its last beat lands before the run ends, not after
+            self._heartbeat.join(timeout=HEARTBEAT_S)
         if exc is None:
             self.store.finish(self.run_id)
         elif isinstance(exc, KeyboardInterrupt):  # the user stopped it: KILLED, not a failure to explain

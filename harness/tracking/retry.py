@@ -74,9 +74,10 @@ def is_transient(exc: BaseException) -> bool:
     try:
         import requests
     except ImportError:  # mlflow brings requests; without it, no HTTP store raised this
-        requests = None
-    if requests is not None and isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-        return True
+        pass
+    else:
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+            return True
     text = str(exc)
     if any(marker in text for marker in _NEVER_PASSES):
         return False
@@ -149,7 +150,7 @@ class RetryingClient:
         try:
             while True:
                 try:
-                    if pending:
+                    if pending and recover is not None:
                         found = recover()
                         if found is not None:
                             ok = True

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.core.errors import printable
+from harness.core.metrics import PER_SIZE
 from harness.core.schema import TrackingConfig
 from harness.tracking.credentials import adopt_credentials, redact
 from harness.tracking.environment import process_alive
@@ -44,10 +45,9 @@ def studies_experiment(name: str) -> str:
     path runs, whose comparisons their files and metrics would clutter in the MLflow UI."""
     return f"{name}-studies"
 MAX_KEY = 250
-# Per-size metrics the analysis and serving read back (their histories, step = query size).
-# `reliable` is absent from runs recorded before issue 22: their reliability is unknown.
-PER_SIZE_METRICS = ("latency_p50_ms", "latency_p90_ms", "latency_p95_ms", "latency_p99_ms", "samples_per_s",
-                    "feasible", "reliable")
+# Per-size metrics the analysis and serving read back (their histories, step = query size): declared once,
+# in harness/core/metrics.py.
+PER_SIZE_METRICS = tuple(PER_SIZE)
 
 
 def tracking_uri(config: TrackingConfig) -> str:
@@ -198,9 +198,14 @@ class Store:
     def record_files(self, kind: str, name: str, folder: Path, tags: Mapping[str, Any],
                      metrics: Mapping[str, float] | None = None) -> str:
         """One finished run of `kind` (analysis, serving) holding `folder`'s files and `metrics`."""
+        from mlflow.entities import Metric
+
         run_id = self.create_run(name, {KIND_TAG: kind, **tags})
-        for key, value in (metrics or {}).items():
-            self.client.log_metric(run_id, metric_name(key), float(value))
+        # One timestamp, fixed before the first try: a retried batch is the same rows, never a second copy.
+        now = int(time.time() * 1000)
+        rows = [Metric(metric_name(key), float(value), now, 0) for key, value in (metrics or {}).items()]
+        for start in range(0, len(rows), 1000):
+            self.client.log_batch(run_id, metrics=rows[start:start + 1000])
         self.client.log_artifacts(run_id, str(folder))
         self.finish(run_id)
         return run_id
@@ -240,8 +245,11 @@ class Store:
         tags = {KIND_TAG: kind, **({SWEEP_TAG: parent_run_id} if parent_run_id else {})}
         records = []
         for r in self._search(tag_filter(tags)):
-            per_size = {key: {m.step: m.value for m in self.client.get_metric_history(r.info.run_id, key)}
-                        for key in PER_SIZE_METRICS if key in r.data.metrics}  # one search, no get_run per run
+            per_size = {
+                key: {m.step: m.value for m in self.client.get_metric_history(r.info.run_id, key)}
+                for key in PER_SIZE_METRICS
+                if key in r.data.metrics
+            }  # one search, no get_run per run
             records.append({"run_id": r.info.run_id, "status": r.info.status, "start_time": r.info.start_time,
                             "tags": dict(r.data.tags), "params": dict(r.data.params),
                             "metrics": dict(r.data.metrics), "per_size": per_size})

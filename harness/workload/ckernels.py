@@ -20,7 +20,7 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -76,7 +76,8 @@ def forget(name: str) -> None:
 
 def spans(weights: list[int], parts: int) -> list[tuple[int, int]]:
     """Split items 0..n-1 into <= parts contiguous spans of about equal total weight."""
-    total, out, start, acc = sum(weights), [], 0, 0
+    total, start, acc = sum(weights), 0, 0
+    out: list[tuple[int, int]] = []
     for i, w in enumerate(weights):
         acc += w
         if acc >= total * (len(out) + 1) / parts and i + 1 < len(weights):
@@ -91,7 +92,7 @@ def threads_for(work: int, minimum: int) -> int:
     return max(1, torch.get_num_threads()) if work >= minimum else 1
 
 
-def run_parallel(calls: list[Callable[[], object]]) -> None:
+def run_parallel(calls: Sequence[Callable[[], object]]) -> None:
     """Run kernel calls on a persistent pool, this thread taking the first; ctypes releases the GIL."""
     if len(calls) == 1:
         calls[0]()

@@ -13,7 +13,8 @@ Counting rules (the same for every representation, so paths compare on one roofl
 
 >>> from harness.core.spec import WorkloadSpec
 >>> from harness.workload.representations.table import Config
->>> cost = path_cost(WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused", storage="fp32")))
+>>> config = Config(layout="fused", storage="fp32")
+>>> cost = path_cost(WorkloadSpec.from_shape("kaggle", 1.0, representation=config))
 >>> cost.embedding.param_bytes, cost.top_input_width
 (2160804928, 367)
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from harness.core.fit import fits
 from harness.core.precision import compute_bytes
 from harness.core.spec import WorkloadSpec, interaction_width
 from harness.workload import representations
@@ -60,7 +62,11 @@ class PathCost:
         return self.embedding.bytes_read_per_sample + 13 * FP32
 
     def bytes_read(self, query_size: int) -> int:
-        return query_size * self.bytes_read_per_sample + self.mlp_param_bytes + self.embedding.bytes_read_per_query
+        return (
+            query_size * self.bytes_read_per_sample
+            + self.mlp_param_bytes
+            + self.embedding.bytes_read_per_query
+        )
 
     def flops(self, query_size: int) -> int:
         return query_size * self.flops_per_sample
@@ -68,8 +74,9 @@ class PathCost:
     def memory_needed(self, query_size: int) -> int:
         return self.param_bytes + query_size * self.activation_bytes_per_sample
 
-    def fits(self, capacity_bytes: int, query_size: int, headroom: float) -> bool:
-        return self.memory_needed(query_size) <= capacity_bytes * (1.0 - headroom)
+    def fits(self, capacity_bytes: int, query_size: int, headroom: float) -> bool | None:
+        """harness/core/fit.py's rule for this path at `query_size` (None: capacity unknown)."""
+        return fits(self.memory_needed(query_size), capacity_bytes, headroom)
 
     def summary(self) -> dict:
         """Flat dict of the figures a dry run prints and a run logs as metrics."""

@@ -6,7 +6,8 @@ to every module that takes settings (a `configure(settings)` method: FusedTables
 
 >>> settings_for(DeviceCapabilities())
 ModuleSettings(hash_method='float64', bag_pooling='bag', int8_lookup='fbgemm')
->>> settings_for(DeviceCapabilities(int64=False, float64=False, embedding_bag=False, quantized_bag=False))  # TPU
+>>> tpu = DeviceCapabilities(int64=False, float64=False, embedding_bag=False, quantized_bag=False)
+>>> settings_for(tpu)
 ModuleSettings(hash_method='int32', bag_pooling='gather_sum', int8_lookup='gather')
 >>> settings_for(DeviceCapabilities(launch_bound=True)).hash_method                      # a GPU
 'int64'

@@ -63,6 +63,8 @@ class DotInteraction(nn.Module):
     tensor([[ 1.,  2., 11., 17., 39.]])
     """
 
+    pair_index: torch.Tensor  # a buffer, declared for the type checker
+
     def __init__(self, num_vectors: int) -> None:
         super().__init__()
         rows, cols = torch.tril_indices(num_vectors, num_vectors, offset=-1)

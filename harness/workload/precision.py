@@ -24,6 +24,8 @@ torch.float32
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -52,7 +54,7 @@ def apply_precision(model: nn.Module, precision: str, storage: str = "fp32") -> 
     if dtype != torch.float32:
         cast_compute(model, dtype)
     if dtype != torch.float32 or storage != "fp32":
-        model.compute_dtype = dtype  # the DLRM casts at its boundary from now on
+        cast(Any, model).compute_dtype = dtype  # the DLRM casts at its boundary from now on
 
 
 def cast_compute(model: nn.Module, dtype: torch.dtype) -> None:
@@ -60,7 +62,8 @@ def cast_compute(model: nn.Module, dtype: torch.dtype) -> None:
     for module in _outside_tables(model):
         for name, param in module._parameters.items():
             if param is not None and param.is_floating_point():
-                module._parameters[name] = nn.Parameter(param.detach().to(dtype), requires_grad=param.requires_grad)
+                module._parameters[name] = nn.Parameter(param.detach().to(dtype),
+                                                        requires_grad=param.requires_grad)
         for name, buf in module._buffers.items():
             if buf is not None and buf.is_floating_point():
                 module._buffers[name] = buf.to(dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ def enable_sparse_gradients(model: nn.Module) -> int:
     switched = 0
     for module in model.modules():
         if hasattr(module, "sparse_grad"):
-            module.sparse_grad = True
+            cast(Any, module).sparse_grad = True  # a table module's own flag (duck-typed)
             switched += 1
         elif isinstance(module, nn.EmbeddingBag):
             module.sparse = True
@@ -41,13 +41,14 @@ def enable_fused_sgd(model: nn.Module, lr: float) -> int:
     """Tables that can apply SGD inside their backward do so (table/fused_sgd.py: the same update as a
     sparse gradient and SGD, 2-3x faster on multi-id bags); returns how many. Their weights then get no
     .grad and are left out of the optimizer."""
-    return sum(1 for m in model.modules() if hasattr(m, "enable_fused_sgd") and m.enable_fused_sgd(lr))
+    tables = (cast(Any, m) for m in model.modules() if hasattr(m, "enable_fused_sgd"))
+    return sum(1 for m in tables if m.enable_fused_sgd(lr))
 
 
 def disable_fused_sgd(model: nn.Module) -> None:
     for module in model.modules():
         if getattr(module, "fused_sgd_lr", None) is not None:
-            module.fused_sgd_lr = None
+            cast(Any, module).fused_sgd_lr = None
 
 
 def make_optimizer(model: nn.Module, name: str, lr: float) -> torch.optim.Optimizer:

@@ -2,13 +2,15 @@
 
 A representation is a package under this folder whose `__init__` is torch-free and exposes:
 
-- `Config`: a dataclass; its fields are the YAML keys under `representation:` (conf/representation/<name>.yaml),
+- `Config`: a dataclass; its fields are the YAML keys under `representation:`
+  (conf/representation/<name>.yaml),
   declared MISSING so values come only from the YAML; `Config.check()` raises `ConfigError("<field>", why)`
   (harness/core/errors.py) for values that cannot work, and an optional module-level `check_spec(spec)`
   does the same for values that depend on the model (the number of tables, say).
 - `feature_vectors(spec) -> int`: how many vectors it feeds to the dot interaction (tables: one per feature).
 - `cost(spec) -> EmbeddingCost`: analytic parameter bytes, FLOPs and bytes read per sample.
-- `build(spec) -> torch.nn.Module`: the torch module (imports torch lazily), mapping ids [B, T, L] -> [B, V, D].
+- `build(spec) -> torch.nn.Module`: the torch module (imports torch lazily), mapping ids [B, T, L] ->
+  [B, V, D].
 - optional `run_tags(spec) -> dict` (what was built, recorded as tags) and `same_model_as(spec)` ->
   (representation, why) or None: the representation whose model this spec's model exactly is (TT with no
   table in TT form is `table`).
@@ -68,7 +70,8 @@ class EmbeddingCost:
             flops_per_sample=self.flops_per_sample + other.flops_per_sample,
             bytes_read_per_sample=self.bytes_read_per_sample + other.bytes_read_per_sample,
             bytes_read_per_query=self.bytes_read_per_query + other.bytes_read_per_query,
-            activation_floats_per_sample=self.activation_floats_per_sample + other.activation_floats_per_sample,
+            activation_floats_per_sample=self.activation_floats_per_sample
+            + other.activation_floats_per_sample,
             details={**self.details, **other.details},
         )
 
@@ -81,11 +84,12 @@ def cache_config(config):
     return cache
 
 
-def label(config) -> str:
+def label(config, variant: str = "") -> str:
     """The representation's name in a path: `dhe+cache` when a cache is on, `table:int8` when its tables
-    are not stored in fp32."""
+    are not stored in fp32, `dhe[k=512]` with the settings that differ from the defaults (`variant`,
+    harness/core/paths.py)."""
     cache = cache_config(config)
-    name = config.name + storage_label(getattr(config, "storage", "fp32"))
+    name = config.name + variant + storage_label(getattr(config, "storage", "fp32"))
     return f"{name}+cache" if cache is not None and cache.enabled else name
 
 

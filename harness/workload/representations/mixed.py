@@ -18,6 +18,8 @@ from torch import nn
 class MixedEmbedding(nn.Module):
     """parts = [(feature indices, module mapping ids [B, len, L] -> [B, len, D]), ...]."""
 
+    restore: torch.Tensor  # a buffer, declared for the type checker
+
     def __init__(self, parts: Sequence[tuple[Sequence[int], nn.Module]]) -> None:
         super().__init__()
         order = [f for features, _ in parts for f in features]
@@ -25,7 +27,8 @@ class MixedEmbedding(nn.Module):
             raise ValueError(f"parts must cover features 0..{len(order) - 1} exactly once, got {order}")
         self.parts = nn.ModuleList(module for _, module in parts)
         for i, (features, _) in enumerate(parts):
-            self.register_buffer(f"features_{i}", torch.tensor(list(features), dtype=torch.int64), persistent=False)
+            self.register_buffer(f"features_{i}", torch.tensor(list(features), dtype=torch.int64),
+                                 persistent=False)
         # Position of feature f in the concatenated outputs, to restore feature order with one gather.
         restore = torch.empty(len(order), dtype=torch.int64)
         restore[torch.tensor(order)] = torch.arange(len(order))

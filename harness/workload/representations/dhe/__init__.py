@@ -38,7 +38,8 @@ MAX_BUCKETS = 1 << 26  # p^2 + p < 2^53 for the first prime above 2^26
 
 @dataclass
 class CacheConfig:
-    """MP-Cache: decoder outputs of each table's hottest ids (harness/workload/representations/dhe/cache.py)."""
+    """MP-Cache: decoder outputs of each table's hottest ids
+    (harness/workload/representations/dhe/cache.py)."""
 
     rows: int = MISSING  # hot ids cached per table; 0: no cache
     bytes: Optional[int] = MISSING  # or a total byte budget over the DHE tables (overrides rows)
@@ -85,19 +86,24 @@ class DheParams:
             raise ConfigError("decoder", f"widths must be positive, got {self.decoder}")
         if self.decoder[0] != self.k:
             raise ConfigError(
-                "k", f"is {self.k} but the decoder's first width is {self.decoder[0]}: the code of k hashes is "
-                "the decoder's input, so they must be equal"
+                "k",
+                f"is {self.k} but the decoder's first width is {self.decoder[0]}: the code of k hashes is "
+                "the decoder's input, so they must be equal",
             )
         if not 2 <= self.m <= MAX_BUCKETS:
             raise ConfigError(
-                "m", f"must be in [2, {MAX_BUCKETS:,}], got {self.m:,}: hashing computes a (x mod p) + b < p^2 "
-                "exactly in float64 (53-bit mantissa), which bounds p and so m"
+                "m",
+                f"must be in [2, {MAX_BUCKETS:,}], got {self.m:,}: hashing computes a (x mod p) + b < p^2 "
+                "exactly in float64 (53-bit mantissa), which bounds p and so m",
             )
         if self.encoding not in ENCODINGS:
             raise ConfigError("encoding", f"must be one of {ENCODINGS}, got {self.encoding!r}")
         if self.encoding == "gaussian" and self.k % 2:
-            raise ConfigError("k", f"the gaussian encoding turns hashes into pairs (Box-Muller), so k must be "
-                             f"even, got {self.k}")
+            raise ConfigError(
+                "k",
+                f"the gaussian encoding turns hashes into pairs (Box-Muller), so k must be "
+                f"even, got {self.k}",
+            )
         if self.activation not in ACTIVATIONS:
             raise ConfigError("activation", f"must be one of {ACTIVATIONS}, got {self.activation!r}")
 

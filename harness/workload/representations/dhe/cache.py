@@ -24,8 +24,13 @@ once they change (`StaleCache`). In training mode the module bypasses the cache 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from harness.workload.representations.dhe.module import DeepHashEmbedding
 
 KEY_STRIDE = 1 << 40  # key = table * stride + id: ids below 2^40, tables below 2^23
 
@@ -40,7 +45,10 @@ def fingerprint(dhe: nn.Module) -> tuple:
 
 
 class DheCache(nn.Module):
-    def __init__(self, dhe: nn.Module, hot_ids: list[torch.Tensor]) -> None:
+    keys: torch.Tensor  # buffers, declared for the type checker
+    vectors: torch.Tensor
+
+    def __init__(self, dhe: DeepHashEmbedding, hot_ids: list[torch.Tensor]) -> None:
         super().__init__()
         if len(hot_ids) != len(dhe.features):
             raise ValueError(f"one id list per DHE table: got {len(hot_ids)} for {len(dhe.features)} tables")
@@ -67,9 +75,11 @@ class DheCache(nn.Module):
 
     @property
     def nbytes(self) -> int:
-        return self.keys.numel() * self.keys.element_size() + self.vectors.numel() * self.vectors.element_size()
+        return (
+            self.keys.numel() * self.keys.element_size() + self.vectors.numel() * self.vectors.element_size()
+        )
 
-    def check_fresh(self, dhe: nn.Module) -> None:
+    def check_fresh(self, dhe: DeepHashEmbedding) -> None:
         if fingerprint(dhe) != self._fingerprint:
             raise StaleCache("the DHE weights changed after its cache was built; rebuild the cache "
                              "(harness.workload.representations.dhe.cache.attach) before serving")
@@ -88,7 +98,7 @@ class DheCache(nn.Module):
         hit, _ = self._positions(ids)
         return float(hit.float().mean()) if hit.numel() else 0.0
 
-    def lookup(self, dhe: nn.Module, ids: torch.Tensor) -> torch.Tensor:
+    def lookup(self, dhe: DeepHashEmbedding, ids: torch.Tensor) -> torch.Tensor:
         """ids [B, T, L] -> [B, T, D]: cached rows for hits, the decoder for misses only."""
         self.check_fresh(dhe)
         batch, tables, per_bag = ids.shape
@@ -98,7 +108,8 @@ class DheCache(nn.Module):
         miss = ~hit
         if bool(miss.any()):
             flat_ids = ids.reshape(-1)
-            table_of = torch.arange(tables, device=ids.device).view(1, tables, 1).expand(batch, tables, per_bag)
+            table_of = (torch.arange(tables, device=ids.device).view(1, tables, 1).expand(batch, tables,
+                                                                                          per_bag))
             table_of = table_of.reshape(-1)
             for t in torch.unique(table_of[miss]).tolist():
                 where = miss & (table_of == t)
@@ -108,8 +119,8 @@ class DheCache(nn.Module):
         return out.sum(2) if per_bag > 1 else out.squeeze(2)
 
 
-def attach(dhe: nn.Module, hot_ids: list[torch.Tensor]) -> DheCache:
+def attach(dhe: DeepHashEmbedding, hot_ids: list[torch.Tensor]) -> DheCache:
     """Build a cache of `hot_ids` (one tensor per table of `dhe`) and let `dhe` serve from it."""
-    dhe.cache = DheCache(dhe, hot_ids)
-    dhe.cache_enabled = True
-    return dhe.cache
+    cache = DheCache(dhe, hot_ids)
+    dhe.cache, dhe.cache_enabled = cache, True
+    return cache

@@ -16,7 +16,7 @@ torch.Size([1, 3, 4])
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable, cast
 
 import numpy as np
 import torch
@@ -26,9 +26,15 @@ from torch import nn
 from harness.core.errors import ConfigError
 from harness.workload.representations.dhe import DheParams, first_prime_above, hash_coefficients, hashing
 
+if TYPE_CHECKING:
+    from harness.workload.representations.dhe.cache import DheCache
+
 
 class TableBatchNorm(nn.Module):
     """BatchNorm over [T, N, C]: statistics per table and channel, across the N lookups."""
+
+    running_mean: torch.Tensor  # buffers, declared for the type checker
+    running_var: torch.Tensor
 
     def __init__(self, tables: int, width: int, momentum: float = 0.1, eps: float = 1e-5) -> None:
         super().__init__()
@@ -55,6 +61,13 @@ class TableBatchNorm(nn.Module):
 class DeepHashEmbedding(nn.Module):
     """ids [B, T, L] of the given features -> [B, T, D], sum-pooled over L."""
 
+    hash_a: torch.Tensor  # buffers, declared for the type checker
+    hash_b: torch.Tensor
+    hash_a_limbs: torch.Tensor
+    hash_b32: torch.Tensor
+    cache: DheCache | None
+    cache_enabled: bool
+
     def __init__(self, features: Iterable[int], params: DheParams, dim: int) -> None:
         super().__init__()
         self.features = [int(f) for f in features]
@@ -69,7 +82,9 @@ class DeepHashEmbedding(nn.Module):
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):
             # DLRM's MLP initialisation, per table.
-            self.weights.append(nn.Parameter(torch.randn(tables, fan_in, fan_out) * math.sqrt(2 / (fan_in + fan_out))))
+            self.weights.append(
+                nn.Parameter(torch.randn(tables, fan_in, fan_out) * math.sqrt(2 / (fan_in + fan_out)))
+            )
             self.biases.append(nn.Parameter(torch.randn(tables, 1, fan_out) * math.sqrt(1 / fan_out)))
         hidden = widths[1:-1]
         self.norms = nn.ModuleList(TableBatchNorm(tables, w) for w in hidden) if params.batch_norm else None
@@ -86,7 +101,8 @@ class DeepHashEmbedding(nn.Module):
     def configure(self, settings) -> None:
         """Take the device's settings (harness/workload/device.py): here, which hash arithmetic to use."""
         if settings.hash_method == "int32" and not self.limb_bits:
-            raise ConfigError("representation.m", f"{self.m:,} is too large for 32-bit hashing (p must be < 2^29)")
+            raise ConfigError("representation.m",
+                              f"{self.m:,} is too large for 32-bit hashing (p must be < 2^29)")
         self.hash_method = settings.hash_method
 
     def hash(self, ids: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
@@ -105,8 +121,8 @@ class DeepHashEmbedding(nn.Module):
         if self.hash_method == "int64":
             return hashing.code(hashing.buckets_int64(flat, a, b, self.p, self.m), self.encoding, self.m)
         if self.hash_method == "int32":  # no float64 on such devices either: scale in float32
-            buckets = hashing.buckets_int32(flat, self.hash_a_limbs[:, tables], self.limb_bits, self.hash_b32[tables],
-                                            self.p, self.m)
+            buckets = hashing.buckets_int32(flat, self.hash_a_limbs[:, tables], self.limb_bits,
+                                            self.hash_b32[tables], self.p, self.m)
             return hashing.code(buckets, self.encoding, self.m, wide=torch.float32)
         # Codes straight in the decoders' dtype (bf16 when the path computes in it): one pass less.
         return hashing.codes_float64(flat, a, b, self.p, self.m, self.encoding, dtype=self.weights[0].dtype)
@@ -140,8 +156,9 @@ class DeepHashEmbedding(nn.Module):
             x = torch.addmm(bias[t], x, weight[t])
             if i < last:
                 if self.norms is not None:
-                    n = self.norms[i]
-                    x = (x - n.running_mean[t]) * torch.rsqrt(n.running_var[t] + n.eps) * n.weight[t] + n.bias[t]
+                    n = cast(TableBatchNorm, self.norms[i])
+                    scale = torch.rsqrt(n.running_var[t] + n.eps) * n.weight[t]
+                    x = (x - n.running_mean[t]) * scale + n.bias[t]
                 x = torch.relu(x)
         return self._final(x)
 

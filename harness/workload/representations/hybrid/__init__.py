@@ -40,8 +40,9 @@ def feature_vectors(spec) -> int:
 
 def cost(spec) -> EmbeddingCost:
     tables = table_cost(spec.table_rows, spec.embedding_dim, spec.ids_per_lookup, spec.representation.storage)
-    return tables + dhe_cost(spec.num_tables, spec.representation.dhe, spec.embedding_dim, spec.ids_per_lookup,
-                             spec.table_rows, spec.extras.get("zipf_exponent"), compute_bytes(spec.precision))
+    return tables + dhe_cost(spec.num_tables, spec.representation.dhe, spec.embedding_dim,
+                             spec.ids_per_lookup, spec.table_rows, spec.extras.get("zipf_exponent"),
+                             compute_bytes(spec.precision))
 
 
 def run_tags(spec) -> dict[str, str]:

@@ -7,8 +7,8 @@ DHE, which removes most of the memory while keeping most lookups a cheap row rea
 >>> from harness.workload.representations.dhe import Config as DheConfig
 >>> dhe = DheConfig(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none",
 ...                 batch_norm=False, seed=0)
->>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused", storage="fp32", features=None,
-...                                num_largest=5, dhe=dhe))
+>>> config = Config(layout="fused", storage="fp32", features=None, num_largest=5, dhe=dhe)
+>>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=config)
 >>> [f"C{t + 1}" for t in selected(spec)]
 ['C3', 'C4', 'C12', 'C16', 'C21']
 """
@@ -81,7 +81,8 @@ def cost(spec) -> EmbeddingCost:
     rows = tuple(r for t, r in enumerate(spec.table_rows) if t not in dhe_features)
     tables = table_cost(rows, spec.embedding_dim, spec.ids_per_lookup, spec.representation.storage)
     dhe = dhe_cost(len(dhe_features), spec.representation.dhe, spec.embedding_dim, spec.ids_per_lookup,
-                   tuple(spec.table_rows[t] for t in dhe_features), spec.extras.get("zipf_exponent"), compute_bytes(spec.precision))
+                   tuple(spec.table_rows[t] for t in dhe_features), spec.extras.get("zipf_exponent"),
+                   compute_bytes(spec.precision))
     return tables + EmbeddingCost(**{**dhe.__dict__, "details": {**dhe.details, "dhe_features": [
         f"C{t + 1}" for t in dhe_features]}})
 

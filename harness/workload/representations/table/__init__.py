@@ -49,7 +49,8 @@ def check_tables(layout: str, storage: str) -> None:
     if storage not in STORAGES:
         raise ConfigError("storage", f"must be one of {STORAGES}, got {storage!r}")
     if storage != "fp32" and layout != "fused":
-        raise ConfigError("storage", f"{storage} tables need layout=fused (the per_table layout is fp32 only)")
+        raise ConfigError("storage",
+                          f"{storage} tables need layout=fused (the per_table layout is fp32 only)")
 
 
 def feature_vectors(spec) -> int:
@@ -59,7 +60,7 @@ def feature_vectors(spec) -> int:
 def table_cost(rows: tuple[int, ...], dim: int, ids_per_lookup: int, storage: str = "fp32") -> EmbeddingCost:
     """Cost of plain tables for the given row counts (shared with representations that keep some tables)."""
     lookups = len(rows) * ids_per_lookup
-    details = {"table_rows": sum(rows), "tables": len(rows)}
+    details: dict[str, int | str] = {"table_rows": sum(rows), "tables": len(rows)}
     if storage != "fp32":
         details["table_storage"] = storage
     return EmbeddingCost(

@@ -17,6 +17,7 @@ and training keeps sparse gradients and the optimizer (the same result).
 from __future__ import annotations
 
 import ctypes
+import functools
 
 import torch
 
@@ -86,8 +87,8 @@ def update_fixed(weight: torch.Tensor, ids: torch.Tensor, grad: torch.Tensor, ta
     ids = ids.contiguous()
     _check(weight, ids, grad)
     lib, d = _lib()[0], weight.shape[1]
-    calls = [lambda t0=t0, t1=t1: lib.sgd_fixed(weight.data_ptr(), ids.data_ptr(), grad.data_ptr(), batch, tables,
-                                                per_bag, t0, t1, d, lr)
+    calls = [functools.partial(lib.sgd_fixed, weight.data_ptr(), ids.data_ptr(), grad.data_ptr(), batch,
+                               tables, per_bag, t0, t1, d, lr)
              for t0, t1 in ckernels.spans([1] * tables, _threads(ids.numel()))]
     ckernels.run_parallel(calls)
 
@@ -106,8 +107,8 @@ def update_jagged(weight: torch.Tensor, values: torch.Tensor, lengths: torch.Ten
     for n in per_table:
         starts.append(starts[-1] + n)
     lib, d = _lib()[0], weight.shape[1]
-    calls = [lambda v0=starts[a], v1=starts[b]: lib.sgd_jagged(weight.data_ptr(), values.data_ptr(), bag.data_ptr(),
-                                                               grad.data_ptr(), v0, v1, d, lr)
+    calls = [functools.partial(lib.sgd_jagged, weight.data_ptr(), values.data_ptr(), bag.data_ptr(),
+                               grad.data_ptr(), starts[a], starts[b], d, lr)
              for a, b in ckernels.spans(per_table, _threads(values.numel()))]
     ckernels.run_parallel(calls)
 
@@ -121,7 +122,8 @@ class FixedBagsSGD(torch.autograd.Function):
         ctx.lr, ctx.weight = lr, weight
         batch, tables, per_bag = shifted.shape
         flat = shifted.view(batch * tables, per_bag)
-        out = weight[flat.view(-1)] if per_bag == 1 else torch.nn.functional.embedding_bag(flat, weight, mode="sum")
+        out = (weight[flat.view(-1)] if per_bag == 1 else torch.nn.functional.embedding_bag(flat, weight,
+                                                                                            mode="sum"))
         return out.view(batch, tables, -1)
 
     @staticmethod
@@ -139,7 +141,8 @@ class JaggedBagsSGD(torch.autograd.Function):
     def forward(ctx, weight, shifted, lengths, offsets, lr):
         ctx.save_for_backward(shifted, lengths)
         ctx.lr, ctx.weight = lr, weight
-        return torch.nn.functional.embedding_bag(shifted, weight, offsets, mode="sum", include_last_offset=True)
+        return torch.nn.functional.embedding_bag(shifted, weight, offsets, mode="sum",
+                                                 include_last_offset=True)
 
     @staticmethod
     def backward(ctx, grad_out):

@@ -9,6 +9,7 @@ torch.Size([1, 2, 4])
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,10 @@ class FusedTables(nn.Module):
     Rows are fp32 until `store_as` (after training) stores them as fp16 or int8.
     """
 
-    keeps_storage_dtype = True  # a path's compute precision never casts the rows (harness/workload/precision.py)
+    # A path's compute precision never casts the rows (harness/workload/precision.py).
+    keeps_storage_dtype = True
+    row_offsets: torch.Tensor  # buffers, declared for the type checker
+    packed: torch.Tensor
 
     def __init__(self, table_rows: tuple[int, ...], dim: int, sparse_grad: bool = False) -> None:
         super().__init__()
@@ -74,7 +78,7 @@ class FusedTables(nn.Module):
             self.weight = nn.Parameter(weight.half(), requires_grad=False)
         elif storage == "int8":
             self.register_buffer("packed", quantize_rows(weight))
-            self.weight = None
+            self.register_parameter("weight", None)  # int8 rows live in `packed` alone
         else:
             raise ConfigError("representation.storage", f"unknown table storage {storage!r}")
         self.storage = storage
@@ -191,10 +195,10 @@ class PerTableBags(nn.Module):
             nn.EmbeddingBag(rows, dim, mode="sum", sparse=sparse_grad) for rows in self.table_rows
         )
         for bag, rows in zip(self.bags, self.table_rows):
-            _dlrm_init_(bag.weight, rows)
+            _dlrm_init_(cast(nn.EmbeddingBag, bag).weight, rows)
 
     def table_weight(self, t: int) -> torch.Tensor:
-        return self.bags[t].weight
+        return cast(nn.EmbeddingBag, self.bags[t]).weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return torch.stack([bag(ids[:, t, :]) for t, bag in enumerate(self.bags)], dim=1)

@@ -155,10 +155,10 @@ def cost(spec) -> EmbeddingCost:
         param_bytes=sum(f.params for f in facts) * compute_bytes(spec.precision),  # cores in compute dtype
         flops_per_sample=per_bag * sum(f.flops_per_lookup for f in facts)
         + len(facts) * (per_bag - 1) * spec.embedding_dim,
-        bytes_read_per_sample=per_bag * sum(f.floats_read_per_lookup * compute_bytes(spec.precision) + INDEX_BYTES
-                                            for f in facts),
-        activation_floats_per_sample=per_bag * sum(f.floats_read_per_lookup + 2 * spec.embedding_dim * f.ranks[1]
-                                                   for f in facts),
+        bytes_read_per_sample=per_bag
+        * sum(f.floats_read_per_lookup * compute_bytes(spec.precision) + INDEX_BYTES for f in facts),
+        activation_floats_per_sample=per_bag
+        * sum(f.floats_read_per_lookup + 2 * spec.embedding_dim * f.ranks[1] for f in facts),
         details={
             "tt_tables": [f"C{t + 1}" for t in tt],
             "tt_factorization": {f"C{t + 1}": f.describe() for t, f in zip(tt, facts)},

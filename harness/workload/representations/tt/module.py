@@ -28,6 +28,10 @@ from harness.workload.representations.tt import TTFactorization, factorizations,
 class TTTables(nn.Module):
     """ids [B, T, L] -> [B, T, D] for T tables stored as tensor trains (same q and ranks)."""
 
+    radix: torch.Tensor  # buffers, declared for the type checker
+    strides: torch.Tensor
+    core_offsets: torch.Tensor
+
     def __init__(self, facts: list[TTFactorization]) -> None:
         super().__init__()
         self.facts = facts
@@ -86,7 +90,7 @@ class TTTables(nn.Module):
     def full_table(self, t: int) -> torch.Tensor:
         """Table t rebuilt densely from its cores, [rows, D] (tests and the dense-rebuild baseline)."""
         f = self.facts[t]
-        out = None
+        out: torch.Tensor | None = None
         for k in range(self.num_cores):
             start = int(self.core_offsets[t, k])
             core = self.cores[k][start : start + f.p[k]]  # [p, r, q, r']
@@ -96,6 +100,7 @@ class TTTables(nn.Module):
             # [P, Q, r] x [p, r, q, r'] -> [P, p, Q, q, r'] -> [P*p, Q*q, r']
             out = torch.einsum("aqr,bros->abqos", out, core)
             out = out.reshape(out.shape[0] * out.shape[1], out.shape[2] * out.shape[3], self.ranks[k + 1])
+        assert out is not None  # one core at least
         return out.reshape(-1, self.dim)[: f.rows]
 
 
@@ -107,5 +112,6 @@ def build_tt(spec) -> nn.Module:
     tt_module = TTTables(facts)
     if not plain:
         return tt_module
-    tables = build_tables(tuple(spec.table_rows[t] for t in plain), spec.embedding_dim, spec.representation.layout)
+    tables = build_tables(tuple(spec.table_rows[t] for t in plain), spec.embedding_dim,
+                          spec.representation.layout)
     return MixedEmbedding([(tt, tt_module), (plain, tables)])
