@@ -59,7 +59,7 @@ def test_ctrl_c_ends_the_job_and_the_sweep_killed_with_one_line_and_the_rerun_re
     proc = subprocess.Popen([sys.executable, "-m", "harness", *sweep, 'debug.fault="hang@1"',
                              f"tracking.results_dir={tmp_path / 'results'}"], cwd=tmp_path,
                             env=harness_env(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=_default_sigint)
     deadline = time.time() + 180
     while time.time() < deadline:  # job 1's worker hangs once its run has started
         if proc.poll() is not None:
@@ -80,6 +80,12 @@ def test_ctrl_c_ends_the_job_and_the_sweep_killed_with_one_line_and_the_rerun_re
 
     rerun = run_harness(*sweep, store_uri=store)  # the same command resumes
     assert "1 finished, 1 skipped, 0 failed" in rerun.stderr
+
+
+def _default_sigint() -> None:
+    """Ctrl-C as a terminal delivers it, whatever this test runner inherited: a shell starts background
+    jobs with SIGINT ignored, and Python then never turns it into KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _runs_if_any(store: str):
