@@ -1,0 +1,333 @@
+#!/usr/bin/env bash
+# A real single-machine cluster in one folder, to run and test sweeps as they run on a site's cluster
+# (docs/sweeps.md, "On a cluster"): Slurm (Debian's slurm-wlm and munge) or Ray (from PyPI).
+#
+#   scripts/local_cluster.sh slurm|ray start [--cpus N] [--host 127.0.0.1] DIR
+#   scripts/local_cluster.sh slurm|ray status DIR
+#   scripts/local_cluster.sh slurm|ray stop DIR
+#   scripts/local_cluster.sh slurm|ray kill-node DIR    # the compute node dies (SIGKILL, its jobs too)
+#
+# slurm: munged (its key DIR/munge.key, mode 600, and its socket under DIR), slurmctld and one slurmd, all
+#   on 127.0.0.1, with DIR/slurm.conf (ports picked free at the first start; partition `debug`; batch jobs
+#   are not requeued after a node failure, so a lost job stays lost until the sweep is run again).
+#   Needs root (slurmd starts jobs as their users) and /usr/sbin/{munged,slurmctld,slurmd}.
+# ray: a head node that runs no jobs (--num-cpus 0: it holds the cluster's state) and one worker node
+#   with N CPUs, so a lost worker loses jobs and the head lives on.
+#
+# `start` prints the lines to export on stdout (SLURM_CONF, or RAY_ADDRESS), everything else on stderr,
+# so `eval "$(scripts/local_cluster.sh slurm start DIR)"` works; `start` brings back whatever is down
+# (after `kill-node`: the node) and is otherwise idempotent; `status` exits 0 when everything runs and 3
+# otherwise; `stop` and `kill-node` touch only the processes this folder's cluster started (pid files,
+# and for Slurm the job steps whose environment names DIR/slurm.conf).
+set -euo pipefail
+umask 022
+
+PYTHON=${PYTHON:-python3}
+START_TIMEOUT_S=${CLUSTER_START_TIMEOUT_S:-60}
+
+die() { printf 'local_cluster: error: %s\n' "$*" >&2; exit 1; }
+say() { printf 'local_cluster: %s\n' "$*" >&2; }
+usage() { sed -n '5,8p' "$0" | sed 's/^# \{0,1\}//'; }
+
+kind=${1:-}
+command=${2:-}
+case $kind in slurm|ray) ;; -h|--help|help) usage; exit 0 ;; *) usage >&2; exit 2 ;; esac
+case $command in start|stop|status|kill-node) ;; *) usage >&2; exit 2 ;; esac
+shift 2
+CPUS=$(nproc) HOST=127.0.0.1 dir=''
+while [ $# -gt 0 ]; do
+  case $1 in
+    --cpus) CPUS=${2:?--cpus needs a number}; shift 2 ;;
+    --host) HOST=${2:?--host needs an address}; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    -*) die "unknown option $1 (see --help)" ;;
+    *) [ -z "$dir" ] || die "one folder only (got $dir and $1)"; dir=$1; shift ;;
+  esac
+done
+[ -n "$dir" ] || die "name the cluster's folder (DIR)"
+case $HOST in
+  127.0.0.1) ;;
+  *) die "--host $HOST: this cluster is for one machine and listens on loopback only (127.0.0.1); a site's cluster is configured by its administrators" ;;
+esac
+case $CPUS in ''|*[!0-9]*|0) die "--cpus must be a positive number, got '$CPUS'" ;; esac
+if [ "$command" = start ]; then mkdir -p "$dir"; fi
+[ -d "$dir" ] || die "no cluster in $dir (scripts/local_cluster.sh $kind start $dir creates one)"
+DIR=$(cd "$dir" && pwd -P)
+RUN=$DIR/run LOGS=$DIR/logs
+
+free_port() {
+  "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+alive() {  # pid file -> its pid, if that process still runs and its command line holds $2
+  local pid
+  [ -f "$1" ] || return 1
+  pid=$(cat "$1")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  grep -qa -- "$2" "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+}
+
+descendants() {  # every process below the given pids (read from ps once)
+  ps -eo pid=,ppid= | awk -v roots="$*" '
+    BEGIN { n = split(roots, r, " "); for (i = 1; i <= n; i++) keep[r[i]] = 1 }
+    { parent[$1] = $2; order[NR] = $1 }
+    END { changed = 1
+          while (changed) { changed = 0
+            for (i = 1; i <= NR; i++) { p = order[i]
+              if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 } } }
+          for (p in keep) print p }'
+}
+
+wait_until() {  # wait_until SECONDS DESCRIPTION COMMAND...
+  local deadline=$((SECONDS + $1)) what=$2
+  shift 2
+  until "$@"; do
+    [ $SECONDS -lt $deadline ] || die "$what did not come up within ${START_TIMEOUT_S} s: see $LOGS"
+    sleep 0.2
+  done
+}
+
+# --- Slurm -----------------------------------------------------------------------------------------------
+SLURM_CONF_FILE=$DIR/slurm.conf
+MUNGE_SOCKET=$RUN/munge.socket
+
+slurm_conf() {
+  local node ctld_port slurmd_port
+  node=$(hostname -s)
+  ctld_port=$(free_port) slurmd_port=$(free_port)
+  cat > "$SLURM_CONF_FILE" <<EOF
+# scripts/local_cluster.sh: one machine, loopback only
+ClusterName=mprec-local
+SlurmctldHost=$node($HOST)
+SlurmctldPort=$ctld_port
+SlurmdPort=$slurmd_port
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$MUNGE_SOCKET
+SlurmUser=root
+SlurmdUser=root
+StateSaveLocation=$DIR/state
+SlurmdSpoolDir=$DIR/spool
+SlurmctldPidFile=$RUN/slurmctld.pid
+SlurmdPidFile=$RUN/slurmd.pid
+SlurmctldLogFile=$LOGS/slurmctld.log
+SlurmdLogFile=$LOGS/slurmd.log
+# No cgroups needed: processes are tracked by their parents, tasks are not bound
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SwitchType=switch/none
+MpiDefault=none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+# A node that stops answering is DOWN after 10 s and its jobs end NODE_FAIL (not requeued); it returns
+# to service by itself when its slurmd is back.
+SlurmdTimeout=10
+ReturnToService=2
+JobRequeue=0
+KillWait=5
+MinJobAge=300
+NodeName=$node NodeAddr=$HOST CPUs=$CPUS State=UNKNOWN
+PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+slurm_start() {
+  [ "$(id -u)" = 0 ] || die "a local Slurm cluster needs root (slurmd starts each job as its user)"
+  local binary
+  for binary in /usr/sbin/munged /usr/sbin/slurmctld /usr/sbin/slurmd; do
+    [ -x "$binary" ] || die "$binary not found: apt-get install slurm-wlm munge (Debian/Ubuntu)"
+  done
+  chmod 711 "$DIR"  # munged wants every folder above its socket searchable
+  mkdir -p "$RUN" "$LOGS" "$DIR/state" "$DIR/spool"
+  [ -f "$SLURM_CONF_FILE" ] || slurm_conf
+  if [ ! -s "$DIR/munge.key" ]; then
+    (umask 077 && dd if=/dev/urandom of="$DIR/munge.key" bs=1024 count=1 status=none)
+  fi
+  if ! alive "$RUN/munged.pid" munged >/dev/null; then
+    /usr/sbin/munged --key-file="$DIR/munge.key" --socket="$MUNGE_SOCKET" --pid-file="$RUN/munged.pid" \
+      --log-file="$LOGS/munged.log" --seed-file="$RUN/munged.seed" || die "munged did not start: see $LOGS/munged.log"
+    say "munged running (socket $MUNGE_SOCKET)"
+  fi
+  export SLURM_CONF=$SLURM_CONF_FILE
+  if ! alive "$RUN/slurmctld.pid" slurmctld >/dev/null; then
+    /usr/sbin/slurmctld || die "slurmctld did not start: see $LOGS/slurmctld.log"
+    say "slurmctld running"
+  fi
+  if ! alive "$RUN/slurmd.pid" slurmd >/dev/null; then
+    /usr/sbin/slurmd || die "slurmd did not start: see $LOGS/slurmd.log"
+    say "slurmd running ($CPUS CPUs)"
+  fi
+  wait_until "$START_TIMEOUT_S" "the Slurm node" slurm_node_up
+  say "Slurm: partition debug, node $(hostname -s) idle on $HOST"
+  printf 'export SLURM_CONF=%q\n' "$SLURM_CONF_FILE"
+}
+
+slurm_node_up() {
+  local state
+  state=$(SLURM_CONF=$SLURM_CONF_FILE sinfo -h -N -o %T 2>/dev/null | head -n 1)
+  case $state in idle|mixed|allocated|completing) return 0 ;; *) return 1 ;; esac
+}
+
+slurm_steps() {  # this cluster's job steps (slurmstepd) and everything they run
+  local pid roots=''
+  for pid in $(pgrep -x slurmstepd || true); do
+    if tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qx "SLURM_CONF=$SLURM_CONF_FILE"; then
+      roots="$roots $pid"
+    fi
+  done
+  [ -n "$roots" ] && descendants $roots
+  return 0
+}
+
+slurm_kill_node() {
+  local pid steps
+  pid=$(alive "$RUN/slurmd.pid" slurmd) || die "no slurmd of this cluster runs"
+  steps=$(slurm_steps)
+  # shellcheck disable=SC2086
+  kill -KILL "$pid" $steps 2>/dev/null || true
+  rm -f "$RUN/slurmd.pid"
+  say "node $(hostname -s) lost: slurmd (pid $pid) and $(echo $steps | wc -w) job processes killed; Slurm marks it DOWN within SlurmdTimeout (10 s); 'start' brings it back"
+}
+
+slurm_stop() {
+  local name pid
+  for name in slurmd slurmctld munged; do
+    if pid=$(alive "$RUN/$name.pid" "$name"); then
+      kill -TERM "$pid"
+      local deadline=$((SECONDS + 20))
+      while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+      kill -KILL "$pid" 2>/dev/null || true
+      say "$name stopped"
+    fi
+    rm -f "$RUN/$name.pid"
+  done
+  local steps
+  steps=$(slurm_steps)
+  # shellcheck disable=SC2086
+  [ -z "$steps" ] || kill -KILL $steps 2>/dev/null || true
+}
+
+slurm_status() {
+  local up=0 name pid
+  for name in munged slurmctld slurmd; do
+    if pid=$(alive "$RUN/$name.pid" "$name"); then say "$name: running (pid $pid)"; up=$((up + 1))
+    else say "$name: stopped"; fi
+  done
+  if [ "$up" = 3 ] && slurm_node_up; then
+    printf 'export SLURM_CONF=%q\n' "$SLURM_CONF_FILE"
+    return 0
+  fi
+  return 3
+}
+
+# --- Ray -------------------------------------------------------------------------------------------------
+RAY_CONF=$DIR/ray.conf
+
+ray_port() {
+  if [ ! -s "$RAY_CONF" ]; then
+    mkdir -p "$DIR"
+    printf 'PORT=%s\nCPUS=%s\n' "$(free_port)" "$CPUS" > "$RAY_CONF"
+  fi
+  local key value
+  while IFS='=' read -r key value; do
+    case $key in PORT) PORT=$value ;; CPUS) CPUS=$value ;; esac
+  done < "$RAY_CONF"
+}
+
+ray_daemon() {  # ray_daemon NAME ARGS...: `ray start --block` as its own process group, pid in RUN/NAME.pid
+  local name=$1
+  shift
+  rm -f "$RUN/$name.pid"
+  (exec setsid sh -c 'echo $$ > "$0" && exec "$@"' "$RUN/$name.pid" "$PYTHON" -m ray.scripts.scripts start \
+      --block --disable-usage-stats "$@") < /dev/null >> "$LOGS/$name.log" 2>&1 &
+  wait_until "$START_TIMEOUT_S" "ray $name" test -s "$RUN/$name.pid"
+}
+
+ray_nodes() {  # "head" once the head answers, then the ids of the alive nodes that offer CPUs (workers)
+  RAY_ADDRESS=$HOST:$PORT "$PYTHON" - <<'EOF' 2>/dev/null
+import logging, ray
+ray.init(logging_level=logging.ERROR, log_to_driver=False)
+print("head")
+for node in ray.nodes():
+    if node["Alive"] and node["Resources"].get("CPU", 0) > 0:
+        print(node["NodeID"])
+EOF
+}
+
+# A worker counts as up once a node is alive that was not there before it started: a killed worker stays
+# "alive" in the head's table until its health checks fail.
+ray_up() { [ -n "$(ray_nodes | grep -v '^head$' | grep -vxF -f "$RUN/nodes.before" || true)" ]; }
+
+ray_start() {
+  "$PYTHON" -c 'import ray' 2>/dev/null || die "$PYTHON lacks ray: pip install -e \".[cluster]\""
+  mkdir -p "$RUN" "$LOGS"
+  ray_port
+  if ! alive "$RUN/head.pid" ray >/dev/null; then
+    ray_daemon head --head --node-ip-address="$HOST" --port="$PORT" --num-cpus=0 \
+      --include-dashboard=false --temp-dir="$DIR/tmp"
+    say "ray head on $HOST:$PORT (no CPUs: it runs no jobs)"
+  fi
+  if ! alive "$RUN/worker.pid" ray >/dev/null; then
+    wait_until "$START_TIMEOUT_S" "the ray head" ray_head_answers
+    ray_nodes | grep -v '^head$' > "$RUN/nodes.before" || true
+    ray_daemon worker --address="$HOST:$PORT" --node-ip-address="$HOST" --num-cpus="$CPUS"
+    say "ray worker node with $CPUS CPUs"
+  fi
+  [ -f "$RUN/nodes.before" ] || : > "$RUN/nodes.before"
+  wait_until "$START_TIMEOUT_S" "the ray worker node" ray_up
+  printf 'export RAY_ADDRESS=%q\n' "$HOST:$PORT"
+}
+
+ray_head_answers() { [ -n "$(ray_nodes)" ]; }
+
+ray_kill_group() {  # SIGKILL a daemon's process group and anything it started elsewhere
+  local pid
+  pid=$(alive "$RUN/$1.pid" ray) || return 1
+  # shellcheck disable=SC2046
+  kill -KILL -- "-$pid" $(descendants "$pid") 2>/dev/null || true
+  rm -f "$RUN/$1.pid"
+}
+
+ray_stop() {
+  local name pid
+  for name in worker head; do
+    if pid=$(alive "$RUN/$name.pid" ray); then
+      kill -TERM "$pid"  # `ray start --block` stops the node's processes on SIGTERM
+      local deadline=$((SECONDS + 20))
+      while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
+      ray_kill_group "$name" || true
+      say "ray $name stopped"
+    fi
+    rm -f "$RUN/$name.pid"
+  done
+}
+
+ray_status() {
+  ray_port
+  local up=0 name pid
+  for name in head worker; do
+    if pid=$(alive "$RUN/$name.pid" ray); then say "ray $name: running (pid $pid)"; up=$((up + 1))
+    else say "ray $name: stopped"; fi
+  done
+  if [ "$up" = 2 ] && [ -n "$(ray_nodes | grep -v '^head$' || true)" ]; then
+    printf 'export RAY_ADDRESS=%q\n' "$HOST:$PORT"
+    return 0
+  fi
+  return 3
+}
+
+case $kind-$command in
+  slurm-start) slurm_start ;;
+  slurm-stop) slurm_stop ;;
+  slurm-status) slurm_status ;;
+  slurm-kill-node) slurm_kill_node ;;
+  ray-start) ray_start ;;
+  ray-stop) ray_stop ;;
+  ray-status) ray_status ;;
+  ray-kill-node)
+    ray_kill_group worker || die "no ray worker of this cluster runs"
+    say "ray worker node lost (SIGKILL, its jobs too); 'start' brings it back" ;;
+esac
