@@ -18,6 +18,7 @@ from backends.base import DeviceInfo
 from backends.torch_backend import TorchBackend, TorchConfig
 from harness.core.errors import ConfigError
 from harness.core.host import (
+    allocated_cpus,
     cpu_model_name,
     host_memory_bytes,
     native_cpu_dtype,
@@ -29,7 +30,7 @@ from harness.core.host import (
 @dataclass
 class CpuConfig(TorchConfig):
     name: str = "cpu"
-    # null keeps torch's default (one thread per physical core); the value in force is recorded.
+    # null: the CPUs a cluster job was given, else torch's default (one per physical core); recorded.
     num_threads: Optional[int] = MISSING
     interop_threads: Optional[int] = MISSING
 
@@ -69,16 +70,22 @@ class CpuBackend(TorchBackend):
                      "bf16": native_cpu_dtype("bf16"), "fp16": native_cpu_dtype("fp16")},
         )
 
+    def threads(self) -> int | None:
+        """backend.num_threads, else the CPUs a cluster gave this job (harness.core.host.allocated_cpus),
+        else None: torch's default."""
+        return self.config.num_threads or allocated_cpus()
+
     def process_settings(self, precision: str) -> dict[str, Any]:
         default = "torch's default"
-        return {"torch intra-op threads": self.config.num_threads or default,
+        return {"torch intra-op threads": self.threads() or default,
                 "torch inter-op threads": self.config.interop_threads or default}
 
     def prepare(self, model, example) -> None:
         import torch
 
-        if self.config.num_threads is not None:
-            torch.set_num_threads(self.config.num_threads)
+        threads = self.threads()
+        if threads is not None:
+            torch.set_num_threads(threads)
         if self.config.interop_threads is not None:
             try:
                 torch.set_num_interop_threads(self.config.interop_threads)

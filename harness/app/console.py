@@ -193,10 +193,16 @@ def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:
     title = f"sweep: {counts['finished']} finished, {counts['skipped']} skipped, {counts['failed']} failed"
     if counts.get("unavailable"):
         title += f", {counts['unavailable']} could not run here (backend, or its precision, not available)"
+    if counts.get("killed"):
+        title += f", {counts['killed']} cancelled"
+    if counts.get("lost"):
+        title += (f" ({counts['lost']} lost with their node or cancelled: the same command again runs them; "
+                  "the finished ones are skipped)")
     table = Table(title=title, title_justify="left")
     for column in ("status", "path", "unreliable at", "overrides", "run", "error"):
         table.add_column(column)
-    style = {"finished": "green", "skipped": "blue", "failed": "red", "unavailable": "yellow"}
+    style = {"finished": "green", "skipped": "blue", "failed": "red", "killed": "red",
+             "unavailable": "yellow"}
     for s in statuses:
         table.add_row(s["status"], s.get("path", ""), s.get("unreliable") or "", " ".join(s.get("overrides",
                                                                                                 [])),

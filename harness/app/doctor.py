@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from harness.core.host import physical_cores
+from harness.core.host import allocated_cpus, physical_cores
 from harness.core.load import TICK_S, LoadProbe, LoadReading, run_cores
 from harness.pipeline.peaks import KERNELS_VERSION, read_cache
 
@@ -196,7 +196,7 @@ def threads_of(run) -> int:
 
     backend = resolved_backend(run)
     if backend.name == "cpu":
-        return backend.num_threads or physical_cores()
+        return backend.num_threads or allocated_cpus() or physical_cores()
     return 1
 
 

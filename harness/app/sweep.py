@@ -5,8 +5,10 @@
   on SQLite would race to create it) and one MLflow *parent run*, whose id the jobs read from
   `<sweep dir>/mlflow_parent_run.json` and record as tag `mprec.sweep` (not MLflow's nesting, whose
   collapsed rows hide the paths from the UI's charts; "Group by" that tag groups a sweep's jobs).
-- **After the last job**: read every job's `job_status.json`, print finished / skipped / failed jobs
-  with their overrides, record the summary on the parent run, and exit non-zero if any job failed.
+- **After the last job**: read every job's `job_status.json`, end the runs of jobs lost on a cluster (a
+  node died, a job was cancelled: harness/app/launchers.py wrote their status, nobody closed their run)
+  FAILED or KILLED, never leaving one RUNNING; print finished / skipped / failed / cancelled jobs with
+  their overrides, record the summary on the parent run, and exit non-zero if any job did not finish.
 
 Callbacks run in the process that launches the jobs, so this works the same with the basic, joblib and
 submitit launchers (the files live in the shared sweep folder). Jobs are expanded as Hydra's basic
@@ -36,7 +38,7 @@ from harness.app.jobs import PARENT_RUN_FILE, STATUS_FILE
 from harness.core.conf import compose
 from harness.core.schema import RunConfig, TrackingConfig
 from harness.pipeline.config import load_config
-from harness.tracking import KIND_TAG, Store
+from harness.tracking import KIND_TAG, SWEEP_TAG, Store
 
 
 def expand_jobs(config: DictConfig) -> list[list[str]]:
@@ -106,18 +108,22 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        statuses = [json.loads(p.read_text()) for p in sorted(sweep_dir.rglob(STATUS_FILE))]
+        files = sorted(sweep_dir.rglob(STATUS_FILE))
+        statuses = [json.loads(p.read_text()) for p in files]
         if not statuses or all(s.get("status") == "dry_run" for s in statuses):
             return
+        if self.parent_run_id:
+            self._close_lost_runs(statuses, files)
         counts = {k: sum(s["status"] == k for s in statuses) for k in ("finished", "skipped", "failed",
-                                                                       "unavailable")}
+                                                                       "unavailable", "killed")}
+        counts["lost"] = sum(bool(s.get("lost")) for s in statuses)
         print_sweep_summary(statuses, counts)
+        unfinished = counts["failed"] + counts["unavailable"] + counts["killed"]
         if self.parent_run_id:
             store = self._store()
             store.set_tags(self.parent_run_id, {f"jobs_{k}": v for k, v in counts.items()})
             store.log_text(self.parent_run_id, json.dumps(statuses, indent=2), "sweep_summary.json")
-            store.finish(self.parent_run_id,
-                         "FAILED" if counts["failed"] + counts["unavailable"] else "FINISHED")
+            store.finish(self.parent_run_id, "FAILED" if unfinished else "FINISHED")
         if self.experiment_name and OmegaConf.select(config, "analysis_after_sweep", default=False):
             scope = OmegaConf.select(config, "analysis_scope", default="sweep")
             # This sweep's runs: the finished, failed and skipped (measured before) jobs' runs.
@@ -125,8 +131,25 @@ class SweepCallback(Callback):
         scenario = OmegaConf.select(config, "serving_after_sweep", default=None)
         if self.experiment_name and scenario:
             self._serve(scenario)
-        if counts["failed"] or counts["unavailable"]:
+        if unfinished:
             sys.exit(1)
+
+    def _close_lost_runs(self, statuses: list[dict], files: list[Path]) -> None:
+        """Every run of this sweep still RUNNING once all its jobs have returned was left by a job that died
+        with it (its node lost, the job cancelled): ended FAILED, or KILLED where the job was cancelled,
+        with its lost job's reason; that job's status gets the run's id."""
+        store = self._store()
+        lost = {s.get("run_key"): (s, f) for s, f in zip(statuses, files) if s.get("lost")}
+        for run in store.find({SWEEP_TAG: self.parent_run_id}, ("RUNNING",)):
+            status, path = lost.get(run.data.tags.get("run_key"), ({}, None))
+            reason = status.get("error") or "lost: its job ended without closing its run (node lost?)"
+            if status.get("status") == "killed":
+                store.kill(run.info.run_id, reason)
+            else:
+                store.fail(run.info.run_id, reason)
+            if path is not None:
+                status["run_id"] = run.info.run_id
+                path.write_text(json.dumps(status, indent=2))
 
     def _store(self) -> Store:
         """The sweep's experiment (known once `on_multirun_start` has run)."""

@@ -61,6 +61,26 @@ def physical_cores() -> int:
     return len(cores) or (os.cpu_count() or 1)
 
 
+# Set by the Ray launcher (harness/app/launchers.py) in a job to the CPUs Ray assigned its task.
+ALLOCATED_CPUS_ENV = "MPREC_ALLOCATED_CPUS"
+
+
+def allocated_cpus(environ: dict[str, str] | None = None) -> int | None:
+    """The CPUs a cluster gave this job, or None outside one: Slurm's --cpus-per-task (SLURM_CPUS_PER_TASK;
+    else, in a job, SLURM_CPUS_ON_NODE: a whole node with --exclusive), or Ray's num_cpus for the task.
+    Without cgroups a job's process sees every core of the node, so a thread count taken from the
+    machine would oversubscribe the cores other jobs were given."""
+    env = os.environ if environ is None else environ
+    keys = [ALLOCATED_CPUS_ENV, "SLURM_CPUS_PER_TASK"]
+    if "SLURM_JOB_ID" in env:
+        keys.append("SLURM_CPUS_ON_NODE")
+    for key in keys:
+        value = env.get(key, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return None
+
+
 def host_memory_bytes() -> int:
     """Physical memory of this machine (the CPU backend's capacity)."""
     try:

@@ -1,0 +1,224 @@
+"""Sweeps through a real Slurm cluster and a real Ray cluster into the team server, beside joblib.
+
+    python -m benchmarks.clusters                    # 3 rounds x 16 jobs each way, then the fault rounds
+    python -m benchmarks.clusters --rounds 1 --jobs 6 --launchers ray
+
+Every cluster is this machine's (scripts/local_cluster.sh: loopback only), the store a team server
+(scripts/team_server.sh: PostgreSQL + mlflow server). Per round: jobs/s and the launcher's overhead per
+job, the slot-seconds a job held outside its MLflow run, `(wall x slots - sum of run durations) / jobs`
+(submission, scheduling, the job's process start, imports and Hydra's composition: all that a launcher
+adds to the work itself), with the same number of slots for every launcher. The fault rounds kill the
+compute node (slurmd and its job steps, or the Ray worker node) once a quarter of the jobs have started,
+bring it back, and audit the store: no run RUNNING, none lost, no run key twice, then the same command
+again must run exactly the jobs that did not finish; for Slurm also a job `scancel`led mid-run.
+Prints one JSON object: the figures, medians over rounds and ratios to joblib, the CPU's flags.
+Needs root and Debian's slurm-wlm and munge for Slurm, the cluster extra for Ray, PostgreSQL for the
+server (.ci/run installs them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+from benchmarks.team_server import (
+    EXPERIMENT,
+    REPO,
+    SMOKE,
+    TeamServer,
+    audit,
+    cpu_line,
+    finish,
+    latency_runs,
+    start_sweep,
+    stopped_on_error,
+    wait_for_runs,
+)
+
+SCRIPT = REPO / "scripts" / "local_cluster.sh"
+LAUNCHERS = ("joblib", "slurm", "ray")
+
+
+class LocalCluster:
+    """scripts/local_cluster.sh KIND in `folder`, and what a sweep needs to reach it."""
+
+    def __init__(self, kind: str, folder: Path, cpus: int) -> None:
+        self.kind, self.folder, self.cpus = kind, Path(folder), cpus
+        self.env: dict[str, str] = {}
+
+    def script(self, command: str, *options: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHON": sys.executable}
+        return subprocess.run(["bash", str(SCRIPT), self.kind, command, *options, str(self.folder)], env=env,
+                              capture_output=True, text=True, timeout=180, check=False)
+
+    def start(self) -> None:
+        proc = self.script("start", "--cpus", str(self.cpus))
+        if proc.returncode != 0:
+            raise RuntimeError(f"local_cluster.sh {self.kind} start failed:\n{proc.stderr[-3000:]}")
+        for line in proc.stdout.splitlines():  # export NAME=value
+            name, value = line.removeprefix("export ").split("=", 1)
+            self.env[name] = value
+
+    def kill_node(self) -> None:
+        proc = self.script("kill-node")
+        if proc.returncode != 0:
+            raise RuntimeError(f"local_cluster.sh {self.kind} kill-node failed:\n{proc.stderr[-2000:]}")
+
+    def stop(self) -> None:
+        self.script("stop")
+
+
+def sweep_command(launcher: str, seeds: range, folder: Path, slots: int, *extra: str) -> list[str]:
+    """A smoke sweep of `seeds` through `launcher`, `slots` jobs at a time (one CPU each)."""
+    options = {
+        "joblib": [f"hydra.launcher.n_jobs={slots}"],
+        # One CPU a job, so `slots` jobs share the node as Ray's do (the default is one job per node).
+        "slurm": ["hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+                  "hydra.launcher.additional_parameters={}", "hydra.launcher.timeout_min=20"],
+        "ray": ["hydra.launcher.remote.num_cpus=1"],
+    }[launcher]
+    return [sys.executable, "-m", "harness", "-m", *SMOKE, "backend.num_threads=1",
+            "seed=" + ",".join(map(str, seeds)), f"hydra/launcher={launcher}", *options, "isolate=never",
+            "analysis_after_sweep=false", f"tracking.results_dir={folder}",
+            f"hydra.sweep.dir={folder}/sweep", *extra]
+
+
+def run_seconds(uri: str, seeds: range) -> list[float]:
+    """How long each of these jobs' FINISHED runs lasted (MLflow's start to end)."""
+    return [(r.info.end_time - r.info.start_time) / 1000 for r in latency_runs(uri, seeds)
+            if r.info.status == "FINISHED" and r.info.end_time]
+
+
+def statuses(folder: Path) -> Counter:
+    """The sweep's job statuses, as its job_status.json files say."""
+    return Counter(json.loads(p.read_text())["status"] for p in (folder / "sweep").rglob("job_status.json"))
+
+
+def load_round(launcher: str, server: TeamServer, env: dict, seeds: range, slots: int, work: Path) -> dict:
+    name = f"{launcher}-{seeds.start}"
+    t0 = time.perf_counter()
+    proc = start_sweep(sweep_command(launcher, seeds, work / name, slots), {**server.client_env(), **env},
+                       work / f"{name}.calls.jsonl", work / name)
+    finish(proc, work, name)
+    wall = time.perf_counter() - t0
+    inside = run_seconds(server.uri, seeds)
+    return {"launcher": launcher, "exit": proc.returncode, "seconds": wall, "jobs_per_s": len(seeds) / wall,
+            "overhead_per_job_s": (wall * slots - sum(inside)) / len(seeds),
+            "run_s_median": statistics.median(inside) if inside else None, **audit(server.uri, seeds)}
+
+
+def fault_round(cluster: LocalCluster, server: TeamServer, seeds: range, slots: int, work: Path,
+                fault: str = "node") -> dict:
+    """A sweep whose node dies (or whose running job is cancelled) once a quarter of its jobs started;
+    then the same command again."""
+    name = f"{cluster.kind}-{fault}-{seeds.start}"
+    command = sweep_command(cluster.kind, seeds, work / name, slots)
+    env = {**server.client_env(), **cluster.env}
+    proc = start_sweep(command, env, work / f"{name}.calls.jsonl", work / name)
+    with stopped_on_error(proc):
+        wait_for_runs(server.uri, seeds, max(1, len(seeds) // 4), proc)
+        if fault == "node":
+            cluster.kill_node()
+            time.sleep(2)
+            cluster.start()
+        else:
+            cancel_one_running(cluster)
+        finish(proc, work, name)
+    first = {"exit": proc.returncode, **audit(server.uri, seeds), "statuses": dict(statuses(work / name))}
+    lost = first["jobs"] - first["finished"]
+    again = start_sweep(command, env, work / f"{name}-again.calls.jsonl", work / f"{name}-again")
+    finish(again, work, f"{name}-again")
+    # The rerun writes to the same sweep folder: its statuses replace the first sweep's
+    after = statuses(work / name)
+    return {"launcher": cluster.kind, "fault": fault, "first": first, "not_finished": lost,
+            "rerun_exit": again.returncode, "rerun_ran": after["finished"], "rerun_skipped": after["skipped"],
+            "after": audit(server.uri, seeds)}
+
+
+def cancel_one_running(cluster: LocalCluster) -> str:
+    """scancel one running job of the sweep's array; its id."""
+    env = {**os.environ, **cluster.env}
+    for _ in range(100):
+        out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], env=env, capture_output=True,
+                             text=True, check=True).stdout.split()
+        if out:
+            subprocess.run(["scancel", out[0]], env=env, check=True)
+            return out[0]
+        time.sleep(0.2)
+    raise RuntimeError("no running Slurm job to cancel")
+
+
+def summary(rounds: list[dict]) -> dict:
+    by = {name: [r for r in rounds if r["launcher"] == name] for name in LAUNCHERS}
+    medians = {name: {k: statistics.median(r[k] for r in rs) for k in ("jobs_per_s", "overhead_per_job_s")}
+               for name, rs in by.items() if rs}
+    base = medians.get("joblib")
+    if base:
+        for name, m in medians.items():
+            m["jobs_per_s_vs_joblib"] = m["jobs_per_s"] / base["jobs_per_s"]
+            m["overhead_vs_joblib"] = m["overhead_per_job_s"] / base["overhead_per_job_s"]
+    return medians
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.clusters", description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=16)
+    parser.add_argument("--slots", type=int, default=2, help="jobs at a time (one CPU each)")
+    parser.add_argument("--launchers", default=",".join(LAUNCHERS))
+    parser.add_argument("--no-faults", action="store_true", help="skip the node-loss and scancel rounds")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _arguments(argv)
+    launchers = [name for name in args.launchers.split(",") if name]
+    work = Path(tempfile.mkdtemp(prefix="mprec-clusters-", dir="/tmp"))
+    work.chmod(0o711)  # PostgreSQL runs as `postgres` and must enter its folder
+    server = TeamServer(work / "server", workers=2)
+    clusters = {k: LocalCluster(k, work / k, args.slots) for k in launchers if k != "joblib"}
+    figures: dict = {"cpu": cpu_line(), "jobs": args.jobs, "slots": args.slots, "rounds": [], "faults": []}
+    try:
+        server.start()
+        for cluster in clusters.values():
+            cluster.start()
+        seed = 0
+        for _ in range(args.rounds):
+            for name in launchers:  # side by side: each round runs every launcher once
+                env = clusters[name].env if name in clusters else {}
+                figures["rounds"].append(load_round(name, server, env, range(seed, seed + args.jobs),
+                                                    args.slots, work))
+                seed += args.jobs
+        figures["summary"] = summary(figures["rounds"])
+        if not args.no_faults:
+            for name, cluster in clusters.items():
+                figures["faults"].append(fault_round(cluster, server, range(seed, seed + args.jobs),
+                                                     args.slots, work))
+                seed += args.jobs
+                if name == "slurm":
+                    figures["faults"].append(fault_round(cluster, server, range(seed, seed + args.jobs),
+                                                         args.slots, work, fault="scancel"))
+                    seed += args.jobs
+    finally:
+        for cluster in clusters.values():
+            cluster.stop()
+        server.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    figures["experiment"] = EXPERIMENT
+    print(json.dumps(figures, indent=2))
+    return figures
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""Cluster launchers whose sweeps end with every job accounted for (conf/hydra/launcher/{slurm,ray}.yaml).
+
+A launcher's `launch` returns one `JobReturn` per job. Hydra's own cluster launchers wait for each job's
+result and raise on the first one that never came (a Slurm node that died, a cancelled job, a lost Ray
+worker), so the sweep stops there: the other jobs' results, the sweep's summary and its parent run's end
+(harness/app/sweep.py) are lost with it. These two wait for every job and turn a job that produced no
+result into a *lost* job: its `job_status.json` says `failed` (or `killed` when it was cancelled) with
+what the cluster said, and the sweep callback ends its MLflow run, which nobody closed, FAILED or KILLED.
+The same command again runs exactly the jobs that are not FINISHED (harness/app/jobs.py: resume).
+
+- `SlurmLauncher` is Hydra's submitit launcher (same options, `hydra.launcher.*`) with its own wait:
+  a job's state comes from `sacct` where the site keeps accounting, else from `scontrol` (a cluster
+  without slurmdbd, like scripts/local_cluster.sh's), so a job that ended without a result is seen.
+- `RayLauncher` runs each job as a Ray task (`ray.init(**init)`, `.options(**remote)`, never retried:
+  a retried measurement would be recorded twice) on Ray's public API. It replaces hydra-ray-launcher,
+  which pins cloudpickle<3 (hydra-joblib-launcher's joblib needs >=3) and stops a sweep at its first lost
+  task.
+
+Each job learns the CPUs it was given (`ALLOCATED_CPUS_ENV`; Slurm's own variables), which the CPU
+backend uses as its thread count when `backend.num_threads` is null (backends/cpu.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides, run_job, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from harness.app.jobs import STATUS_FILE
+from harness.core.host import ALLOCATED_CPUS_ENV
+
+log = logging.getLogger(__name__)
+
+# Slurm's states of a job that has ended (squeue/sacct names); CANCELLED is a user's act: KILLED.
+_SLURM_ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL", "OUT_OF_MEMORY",
+                "PREEMPTED", "TIMEOUT", "REVOKED", "SPECIAL_EXIT"}
+# A job Slurm says COMPLETED whose result file is not there yet (a shared filesystem's delay)
+_RESULT_GRACE_S = 30.0
+
+
+def job_folder(config: DictConfig) -> Path:
+    """A job's Hydra output folder (`hydra.sweep.dir`/`hydra.sweep.subdir`), where it writes its status."""
+    return Path(str(config.hydra.sweep.dir)) / str(config.hydra.sweep.subdir)
+
+
+def lost_job(config: DictConfig, overrides: Sequence[str], reason: str, killed: bool = False) -> JobReturn:
+    """The return of a job that produced none: its status file says so, unless the job wrote its own
+    (it finished its work and was lost only on the way back)."""
+    folder = job_folder(config)
+    path = folder / STATUS_FILE
+    if path.is_file():
+        status = json.loads(path.read_text())
+    else:
+        status = {"status": "killed" if killed else "failed", "lost": True, "path": None, "run_key": None,
+                  "run_id": None, "overrides": list(overrides), "error": f"lost: {reason}"}
+        try:  # the path and run key the job would have recorded: the sweep callback finds its run by them
+            from harness.pipeline.plan import plan
+
+            job = plan(config)
+            status.update(path=job.path, run_key=job.run_key())
+        except Exception as exc:  # noqa: BLE001 - the job was validated before the sweep; say, and go on
+            log.warning("lost job %s: no run key (%s)", list(overrides), exc)
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(status, indent=2))
+    log.error("job %s lost: %s", " ".join(filter_overrides(overrides)), reason)
+    # COMPLETED with the status as its value: Hydra's sweeper re-raises a FAILED return, which would end the
+    # sweep before its summary; the sweep callback counts the failures and exits non-zero.
+    return JobReturn(overrides=list(overrides), cfg=config, working_dir=str(folder),
+                     status=JobStatus.COMPLETED, _return_value=status)
+
+
+class _SweepLauncher(Launcher):
+    """What both launchers share: Hydra's setup and each job's config (as Hydra's own launchers make it)."""
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.task_function = task_function
+
+    def job_config(self, overrides: Sequence[str], number: int) -> DictConfig:
+        config = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+        with open_dict(config.hydra.job):
+            config.hydra.job.num = number
+            config.hydra.job.id = f"{self.name}_{number}"
+        return config
+
+    name = "cluster"
+
+
+# --- Slurm ------------------------------------------------------------------------------------------------
+def _submitit_slurm():
+    try:
+        from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as Submitit
+    except ImportError as exc:
+        raise ImportError('hydra/launcher=slurm needs the cluster extra: pip install ".[cluster]"') from exc
+    return Submitit
+
+
+def slurm_state(job_id: str) -> str:
+    """A Slurm job's state from `scontrol` (works without accounting, while the controller remembers the
+    job: MinJobAge); 'UNKNOWN' when it cannot say, 'PURGED' when the job is no longer known."""
+    try:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
+                             timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "UNKNOWN"
+    if out.returncode != 0:
+        return "PURGED" if "Invalid job id" in out.stderr else "UNKNOWN"
+    for field in out.stdout.split():
+        if field.startswith("JobState="):
+            return field.split("=", 1)[1]
+    return "UNKNOWN"
+
+
+class SlurmLauncher(_SweepLauncher):
+    """hydra-submitit-launcher's Slurm launcher (its options, its job function) with a wait that records
+    lost jobs instead of raising on the first."""
+
+    name = "slurm"
+
+    def __init__(self, poll_s: float = 2.0, **params: Any) -> None:
+        self.poll_s = poll_s
+        self._submitit = _submitit_slurm()(**params)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        super().setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self._submitit.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return self._wait(self._submit(job_overrides, initial_job_idx), job_overrides, initial_job_idx)
+
+    def _submit(self, job_overrides: Sequence[Sequence[str]], first: int) -> list[Any]:
+        """One Slurm array of the plugin's job function, with the plugin's options (hydra.launcher.*)."""
+        import submitit
+        from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
+
+        params = dict(self._submitit.params)
+        executor = submitit.AutoExecutor(cluster="slurm", folder=params.pop("submitit_folder"),
+                                         slurm_max_num_timeout=params.pop("max_num_timeout", 0))
+        shared = set(OmegaConf.structured(BaseQueueConf).keys())  # the options without a slurm_ prefix
+        executor.update_parameters(**{k if k in shared else f"slurm_{k}": v for k, v in params.items()})
+        Path(str(self.config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
+        calls = []
+        for index, overrides in enumerate(job_overrides, first):
+            log.info("\t#%d : %s", index, " ".join(filter_overrides(overrides)))
+            calls.append((list(overrides), "hydra.sweep.dir", index, f"job_id_for_{index}",
+                          Singleton.get_state()))
+        try:
+            return list(executor.map_array(self._submitit, *zip(*calls)))
+        except submitit.core.utils.FailedJobError as exc:  # sbatch refused: its own words name the cause
+            said = [line.strip() for line in str(exc).splitlines() if "error" in line or "fatal" in line]
+            print(f"error: sbatch refused the sweep's jobs: {' '.join(said) or exc}\n"
+                  "error: is this machine a Slurm client (SLURM_CONF; scripts/local_cluster.sh slurm start "
+                  "DIR prints it), and does hydra.launcher.partition name a partition? No job was started",
+                  file=sys.stderr)
+            sys.exit(2)  # past Hydra's traceback: the message is the whole story
+
+    def _wait(self, jobs: list[Any], job_overrides: Sequence[Sequence[str]], first: int) -> list[JobReturn]:
+        results: dict[int, JobReturn] = {}
+        completed_at: dict[int, float] = {}
+        while len(results) < len(jobs):
+            for index, job in enumerate(jobs):
+                if index in results:
+                    continue
+                outcome = self._outcome(job, completed_at, index)
+                if outcome is None:
+                    continue
+                if isinstance(outcome, JobReturn):
+                    results[index] = outcome
+                else:
+                    state = outcome
+                    results[index] = lost_job(self.job_config(job_overrides[index], first + index),
+                                              job_overrides[index],
+                                              f"Slurm job {job.job_id} ended {state} without a result",
+                                              killed=state.startswith("CANCELLED"))
+            if len(results) < len(jobs):
+                time.sleep(self.poll_s)
+        return [results[i] for i in range(len(jobs))]
+
+    def _outcome(self, job: Any, completed_at: dict[int, float], index: int) -> JobReturn | str | None:
+        """The job's return once it has one, its final state once it has ended without one, else None."""
+        if job.paths.result_pickle.exists():
+            try:
+                return job.results()[0]
+            except Exception as exc:  # noqa: BLE001 - the job function raised: its status file says why
+                return str(exc).splitlines()[0][:200] or type(exc).__name__
+        state = slurm_state(job.job_id)
+        if state in ("UNKNOWN", "PURGED"):  # the controller forgot it: sacct, where the site keeps accounting
+            state = job.state if job.state not in ("UNKNOWN", "") else state
+        state = state.split()[0] if state else "UNKNOWN"
+        if state == "COMPLETED":  # ended well: its result may still be on its way through the filesystem
+            since = completed_at.setdefault(index, time.monotonic())
+            return state if time.monotonic() - since > _RESULT_GRACE_S else None
+        if state == "PURGED" or state.split("+")[0] in _SLURM_ENDED:
+            return state
+        return None
+
+
+# What a Ray job needs from the launching process: Ray's workers inherit their node's environment, not
+# the driver's, whereas sbatch exports the submitting shell's. Passed with the task, not in a runtime_env,
+# which Ray keeps in its cluster state (a password would show in its dashboard).
+FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                 "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_SERVER_CERT_PATH",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT", "MPREC_TRACKING_CALL_LOG", "TF_CPP_MIN_LOG_LEVEL")
+
+
+# --- Ray --------------------------------------------------------------------------------------------------
+def run_on_ray(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig,
+               singleton_state: dict, cwd: str, environ: dict[str, str]) -> JobReturn:
+    """One job, in a Ray worker: the launching process's folder (as sbatch starts a job in the folder it
+    was submitted from: relative paths such as results/ mean the same), its Hydra state, the Hydra job."""
+    import ray
+
+    if not Path(cwd).is_dir():
+        raise FileNotFoundError(f"{cwd}: the sweep's folder is not on this node; Ray jobs need the checkout "
+                                "and the results folder at the same path on every node (a shared filesystem)")
+    os.chdir(cwd)
+    os.environ.update(environ)
+    setup_globals()
+    Singleton.set_state(singleton_state)
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+    if cpus:
+        os.environ[ALLOCATED_CPUS_ENV] = str(max(1, int(cpus)))
+    HydraConfig.instance().set_config(config)
+    return run_job(hydra_context=hydra_context, task_function=task_function, config=config,
+                   job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+
+class RayLauncher(_SweepLauncher):
+    """Each job a Ray task on the cluster `init.address` names (`auto`: $RAY_ADDRESS or a running local
+    head); `remote` holds the task's resources (num_cpus, num_gpus, resources, scheduling_strategy)."""
+
+    name = "ray"
+
+    def __init__(self, init: Any = None, remote: Any = None) -> None:
+        self.init = _plain(init)
+        # Never retried (a lost measurement is rerun by resume, once); a fresh worker process per job, as
+        # each Slurm job is one: no job inherits another's threads, caches or allocator.
+        self.remote = {**_plain(remote), "max_retries": 0}
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        try:
+            import ray
+        except ImportError as exc:
+            raise ImportError('hydra/launcher=ray needs the cluster extra: pip install ".[cluster]"') from exc
+        if not ray.is_initialized():
+            ray.init(**self.init)
+        task = ray.remote(max_calls=1)(run_on_ray).options(**self.remote)
+        configs = [self.job_config(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
+        state = Singleton.get_state()
+        for number, overrides in enumerate(job_overrides, initial_job_idx):
+            log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
+        environ = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV}
+        refs = [task.remote(self.hydra_context, self.task_function, c, state, os.getcwd(), environ)
+                for c in configs]
+        results = []
+        for ref, config, overrides in zip(refs, configs, job_overrides):
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayError as exc:  # the worker or its node died, the task was cancelled
+                reason = f"Ray task ended without a result ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+                killed = isinstance(exc, ray.exceptions.TaskCancelledError)
+                results.append(lost_job(config, overrides, reason, killed=killed))
+        return results
+
+
+def _plain(value: Any) -> dict:
+    if value is None:
+        return {}
+    return dict(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value)
