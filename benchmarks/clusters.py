@@ -121,7 +121,10 @@ def fault_round(cluster: LocalCluster, server: TeamServer, seeds: range, slots: 
     """A sweep whose node dies (or whose running job is cancelled) once a quarter of its jobs started;
     then the same command again."""
     name = f"{cluster.kind}-{fault}-{seeds.start}"
-    command = sweep_command(cluster.kind, seeds, work / name, slots)
+    # Runs of 8 s or more, so the fault lands mid-run: a cancelled Slurm job has KillWait (5 s) to end
+    # after SIGTERM (which submitit ignores) before SIGKILL, and a short run would finish in it.
+    command = sweep_command(cluster.kind, seeds, work / name, slots, "measure.min_time_s=4",
+                            "measure.max_time_s=10")
     env = {**server.client_env(), **cluster.env}
     proc = start_sweep(command, env, work / f"{name}.calls.jsonl", work / name)
     with stopped_on_error(proc):
@@ -145,11 +148,11 @@ def fault_round(cluster: LocalCluster, server: TeamServer, seeds: range, slots: 
 
 
 def cancel_one_running(cluster: LocalCluster) -> str:
-    """scancel one running job of the sweep's array; its id."""
+    """scancel the sweep's job that has run longest (its run has begun); its id."""
     env = {**os.environ, **cluster.env}
     for _ in range(100):
-        out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i"], env=env, capture_output=True,
-                             text=True, check=True).stdout.split()
+        out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i", "-S", "S"], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
         if out:
             subprocess.run(["scancel", out[0]], env=env, check=True)
             return out[0]
@@ -163,7 +166,7 @@ def summary(rounds: list[dict]) -> dict:
                for name, rs in by.items() if rs}
     base = medians.get("joblib")
     if base:
-        for name, m in medians.items():
+        for m in medians.values():
             m["jobs_per_s_vs_joblib"] = m["jobs_per_s"] / base["jobs_per_s"]
             m["overhead_vs_joblib"] = m["overhead_per_job_s"] / base["overhead_per_job_s"]
     return medians

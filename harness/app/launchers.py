@@ -279,4 +279,5 @@ class RayLauncher(_SweepLauncher):
 def _plain(value: Any) -> dict:
     if value is None:
         return {}
-    return dict(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value)
+    plain = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return dict(plain)  # type: ignore[arg-type]  # a mapping: init and remote are YAML mappings

@@ -1,0 +1,176 @@
+"""Sweeps past one machine (docs/sweeps.md, "On a cluster"): through a real single-machine Slurm cluster and
+a real Ray cluster (scripts/local_cluster.sh) into a real team server, all FINISHED; the compute node killed
+once a quarter of the jobs have started (and, for Slurm, a running job cancelled): the lost jobs end
+FAILED or KILLED, none RUNNING, and the same command again runs exactly those. Without root, Debian's
+slurm-wlm and munge, Ray or PostgreSQL those tests skip and say why (.ci/run installs them).
+
+The figures (3 rounds x 16 jobs beside joblib) are benchmarks/clusters.py's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from benchmarks.clusters import SCRIPT, LocalCluster, fault_round, load_round
+from benchmarks.team_server import TeamServer, pg_bin
+from harness.app.launchers import lost_job
+from harness.app.sweep import SweepCallback
+from harness.core.host import ALLOCATED_CPUS_ENV, allocated_cpus
+from harness.core.schema import TrackingConfig
+from harness.tracking import SWEEP_TAG, Store
+
+
+def _server_missing() -> str | None:
+    if pg_bin() is None:
+        return "PostgreSQL not installed (no initdb): .ci/run installs it (apt-get install postgresql)"
+    if importlib.util.find_spec("psycopg2") is None or importlib.util.find_spec("flask_wtf") is None:
+        return "the team extra is not installed: pip install -e '.[team]'"
+    return None
+
+
+def _slurm_missing() -> str | None:
+    if os.geteuid() != 0:
+        return "a local Slurm cluster needs root (slurmd starts jobs as their users)"
+    for binary in ("/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd"):
+        if not Path(binary).exists():
+            return f"{binary} not installed: .ci/run installs it (apt-get install slurm-wlm munge)"
+    if importlib.util.find_spec("submitit") is None:
+        return "the cluster extra is not installed: pip install -e '.[cluster]'"
+    return _server_missing()
+
+
+def _ray_missing() -> str | None:
+    if importlib.util.find_spec("ray") is None:
+        return "Ray is not installed: pip install -e '.[cluster]'"
+    return _server_missing()
+
+
+@pytest.fixture(scope="module")
+def team_server():
+    folder = Path(tempfile.mkdtemp(prefix="mprec-cluster-test-", dir="/tmp"))
+    folder.chmod(0o711)  # PostgreSQL runs as `postgres`, which must enter it
+    server = TeamServer(folder / "server", auth=True)  # the jobs must carry the credentials too
+    env = pytest.MonkeyPatch()
+    try:
+        server.start()
+        for key, value in server.client_env().items():  # this process's audits log in too
+            if key != "MLFLOW_TRACKING_URI":
+                env.setenv(key, value)
+        yield server, folder
+    finally:
+        server.stop()
+        env.undo()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _through(kind: str, team_server, faults: tuple[str, ...]) -> None:
+    server, folder = team_server
+    cluster = LocalCluster(kind, folder / kind, cpus=2)
+    work = folder / f"{kind}-work"
+    try:
+        cluster.start()
+        done = load_round(kind, server, cluster.env, range(0, 6), 2, work)
+        assert (done["exit"], done["finished"], done["running"], done["duplicated_keys"]) == (0, 6, 0, 0), \
+            done
+        seed = 100
+        for fault in faults:
+            lost = fault_round(cluster, server, range(seed, seed + 8), 2, work, fault=fault)
+            first = lost["first"]
+            assert lost["not_finished"] >= 1, lost  # a quarter had started when the node died
+            assert first["exit"] == 1 and first["running"] == 0 and first["duplicated_keys"] == 0, lost
+            # Every job that did not finish is recorded failed (node lost) or killed (cancelled)
+            assert first["statuses"].get("failed", 0) + first["statuses"].get("killed", 0) \
+                == lost["not_finished"], lost
+            if fault == "scancel":
+                assert first["statuses"].get("killed") == 1, lost
+            # The same command again ran exactly the jobs that had not finished, and nothing twice
+            assert (lost["rerun_exit"], lost["rerun_ran"], lost["rerun_skipped"]) \
+                == (0, lost["not_finished"], 8 - lost["not_finished"]), lost
+            after = lost["after"]
+            assert (after["finished"], after["running"], after["lost"], after["duplicated_keys"]) \
+                == (8, 0, 0, 0), lost
+            seed += 8
+    finally:
+        cluster.stop()
+
+
+# Minutes each (Slurm marks a silent node DOWN only after ~40 s here): `pytest -m slow tests/test_clusters.py`
+@pytest.mark.slow
+@pytest.mark.skipif(_slurm_missing() is not None, reason=_slurm_missing() or "")
+def test_a_sweep_through_slurm_finishes_and_a_lost_node_or_cancelled_job_is_rerun_alone(team_server):
+    _through("slurm", team_server, ("node", "scancel"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_ray_missing() is not None, reason=_ray_missing() or "")
+def test_a_sweep_through_ray_finishes_and_a_lost_worker_node_is_rerun_alone(team_server):
+    _through("ray", team_server, ("node",))
+
+
+def test_the_cluster_script_refuses_any_address_but_loopback(tmp_path):
+    for kind in ("slurm", "ray"):
+        proc = subprocess.run(["bash", str(SCRIPT), kind, "start", "--host", "0.0.0.0", str(tmp_path / kind)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 1 and "loopback only" in proc.stderr, proc.stderr
+        assert not (tmp_path / kind).exists()  # refused before anything was made
+
+
+def test_a_job_takes_its_thread_count_from_its_allocation():
+    assert allocated_cpus({}) is None
+    assert allocated_cpus({"SLURM_CPUS_PER_TASK": "3", "SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "8"}) == 3
+    # --exclusive without --cpus-per-task: the whole node; outside a job the variable means nothing
+    assert allocated_cpus({"SLURM_JOB_ID": "7", "SLURM_CPUS_ON_NODE": "8"}) == 8
+    assert allocated_cpus({"SLURM_CPUS_ON_NODE": "8"}) is None
+    assert allocated_cpus({ALLOCATED_CPUS_ENV: "2", "SLURM_CPUS_PER_TASK": "4"}) == 2
+    assert allocated_cpus({"SLURM_CPUS_PER_TASK": "0"}) is None
+
+
+def _job_config(folder: Path, number: int):
+    from harness.core.conf import compose
+
+    config = compose(["experiment=smoke", f"seed={number}", f"tracking.results_dir={folder}"], "config")
+    OmegaConf.set_struct(config, False)
+    config.hydra = {"sweep": {"dir": str(folder / "sweep"), "subdir": str(number)}}
+    return config
+
+
+def test_a_lost_job_is_recorded_and_its_run_ended_by_the_sweep_never_left_running(tmp_path):
+    tracking = TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db", results_dir=str(tmp_path),
+                              parent_run_id=None, retry_s=5, request_timeout_s=5)
+    store = Store(tracking, "smoke")
+    parent = store.create_run("sweep", {"mprec.kind": "sweep"})
+    configs = [_job_config(tmp_path, n) for n in range(3)]
+    returns = [lost_job(configs[0], ["seed=0"], "Slurm job 5_0 ended NODE_FAIL without a result"),
+               lost_job(configs[1], ["seed=1"], "Slurm job 5_1 ended CANCELLED without a result",
+                        killed=True)]
+    # A job that wrote its own status and was lost only on its way back keeps what it wrote
+    own = tmp_path / "sweep" / "2" / "job_status.json"
+    own.parent.mkdir(parents=True)
+    own.write_text(json.dumps({"status": "finished", "run_id": "r2"}))
+    returns.append(lost_job(configs[2], ["seed=2"], "gone"))
+    assert [r.return_value["status"] for r in returns] == ["failed", "killed", "finished"]
+    keys = [r.return_value.get("run_key") for r in returns[:2]]
+    assert all(keys) and keys[0] != keys[1]
+    # Their runs: created by the jobs, never closed (the process died with its node)
+    runs = [store.create_run(f"job {n}", {SWEEP_TAG: parent, "run_key": keys[n], "mprec.kind": "latency"})
+            for n in range(2)]
+    other = store.create_run("another sweep's job", {SWEEP_TAG: "elsewhere", "mprec.kind": "latency"})
+
+    callback = SweepCallback()
+    callback.parent_run_id, callback.tracking, callback.experiment_name = parent, tracking, "smoke"
+    files = sorted((tmp_path / "sweep").rglob("job_status.json"))
+    callback._close_lost_runs([json.loads(p.read_text()) for p in files], files)
+
+    assert [store.status(r) for r in runs] == ["FAILED", "KILLED"]
+    assert store.get(runs[0]).data.tags["error"] == "lost: Slurm job 5_0 ended NODE_FAIL without a result"
+    assert store.status(other) == "RUNNING"  # not this sweep's
+    assert json.loads(files[0].read_text())["run_id"] == runs[0]  # the summary names the run
