@@ -2,9 +2,10 @@
 labels.
 
 Parity: each representation in each precision the CPU adapter runs matches its fp32 output within the
-tolerance written down in harness/workload/precision.py (PARITY_TOLERANCE); int8 tables match their own
-dequantized fp32 reference exactly (one id per lookup) or to fp32 summation rounding (bags). The same
-checks run on CUDA, TF32 included, in tests/test_backend_parity.py (scripts/gpu_check.sh runs `-k cuda`).
+tolerance written down in harness/workload/precision.py (PARITY_TOLERANCE); int8 and int4 tables
+match their own dequantized fp32 reference exactly (one id per lookup) or to fp32 summation rounding
+(bags). The same checks run on CUDA, TF32 included, in tests/test_backend_parity.py
+(scripts/gpu_check.sh runs `-k cuda`).
 """
 
 from __future__ import annotations
@@ -79,8 +80,8 @@ def test_tensorflow_in_each_precision_matches_fp32(precision, name, per_bag):
 
 
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (pip install -e '.[tf]')")
-@pytest.mark.parametrize("storage", ["fp16", "int8"])
-def test_tensorflow_reads_fp16_and_int8_tables_as_torch_does(storage):
+@pytest.mark.parametrize("storage", ["fp16", "int8", "int4"])
+def test_tensorflow_reads_fp16_int8_and_int4_tables_as_torch_does(storage):
     from backends.tf.model import TfDLRM
 
     model, out, _, _, _ = _int8_and_reference(3, "fbgemm", storage=storage)
@@ -110,30 +111,45 @@ def _int8_and_reference(per_bag: int, lookup: str, storage: str = "int8"):
                 model.sparse_arch(ids))
 
 
+@pytest.mark.parametrize("storage, row_bytes", [("int8", 16 + 8), ("int4", 8 + 4)])
 @pytest.mark.parametrize("lookup", ["fbgemm", "gather"])
-def test_int8_tables_equal_their_dequantized_fp32_reference_exactly(lookup):
-    model, out, expected, ref_rows, rows = _int8_and_reference(1, lookup)
+def test_quantized_tables_equal_their_dequantized_fp32_reference_exactly(lookup, storage, row_bytes):
+    model, out, expected, ref_rows, rows = _int8_and_reference(1, lookup, storage)
     assert model.sparse_arch.packed.dtype == torch.uint8 and model.sparse_arch.weight is None
-    assert model.sparse_arch.packed.shape[1] == 16 + 8  # FBGEMM's layout: D bytes, fp32 scale and bias
+    # FBGEMM's layouts: D bytes, an fp32 scale and bias (int8); D/2 bytes, an fp16 scale and bias (int4)
+    assert model.sparse_arch.packed.shape[1] == row_bytes
     assert torch.equal(rows, ref_rows) and torch.equal(out, expected)
 
 
+def test_int4_rows_are_read_as_torchs_own_unpack_reads_them():
+    # The reference the tests above build on: torch's unpack of FBGEMM's 4-bit rows, not our own reading.
+    weight = torch.randn(50, 16)
+    packed = table.module.quantize_rows(weight, bits=4)
+    unpacked = torch.ops.quantized.embedding_bag_4bit_unpack(packed)
+    assert torch.equal(table.module.dequantize_4bit_rows(packed, 16), unpacked)
+
+
+@pytest.mark.parametrize("storage", ["int8", "int4"])
 @pytest.mark.parametrize("lookup", ["fbgemm", "gather"])
-def test_int8_bags_equal_the_reference_to_fp32_summation_rounding(lookup):
-    _, out, expected, ref_rows, rows = _int8_and_reference(3, lookup)
+def test_quantized_bags_equal_the_reference_to_fp32_summation_rounding(lookup, storage):
+    _, out, expected, ref_rows, rows = _int8_and_reference(3, lookup, storage)
     torch.testing.assert_close(rows, ref_rows, rtol=0, atol=4e-6)  # 3 adds of values below ~1
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_int8_rows_keep_each_rows_range_within_half_a_step():
+@pytest.mark.parametrize("storage, levels, slack", [("int8", 255, 1.001), ("int4", 15, 1.002)])
+def test_quantized_rows_keep_each_rows_range_within_half_a_step(storage, levels, slack):
+    # slack: the scale is rounded to fp32 (int8) or fp16 (int4), a step off by at most its rounding
     weight = torch.randn(300, 16) * torch.logspace(-3, 1, 300).unsqueeze(1)  # rows of very different ranges
     tables = table.build(WorkloadSpec((300,), 16, (13, 16), (4, 1),
                                       representation=table.Config(layout="fused", storage="fp32")))
     with torch.no_grad():
         tables.weight.copy_(weight)
-    tables.store_as("int8")
-    step = (weight.max(1).values - weight.min(1).values) / 255
-    assert ((tables.dequantized() - weight).abs().max(1).values <= step / 2 * 1.001 + 1e-7).all()
+    tables.store_as(storage)
+    step = (weight.max(1).values - weight.min(1).values) / levels
+    error = (tables.dequantized() - weight).abs().max(1).values
+    assert (error <= step / 2 * slack + 1e-7).all()
+    assert (error > step / 4).any()  # it really quantized to `levels` steps
 
 
 def test_fp16_tables_read_exactly_their_half_rows():
@@ -162,12 +178,17 @@ def _plan(*overrides: str):
 def test_the_cost_model_follows_the_storage_and_the_compute_precision():
     fp32 = _plan("dataset.scale=1.0", "+backend=cpu")
     int8 = _plan("dataset.scale=1.0", "+backend=cpu", "representation.storage=int8")
+    int4 = _plan("dataset.scale=1.0", "+backend=cpu", "representation.storage=int4")
     fp16 = _plan("dataset.scale=1.0", "+backend=cpu", "representation.storage=fp16")
     bf16 = _plan("dataset.scale=1.0", "+backend=cpu", "precision=bf16")
     rows, dim = fp32.spec.total_rows, fp32.spec.embedding_dim
     assert int8.cost.embedding.param_bytes == rows * (dim + 8)  # D bytes, fp32 scale and bias a row
     assert fp16.cost.embedding.param_bytes == rows * dim * 2
     assert int8.cost.embedding.param_bytes / fp32.cost.embedding.param_bytes == pytest.approx(0.375)
+    assert int4.cost.embedding.param_bytes == rows * (dim // 2 + 4)  # D/2 bytes, fp16 scale and bias
+    assert int4.cost.embedding.param_bytes / fp32.cost.embedding.param_bytes <= 0.21  # 0.1875
+    assert int4.cost.bytes_read_per_sample < int8.cost.bytes_read_per_sample
+    assert int4.dry_run_report()["param_bytes"] < int8.dry_run_report()["param_bytes"]
     assert bf16.cost.mlp_param_bytes * 2 == fp32.cost.mlp_param_bytes  # the MLPs in bf16
     assert bf16.cost.embedding.param_bytes == fp32.cost.embedding.param_bytes  # tables keep their storage
     assert int8.cost.bytes_read_per_sample < fp32.cost.bytes_read_per_sample
@@ -218,8 +239,8 @@ def test_labels_tags_and_keys_carry_the_precision():
 
 
 @pytest.mark.parametrize("override, key", [("precision.name=bf17", "precision.name"),
-                                           ("representation.storage=int4", "representation.storage"),
-                                           ("representation=hybrid representation.storage=int4",
+                                           ("representation.storage=int3", "representation.storage"),
+                                           ("representation=hybrid representation.storage=int3",
                                             "representation.storage")])
 def test_bad_precision_values_name_their_key(override, key):
     with pytest.raises(ConfigError) as info:
@@ -227,9 +248,19 @@ def test_bad_precision_values_name_their_key(override, key):
     assert info.value.key == key
 
 
-def test_int8_needs_the_fused_layout():
+@pytest.mark.parametrize("storage", ["int8", "int4"])
+def test_quantized_rows_need_the_fused_layout(storage):
     with pytest.raises(ConfigError, match="layout=fused"):
-        load_config(compose(["representation.layout=per_table", "representation.storage=int8"]))
+        load_config(compose(["representation.layout=per_table", f"representation.storage={storage}"]))
+
+
+@pytest.mark.parametrize("representation", ["table", "hybrid", "select"])
+def test_int4_rows_need_an_even_embedding_dim_and_say_so_before_any_work(representation):
+    overrides = [f"representation={representation}", "representation.storage=int4", "+backend=cpu"]
+    with pytest.raises(ConfigError, match="even") as info:
+        _plan(*overrides, "model.embedding_dim=15")
+    assert info.value.key == "representation.storage"
+    assert _plan(*overrides).path == f"{representation}:int4@cpu"
 
 
 def test_each_backend_declares_its_precisions_and_refuses_the_others_in_one_line():

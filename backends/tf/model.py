@@ -5,7 +5,7 @@ framework) and copies their weights, so both frameworks compute the same functio
 be compared (tests/test_backend_parity.py). Integer work (ids, TT digits, DHE hashes) stays in int64.
 
 Precision (harness/workload/precision.py) carries over as the torch model holds it: each weight keeps its
-torch dtype (bf16 or fp16 MLPs, decoders and cores; fp16 or int8 table rows, the latter dequantized in
+torch dtype (bf16 or fp16 MLPs, decoders and cores; fp16, int8 or int4 table rows, the last two dequantized in
 the lookup as FBGEMM does), and the DLRM casts its inputs to the compute dtype and its logits to fp32.
 Keras' mixed-precision policies would keep fp32 variables and cast them at every call; casting once, as
 here, is the inference form of the same arithmetic.
@@ -53,12 +53,14 @@ def _linears(sequential) -> list[tuple[tf.Variable, tf.Variable]]:
 
 
 class Tables:
-    """Fused tables: one weight (fp32, fp16, or int8 rows with an fp32 scale and bias), row offsets."""
+    """Fused tables: one weight (fp32, fp16, int8 rows with an fp32 scale and bias, or int4 rows with an
+    fp16 scale and bias), row offsets."""
 
-    def __init__(self, weight: tf.Tensor, offsets: np.ndarray, int8_dim: int = 0) -> None:
+    def __init__(self, weight: tf.Tensor, offsets: np.ndarray, int8_dim: int = 0, int4_dim: int = 0) -> None:
         self.weight = weight
         self.offsets = tf.constant(offsets.astype(np.int64))
         self.int8_dim = int8_dim  # > 0: `weight` holds FBGEMM's byte rows of this many values
+        self.int4_dim = int4_dim  # > 0: `weight` holds FBGEMM's 4-bit rows of this many values
 
     @classmethod
     def from_torch(cls, module) -> "Tables":
@@ -66,8 +68,11 @@ class Tables:
             weights = [_np(bag.weight) for bag in module.bags]
             offsets = np.cumsum([0] + [w.shape[0] for w in weights[:-1]])
             return cls(tf.constant(np.concatenate(weights)), offsets)
-        if getattr(module, "storage", "fp32") == "int8":
+        storage = getattr(module, "storage", "fp32")
+        if storage == "int8":
             return cls(tf.constant(_np(module.packed)), _np(module.row_offsets), int8_dim=module.dim)
+        if storage == "int4":
+            return cls(tf.constant(_np(module.packed)), _np(module.row_offsets), int4_dim=module.dim)
         return cls(_const(module.weight), _np(module.row_offsets))
 
     def __call__(self, ids):
@@ -77,6 +82,15 @@ class Tables:
             tail = rows[..., self.int8_dim:]  # 8 bytes: the fp32 scale, then the fp32 bias
             scale_bias = tf.bitcast(tf.reshape(tail, tf.concat([tf.shape(tail)[:-1], [2, 4]], 0)), tf.float32)
             rows = tf.cast(rows[..., : self.int8_dim], tf.float32) * scale_bias[..., :1] + scale_bias[..., 1:]
+        elif self.int4_dim:  # value 2j in byte j's low nibble, 2j + 1 in its high one; fp16 scale and bias
+            half = self.int4_dim // 2
+            nibbles = rows[..., :half]
+            values = tf.stack([tf.bitwise.bitwise_and(nibbles, 15), tf.bitwise.right_shift(nibbles, 4)], -1)
+            values = tf.reshape(values, tf.concat([tf.shape(nibbles)[:-1], [self.int4_dim]], 0))
+            tail = rows[..., half : half + 4]
+            scale_bias = tf.cast(tf.bitcast(tf.reshape(tail, tf.concat([tf.shape(tail)[:-1], [2, 2]], 0)),
+                                            tf.float16), tf.float32)
+            rows = tf.cast(values, tf.float32) * scale_bias[..., :1] + scale_bias[..., 1:]
         elif self.weight.dtype == tf.float16:  # bags of fp16 rows are pooled in fp32, as in torch
             rows = tf.cast(rows, tf.float32)
         return tf.reduce_sum(rows, axis=2)

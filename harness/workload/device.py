@@ -5,10 +5,10 @@ touches the model's modules. `configure_for` turns the capabilities into `Module
 to every module that takes settings (a `configure(settings)` method: FusedTables, DeepHashEmbedding).
 
 >>> settings_for(DeviceCapabilities())
-ModuleSettings(hash_method='float64', bag_pooling='bag', int8_lookup='fbgemm')
+ModuleSettings(hash_method='float64', bag_pooling='bag', quantized_lookup='fbgemm')
 >>> tpu = DeviceCapabilities(int64=False, float64=False, embedding_bag=False, quantized_bag=False)
 >>> settings_for(tpu)
-ModuleSettings(hash_method='int32', bag_pooling='gather_sum', int8_lookup='gather')
+ModuleSettings(hash_method='int32', bag_pooling='gather_sum', quantized_lookup='gather')
 >>> settings_for(DeviceCapabilities(launch_bound=True)).hash_method                      # a GPU
 'int64'
 """
@@ -27,14 +27,14 @@ class DeviceCapabilities:
     float64: bool = True  # 64-bit floating point (neither TPUs nor IPUs have it)
     embedding_bag: bool = True  # F.embedding_bag runs on the device (XLA falls back to the host)
     launch_bound: bool = False  # a kernel launch costs more than cache-sized chunks save (GPUs)
-    quantized_bag: bool = True  # torch's FBGEMM quantized embedding-bag kernels (int8 rows) run here
+    quantized_bag: bool = True  # torch's FBGEMM quantized embedding-bag kernels (int8, int4 rows) run here
 
 
 @dataclass(frozen=True)
 class ModuleSettings:
     hash_method: str  # DHE: float64 (chunked, C kernel on CPUs), int64 (one pass) or int32 (limbs)
     bag_pooling: str  # tables' multi-id bags: bag (F.embedding_bag) or gather_sum
-    int8_lookup: str  # int8 tables: fbgemm (one fused quantized kernel) or gather (gather, then dequantize)
+    quantized_lookup: str  # int8/int4 tables: fbgemm (one fused quantized kernel) or gather, then dequantize
 
 
 def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
@@ -46,7 +46,7 @@ def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
     else:
         hash_method = "float64"  # cache-sized chunks of exact float64, or one C pass
     return ModuleSettings(hash_method=hash_method, bag_pooling="bag" if caps.embedding_bag else "gather_sum",
-                          int8_lookup="fbgemm" if caps.quantized_bag else "gather")
+                          quantized_lookup="fbgemm" if caps.quantized_bag else "gather")
 
 
 def configure_for(model, caps: DeviceCapabilities) -> ModuleSettings:

@@ -19,19 +19,23 @@ from harness.core.schema import check_section
 from harness.workload.representations import EmbeddingCost
 from harness.workload.representations.dhe import Config as DheConfig
 from harness.workload.representations.dhe import dhe_cost
-from harness.workload.representations.table import check_tables, storage_tags, table_cost
+from harness.workload.representations.table import check_table_dim, check_tables, storage_tags, table_cost
 
 
 @dataclass
 class Config:
     name: str = "hybrid"
     layout: str = MISSING  # of the tables
-    storage: str = MISSING  # of the tables: fp32, fp16 or int8 (the table representation's key)
+    storage: str = MISSING  # of the tables: fp32, fp16, int8 or int4 (the table representation's key)
     dhe: DheConfig = field(default_factory=DheConfig)  # the dhe representation's keys (its YAML)
 
     def check(self) -> None:
         check_tables(self.layout, self.storage)
         check_section(self.dhe, "dhe")
+
+
+def check_spec(spec) -> None:
+    check_table_dim(spec.representation.storage, spec.embedding_dim)
 
 
 def feature_vectors(spec) -> int:

@@ -27,14 +27,14 @@ from harness.core.spec import feature_names
 from harness.workload.representations import EmbeddingCost
 from harness.workload.representations.dhe import Config as DheConfig
 from harness.workload.representations.dhe import dhe_cost
-from harness.workload.representations.table import check_tables, storage_tags, table_cost
+from harness.workload.representations.table import check_table_dim, check_tables, storage_tags, table_cost
 
 
 @dataclass
 class Config:
     name: str = "select"
     layout: str = MISSING  # of the tables that stay
-    storage: str = MISSING  # of the tables: fp32, fp16 or int8 (the table representation's key)
+    storage: str = MISSING  # of the tables: fp32, fp16, int8 or int4 (the table representation's key)
     # Features that use DHE, by Criteo name (C1..C26); null: the `num_largest` largest tables.
     features: Optional[List[str]] = MISSING
     num_largest: int = MISSING
@@ -51,6 +51,7 @@ class Config:
 
 def check_spec(spec) -> None:
     cfg = spec.representation
+    check_table_dim(cfg.storage, spec.embedding_dim)
     known = feature_names(spec.num_tables)
     if cfg.features is not None:
         unknown = [f for f in cfg.features if f not in known]

@@ -1,7 +1,7 @@
 """Plain embedding tables: one row per id, sum-pooled per feature (the memory-bound end of MP-Rec).
 
-Cost per lookup: read L rows (D values in the table's storage: fp32, fp16, or int8 with a row scale and
-bias) and their int64 ids; (L-1) x D additions for pooling.
+Cost per lookup: read L rows (D values in the table's storage: fp32, fp16, or int8 or int4 with a row
+scale and bias) and their int64 ids; (L-1) x D additions for pooling.
 
 >>> from harness.core.spec import WorkloadSpec
 >>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused", storage="fp32"))
@@ -10,6 +10,9 @@ bias) and their int64 ids; (L-1) x D additions for pooling.
 >>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused", storage="int8"))
 >>> cost(spec).param_bytes                    # 24 bytes a row instead of 64
 810301848
+>>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=Config(layout="fused", storage="int4"))
+>>> cost(spec).param_bytes                    # 12: 8 bytes of 4-bit values, an fp16 scale and bias
+405150924
 """
 
 from __future__ import annotations
@@ -34,8 +37,9 @@ class Config:
     # per_table: one nn.EmbeddingBag per feature (26 calls). benchmarks/table_path.py measures both;
     # fused won at every query size on the CPU (docs/performance.md), so it is the default.
     layout: str = MISSING
-    # How rows are stored (harness/core/precision.py): fp32, fp16, or int8 rows with an fp32 scale and
-    # bias each (FBGEMM's layout), quantized from the (trained) fp32 table and dequantized in the lookup.
+    # How rows are stored (harness/core/precision.py): fp32, fp16, int8 rows with an fp32 scale and bias
+    # each or int4 rows with an fp16 scale and bias each (FBGEMM's layouts), quantized from the (trained)
+    # fp32 table and dequantized in the lookup.
     storage: str = MISSING
 
     def check(self) -> None:
@@ -51,6 +55,17 @@ def check_tables(layout: str, storage: str) -> None:
     if storage != "fp32" and layout != "fused":
         raise ConfigError("storage",
                           f"{storage} tables need layout=fused (the per_table layout is fp32 only)")
+
+
+def check_spec(spec) -> None:
+    check_table_dim(spec.representation.storage, spec.embedding_dim)
+
+
+def check_table_dim(storage: str, dim: int) -> None:
+    """The rules of the tables' storage that depend on the model: two 4-bit values share a byte."""
+    if storage == "int4" and dim % 2:
+        raise ConfigError("storage", f"int4 rows pack two values a byte: the embedding dim must be even, "
+                                     f"got {dim} (use int8)")
 
 
 def feature_vectors(spec) -> int:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.core.errors import ConfigError
+from harness.core.precision import QUANTIZED, row_bytes
 from harness.workload.representations.table import fused_sgd
 
 
@@ -31,7 +32,7 @@ class FusedTables(nn.Module):
 
     Ids are per-table (0..rows_t-1); the module adds each table's row offset, so callers never see the
     fused layout. One call instead of T keeps per-query overhead flat as the number of tables grows.
-    Rows are fp32 until `store_as` (after training) stores them as fp16 or int8.
+    Rows are fp32 until `store_as` (after training) stores them as fp16, int8 or int4.
     """
 
     # A path's compute precision never casts the rows (harness/workload/precision.py).
@@ -56,19 +57,20 @@ class FusedTables(nn.Module):
         self._starts = starts
         self.fused_sgd_lr: float | None = None  # set by enable_fused_sgd: SGD inside the backward
         self.storage = "fp32"
-        self.int8_lookup = "fbgemm"  # device setting: fbgemm (fused quantized kernel) or gather
+        self.quantized_lookup = "fbgemm"  # device setting: fbgemm (fused quantized kernel) or gather
         for start, rows in zip(starts, self.table_rows):
             _dlrm_init_(self.weight[start : start + rows], rows)
 
     def configure(self, settings) -> None:
-        """Take the device's settings (harness/workload/device.py): how bags are pooled, int8 rows read."""
+        """Take the device's settings (harness/workload/device.py): bags' pooling, quantized rows' lookup."""
         self.pooling = settings.bag_pooling
-        self.int8_lookup = settings.int8_lookup
+        self.quantized_lookup = settings.quantized_lookup
 
     def store_as(self, storage: str) -> None:
-        """Store the rows as `storage` from now on (inference only): fp16, or int8 in FBGEMM's row-wise
-        byte layout, D uint8 values then an fp32 scale and bias per row, quantized from the fp32 rows
-        (`scale = (max - min) / 255`, `bias = min`: every row keeps its own range)."""
+        """Store the rows as `storage` from now on (inference only): fp16; int8 in FBGEMM's row-wise
+        byte layout, D uint8 values then an fp32 scale and bias per row (`scale = (max - min) / 255`,
+        `bias = min`: every row keeps its own range); or int4 in FBGEMM's 4-bit layout, D/2 bytes of two
+        values each (the even one in the low nibble) then an fp16 scale and bias (`(max - min) / 15`)."""
         if storage == self.storage:
             return
         if self.storage != "fp32":
@@ -76,17 +78,19 @@ class FusedTables(nn.Module):
         weight = self.weight.detach()
         if storage == "fp16":
             self.weight = nn.Parameter(weight.half(), requires_grad=False)
-        elif storage == "int8":
-            self.register_buffer("packed", quantize_rows(weight))
-            self.register_parameter("weight", None)  # int8 rows live in `packed` alone
+        elif storage in QUANTIZED:
+            self.register_buffer("packed", quantize_rows(weight, bits=8 if storage == "int8" else 4))
+            self.register_parameter("weight", None)  # quantized rows live in `packed` alone
         else:
             raise ConfigError("representation.storage", f"unknown table storage {storage!r}")
         self.storage = storage
 
     def dequantized(self) -> torch.Tensor:
-        """The rows as fp32, as the lookup sees them: int8 rows' values times scale plus bias."""
+        """The rows as fp32, as the lookup sees them: quantized rows' values times scale plus bias."""
         if self.storage == "int8":
             return dequantize_rows(self.packed, self.dim)
+        if self.storage == "int4":
+            return dequantize_4bit_rows(self.packed, self.dim)
         return self.weight.detach().float()
 
     def enable_fused_sgd(self, lr: float) -> bool:
@@ -107,9 +111,9 @@ class FusedTables(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         batch, tables, per_bag = ids.shape
-        if self.storage == "int8":
+        if self.storage in QUANTIZED:
             flat = (ids + self.row_offsets.view(1, tables, 1)).reshape(-1)
-            return self._int8_bags(flat, per_bag).view(batch, tables, self.dim)
+            return self._quantized_bags(flat, per_bag).view(batch, tables, self.dim)
         if self._fused_training():
             shifted = ids + self.row_offsets.view(1, tables, 1)
             return fused_sgd.FixedBagsSGD.apply(self.weight, shifted, self.fused_sgd_lr)
@@ -124,16 +128,18 @@ class FusedTables(nn.Module):
             out = F.embedding_bag(flat, self.weight, mode="sum", sparse=self.sparse_grad)
         return out.view(batch, tables, self.dim)
 
-    def _int8_bags(self, flat: torch.Tensor, per_bag: int) -> torch.Tensor:
-        """Sums of bags of `per_bag` consecutive ids of `flat` from the int8 rows, in fp32."""
-        if self.int8_lookup == "fbgemm":
+    def _quantized_bags(self, flat: torch.Tensor, per_bag: int) -> torch.Tensor:
+        """Sums of bags of `per_bag` consecutive ids of `flat` from the int8 or int4 rows, in fp32."""
+        int8 = self.storage == "int8"
+        if self.quantized_lookup == "fbgemm":
             offsets = torch.arange(0, flat.numel(), per_bag, device=flat.device)
-            # FBGEMM's fused kernel: gathers, dequantizes and sums in one pass (3.5x faster than the
-            # gather below on a CPU at query size 4096; docs/performance.md).
-            return torch.ops.quantized.embedding_bag_byte_rowwise_offsets(
-                self.packed, flat, offsets, False, 0, False, None, None, False)
+            # FBGEMM's fused kernels: gather, dequantize and sum in one pass (int8's was 3.5x faster than
+            # the gather below on a CPU at query size 4096; docs/performance.md).
+            bag = (torch.ops.quantized.embedding_bag_byte_rowwise_offsets if int8
+                   else torch.ops.quantized.embedding_bag_4bit_rowwise_offsets)
+            return bag(self.packed, flat, offsets, False, 0, False, None, None, False)
         rows = self.packed.index_select(0, flat)
-        out = dequantize_rows(rows, self.dim)
+        out = dequantize_rows(rows, self.dim) if int8 else dequantize_4bit_rows(rows, self.dim)
         return out.view(-1, per_bag, self.dim).sum(1) if per_bag > 1 else out
 
     def forward_jagged(self, values: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -147,8 +153,9 @@ class FusedTables(nn.Module):
         >>> tables.forward_jagged(torch.tensor([1, 2, 3, 19]), torch.tensor([[2, 1], [0, 1]])).shape
         torch.Size([2, 2, 4])
         """
-        if self.storage == "int8":
-            raise NotImplementedError("ragged bags read fp32 or fp16 tables; int8 tables take [B, T, L] ids")
+        if self.storage in QUANTIZED:
+            raise NotImplementedError(f"ragged bags read fp32 or fp16 tables; {self.storage} tables take "
+                                      "[B, T, L] ids")
         tables, batch = lengths.shape
         # Each table's ids are one contiguous run of `values`: shift the runs in place, one foreach call
         # (3x faster than adding a repeat_interleave'd offset per id: 1.5 vs 4.7 ms at 900k ids here).
@@ -166,13 +173,16 @@ class FusedTables(nn.Module):
         return out.view(tables, batch, self.dim).transpose(0, 1)
 
 
-def quantize_rows(weight: torch.Tensor) -> torch.Tensor:
-    """fp32 rows [N, D] -> uint8 [N, D + 8]: FBGEMM's row-wise byte layout (torch's own prepack on CPU)."""
-    packed = torch.empty(weight.shape[0], weight.shape[1] + 8, dtype=torch.uint8)
+def quantize_rows(weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """fp32 rows [N, D] -> uint8 rows in FBGEMM's row-wise layout (torch's own prepack, on the CPU):
+    8 bits, [N, D + 8] (fp32 scale and bias); 4 bits, [N, D/2 + 4] (fp16 scale and bias)."""
+    dim = weight.shape[1]
+    prepack = (torch.ops.quantized.embedding_bag_byte_prepack if bits == 8 else
+               lambda part: torch.ops.quantized.embedding_bag_4bit_prepack(part, False))  # min/max qparams
+    packed = torch.empty(weight.shape[0], row_bytes("int8" if bits == 8 else "int4", dim), dtype=torch.uint8)
     step = 1 << 20  # rows at a time: the temporaries stay small next to a 2 GB table
     for start in range(0, weight.shape[0], step):
-        part = weight[start : start + step].float().cpu().contiguous()
-        packed[start : start + step] = torch.ops.quantized.embedding_bag_byte_prepack(part)
+        packed[start : start + step] = prepack(weight[start : start + step].float().cpu().contiguous())
     return packed.to(weight.device)
 
 
@@ -180,6 +190,21 @@ def dequantize_rows(packed: torch.Tensor, dim: int) -> torch.Tensor:
     """uint8 [N, D + 8] rows -> fp32 [N, D]: values x scale + bias, as FBGEMM's kernels compute them."""
     scale_bias = packed[:, dim:].contiguous().view(torch.float32)  # [N, 2]
     return torch.addcmul(scale_bias[:, 1:], packed[:, :dim].float(), scale_bias[:, :1])
+
+
+def dequantize_4bit_rows(packed: torch.Tensor, dim: int) -> torch.Tensor:
+    """uint8 [N, D/2 + 4] rows -> fp32 [N, D]: FBGEMM's 4-bit rows (value 2j in byte j's low nibble,
+    2j + 1 in its high one; then the fp16 scale and bias), values x scale + bias as its kernels do.
+
+    >>> rows = quantize_rows(torch.tensor([[0.0, 1.5, 3.0, 0.2]]), bits=4)   # 15 steps of 0.2 from 0
+    >>> rows.shape, dequantize_4bit_rows(rows, 4)
+    (torch.Size([1, 6]), tensor([[0.0000, 1.5996, 2.9993, 0.2000]]))
+    """
+    half = dim // 2
+    nibbles = packed[:, :half]
+    values = torch.stack((nibbles & 0xF, nibbles >> 4), dim=-1).view(packed.shape[0], dim)
+    scale_bias = packed[:, half : half + 4].contiguous().view(torch.float16).float()  # [N, 2]
+    return torch.addcmul(scale_bias[:, 1:], values.float(), scale_bias[:, :1])
 
 
 class PerTableBags(nn.Module):
