@@ -6,6 +6,7 @@
 #   scripts/local_cluster.sh slurm|ray status DIR
 #   scripts/local_cluster.sh slurm|ray stop DIR
 #   scripts/local_cluster.sh slurm|ray kill-node DIR    # the compute node dies (SIGKILL, its jobs too)
+#   scripts/local_cluster.sh reap                       # stop what a killed owner left (any cluster)
 #
 # slurm: munged (its key DIR/munge.key, mode 600, and its socket under DIR), slurmctld and one slurmd, all
 #   on 127.0.0.1, with DIR/slurm.conf (ports picked free at the first start; partition `debug`; batch jobs
@@ -19,15 +20,28 @@
 # (after `kill-node`: the node) and is otherwise idempotent; `status` exits 0 when everything runs and 3
 # otherwise; `stop` and `kill-node` touch only the processes this folder's cluster started (pid files,
 # and for Slurm the job steps whose environment names DIR/slurm.conf).
+#
+# Nothing is left running (harness/core/processes.py): every daemon carries MPREC_DAEMONS=<this cluster's
+# token> in its environment (so do its children, the jobs' steps included), and the cluster is recorded in
+# the per-user state folder with the command that stops it. A process is this cluster's only if it carries
+# the token (never by its name, so a reused PID is never signalled); `stop` ends with whatever still
+# carries it; `start` and `reap` first stop every cluster whose owner (a test, a benchmark) is gone.
+# Everything listens on 127.0.0.1 only (slurm.conf's CommunicationParameters), checked after each start:
+# a daemon listening on any other address fails the start.
 set -euo pipefail
 umask 022
 
 PYTHON=${PYTHON:-python3}
 START_TIMEOUT_S=${CLUSTER_START_TIMEOUT_S:-60}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+SELF=$ROOT/scripts/local_cluster.sh
 
 die() { printf 'local_cluster: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'local_cluster: %s\n' "$*" >&2; }
-usage() { sed -n '5,8p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '5,9p' "$0" | sed 's/^# \{0,1\}//'; }
+leftovers() { PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} timeout 180 "$PYTHON" -m harness.leftovers "$@"; }
+
+if [ "${1:-}" = reap ]; then leftovers reap >&2; exit; fi
 
 kind=${1:-}
 command=${2:-}
@@ -59,12 +73,31 @@ free_port() {
   "$PYTHON" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-alive() {  # pid file -> its pid, if that process still runs and its command line holds $2
+TOKEN_FILE=$DIR/daemons.token
+TOKEN=$(cat "$TOKEN_FILE" 2>/dev/null || true)
+
+alive() {  # pid file -> its pid, if that process still runs and carries this cluster's token
   local pid
-  [ -f "$1" ] || return 1
+  [ -f "$1" ] && [ -n "$TOKEN" ] || return 1
   pid=$(cat "$1")
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-  grep -qa -- "$2" "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+  tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qxF "MPREC_DAEMONS=$TOKEN" && echo "$pid"
+}
+
+mark_daemons() {  # reap what dead owners left, then record this cluster; what starts next carries its token
+  leftovers reap >&2 || true
+  TOKEN=$(leftovers record --what "$kind cluster" --folder "$DIR" ${TOKEN:+--token "$TOKEN"} -- \
+    "$SELF" "$kind" stop "$DIR") || die "could not record the cluster (python -m harness.leftovers)"
+  printf '%s\n' "$TOKEN" > "$TOKEN_FILE"
+  export MPREC_DAEMONS=$TOKEN
+}
+
+check_loopback() {  # every daemon of this cluster listens on loopback only, or the start fails
+  leftovers loopback "$TOKEN" || { "$SELF" "$kind" stop "$DIR" >&2 || true; die "a daemon listens beyond loopback (above): stopped"; }
+}
+
+forget_daemons() {  # after an orderly stop: whatever still carries the token, then the record
+  [ -z "$TOKEN" ] || leftovers stop-set "$TOKEN" >&2 || true
 }
 
 descendants() {  # every process below the given pids (read from ps once)
@@ -112,6 +145,8 @@ SlurmctldPidFile=$RUN/slurmctld.pid
 SlurmdPidFile=$RUN/slurmd.pid
 SlurmctldLogFile=$LOGS/slurmctld.log
 SlurmdLogFile=$LOGS/slurmd.log
+# Bind to SlurmctldHost's and NodeAddr's address (127.0.0.1), not to every address of the machine
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 # No cgroups needed: processes are tracked by their parents, tasks are not bound
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
@@ -125,6 +160,9 @@ AccountingStorageType=accounting_storage/none
 # A node that stops answering is DOWN after 10 s and its jobs end NODE_FAIL (not requeued); it returns
 # to service by itself when its slurmd is back.
 SlurmdTimeout=10
+# slurmctld's ping of a dead node waits MessageTimeout (10 s by default) per try; on loopback an answer
+# takes milliseconds, so 3 s lets the node be seen DOWN sooner.
+MessageTimeout=3
 ReturnToService=2
 JobRequeue=0
 KillWait=5
@@ -142,32 +180,34 @@ slurm_start() {
   done
   chmod 711 "$DIR"  # munged wants every folder above its socket searchable
   mkdir -p "$RUN" "$LOGS" "$DIR/state" "$DIR/spool"
+  mark_daemons
   [ -f "$SLURM_CONF_FILE" ] || slurm_conf
   if [ ! -s "$DIR/munge.key" ]; then
     (umask 077 && dd if=/dev/urandom of="$DIR/munge.key" bs=1024 count=1 status=none)
   fi
   if ! alive "$RUN/munged.pid" munged >/dev/null; then
-    /usr/sbin/munged --key-file="$DIR/munge.key" --socket="$MUNGE_SOCKET" --pid-file="$RUN/munged.pid" \
+    timeout 60 /usr/sbin/munged --key-file="$DIR/munge.key" --socket="$MUNGE_SOCKET" --pid-file="$RUN/munged.pid" \
       --log-file="$LOGS/munged.log" --seed-file="$RUN/munged.seed" || die "munged did not start: see $LOGS/munged.log"
     say "munged running (socket $MUNGE_SOCKET)"
   fi
   export SLURM_CONF=$SLURM_CONF_FILE
   if ! alive "$RUN/slurmctld.pid" slurmctld >/dev/null; then
-    /usr/sbin/slurmctld || die "slurmctld did not start: see $LOGS/slurmctld.log"
+    timeout 60 /usr/sbin/slurmctld || die "slurmctld did not start: see $LOGS/slurmctld.log"
     say "slurmctld running"
   fi
   if ! alive "$RUN/slurmd.pid" slurmd >/dev/null; then
-    /usr/sbin/slurmd || die "slurmd did not start: see $LOGS/slurmd.log"
+    timeout 60 /usr/sbin/slurmd || die "slurmd did not start: see $LOGS/slurmd.log"
     say "slurmd running ($CPUS CPUs)"
   fi
   wait_until "$START_TIMEOUT_S" "the Slurm node" slurm_node_up
+  check_loopback
   say "Slurm: partition debug, node $(hostname -s) idle on $HOST"
   printf 'export SLURM_CONF=%q\n' "$SLURM_CONF_FILE"
 }
 
 slurm_node_up() {
   local state
-  state=$(SLURM_CONF=$SLURM_CONF_FILE sinfo -h -N -o %T 2>/dev/null | head -n 1)
+  state=$(SLURM_CONF=$SLURM_CONF_FILE timeout 10 sinfo -h -N -o %T 2>/dev/null | head -n 1)
   case $state in idle|mixed|allocated|completing) return 0 ;; *) return 1 ;; esac
 }
 
@@ -208,6 +248,7 @@ slurm_stop() {
   steps=$(slurm_steps)
   # shellcheck disable=SC2086
   [ -z "$steps" ] || kill -KILL $steps 2>/dev/null || true
+  forget_daemons
 }
 
 slurm_status() {
@@ -247,7 +288,7 @@ ray_daemon() {  # ray_daemon NAME ARGS...: `ray start --block` as its own proces
 }
 
 ray_nodes() {  # "head" once the head answers, then the ids of the alive nodes that offer CPUs (workers)
-  RAY_ADDRESS=$HOST:$PORT "$PYTHON" - <<'EOF' 2>/dev/null
+  RAY_ADDRESS=$HOST:$PORT timeout 60 "$PYTHON" - <<'EOF' 2>/dev/null
 import logging, ray
 ray.init(logging_level=logging.ERROR, log_to_driver=False)
 print("head")
@@ -265,6 +306,7 @@ ray_start() {
   "$PYTHON" -c 'import ray' 2>/dev/null || die "$PYTHON lacks ray: pip install -e \".[cluster]\""
   mkdir -p "$RUN" "$LOGS"
   ray_port
+  mark_daemons
   if ! alive "$RUN/head.pid" ray >/dev/null; then
     ray_daemon head --head --node-ip-address="$HOST" --port="$PORT" --num-cpus=0 \
       --include-dashboard=false --temp-dir="$DIR/tmp"
@@ -278,6 +320,7 @@ ray_start() {
   fi
   [ -f "$RUN/nodes.before" ] || : > "$RUN/nodes.before"
   wait_until "$START_TIMEOUT_S" "the ray worker node" ray_up
+  check_loopback
   printf 'export RAY_ADDRESS=%q\n' "$HOST:$PORT"
 }
 
@@ -285,7 +328,7 @@ ray_head_answers() { [ -n "$(ray_nodes)" ]; }
 
 ray_kill_group() {  # SIGKILL a daemon's process group and anything it started elsewhere
   local pid
-  pid=$(alive "$RUN/$1.pid" ray) || return 1
+  pid=$(alive "$RUN/$1.pid") || return 1
   # shellcheck disable=SC2046
   kill -KILL -- "-$pid" $(descendants "$pid") 2>/dev/null || true
   rm -f "$RUN/$1.pid"
@@ -298,11 +341,11 @@ ray_stop() {
       kill -TERM "$pid"  # `ray start --block` stops the node's processes on SIGTERM
       local deadline=$((SECONDS + 20))
       while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.2; done
-      ray_kill_group "$name" || true
       say "ray $name stopped"
     fi
     rm -f "$RUN/$name.pid"
   done
+  forget_daemons  # what the leaders' SIGTERM left (a group whose leader is gone), by its token
 }
 
 ray_status() {

@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
                     "harness.pipeline", "harness.analysis", "harness.serving"},
     "harness.__main__": {"harness.app"},
     "harness.doctor": {"harness.app"},
+    "harness.leftovers": {"harness.app"},
 }
 
 

@@ -98,3 +98,17 @@ def test_the_live_worker_coalesces_queued_queries_for_one_path(batching, most):
     assert sorted(done) == list(range(7)) and worker.served == 7
     assert max(adapter.sizes) == 20 * most and sum(adapter.sizes) == 140  # at most 64 samples a call
     assert worker.calls == len(adapter.sizes) and (worker.calls < 7) == (batching is not None)
+
+
+def test_a_stop_signal_read_while_batching_ends_the_worker_at_once():
+    # The stop signal queued right behind a query the batcher is coalescing: it is held for the next call,
+    # never taken for "nothing held" (then the worker would block on an empty queue and stop() wait 30 s)
+    worker = DeviceWorker("cpu", lambda sample: None, Batching(64))
+    adapter = SlowAdapter()
+    path = LivePath(GPU, adapter)
+    for i in range(2):  # the first is being served; the second is queued behind it with the stop signal
+        worker.submit(path, Batch(torch.zeros(20, 13), torch.zeros(20, 26, 1)), i, 0.001)
+    worker.queue.put(None)
+    adapter.gate.set()
+    worker.thread.join(timeout=10)
+    assert not worker.thread.is_alive() and worker.served == 2

@@ -15,14 +15,16 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from omegaconf import OmegaConf
 
-from benchmarks.clusters import SCRIPT, LocalCluster, fault_round, load_round
+from benchmarks.clusters import SCRIPT, LocalCluster, fault_checks, fault_round, load_round
 from benchmarks.team_server import TeamServer, pg_bin
-from harness.app.launchers import lost_job
+from harness.app.launchers import _SlurmWatch, lost_job
 from harness.app.sweep import SweepCallback
 from harness.core.host import ALLOCATED_CPUS_ENV, allocated_cpus
 from harness.core.schema import TrackingConfig
@@ -81,29 +83,21 @@ def _through(kind: str, team_server, faults: tuple[str, ...]) -> None:
         done = load_round(kind, server, cluster.env, range(0, 6), 2, work)
         assert (done["exit"], done["finished"], done["running"], done["duplicated_keys"]) == (0, 6, 0, 0), \
             done
-        seed = 100
+        seed, jobs = 100, 4  # 4 jobs, 2 at a time: the fault lands after the first has begun
         for fault in faults:
-            lost = fault_round(cluster, server, range(seed, seed + 8), 2, work, fault=fault)
-            first = lost["first"]
-            assert lost["not_finished"] >= 1, lost  # a quarter had started when the node died
-            assert first["exit"] == 1 and first["running"] == 0 and first["duplicated_keys"] == 0, lost
-            # Every job that did not finish is recorded failed (node lost) or killed (cancelled)
-            assert first["statuses"].get("failed", 0) + first["statuses"].get("killed", 0) \
-                == lost["not_finished"], lost
-            if fault == "scancel":
-                assert first["statuses"].get("killed") == 1, lost
-            # The same command again ran exactly the jobs that had not finished, and nothing twice
-            assert (lost["rerun_exit"], lost["rerun_ran"], lost["rerun_skipped"]) \
-                == (0, lost["not_finished"], 8 - lost["not_finished"]), lost
-            after = lost["after"]
-            assert (after["finished"], after["running"], after["lost"], after["duplicated_keys"]) \
-                == (8, 0, 0, 0), lost
-            seed += 8
+            lost = fault_round(cluster, server, range(seed, seed + jobs), 2, work, fault=fault)
+            assert lost["first"]["exit"] == 1, lost
+            # The fault landed, every unfinished job is recorded failed (node lost) or killed (cancelled),
+            # none RUNNING, no run key twice, and the same command again ran exactly those
+            # (benchmarks/clusters.py fault_checks, which the figures are held to as well)
+            assert lost["failed_checks"] == [], lost
+            seed += jobs
     finally:
         cluster.stop()
 
 
-# Minutes each (Slurm marks a silent node DOWN only after ~40 s here): `pytest -m slow tests/test_clusters.py`
+# About 3 and 2 minutes (Slurm's fault rounds wait for it to mark the silent node DOWN):
+# `pytest -m slow tests/test_clusters.py` (not yet in CI: issue 37 puts them there once they are proven)
 @pytest.mark.slow
 @pytest.mark.skipif(_slurm_missing() is not None, reason=_slurm_missing() or "")
 def test_a_sweep_through_slurm_finishes_and_a_lost_node_or_cancelled_job_is_rerun_alone(team_server):
@@ -174,3 +168,76 @@ def test_a_lost_job_is_recorded_and_its_run_ended_by_the_sweep_never_left_runnin
     assert store.get(runs[0]).data.tags["error"] == "lost: Slurm job 5_0 ended NODE_FAIL without a result"
     assert store.status(other) == "RUNNING"  # not this sweep's
     assert json.loads(files[0].read_text())["run_id"] == runs[0]  # the summary names the run
+
+
+def test_a_fault_round_whose_fault_missed_is_flagged_not_passed():
+    # Every job finished: "0 lost" would be true and prove nothing (seen: a scancel that landed in KillWait)
+    clean = {"jobs": 4, "finished": 4, "running": 0, "lost": 0, "duplicated_keys": 0}
+    missed = {"fault": "scancel", "not_finished": 0, "first": {**clean, "statuses": {"finished": 4}},
+              "rerun_exit": 0, "rerun_ran": 0, "rerun_skipped": 4, "after": clean}
+    assert fault_checks(missed, 4) == ["the fault landed (a job did not finish)",
+                                       "the cancelled job recorded killed"]
+    first = {**clean, "finished": 3, "statuses": {"finished": 3, "killed": 1}}
+    landed = {**missed, "not_finished": 1, "first": first, "rerun_ran": 1, "rerun_skipped": 3}
+    assert fault_checks(landed, 4) == []
+    assert fault_checks({**landed, "rerun_ran": 2, "rerun_skipped": 2}, 4) \
+        == ["the rerun ran exactly the unfinished jobs"]
+
+
+def _fake_scontrol(folder: Path, script: str) -> dict[str, str]:
+    bin_dir = folder / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text("#!/bin/sh\n" + script)
+    scontrol.chmod(0o755)
+    return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
+
+
+def test_a_job_whose_state_slurm_cannot_say_is_lost_after_the_bound_with_what_scontrol_said(
+        tmp_path, monkeypatch):
+    # slurmctld down, no accounting: scontrol fails and sacct says nothing; the wait ends, not polls forever
+    for key, value in _fake_scontrol(tmp_path, "echo 'slurm_load_jobs error: Unable to contact slurm "
+                                               "controller (connect failure)' >&2\nexit 1\n").items():
+        monkeypatch.setenv(key, value)
+    job = SimpleNamespace(job_id="7_0", paths=SimpleNamespace(result_pickle=tmp_path / "no.pkl"), state="")
+    watch = _SlurmWatch(state_timeout_s=0.3)
+    assert watch.outcome(job, 0) is None  # not yet: a controller may restart
+    deadline = time.monotonic() + 10
+    outcome = None
+    while outcome is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        outcome = watch.outcome(job, 0)
+    assert outcome is not None and outcome.startswith("state unknown for over 0.3 s")
+    assert "hydra.launcher.state_timeout_s" in outcome and "Unable to contact slurm controller" in outcome
+
+
+def test_a_job_slurm_can_say_again_starts_its_bound_afresh(tmp_path, monkeypatch):
+    flag = tmp_path / "down"
+    flag.touch()
+    script = (f"if [ -e {flag} ]; then echo 'Unable to contact slurm controller' >&2; exit 1; fi\n"
+              "echo 'JobId=7 JobState=RUNNING Reason=None'\n")
+    for key, value in _fake_scontrol(tmp_path, script).items():
+        monkeypatch.setenv(key, value)
+    job = SimpleNamespace(job_id="7_0", paths=SimpleNamespace(result_pickle=tmp_path / "no.pkl"), state="")
+    watch = _SlurmWatch(state_timeout_s=60)
+    assert watch.outcome(job, 0) is None and 0 in watch.unknown_since
+    flag.unlink()  # the controller answers again: RUNNING, and the unknown stretch is forgotten
+    assert watch.outcome(job, 0) is None and 0 not in watch.unknown_since
+    (tmp_path / "bin" / "scontrol").write_text("#!/bin/sh\necho 'JobId=7 JobState=NODE_FAIL'\n")
+    assert watch.outcome(job, 0) == "ended NODE_FAIL without a result"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install -e "
+                                                                      "'.[cluster]'")
+def test_a_ray_sweep_no_node_could_run_is_refused_at_once_naming_what_it_asked_and_what_nodes_have(
+        run_harness, tmp_path):
+    # A GPU asked of a CPU-only cluster (Ray started in the sweep's own process, on loopback): an infeasible
+    # task that Ray would keep waiting for, refused before any job starts
+    out = run_harness("-m", "hydra/launcher=ray", "experiment=smoke", "seed=0,1",
+                      "hydra.launcher.init.address=local", "+hydra.launcher.init.num_cpus=1",
+                      "+hydra.launcher.init.include_dashboard=false", "hydra.launcher.remote.num_gpus=1",
+                      check=False, timeout=180)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert "each job asks Ray for CPU 1, GPU 1 (hydra.launcher.remote) and no node has that" in out.stderr
+    assert "no job was started" in out.stderr
+    assert not list((tmp_path / "results" / "sweeps").glob("*/0/job_status.json"))

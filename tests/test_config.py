@@ -52,6 +52,9 @@ def test_terabyte_dataset_composes_with_its_shape(run_config):
         (["representation.name=holograms"], "representation.name"),
         (["representation.layout=diagonal"], "representation.layout"),
         (["+model.depth=3"], "model.depth"),
+        (["job_timeout_s=soon"], "job_timeout_s"),
+        (["job_timeout_s=0"], "job_timeout_s"),
+        (["job_timeout_s=true"], "job_timeout_s"),
     ],
 )
 def test_bad_values_fail_with_a_message_naming_the_key(run_config, overrides, key):

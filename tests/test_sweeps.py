@@ -107,6 +107,45 @@ def test_a_killed_in_process_run_is_marked_failed_when_resumed(run_harness, stor
     assert sorted(r.info.status for r in runs.values()) == ["FAILED", "FINISHED"]
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def test_the_isolated_worker_dies_with_its_killed_job_and_its_run_is_ended_once(tmp_path, run_harness, store):
+    # The job process SIGKILLed from outside while its worker hangs in the measurement: the worker must not
+    # go on measuring (load beside the next job) nor end a run the sweep may already have closed
+    job = subprocess.Popen([sys.executable, "-m", "harness", *FAST, "isolate=always", "debug.fault=hang",
+                            "job_timeout_s=null", f"tracking.results_dir={tmp_path / 'results'}"],
+                           cwd=tmp_path, env=harness_env(store), stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not _children(job.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        [worker] = _children(job.pid)
+        time.sleep(3)  # the worker is working (importing, building, or hanging in its fault)
+        job.kill()
+        job.wait(timeout=10)
+        gone = time.monotonic() + 15
+        while Path(f"/proc/{worker}").exists() and time.monotonic() < gone:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{worker}").exists() or \
+            Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    finally:
+        job.kill()
+        job.wait(timeout=10)
+    [orphan] = runs_of(store)
+    assert orphan.info.status == "RUNNING"  # nobody ended it: not the worker, killed with its parent
+    run_harness(*FAST, store_uri=store)  # the next run ends it, once, as stale
+    runs = {r.info.run_id: r for r in runs_of(store)}
+    ended = runs[orphan.info.run_id]
+    assert ended.info.status == "FAILED" and "stale" in ended.data.tags["error"]
+    assert sorted(r.info.status for r in runs.values()) == ["FAILED", "FINISHED"]
+
+
 def test_force_reruns_a_finished_job(run_harness, store):
     # (Skipping a finished job without force is shown by the resumed sweep above.)
     run_harness(*FAST, store_uri=store)

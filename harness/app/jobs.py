@@ -32,6 +32,7 @@ from hydra.types import RunMode
 from harness.app.console import ladder_progress, print_path_summary, print_recorded_summary
 from harness.core import trust
 from harness.core.errors import BackendUnavailable, could_not_run_here
+from harness.core.processes import dies_with_parent
 from harness.core.schema import container as plain_config
 from harness.pipeline.plan import Plan, plan
 from harness.tracking import OWNER_TAG, Store, is_stale
@@ -151,10 +152,12 @@ def _run(p: Plan, container: dict, multirun: bool) -> dict[str, Any]:
                                       "(killed?); marked FAILED when the job was run again")
         log.warning("marked stale run %s FAILED", stale.info.run_id)
 
-    isolated = run.isolate == "always" or (run.isolate == "auto" and (multirun or run.job_timeout_s))
+    # A number of seconds isolates a single run too; `auto` bounds the jobs that are isolated anyway
+    explicit_timeout = run.job_timeout_s not in (None, "auto")
+    isolated = run.isolate == "always" or (run.isolate == "auto" and (multirun or explicit_timeout))
     if isolated:
         return _run_isolated(p, container, store)
-    if run.job_timeout_s:
+    if explicit_timeout:
         log.warning("job_timeout_s is ignored with isolate=never")
     run_id = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity()})
     try:
@@ -184,13 +187,16 @@ def _run_isolated(p: Plan, container: dict, store: Store) -> dict[str, Any]:
     job_file = folder / "job.json"
     job_file.write_text(json.dumps({"config": container, "run_id": run_id}, default=str))
 
+    # The worker dies with this process (SIGKILL at its death): a job killed from outside leaves no worker
+    # measuring beside the next job, or ending a run the sweep has already closed
     child = subprocess.Popen([sys.executable, "-m", "harness.app.worker", str(job_file)],
-                             stderr=subprocess.PIPE, text=True, errors="replace")
+                             stderr=subprocess.PIPE, text=True, errors="replace",
+                             preexec_fn=dies_with_parent())
     tail: deque[str] = deque(maxlen=60)
     relay = threading.Thread(target=_relay, args=(child.stderr, tail), daemon=True)
     relay.start()
     try:
-        timed_out = _wait(child, p.run.job_timeout_s)
+        timed_out = _wait(child, p.job_timeout())
     except KeyboardInterrupt:
         # Ctrl-C reached the worker too (one process group): let it end its run KILLED, then make sure.
         _stop(child)
@@ -203,7 +209,8 @@ def _run_isolated(p: Plan, container: dict, store: Store) -> dict[str, Any]:
     if child.returncode == 0 and status == "FINISHED":
         return _finished(store, run_id)
     if timed_out:
-        reason = f"timed out: the work ran longer than job_timeout_s={p.run.job_timeout_s:g} s and was killed"
+        reason = (f"timed out: the work ran longer than job_timeout_s={p.job_timeout():g} s "
+                  f"({p.run.job_timeout_s}) and was killed")
     elif child.returncode is not None and child.returncode < 0:
         name = signal.Signals(-child.returncode).name
         hint = " (what the kernel's out-of-memory killer sends)" if name == "SIGKILL" else ""

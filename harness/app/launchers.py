@@ -108,20 +108,24 @@ def _submitit_slurm():
     return Submitit
 
 
-def slurm_state(job_id: str) -> str:
+def slurm_state(job_id: str, timeout_s: float = 10.0) -> tuple[str, str]:
     """A Slurm job's state from `scontrol` (works without accounting, while the controller remembers the
-    job: MinJobAge); 'UNKNOWN' when it cannot say, 'PURGED' when the job is no longer known."""
+    job: MinJobAge), and why it could not say: ('UNKNOWN', what scontrol said) when the controller did not
+    answer within `timeout_s`, ('PURGED', '') when the job is no longer known."""
     try:
         out = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True,
-                             timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return "UNKNOWN"
+                             timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return "UNKNOWN", f"scontrol did not answer within {timeout_s:g} s"
+    except OSError as exc:
+        return "UNKNOWN", f"scontrol could not run ({exc})"
     if out.returncode != 0:
-        return "PURGED" if "Invalid job id" in out.stderr else "UNKNOWN"
+        said = " ".join(out.stderr.split())[:200]
+        return ("PURGED", "") if "Invalid job id" in out.stderr else ("UNKNOWN", f"scontrol: {said}")
     for field in out.stdout.split():
         if field.startswith("JobState="):
-            return field.split("=", 1)[1]
-    return "UNKNOWN"
+            return field.split("=", 1)[1], ""
+    return "UNKNOWN", "scontrol printed no JobState"
 
 
 class SlurmLauncher(_SweepLauncher):
@@ -130,8 +134,11 @@ class SlurmLauncher(_SweepLauncher):
 
     name = "slurm"
 
-    def __init__(self, poll_s: float = 2.0, **params: Any) -> None:
+    def __init__(self, poll_s: float, state_timeout_s: float, **params: Any) -> None:
         self.poll_s = poll_s
+        # How long a job's state may stay unknown (controller down, no accounting) before the job is
+        # recorded lost; PENDING and RUNNING are bounded by the queue's own limits (timeout_min), not here.
+        self.state_timeout_s = state_timeout_s
         self._submitit = _submitit_slurm()(**params)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
@@ -169,43 +176,66 @@ class SlurmLauncher(_SweepLauncher):
 
     def _wait(self, jobs: list[Any], job_overrides: Sequence[Sequence[str]], first: int) -> list[JobReturn]:
         results: dict[int, JobReturn] = {}
-        completed_at: dict[int, float] = {}
+        watch = _SlurmWatch(self.state_timeout_s)
         while len(results) < len(jobs):
             for index, job in enumerate(jobs):
                 if index in results:
                     continue
-                outcome = self._outcome(job, completed_at, index)
+                outcome = watch.outcome(job, index)
                 if outcome is None:
                     continue
                 if isinstance(outcome, JobReturn):
                     results[index] = outcome
                 else:
-                    state = outcome
                     results[index] = lost_job(self.job_config(job_overrides[index], first + index),
-                                              job_overrides[index],
-                                              f"Slurm job {job.job_id} ended {state} without a result",
-                                              killed=state.startswith("CANCELLED"))
+                                              job_overrides[index], f"Slurm job {job.job_id} {outcome}",
+                                              killed=outcome.startswith("ended CANCELLED"))
             if len(results) < len(jobs):
                 time.sleep(self.poll_s)
         return [results[i] for i in range(len(jobs))]
 
-    def _outcome(self, job: Any, completed_at: dict[int, float], index: int) -> JobReturn | str | None:
-        """The job's return once it has one, its final state once it has ended without one, else None."""
+
+class _SlurmWatch:
+    """Each job's outcome as the sweep polls: its return, why it is lost, or None (not yet)."""
+
+    def __init__(self, state_timeout_s: float) -> None:
+        self.state_timeout_s = state_timeout_s
+        self.completed_at: dict[int, float] = {}
+        self.unknown_since: dict[int, float] = {}
+
+    def outcome(self, job: Any, index: int) -> JobReturn | str | None:
+        """The job's return once it has one; 'ended STATE without a result' once it ended without one, or
+        'state unknown for N s (...)' once Slurm could not say for longer than the bound; else None."""
         if job.paths.result_pickle.exists():
             try:
                 return job.results()[0]
             except Exception as exc:  # noqa: BLE001 - the job function raised: its status file says why
-                return str(exc).splitlines()[0][:200] or type(exc).__name__
-        state = slurm_state(job.job_id)
+                return "ended " + (str(exc).splitlines()[0][:200] or type(exc).__name__)
+        state, why = slurm_state(job.job_id, timeout_s=min(10.0, self.state_timeout_s))
         if state in ("UNKNOWN", "PURGED"):  # the controller forgot it: sacct, where the site keeps accounting
-            state = job.state if job.state not in ("UNKNOWN", "") else state
+            said = _accounting_state(job)
+            state = said if said not in ("UNKNOWN", "") else state
         state = state.split()[0] if state else "UNKNOWN"
+        now = time.monotonic()
+        if state != "UNKNOWN":
+            self.unknown_since.pop(index, None)
+        elif now - self.unknown_since.setdefault(index, now) > self.state_timeout_s:
+            return (f"state unknown for over {self.state_timeout_s:g} s (hydra.launcher.state_timeout_s; "
+                    f"{why or 'no answer'}; is slurmctld running?)")
         if state == "COMPLETED":  # ended well: its result may still be on its way through the filesystem
-            since = completed_at.setdefault(index, time.monotonic())
-            return state if time.monotonic() - since > _RESULT_GRACE_S else None
+            since = self.completed_at.setdefault(index, now)
+            return "ended COMPLETED without a result" if now - since > _RESULT_GRACE_S else None
         if state == "PURGED" or state.split("+")[0] in _SLURM_ENDED:
-            return state
+            return f"ended {state} without a result"
         return None
+
+
+def _accounting_state(job: Any) -> str:
+    """submitit's state of the job (sacct, where the site keeps accounting); '' when it cannot say."""
+    try:
+        return str(job.state)
+    except Exception:  # noqa: BLE001 - sacct missing or failing reads as 'cannot say', as scontrol's does
+        return ""
 
 
 # What a Ray job needs from the launching process: Ray's workers inherit their node's environment, not
@@ -240,15 +270,23 @@ def run_on_ray(hydra_context: HydraContext, task_function: TaskFunction, config:
 
 class RayLauncher(_SweepLauncher):
     """Each job a Ray task on the cluster `init.address` names (`auto`: $RAY_ADDRESS or a running local
-    head); `remote` holds the task's resources (num_cpus, num_gpus, resources, scheduling_strategy)."""
+    head); `remote` holds the task's resources (num_cpus, num_gpus, memory, resources, scheduling_strategy).
+
+    A sweep no node of the cluster could run is refused before any job starts, naming what it asked for and
+    what each node has; a job that waits for longer than `state_timeout_s` while no alive node could run it
+    (the node with the GPU was lost) is recorded lost. Waiting for a busy cluster's free slot has no bound
+    here: that is the queue's business, as with Slurm's PENDING."""
 
     name = "ray"
 
-    def __init__(self, init: Any = None, remote: Any = None) -> None:
+    def __init__(self, init: Any = None, remote: Any = None, poll_s: float = 2.0,
+                 state_timeout_s: float = 300.0) -> None:
         self.init = _plain(init)
         # Never retried (a lost measurement is rerun by resume, once); a fresh worker process per job, as
         # each Slurm job is one: no job inherits another's threads, caches or allocator.
         self.remote = {**_plain(remote), "max_retries": 0}
+        self.poll_s = poll_s
+        self.state_timeout_s = state_timeout_s
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         try:
@@ -257,6 +295,10 @@ class RayLauncher(_SweepLauncher):
             raise ImportError('hydra/launcher=ray needs the cluster extra: pip install ".[cluster]"') from exc
         if not ray.is_initialized():
             ray.init(**self.init)
+        why = infeasible(self.remote, ray.nodes())
+        if why:
+            print(f"error: {why}\nerror: no job was started", file=sys.stderr)
+            sys.exit(2)  # past Hydra's traceback: the message is the whole story
         task = ray.remote(max_calls=1)(run_on_ray).options(**self.remote)
         configs = [self.job_config(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
         state = Singleton.get_state()
@@ -265,15 +307,78 @@ class RayLauncher(_SweepLauncher):
         environ = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV}
         refs = [task.remote(self.hydra_context, self.task_function, c, state, os.getcwd(), environ)
                 for c in configs]
-        results = []
-        for ref, config, overrides in zip(refs, configs, job_overrides):
-            try:
-                results.append(ray.get(ref))
-            except ray.exceptions.RayError as exc:  # the worker or its node died, the task was cancelled
-                reason = f"Ray task ended without a result ({type(exc).__name__}: {str(exc).splitlines()[0]})"
-                killed = isinstance(exc, ray.exceptions.TaskCancelledError)
-                results.append(lost_job(config, overrides, reason, killed=killed))
-        return results
+        outcomes = self._wait(refs)
+        return [outcome if isinstance(outcome, JobReturn) else lost_job(config, overrides, *outcome)
+                for outcome, config, overrides in zip(outcomes, configs, job_overrides)]
+
+    def _wait(self, refs: list) -> list[JobReturn | tuple[str, bool]]:
+        """Each task's return, or (why it is lost, whether it was cancelled); every wait bounded."""
+        import ray
+
+        outcomes: dict[int, JobReturn | tuple[str, bool]] = {}
+        pending = {ref: index for index, ref in enumerate(refs)}
+        unschedulable_since: float | None = None
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=self.poll_s)
+            for ref in ready:
+                outcomes[pending.pop(ref)] = _ray_outcome(ref)
+            if not pending or ready:
+                unschedulable_since = None
+                continue
+            why = infeasible(self.remote, ray.nodes())
+            now = time.monotonic()
+            if why is None:
+                unschedulable_since = None
+            elif unschedulable_since is None:
+                unschedulable_since = now
+            elif now - unschedulable_since > self.state_timeout_s:
+                for ref, index in pending.items():
+                    ray.cancel(ref, force=True)
+                    outcomes[index] = (f"Ray task waited over {self.state_timeout_s:g} s "
+                                       f"(hydra.launcher.state_timeout_s) while {why}", False)
+                pending.clear()
+        return [outcomes[i] for i in range(len(refs))]
+
+
+def _ray_outcome(ref) -> JobReturn | tuple[str, bool]:
+    import ray
+
+    try:
+        return ray.get(ref, timeout=60)  # ready: the result is there, only its transfer remains
+    except ray.exceptions.RayError as exc:  # the worker or its node died, the task was cancelled
+        reason = f"Ray task ended without a result ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        return reason, isinstance(exc, ray.exceptions.TaskCancelledError)
+
+
+def ray_request(remote: dict) -> dict[str, float]:
+    """The resources a task with these options asks for, in Ray's names (CPU 1 unless said otherwise)."""
+    request = {"CPU": float(remote.get("num_cpus", 1) or 0), "GPU": float(remote.get("num_gpus", 0) or 0),
+               "memory": float(remote.get("memory", 0) or 0)}
+    request.update({name: float(amount) for name, amount in (remote.get("resources") or {}).items()})
+    return {name: amount for name, amount in request.items() if amount > 0}
+
+
+def infeasible(remote: dict, nodes: list[dict]) -> str | None:
+    """Why no alive node could ever run a task with these options (what it asks, what each node has), or
+    None when one could.
+
+    >>> nodes = [{"NodeID": "ab12cd34ef", "Alive": True, "Resources": {"CPU": 2.0}}]
+    >>> infeasible({"num_cpus": 1}, nodes) is None
+    True
+    >>> print(infeasible({"num_cpus": 1, "num_gpus": 1}, nodes))
+    each job asks Ray for CPU 1, GPU 1 (hydra.launcher.remote) and no node has that: node ab12cd34: CPU 2
+    """
+    request = ray_request(remote)
+    alive = [node for node in nodes if node.get("Alive")]
+    for node in alive:
+        if all(node["Resources"].get(name, 0.0) >= amount for name, amount in request.items()):
+            return None
+    offers = "; ".join(f"node {node['NodeID'][:8]}: " + ", ".join(
+        f"{name} {amount:g}" for name, amount in sorted(node["Resources"].items())
+        if not name.startswith(("node:", "object_store_memory", "memory"))) for node in alive)
+    asked = ", ".join(f"{name} {amount:g}" for name, amount in request.items())
+    return (f"each job asks Ray for {asked} (hydra.launcher.remote) and no node has that: "
+            f"{offers or 'no node is alive'}")
 
 
 def _plain(value: Any) -> dict:

@@ -208,7 +208,9 @@ class RunConfig:
     seed: int = MISSING
     force: bool = MISSING  # rerun a job even if its run key already has a FINISHED run
     isolate: str = MISSING  # run the work in a child process: auto (in multiruns), always or never
-    job_timeout_s: Optional[float] = MISSING  # kill the work after this long (isolated jobs only)
+    # Kill the work after this long (isolated jobs only): seconds, `auto` (a generous bound from the plan,
+    # harness/pipeline/plan.py `Plan.job_timeout`) or null (no bound, only when asked for)
+    job_timeout_s: Any = MISSING
     analysis_after_sweep: bool = MISSING  # a multirun ends by writing the experiment's analysis
     analysis_scope: str = MISSING  # that analysis covers the sweep's own runs (sweep) or the experiment's
     serving_after_sweep: Optional[str] = MISSING  # a serving scenario to run at the end of a multirun
@@ -232,8 +234,10 @@ class RunConfig:
             raise ConfigError("analysis_scope", f"must be one of {SCOPES}, got {self.analysis_scope!r}")
         if self.isolate not in ISOLATION:
             raise ConfigError("isolate", f"must be auto, always or never, got {self.isolate!r}")
-        if self.job_timeout_s is not None and not self.job_timeout_s > 0:
-            raise ConfigError("job_timeout_s", f"must be > 0 or null, got {self.job_timeout_s}")
+        timeout = self.job_timeout_s
+        if not (timeout is None or timeout == "auto" or (isinstance(timeout, (int, float))
+                                                         and not isinstance(timeout, bool) and timeout > 0)):
+            raise ConfigError("job_timeout_s", f"must be seconds (> 0), auto or null, got {timeout!r}")
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -25,6 +25,11 @@ from harness.workload.cost import PathCost, path_cost
 from harness.workload.representations import label, same_model_as
 from harness.workload.representations import run_tags as representation_tags
 
+# `job_timeout_s: auto`'s allowances (Plan.job_timeout): building, data, peaks and evaluation of a
+# Kaggle-scale path take minutes on 2 cores; a training step of the largest shapes well under a second.
+_AUTO_SETUP_S = 600.0
+_AUTO_TRAIN_STEP_S = 1.0
+
 
 @dataclass
 class Plan:
@@ -53,6 +58,24 @@ class Plan:
 
     def run_key(self) -> str:
         return run_key(self.run.as_dict())
+
+    def job_timeout(self) -> float | None:
+        """Seconds an isolated job's work may run before it is killed and recorded FAILED: `job_timeout_s`,
+        or for `auto` a bound no healthy job reaches: 3x (setup, every size's attempts at their full time
+        budget, and training at a generous second a step), so a hung job ends instead of holding its slot.
+
+        >>> from harness.core.conf import compose
+        >>> p = plan(compose(["workload.query_sizes=[1,64]", "+backend=cpu", "train.steps=100"]))
+        >>> p.job_timeout()          # 3 x (600 + 2 sizes x 4 attempts x (0.2 + 10 + 1) + 100 x 1.0)
+        2368.8
+        """
+        value = self.run.job_timeout_s
+        if value != "auto":
+            return value
+        measure, stability = self.run.measure, self.run.measure.stability
+        attempt_s = measure.warmup_s + measure.max_time_s + stability.retry_pause_s
+        sizes_s = len(self.run.workload.query_sizes) * (stability.retries + 1) * attempt_s
+        return 3 * (_AUTO_SETUP_S + sizes_s + self.run.train.steps * _AUTO_TRAIN_STEP_S)
 
     def run_tags(self) -> dict[str, str]:
         """The tags a path's run is created with (harness/tracking: searched by run_key and kind)."""

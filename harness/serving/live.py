@@ -36,6 +36,9 @@ class LivePath:
     fails: bool = False  # fault injection: every call raises
 
 
+_NOTHING = object()  # DeviceWorker holds no job
+
+
 class DeviceWorker:
     """One thread per device runs its queue in order (FIFO), as the simulator's server does; with
     `batching`, the queries waiting for one path when the device frees up are served in one call (their
@@ -45,7 +48,9 @@ class DeviceWorker:
         self.device = device
         # Applied per path: `Batching.applies_to` (host CPUs do not batch by default)
         self.batching = batching
-        self._held = None  # a job taken while batching that belongs to the next call
+        # A job (or the stop signal, None) taken while batching that belongs to the next call; _NOTHING
+        # when none is held, so a held stop signal is never mistaken for "nothing held" and lost
+        self._held: Any = _NOTHING
         self.queue: queue.Queue = queue.Queue()
         self.pending_s = 0.0
         self.lock = threading.Lock()
@@ -67,7 +72,8 @@ class DeviceWorker:
 
     def _next_call(self) -> list | None:
         """The jobs of the next call: one, or with batching every queued job for the same path that fits."""
-        job, self._held = (self._held, None) if self._held is not None else (self.queue.get(), None)
+        job = self._held if self._held is not _NOTHING else self.queue.get()
+        self._held = _NOTHING
         if job is None:
             return None
         jobs = [job]
