@@ -39,6 +39,7 @@ from benchmarks.team_server import (
     cpu_line,
     finish,
     latency_runs,
+    own_what_starts,
     start_sweep,
     stopped_on_error,
     wait_for_runs,
@@ -74,7 +75,9 @@ class LocalCluster:
             raise RuntimeError(f"local_cluster.sh {self.kind} kill-node failed:\n{proc.stderr[-2000:]}")
 
     def stop(self) -> None:
-        self.script("stop")
+        proc = self.script("stop")
+        if proc.returncode != 0:  # what it could not stop is found by its mark (python -m harness.leftovers)
+            raise RuntimeError(f"local_cluster.sh {self.kind} stop failed:\n{proc.stderr[-3000:]}")
 
 
 def sweep_command(launcher: str, seeds: range, folder: Path, slots: int, *extra: str) -> list[str]:
@@ -108,7 +111,8 @@ def load_round(launcher: str, server: TeamServer, env: dict, seeds: range, slots
     t0 = time.perf_counter()
     proc = start_sweep(sweep_command(launcher, seeds, work / name, slots), {**server.client_env(), **env},
                        work / f"{name}.calls.jsonl", work / name)
-    err = finish(proc, work, name)
+    with stopped_on_error(proc):
+        err = finish(proc, work, name)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:  # a failed sweep's jobs/s would be nonsense: never handed on as a figure
         raise RuntimeError(f"the {launcher} sweep {name} exited {proc.returncode}:\n{err[-3000:]}")
@@ -141,7 +145,8 @@ def fault_round(cluster: LocalCluster, server: TeamServer, seeds: range, slots: 
     first = {"exit": proc.returncode, **audit(server.uri, seeds), "statuses": dict(statuses(work / name))}
     lost = first["jobs"] - first["finished"]
     again = start_sweep(command, env, work / f"{name}-again.calls.jsonl", work / f"{name}-again")
-    finish(again, work, f"{name}-again")
+    with stopped_on_error(again):
+        finish(again, work, f"{name}-again")
     # The rerun writes to the same sweep folder: its statuses replace the first sweep's
     after = statuses(work / name)
     out = {"launcher": cluster.kind, "fault": fault, "first": first, "not_finished": lost,
@@ -177,9 +182,9 @@ def cancel_one_running(cluster: LocalCluster) -> str:
     env = {**os.environ, **cluster.env}
     for _ in range(100):
         out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i", "-S", "-S"], env=env,
-                             capture_output=True, text=True, check=True).stdout.split()
+                             capture_output=True, text=True, check=True, timeout=30).stdout.split()
         if out:
-            subprocess.run(["scancel", out[0]], env=env, check=True)
+            subprocess.run(["scancel", out[0]], env=env, check=True, timeout=30)
             return out[0]
         time.sleep(0.2)
     raise RuntimeError("no running Slurm job to cancel")
@@ -210,6 +215,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = _arguments(argv)
+    own_what_starts()
     launchers = [name for name in args.launchers.split(",") if name]
     work = Path(tempfile.mkdtemp(prefix="mprec-clusters-", dir="/tmp"))
     work.chmod(0o711)  # PostgreSQL runs as `postgres` and must enter its folder

@@ -36,6 +36,7 @@ from collections import Counter
 from pathlib import Path
 
 from benchmarks.common import write_report
+from harness.core import processes
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "team_server.sh"
@@ -47,14 +48,22 @@ def pg_bin() -> Path | None:
     """PostgreSQL's bin folder, found as scripts/team_server.sh finds it; None where it is not installed."""
     candidates = [os.environ.get("PG_BIN", "")]
     try:
-        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False)
+        found = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True, check=False,
+                               timeout=30)
         candidates.append(found.stdout.strip())
-    except OSError:
+    except (OSError, subprocess.TimeoutExpired):
         pass
     versions = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: float(p.parent.name),
                       reverse=True)
     candidates += [str(p) for p in versions] + [str(Path(shutil.which("initdb") or "/").parent)]
     return next((Path(c) for c in candidates if c and (Path(c) / "initdb").is_file()), None)
+
+
+def own_what_starts() -> None:
+    """Mark this benchmark as the owner of the servers and clusters it starts (harness/core/processes.py):
+    if it is killed, the next start, pytest run or `python -m harness.leftovers reap` stops them. Under
+    pytest the session already owns them."""
+    os.environ.setdefault(processes.OWNER_ENV, processes.identity())
 
 
 def free_port() -> int:
@@ -91,7 +100,9 @@ class TeamServer:
         return time.perf_counter() - t0
 
     def stop(self) -> None:
-        self.script("stop")
+        proc = self.script("stop")
+        if proc.returncode != 0:  # what it could not stop is found by its mark (python -m harness.leftovers)
+            raise RuntimeError(f"team_server.sh stop failed:\n{proc.stderr[-3000:]}")
 
     def client_env(self) -> dict[str, str]:
         env = {"MLFLOW_TRACKING_URI": self.uri}
@@ -111,7 +122,7 @@ class TeamServer:
                    "stop"]
         if os.geteuid() == 0:
             command = ["runuser", "-u", owner, "--", *command]
-        subprocess.run(command, capture_output=True, check=True, cwd="/")
+        subprocess.run(command, capture_output=True, check=True, cwd="/", timeout=120)
 
     def secrets(self) -> list[str]:
         """The database password, and the admin's where basic-auth is on."""
@@ -148,9 +159,18 @@ def stopped_on_error(proc: subprocess.Popen):
         raise
 
 
-def finish(proc: subprocess.Popen, work: Path, name: str) -> str:
-    """Wait for a sweep; its output is kept beside its results (searched for passwords); its stderr."""
-    out, err = proc.communicate()
+SWEEP_TIMEOUT_S = 900.0  # no sweep here takes 5 minutes; one past this is hung, and is stopped
+
+
+def finish(proc: subprocess.Popen, work: Path, name: str, timeout_s: float = SWEEP_TIMEOUT_S) -> str:
+    """Wait for a sweep, at most `timeout_s` (then it is killed whole and this raises); its output is kept
+    beside its results (searched for passwords); its stderr."""
+    try:
+        out, err = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise TimeoutError(f"the sweep {name} ran past {timeout_s:g} s and was killed") from None
     (work / f"{name}.stdout").write_text(out)
     (work / f"{name}.stderr").write_text(err)
     return err
@@ -348,6 +368,7 @@ def _fault_rounds(args: argparse.Namespace, server: "TeamServer", work: Path, fi
 
 def main(argv: list[str] | None = None) -> dict:
     args = _arguments(argv)
+    own_what_starts()
     figures: dict = {"command": " ".join(["python -m benchmarks.team_server", *(argv or sys.argv[1:])]),
                      "cpu": cpu_line(), "date": time.strftime("%Y-%m-%d"), "jobs_per_round": args.jobs,
                      "workers": args.workers, "server_workers": args.server_workers, "auth": args.auth}

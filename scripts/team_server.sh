@@ -6,6 +6,7 @@
 #                                 [--allowed-hosts LIST] [DIR]
 #   scripts/team_server.sh status [DIR]
 #   scripts/team_server.sh stop   [DIR]
+#   scripts/team_server.sh reap                # stop every team server whose owner (a test) is gone
 #
 # DIR (default $MPREC_TEAM_DIR, else ~/mprec-team-server) holds everything: pgdata/ (the cluster),
 # artifacts/, logs/, pgpass (the database password, generated at the first start; mode 600) and
@@ -26,6 +27,13 @@
 # first time: $PG_USER, default `postgres`), which must be able to enter DIR. Needs PostgreSQL (initdb,
 # pg_ctl: $PG_BIN, else pg_config, /usr/lib/postgresql/*/bin or PATH) and a Python ($PYTHON, default
 # python3) with mlflow and psycopg2: pip install -e ".[team]".
+#
+# Nothing is left running (harness/core/processes.py): PostgreSQL and the mlflow server carry
+# MPREC_DAEMONS=<this server's token> in their environment and the server is recorded in the per-user
+# state folder with its stop command; a process is this server's only if it carries the token (never by
+# its name). `start` and `reap` first stop every server or cluster whose owner is gone; `stop` ends with
+# whatever still carries the token. On loopback (the default), a start whose daemons listen on any other
+# address fails.
 set -euo pipefail
 umask 077
 
@@ -39,13 +47,16 @@ START_TIMEOUT_S=${MLFLOW_START_TIMEOUT_S:-180}
 die() { printf 'team_server: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'team_server: %s\n' "$*" >&2; }
 
-usage() { sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+leftovers() { PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} timeout 180 "$PYTHON" -m harness.leftovers "$@"; }
 
 # --- arguments -----------------------------------------------------------------------------------------
 command=${1:-}
 [ $# -gt 0 ] && shift
 case $command in
   start|stop|status) ;;
+  reap) leftovers reap >&2; exit ;;
   -h|--help|help) usage; exit 0 ;;
   *) usage >&2; exit 2 ;;
 esac
@@ -79,6 +90,19 @@ PGDATA=$DIR/pgdata
 CONF=$DIR/server.conf
 PIDFILE=$DIR/mlflow.pid
 LOGS=$DIR/logs
+TOKEN_FILE=$DIR/daemons.token
+TOKEN=$(cat "$TOKEN_FILE" 2>/dev/null || true)
+
+mark_daemons() {  # reap what dead owners left, then record this server; what starts next carries its token
+  leftovers reap >&2 || true
+  mkdir -p "$DIR"
+  TOKEN=$(leftovers record --what "team server" --folder "$DIR" ${TOKEN:+--token "$TOKEN"} -- \
+    "$ROOT/scripts/team_server.sh" stop "$DIR") || die "could not record the server (python -m harness.leftovers)"
+  printf '%s\n' "$TOKEN" > "$TOKEN_FILE"
+  export MPREC_DAEMONS=$TOKEN
+}
+
+carries_token() { [ -n "$TOKEN" ] && tr '\0' '\n' < "/proc/$1/environ" 2>/dev/null | grep -qxF "MPREC_DAEMONS=$TOKEN"; }
 
 # --- settings remembered in server.conf (read as data, never sourced) ----------------------------------
 HOST=127.0.0.1 PORT=5000 PG_PORT='' WORKERS=1 AUTH=0 INSECURE=0 ALLOWED_HOSTS=''
@@ -138,7 +162,7 @@ pg_running() { [ -f "$PGDATA/PG_VERSION" ] && as_pg "$PG_BIN/pg_ctl" -D "$PGDATA
 
 # psql as the store's owner over loopback TCP; the password comes from DIR/pgpass.
 pg_sql() {
-  PGPASSFILE=$DIR/pgpass "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -d postgres -Atc "$1"
+  PGPASSFILE=$DIR/pgpass timeout 60 "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$PG_PORT" -U "$DB_USER" -d postgres -Atc "$1"
 }
 
 random_secret() { od -An -tx1 -N24 /dev/urandom | tr -d ' \n'; }
@@ -221,12 +245,12 @@ start_pg() {
   done
 }
 
-mlflow_pid() {  # the server's process group leader, if it still runs (and is still mlflow)
+mlflow_pid() {  # the server's process group leader, if it still runs (and carries this server's token)
   local pid
   [ -f "$PIDFILE" ] || return 1
   pid=$(cat "$PIDFILE")
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
-  grep -qa mlflow "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+  carries_token "$pid" && echo "$pid"
 }
 
 client_host() {
@@ -378,7 +402,12 @@ case $command in
     if [ "$AUTH" = 1 ]; then
       "$PYTHON" -c 'import flask_wtf' 2>/dev/null || die "--auth needs mlflow's auth extra: pip install -e \".[team]\""
     fi
-    start_pg; start_mlflow; print_exports ;;
-  stop) stop_mlflow; stop_pg ;;
+    mark_daemons
+    start_pg; start_mlflow
+    if [ "$loopback" = 1 ] && ! leftovers loopback "$TOKEN"; then
+      stop_mlflow; stop_pg; die "a daemon listens beyond loopback (above): stopped"
+    fi
+    print_exports ;;
+  stop) stop_mlflow; stop_pg; [ -z "$TOKEN" ] || leftovers stop-set "$TOKEN" >&2 || true ;;
   status) status ;;
 esac

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
 from harness.app import doctor
+from harness.core import processes
 from harness.core.load import LoadReading
 from harness.pipeline.peaks import CACHE_FILE, KERNELS_VERSION
 
@@ -68,3 +70,18 @@ def test_the_command_examines_this_machine_and_refuses_an_unknown_key(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "harness.doctor", "backend.num_thread=1"],
                          capture_output=True, text=True, env=harness_env(), timeout=120)
     assert bad.returncode == 2 and "error:" in bad.stderr
+
+
+def test_what_the_harness_left_running_is_named_with_the_command_that_stops_it(tmp_path, monkeypatch):
+    monkeypatch.setenv(processes.STATE_ENV, str(tmp_path))
+    assert doctor.left_running() == [doctor.Finding(True, "nothing the harness started is left running")]
+    # A process whose owner (a killed test) is gone: a PID that no process has now
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"],
+                              env={**os.environ, processes.OWNER_ENV: "999999999:1"})
+    try:
+        [finding] = doctor.left_running()
+        assert not finding.ok and str(orphan.pid) in finding.what and "999999999:1" in finding.what
+        assert "python -m harness.leftovers reap" in finding.todo
+    finally:
+        orphan.kill()
+        orphan.wait(timeout=10)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from harness.core import processes
 from harness.core.host import allocated_cpus, physical_cores
 from harness.core.load import TICK_S, LoadProbe, LoadReading, run_cores
 from harness.pipeline.peaks import KERNELS_VERSION, read_cache
@@ -173,11 +174,26 @@ def peak_cache(results_dir: str) -> Finding:
     return Finding(True, f"peak cache {path}: {len(cache)} entries, measured quietly with this torch")
 
 
+def left_running() -> list[Finding]:
+    """What the project started that nothing will stop (harness/core/processes.py), each by name, and the
+    daemon sets a user started and still owns (not a fault: they are load all the same)."""
+    items = processes.leftovers()
+    found = [Finding(False, f"left running: {processes.describe(item)}",
+                     "python -m harness.leftovers reap stops it (by identity: nothing else is touched)")
+             for item in items]
+    leftover_tokens = {item.daemon_set.token for item in items if item.daemon_set}
+    for entry in processes.daemon_sets():
+        if entry.token not in leftover_tokens:
+            found.append(Finding(True, f"{entry.what} in {entry.folder} runs (started by you; it loads this "
+                                       f"machine: {' '.join(entry.stop_command)} stops it)"))
+    return found or [Finding(True, "nothing the harness started is left running")]
+
+
 def examine(threads: int, results_dir: str, max_other: float, max_steal: float,
             seconds: float = SAMPLE_S) -> list[Finding]:
     busy, reading = busy_processes(seconds)
     return [cores_and_threads(threads), other_processes(busy, reading, threads, max_other),
-            *load_and_steal(reading, max_steal), governor(), peak_cache(results_dir)]
+            *load_and_steal(reading, max_steal), governor(), *left_running(), peak_cache(results_dir)]
 
 
 def verdict(findings: list[Finding]) -> str:
