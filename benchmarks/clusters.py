@@ -52,8 +52,9 @@ LAUNCHERS = ("joblib", "slurm", "ray")
 class LocalCluster:
     """scripts/local_cluster.sh KIND in `folder`, and what a sweep needs to reach it."""
 
-    def __init__(self, kind: str, folder: Path, cpus: int) -> None:
+    def __init__(self, kind: str, folder: Path, cpus: int, forward: tuple[int, ...] = ()) -> None:
         self.kind, self.folder, self.cpus = kind, Path(folder), cpus
+        self.forward = forward  # this machine's loopback ports the jobs reach (a Ray cluster's namespace)
         self.env: dict[str, str] = {}
 
     def script(self, command: str, *options: str) -> subprocess.CompletedProcess:
@@ -62,12 +63,28 @@ class LocalCluster:
                               capture_output=True, text=True, timeout=180, check=False)
 
     def start(self) -> None:
-        proc = self.script("start", "--cpus", str(self.cpus))
+        ports = ",".join(map(str, self.forward))
+        forward = ["--forward", ports] if ports and self.kind == "ray" else []
+        proc = self.script("start", "--cpus", str(self.cpus), *forward)
         if proc.returncode != 0:
             raise RuntimeError(f"local_cluster.sh {self.kind} start failed:\n{proc.stderr[-3000:]}")
-        for line in proc.stdout.splitlines():  # export NAME=value
-            name, value = line.removeprefix("export ").split("=", 1)
-            self.env[name] = value
+        for line in proc.stdout.splitlines():  # export NAME=value [NAME=value ...]
+            for pair in line.removeprefix("export ").split():
+                name, value = pair.split("=", 1)
+                self.env[name] = value
+
+    def driver(self, command: list[str]) -> list[str]:
+        """`command` as it must run to drive this cluster: a Ray sweep inside the cluster's network
+        namespace (scripts/local_cluster.sh ray exec), a Slurm sweep as it is."""
+        if self.kind != "ray":
+            return command
+        return ["bash", str(SCRIPT), "ray", "exec", str(self.folder), "--", *command]
+
+    def kill_controller(self) -> None:
+        """Slurm's controller dies (SIGKILL) and stays down: nobody can say the jobs' states any more."""
+        proc = self.script("kill-controller")
+        if proc.returncode != 0:
+            raise RuntimeError(f"local_cluster.sh {self.kind} kill-controller failed:\n{proc.stderr[-2000:]}")
 
     def kill_node(self) -> None:
         proc = self.script("kill-node")
@@ -106,11 +123,14 @@ def statuses(folder: Path) -> Counter:
     return Counter(json.loads(p.read_text())["status"] for p in (folder / "sweep").rglob("job_status.json"))
 
 
-def load_round(launcher: str, server: TeamServer, env: dict, seeds: range, slots: int, work: Path) -> dict:
+def load_round(launcher: str, server: TeamServer, cluster: LocalCluster | None, seeds: range, slots: int,
+               work: Path) -> dict:
     name = f"{launcher}-{seeds.start}"
+    command = sweep_command(launcher, seeds, work / name, slots)
+    env = {**server.client_env(), **(cluster.env if cluster else {})}
     t0 = time.perf_counter()
-    proc = start_sweep(sweep_command(launcher, seeds, work / name, slots), {**server.client_env(), **env},
-                       work / f"{name}.calls.jsonl", work / name)
+    proc = start_sweep(cluster.driver(command) if cluster else command, env, work / f"{name}.calls.jsonl",
+                       work / name)
     with stopped_on_error(proc):
         err = finish(proc, work, name)
     wall = time.perf_counter() - t0
@@ -129,8 +149,8 @@ def fault_round(cluster: LocalCluster, server: TeamServer, seeds: range, slots: 
     name = f"{cluster.kind}-{fault}-{seeds.start}"
     # Runs of 8 s or more, so the fault lands mid-run: a cancelled Slurm job has KillWait (5 s) to end
     # after SIGTERM (which submitit ignores) before SIGKILL, and a short run would finish in it.
-    command = sweep_command(cluster.kind, seeds, work / name, slots, "measure.min_time_s=4",
-                            "measure.max_time_s=10")
+    command = cluster.driver(sweep_command(cluster.kind, seeds, work / name, slots, "measure.min_time_s=4",
+                                           "measure.max_time_s=10"))
     env = {**server.client_env(), **cluster.env}
     proc = start_sweep(command, env, work / f"{name}.calls.jsonl", work / name)
     with stopped_on_error(proc):
@@ -220,7 +240,8 @@ def main(argv: list[str] | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="mprec-clusters-", dir="/tmp"))
     work.chmod(0o711)  # PostgreSQL runs as `postgres` and must enter its folder
     server = TeamServer(work / "server", workers=2)
-    clusters = {k: LocalCluster(k, work / k, args.slots) for k in launchers if k != "joblib"}
+    clusters = {k: LocalCluster(k, work / k, args.slots, forward=(server.port,)) for k in launchers
+                if k != "joblib"}
     figures: dict = {"cpu": cpu_line(), "jobs": args.jobs, "slots": args.slots, "rounds": [], "faults": []}
     try:
         server.start()
@@ -229,9 +250,8 @@ def main(argv: list[str] | None = None) -> dict:
         seed = 0
         for _ in range(args.rounds):
             for name in launchers:  # side by side: each round runs every launcher once
-                env = clusters[name].env if name in clusters else {}
-                figures["rounds"].append(load_round(name, server, env, range(seed, seed + args.jobs),
-                                                    args.slots, work))
+                figures["rounds"].append(load_round(name, server, clusters.get(name),
+                                                    range(seed, seed + args.jobs), args.slots, work))
                 seed += args.jobs
         figures["summary"] = summary(figures["rounds"])
         if not args.no_faults:

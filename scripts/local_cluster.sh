@@ -2,18 +2,25 @@
 # A real single-machine cluster in one folder, to run and test sweeps as they run on a site's cluster
 # (docs/sweeps.md, "On a cluster"): Slurm (Debian's slurm-wlm and munge) or Ray (from PyPI).
 #
-#   scripts/local_cluster.sh slurm|ray start [--cpus N] [--host 127.0.0.1] DIR
+#   scripts/local_cluster.sh slurm|ray start [--cpus N] [--host 127.0.0.1] [--forward PORT,...] DIR
 #   scripts/local_cluster.sh slurm|ray status DIR
 #   scripts/local_cluster.sh slurm|ray stop DIR
 #   scripts/local_cluster.sh slurm|ray kill-node DIR    # the compute node dies (SIGKILL, its jobs too)
+#   scripts/local_cluster.sh slurm kill-controller DIR  # slurmctld dies (SIGKILL) and stays down
 #   scripts/local_cluster.sh reap                       # stop what a killed owner left (any cluster)
+#   scripts/local_cluster.sh ray exec DIR -- COMMAND... # run a driver (a sweep) inside the Ray cluster
 #
 # slurm: munged (its key DIR/munge.key, mode 600, and its socket under DIR), slurmctld and one slurmd, all
 #   on 127.0.0.1, with DIR/slurm.conf (ports picked free at the first start; partition `debug`; batch jobs
 #   are not requeued after a node failure, so a lost job stays lost until the sweep is run again).
 #   Needs root (slurmd starts jobs as their users) and /usr/sbin/{munged,slurmctld,slurmd}.
 # ray: a head node that runs no jobs (--num-cpus 0: it holds the cluster's state) and one worker node
-#   with N CPUs, so a lost worker loses jobs and the head lives on.
+#   with N CPUs, so a lost worker loses jobs and the head lives on. Ray's servers bind every address of
+#   the machine and Ray turns 127.0.0.1 into the machine's address, so the cluster runs in a network
+#   namespace of its own that has only loopback (unshare --net; a user namespace too when not root):
+#   nothing of it is reachable from outside, and a driver runs inside it (`ray exec DIR -- COMMAND`).
+#   --forward PORT,... makes this machine's 127.0.0.1:PORT (a tracking server) reachable from inside
+#   (scripts/netns_forward.py). Token authentication is on (RAY_AUTH_MODE=token, DIR/ray_auth_token).
 #
 # `start` prints the lines to export on stdout (SLURM_CONF, or RAY_ADDRESS), everything else on stderr,
 # so `eval "$(scripts/local_cluster.sh slurm start DIR)"` works; `start` brings back whatever is down
@@ -38,7 +45,7 @@ SELF=$ROOT/scripts/local_cluster.sh
 
 die() { printf 'local_cluster: error: %s\n' "$*" >&2; exit 1; }
 say() { printf 'local_cluster: %s\n' "$*" >&2; }
-usage() { sed -n '5,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '5,11p' "$0" | sed 's/^# \{0,1\}//'; }
 leftovers() { PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} timeout 180 "$PYTHON" -m harness.leftovers "$@"; }
 
 if [ "${1:-}" = reap ]; then leftovers reap >&2; exit; fi
@@ -46,12 +53,16 @@ if [ "${1:-}" = reap ]; then leftovers reap >&2; exit; fi
 kind=${1:-}
 command=${2:-}
 case $kind in slurm|ray) ;; -h|--help|help) usage; exit 0 ;; *) usage >&2; exit 2 ;; esac
-case $command in start|stop|status|kill-node) ;; *) usage >&2; exit 2 ;; esac
+case $command in start|stop|status|kill-node) ;; kill-controller) [ "$kind" = slurm ] || die "kill-controller is for slurm" ;;
+  exec) [ "$kind" = ray ] || die "exec is for ray" ;;
+  *) usage >&2; exit 2 ;; esac
 shift 2
-CPUS=$(nproc) HOST=127.0.0.1 dir=''
+CPUS=$(nproc) HOST=127.0.0.1 FORWARD='' dir=''
 while [ $# -gt 0 ]; do
   case $1 in
+    --) shift; break ;;
     --cpus) CPUS=${2:?--cpus needs a number}; shift 2 ;;
+    --forward) FORWARD=${2:?--forward needs ports}; shift 2 ;;
     --host) HOST=${2:?--host needs an address}; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     -*) die "unknown option $1 (see --help)" ;;
@@ -64,6 +75,8 @@ case $HOST in
   *) die "--host $HOST: this cluster is for one machine and listens on loopback only (127.0.0.1); a site's cluster is configured by its administrators" ;;
 esac
 case $CPUS in ''|*[!0-9]*|0) die "--cpus must be a positive number, got '$CPUS'" ;; esac
+case ${FORWARD//,/} in *[!0-9]*) die "--forward takes ports separated by commas, got '$FORWARD'" ;; esac
+[ "$command" != exec ] || [ $# -gt 0 ] || die "exec needs a command after --"
 if [ "$command" = start ]; then mkdir -p "$dir"; fi
 [ -d "$dir" ] || die "no cluster in $dir (scripts/local_cluster.sh $kind start $dir creates one)"
 DIR=$(cd "$dir" && pwd -P)
@@ -278,17 +291,59 @@ ray_port() {
   done < "$RAY_CONF"
 }
 
+NETNS_PID=$RUN/netns.pid
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=$DIR/ray_auth_token
+
+ray_netns() {  # the cluster's network namespace (only loopback, up), held by a sleeping process
+  alive "$NETNS_PID" >/dev/null && return
+  command -v unshare >/dev/null && command -v nsenter >/dev/null || die "unshare and nsenter (util-linux) are needed"
+  local userns=''
+  [ "$(id -u)" = 0 ] || userns='--user --map-root-user'
+  rm -f "$NETNS_PID"
+  # shellcheck disable=SC2086
+  (exec setsid unshare $userns --net -- "$PYTHON" -c '
+import fcntl, os, socket, struct, sys
+s = socket.socket()
+flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, struct.pack("16sH14x", b"lo", 0)))[1]  # SIOCGIFFLAGS
+fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags | 1))  # SIOCSIFFLAGS: IFF_UP
+open(sys.argv[1], "w").write(str(os.getpid()))
+os.execvp("sleep", ["sleep", "infinity"])' "$NETNS_PID") < /dev/null >> "$LOGS/netns.log" 2>&1 &
+  wait_until 30 "the network namespace" test -s "$NETNS_PID"
+  sleep 0.2
+}
+
+in_ns() {  # run a command inside the cluster's network namespace
+  local pid
+  pid=$(alive "$NETNS_PID") || die "the Ray cluster in $DIR is not running (scripts/local_cluster.sh ray start $DIR)"
+  if [ "$(id -u)" = 0 ]; then nsenter --net="/proc/$pid/ns/net" -- "$@"
+  else nsenter --target "$pid" --user --net --preserve-credentials -- "$@"; fi
+}
+
+ray_forward() {  # this machine's 127.0.0.1:PORTs reachable from inside the namespace
+  [ -n "$FORWARD" ] || return 0
+  alive "$RUN/forward.pid" >/dev/null && return
+  local ns
+  ns=$(alive "$NETNS_PID")
+  (exec setsid sh -c 'echo $$ > "$0" && exec "$@"' "$RUN/forward.pid" "$PYTHON" "$ROOT/scripts/netns_forward.py" \
+      "/proc/$ns/ns/net" ${FORWARD//,/ }) < /dev/null >> "$LOGS/forward.log" 2>&1 &
+  wait_until 30 "the port forwarder" grep -q forwarding "$LOGS/forward.log"
+  say "127.0.0.1:{${FORWARD}} of this machine reachable from the cluster"
+}
+
 ray_daemon() {  # ray_daemon NAME ARGS...: `ray start --block` as its own process group, pid in RUN/NAME.pid
-  local name=$1
+  local name=$1 ns
   shift
   rm -f "$RUN/$name.pid"
-  (exec setsid sh -c 'echo $$ > "$0" && exec "$@"' "$RUN/$name.pid" "$PYTHON" -m ray.scripts.scripts start \
-      --block --disable-usage-stats "$@") < /dev/null >> "$LOGS/$name.log" 2>&1 &
+  ns=$(alive "$NETNS_PID")
+  local enter=(nsenter --net="/proc/$ns/ns/net" --)
+  [ "$(id -u)" = 0 ] || enter=(nsenter --target "$ns" --user --net --preserve-credentials --)
+  (exec setsid sh -c 'echo $$ > "$0" && exec "$@"' "$RUN/$name.pid" "${enter[@]}" "$PYTHON" -m ray.scripts.scripts \
+      start --block --disable-usage-stats "$@") < /dev/null >> "$LOGS/$name.log" 2>&1 &
   wait_until "$START_TIMEOUT_S" "ray $name" test -s "$RUN/$name.pid"
 }
 
 ray_nodes() {  # "head" once the head answers, then the ids of the alive nodes that offer CPUs (workers)
-  RAY_ADDRESS=$HOST:$PORT timeout 60 "$PYTHON" - <<'EOF' 2>/dev/null
+  RAY_ADDRESS=$HOST:$PORT in_ns timeout 60 "$PYTHON" - <<'EOF' 2>/dev/null
 import logging, ray
 ray.init(logging_level=logging.ERROR, log_to_driver=False)
 print("head")
@@ -307,6 +362,9 @@ ray_start() {
   mkdir -p "$RUN" "$LOGS"
   ray_port
   mark_daemons
+  [ -s "$RAY_AUTH_TOKEN_PATH" ] || (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$RAY_AUTH_TOKEN_PATH")
+  ray_netns
+  ray_forward
   if ! alive "$RUN/head.pid" ray >/dev/null; then
     ray_daemon head --head --node-ip-address="$HOST" --port="$PORT" --num-cpus=0 \
       --include-dashboard=false --temp-dir="$DIR/tmp"
@@ -321,7 +379,11 @@ ray_start() {
   [ -f "$RUN/nodes.before" ] || : > "$RUN/nodes.before"
   wait_until "$START_TIMEOUT_S" "the ray worker node" ray_up
   check_loopback
-  printf 'export RAY_ADDRESS=%q\n' "$HOST:$PORT"
+  ray_exports
+}
+
+ray_exports() {
+  printf 'export RAY_ADDRESS=%q RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=%q\n' "$HOST:$PORT" "$RAY_AUTH_TOKEN_PATH"
 }
 
 ray_head_answers() { [ -n "$(ray_nodes)" ]; }
@@ -345,6 +407,10 @@ ray_stop() {
     fi
     rm -f "$RUN/$name.pid"
   done
+  for name in forward netns; do
+    if pid=$(alive "$RUN/$name.pid"); then kill -KILL "$pid" 2>/dev/null || true; fi
+    rm -f "$RUN/$name.pid"
+  done
   forget_daemons  # what the leaders' SIGTERM left (a group whose leader is gone), by its token
 }
 
@@ -356,7 +422,7 @@ ray_status() {
     else say "ray $name: stopped"; fi
   done
   if [ "$up" = 2 ] && [ -n "$(ray_nodes | grep -v '^head$' || true)" ]; then
-    printf 'export RAY_ADDRESS=%q\n' "$HOST:$PORT"
+    ray_exports
     return 0
   fi
   return 3
@@ -367,9 +433,14 @@ case $kind-$command in
   slurm-stop) slurm_stop ;;
   slurm-status) slurm_status ;;
   slurm-kill-node) slurm_kill_node ;;
+  slurm-kill-controller)
+    pid=$(alive "$RUN/slurmctld.pid") || die "no slurmctld of this cluster runs"
+    kill -KILL "$pid"
+    say "slurmctld (pid $pid) killed: 'start' brings it back" ;;
   ray-start) ray_start ;;
   ray-stop) ray_stop ;;
   ray-status) ray_status ;;
+  ray-exec) ray_port; RAY_ADDRESS=$HOST:$PORT in_ns "$@" ;;
   ray-kill-node)
     ray_kill_group worker || die "no ray worker of this cluster runs"
     say "ray worker node lost (SIGKILL, its jobs too); 'start' brings it back" ;;

@@ -22,8 +22,24 @@ from types import SimpleNamespace
 import pytest
 from omegaconf import OmegaConf
 
-from benchmarks.clusters import SCRIPT, LocalCluster, fault_checks, fault_round, load_round
-from benchmarks.team_server import TeamServer, pg_bin
+from benchmarks.clusters import (
+    SCRIPT,
+    LocalCluster,
+    fault_checks,
+    fault_round,
+    load_round,
+    statuses,
+    sweep_command,
+)
+from benchmarks.team_server import (
+    TeamServer,
+    audit,
+    finish,
+    pg_bin,
+    start_sweep,
+    stopped_on_error,
+    wait_for_runs,
+)
 from harness.app.launchers import _SlurmWatch, lost_job
 from harness.app.sweep import SweepCallback
 from harness.core.host import ALLOCATED_CPUS_ENV, allocated_cpus
@@ -76,11 +92,11 @@ def team_server():
 
 def _through(kind: str, team_server, faults: tuple[str, ...]) -> None:
     server, folder = team_server
-    cluster = LocalCluster(kind, folder / kind, cpus=2)
+    cluster = LocalCluster(kind, folder / kind, cpus=2, forward=(server.port,))
     work = folder / f"{kind}-work"
     try:
         cluster.start()
-        done = load_round(kind, server, cluster.env, range(0, 6), 2, work)
+        done = load_round(kind, server, cluster, range(0, 6), 2, work)
         assert (done["exit"], done["finished"], done["running"], done["duplicated_keys"]) == (0, 6, 0, 0), \
             done
         seed, jobs = 100, 4  # 4 jobs, 2 at a time: the fault lands after the first has begun
@@ -102,6 +118,35 @@ def _through(kind: str, team_server, faults: tuple[str, ...]) -> None:
 @pytest.mark.skipif(_slurm_missing() is not None, reason=_slurm_missing() or "")
 def test_a_sweep_through_slurm_finishes_and_a_lost_node_or_cancelled_job_is_rerun_alone(team_server):
     _through("slurm", team_server, ("node", "scancel"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_slurm_missing() is not None, reason=_slurm_missing() or "")
+def test_a_sweep_whose_slurm_controller_dies_ends_within_its_bound_with_the_jobs_lost_and_why(team_server):
+    server, folder = team_server
+    cluster = LocalCluster("slurm", folder / "slurm-ctld", cpus=2)
+    work, seeds, bound_s = folder / "ctld-work", range(300, 304), 20
+    try:
+        cluster.start()
+        command = sweep_command("slurm", seeds, work / "ctld", 2, "measure.min_time_s=4",
+                                "measure.max_time_s=10", f"hydra.launcher.state_timeout_s={bound_s}")
+        proc = start_sweep(command, {**server.client_env(), **cluster.env}, work / "calls.jsonl",
+                           work / "ctld")
+        with stopped_on_error(proc):
+            wait_for_runs(server.uri, seeds, 1, proc)  # two jobs run, two wait in the queue
+            cluster.kill_controller()
+            t0 = time.monotonic()
+            finish(proc, work, "ctld", timeout_s=300)
+        took = time.monotonic() - t0
+    finally:
+        cluster.stop()
+    assert proc.returncode == 1 and took < bound_s + 90, (proc.returncode, took)  # the bound, polls, scontrol
+    jobs = [json.loads(p.read_text()) for p in (work / "ctld" / "sweep").rglob("job_status.json")]
+    lost = [j for j in jobs if j["status"] == "failed"]
+    assert lost and len(jobs) == 4 and statuses(work / "ctld")["finished"] == 4 - len(lost), jobs
+    assert all(f"state unknown for over {bound_s} s" in j["error"] and "scontrol" in j["error"]
+               for j in lost), lost
+    assert audit(server.uri, seeds)["running"] == 0  # nothing left RUNNING in the store
 
 
 @pytest.mark.slow
