@@ -30,6 +30,7 @@ from pathlib import Path
 import pandas as pd
 
 from benchmarks.common import write_report
+from harness.core import processes
 
 SWEEP = ["-m", "representation=table,tt,dhe", "+backend=cpu", "dataset.scale=0.01",
          "workload.query_sizes=[1,8,64,256,1024,4096]", "measure.min_iters=10", "measure.min_time_s=1.0"]
@@ -39,11 +40,15 @@ BURN = "while True: pass"
 
 
 def burners(count: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", BURN]) for _ in range(count)]
+    """CPU burners that die with this process (a killed benchmark leaves no load behind), marked as its own
+    for the reaper all the same (harness/core/processes.py)."""
+    env = {**os.environ, processes.OWNER_ENV: os.environ.get(processes.OWNER_ENV, processes.identity())}
+    return [subprocess.Popen([sys.executable, "-c", BURN], env=env, preexec_fn=processes.dies_with_parent())
+            for _ in range(count)]
 
 
-def stop(processes: list[subprocess.Popen]) -> None:
-    for p in processes:
+def stop(burning: list[subprocess.Popen]) -> None:
+    for p in burning:
         p.kill()
         p.wait()
 

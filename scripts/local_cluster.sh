@@ -89,11 +89,15 @@ free_port() {
 TOKEN_FILE=$DIR/daemons.token
 TOKEN=$(cat "$TOKEN_FILE" 2>/dev/null || true)
 
-alive() {  # pid file -> its pid, if that process still runs and carries this cluster's token
+alive() {  # pid file [name] -> its pid, if that process still runs and carries this cluster's token
   local pid
-  [ -f "$1" ] && [ -n "$TOKEN" ] || return 1
+  [ -f "$1" ] || return 1
   pid=$(cat "$1")
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  if [ -z "$TOKEN" ]; then  # a cluster started before tokens (no DIR/daemons.token): its command line
+    [ -n "${2:-}" ] && grep -qa -- "$2" "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+    return
+  fi
   tr '\0' '\n' < "/proc/$pid/environ" 2>/dev/null | grep -qxF "MPREC_DAEMONS=$TOKEN" && echo "$pid"
 }
 
@@ -125,10 +129,10 @@ descendants() {  # every process below the given pids (read from ps once)
 }
 
 wait_until() {  # wait_until SECONDS DESCRIPTION COMMAND...
-  local deadline=$((SECONDS + $1)) what=$2
+  local deadline=$((SECONDS + $1)) seconds=$1 what=$2
   shift 2
   until "$@"; do
-    [ $SECONDS -lt $deadline ] || die "$what did not come up within ${START_TIMEOUT_S} s: see $LOGS"
+    [ $SECONDS -lt $deadline ] || die "$what did not come up within $seconds s: see $LOGS"
     sleep 0.2
   done
 }
@@ -312,32 +316,40 @@ os.execvp("sleep", ["sleep", "infinity"])' "$NETNS_PID") < /dev/null >> "$LOGS/n
   sleep 0.2
 }
 
-in_ns() {  # run a command inside the cluster's network namespace
+set_enter() {  # ENTER: the command prefix that enters the cluster's network namespace
   local pid
   pid=$(alive "$NETNS_PID") || die "the Ray cluster in $DIR is not running (scripts/local_cluster.sh ray start $DIR)"
-  if [ "$(id -u)" = 0 ]; then nsenter --net="/proc/$pid/ns/net" -- "$@"
-  else nsenter --target "$pid" --user --net --preserve-credentials -- "$@"; fi
+  if [ "$(id -u)" = 0 ]; then ENTER=(nsenter --net="/proc/$pid/ns/net" --)
+  else ENTER=(nsenter --target "$pid" --user --net --preserve-credentials --); fi
 }
 
-ray_forward() {  # this machine's 127.0.0.1:PORTs reachable from inside the namespace
-  [ -n "$FORWARD" ] || return 0
-  alive "$RUN/forward.pid" >/dev/null && return
-  local ns
-  ns=$(alive "$NETNS_PID")
-  (exec setsid sh -c 'echo $$ > "$0" && exec "$@"' "$RUN/forward.pid" "$PYTHON" "$ROOT/scripts/netns_forward.py" \
-      "/proc/$ns/ns/net" ${FORWARD//,/ }) < /dev/null >> "$LOGS/forward.log" 2>&1 &
-  wait_until 30 "the port forwarder" grep -q forwarding "$LOGS/forward.log"
+in_ns() {  # run a command inside the cluster's network namespace
+  set_enter
+  "${ENTER[@]}" "$@"
+}
+
+ray_forward() {  # this machine's 127.0.0.1:PORTs reachable from inside the namespace: two relays that
+  [ -n "$FORWARD" ] || return 0  # meet at Unix sockets in RUN (scripts/netns_forward.py)
+  local side
+  for side in outside inside; do
+    alive "$RUN/forward-$side.pid" >/dev/null && continue
+    : > "$LOGS/forward-$side.log"
+    local enter=()
+    [ $side = outside ] || enter=("${ENTER[@]}")
+    # shellcheck disable=SC2086
+    (exec setsid sh -c 'echo $$ > "$0" && exec "$@"' "$RUN/forward-$side.pid" "${enter[@]}" "$PYTHON" \
+        "$ROOT/scripts/netns_forward.py" $side "$RUN" ${FORWARD//,/ }) < /dev/null >> "$LOGS/forward-$side.log" 2>&1 &
+    wait_until 30 "the port forwarder ($side)" grep -q forwarding "$LOGS/forward-$side.log"
+  done
   say "127.0.0.1:{${FORWARD}} of this machine reachable from the cluster"
 }
 
 ray_daemon() {  # ray_daemon NAME ARGS...: `ray start --block` as its own process group, pid in RUN/NAME.pid
-  local name=$1 ns
+  local name=$1
   shift
   rm -f "$RUN/$name.pid"
-  ns=$(alive "$NETNS_PID")
-  local enter=(nsenter --net="/proc/$ns/ns/net" --)
-  [ "$(id -u)" = 0 ] || enter=(nsenter --target "$ns" --user --net --preserve-credentials --)
-  (exec setsid sh -c 'echo $$ > "$0" && exec "$@"' "$RUN/$name.pid" "${enter[@]}" "$PYTHON" -m ray.scripts.scripts \
+  set_enter
+  (exec setsid sh -c 'echo $$ > "$0" && exec "$@"' "$RUN/$name.pid" "${ENTER[@]}" "$PYTHON" -m ray.scripts.scripts \
       start --block --disable-usage-stats "$@") < /dev/null >> "$LOGS/$name.log" 2>&1 &
   wait_until "$START_TIMEOUT_S" "ray $name" test -s "$RUN/$name.pid"
 }
@@ -364,6 +376,7 @@ ray_start() {
   mark_daemons
   [ -s "$RAY_AUTH_TOKEN_PATH" ] || (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' > "$RAY_AUTH_TOKEN_PATH")
   ray_netns
+  set_enter
   ray_forward
   if ! alive "$RUN/head.pid" ray >/dev/null; then
     ray_daemon head --head --node-ip-address="$HOST" --port="$PORT" --num-cpus=0 \
@@ -407,7 +420,7 @@ ray_stop() {
     fi
     rm -f "$RUN/$name.pid"
   done
-  for name in forward netns; do
+  for name in forward-inside forward-outside netns; do
     if pid=$(alive "$RUN/$name.pid"); then kill -KILL "$pid" 2>/dev/null || true; fi
     rm -f "$RUN/$name.pid"
   done

@@ -1,55 +1,24 @@
-"""Forward TCP ports from a network namespace's loopback to this machine's (scripts/local_cluster.sh).
+"""Forward TCP ports of this machine's loopback into a network namespace's (scripts/local_cluster.sh).
 
-    python scripts/netns_forward.py NETNS_PATH PORT [PORT ...]
+    python scripts/netns_forward.py outside SOCKET_DIR PORT [PORT ...]   # in the machine's namespace
+    python scripts/netns_forward.py inside SOCKET_DIR PORT [PORT ...]    # started inside the namespace
 
 The local Ray cluster runs in a network namespace that has only a loopback interface (Ray binds every
-address and resolves 127.0.0.1 to the machine's address otherwise). Its jobs must still reach a tracking
-server on the machine's 127.0.0.1:PORT: this process opens 127.0.0.1:PORT inside the namespace (a socket
-belongs to the namespace it was created in), returns to its own, and relays each connection to
-127.0.0.1:PORT here. Nothing listens outside loopback on either side. Needs the right to enter the
-namespace (root, or the owner of its user namespace). Standard library only.
+address and turns 127.0.0.1 into the machine's address otherwise). Its jobs must still reach a tracking
+server on the machine's 127.0.0.1:PORT. The filesystem is shared across namespaces, so two relays meet at a
+Unix socket (SOCKET_DIR/PORT.sock, mode 600): `inside` listens on the namespace's 127.0.0.1:PORT and relays
+each connection to the socket; `outside` listens on the socket and relays to the machine's 127.0.0.1:PORT.
+Neither needs any privilege beyond entering the namespace (nsenter), so it works for root and for a user
+namespace alike. Nothing listens outside loopback on either side. Standard library only.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import sys
 import threading
-
-CLONE_NEWNET = 0x40000000
-
-
-def _setns(path: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"setns({path}): {os.strerror(err)}")
-    finally:
-        os.close(fd)
-
-
-def _listeners(netns: str, ports: list[int]) -> list[socket.socket]:
-    """Listening sockets on 127.0.0.1:port inside `netns`; this thread is back in its own namespace after."""
-    own = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/ns/net"
-    home = os.open(own, os.O_RDONLY)
-    try:
-        _setns(netns)
-        sockets = []
-        for port in ports:
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind(("127.0.0.1", port))
-            listener.listen(64)
-            sockets.append(listener)
-    finally:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.setns(home, CLONE_NEWNET)
-        os.close(home)
-    return sockets
+from pathlib import Path
 
 
 def _pump(source: socket.socket, sink: socket.socket) -> None:
@@ -66,35 +35,68 @@ def _pump(source: socket.socket, sink: socket.socket) -> None:
                 pass
 
 
-def _relay(client: socket.socket, port: int) -> None:
+def _relay(client: socket.socket, connect) -> None:
     try:
-        upstream = socket.create_connection(("127.0.0.1", port), timeout=30)  # this machine's loopback
+        upstream = connect()
     except OSError:
         client.close()
         return
-    upstream.settimeout(None)
     threading.Thread(target=_pump, args=(upstream, client), daemon=True).start()
     _pump(client, upstream)
     client.close()
     upstream.close()
 
 
-def _serve(listener: socket.socket) -> None:
-    port = listener.getsockname()[1]
+def _serve(listener: socket.socket, connect) -> None:
     while True:
         client, _ = listener.accept()
-        threading.Thread(target=_relay, args=(client, port), daemon=True).start()
+        threading.Thread(target=_relay, args=(client, connect), daemon=True).start()
+
+
+def _tcp(port: int):
+    return lambda: socket.create_connection(("127.0.0.1", port), timeout=30)
+
+
+def _unix(path: str):
+    def connect() -> socket.socket:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(30)
+        sock.connect(path)
+        sock.settimeout(None)
+        return sock
+
+    return connect
+
+
+def _listen(side: str, folder: Path, port: int) -> tuple[socket.socket, object]:
+    path = folder / f"{port}.sock"
+    if side == "outside":  # the socket's end: relays to this machine's loopback
+        path.unlink(missing_ok=True)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            listener.bind(str(path))
+        finally:
+            os.umask(old)
+        listener.listen(64)
+        return listener, _tcp(port)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # the namespace's loopback
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", port))
+    listener.listen(64)
+    return listener, _unix(str(path))
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) < 2 or not all(p.isdigit() for p in argv[1:]):
+    if len(argv) < 3 or argv[0] not in ("inside", "outside") or not all(p.isdigit() for p in argv[2:]):
         print(__doc__.split("\n\n")[1], file=sys.stderr)
         return 2
-    listeners = _listeners(argv[0], [int(p) for p in argv[1:]])  # before any other thread exists
-    threads = [threading.Thread(target=_serve, args=(s,), daemon=True) for s in listeners]
+    folder = Path(argv[1])
+    served = [_listen(argv[0], folder, int(port)) for port in argv[2:]]
+    threads = [threading.Thread(target=_serve, args=pair, daemon=True) for pair in served]
     for thread in threads:
         thread.start()
-    print(f"forwarding {', '.join(argv[1:])} from {argv[0]} to 127.0.0.1", flush=True)
+    print(f"forwarding {', '.join(argv[2:])} ({argv[0]})", flush=True)
     for thread in threads:
         thread.join()
     return 0

@@ -250,6 +250,10 @@ mlflow_pid() {  # the server's process group leader, if it still runs (and carri
   [ -f "$PIDFILE" ] || return 1
   pid=$(cat "$PIDFILE")
   [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  if [ -z "$TOKEN" ]; then  # a server started before tokens (no DIR/daemons.token): its command line
+    grep -qa mlflow "/proc/$pid/cmdline" 2>/dev/null && echo "$pid"
+    return
+  fi
   carries_token "$pid" && echo "$pid"
 }
 

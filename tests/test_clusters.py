@@ -87,7 +87,8 @@ def team_server():
     finally:
         server.stop()
         env.undo()
-        shutil.rmtree(folder, ignore_errors=True)
+        if not os.environ.get("MPREC_KEEP_TEST_FOLDERS"):  # set it to read a failed cluster test's logs
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _through(kind: str, team_server, faults: tuple[str, ...]) -> None:
@@ -235,6 +236,9 @@ def _fake_scontrol(folder: Path, script: str) -> dict[str, str]:
     scontrol = bin_dir / "scontrol"
     scontrol.write_text("#!/bin/sh\n" + script)
     scontrol.chmod(0o755)
+    sacct = bin_dir / "sacct"  # no accounting: sacct says so at once (as local_cluster.sh's cluster)
+    sacct.write_text("#!/bin/sh\necho 'Slurm accounting storage is disabled' >&2\nexit 1\n")
+    sacct.chmod(0o755)
     return {"PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
 
@@ -251,6 +255,7 @@ def test_a_job_whose_state_slurm_cannot_say_is_lost_after_the_bound_with_what_sc
     outcome = None
     while outcome is None and time.monotonic() < deadline:
         time.sleep(0.1)
+        watch.new_round()
         outcome = watch.outcome(job, 0)
     assert outcome is not None and outcome.startswith("state unknown for over 0.3 s")
     assert "hydra.launcher.state_timeout_s" in outcome and "Unable to contact slurm controller" in outcome
@@ -266,9 +271,13 @@ def test_a_job_slurm_can_say_again_starts_its_bound_afresh(tmp_path, monkeypatch
     job = SimpleNamespace(job_id="7_0", paths=SimpleNamespace(result_pickle=tmp_path / "no.pkl"), state="")
     watch = _SlurmWatch(state_timeout_s=60)
     assert watch.outcome(job, 0) is None and 0 in watch.unknown_since
+    assert watch.outcome(SimpleNamespace(**{**vars(job), "job_id": "7_1"}), 1) is None
+    assert watch.controller_silent and 1 in watch.unknown_since  # the round's next job did not ask again
     flag.unlink()  # the controller answers again: RUNNING, and the unknown stretch is forgotten
+    watch.new_round()
     assert watch.outcome(job, 0) is None and 0 not in watch.unknown_since
     (tmp_path / "bin" / "scontrol").write_text("#!/bin/sh\necho 'JobId=7 JobState=NODE_FAIL'\n")
+    watch.new_round()
     assert watch.outcome(job, 0) == "ended NODE_FAIL without a result"
 
 

@@ -6,13 +6,21 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from harness.core import processes
+
+# Each of these plants or reaps processes whose owner is gone, which any reap on this machine may stop: one
+# worker runs them all, one after another (pyproject's --dist loadgroup), tests/test_doctor.py's too.
+pytestmark = pytest.mark.xdist_group("leftovers")
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -108,3 +116,62 @@ def test_a_pytest_session_that_leaves_a_process_fails_and_names_it(tmp_path):
     assert "the tests left processes running (stopped now)" in out.stderr and "forgotten-daemon" in out.stderr
     left = [p for p, _ in processes.marked("PYTHONPATH", str(REPO)) if "forgotten-daemon" in p.command]
     assert left == []
+
+
+# A test process that started a real team server and real Slurm and Ray clusters, as a test does
+OWNER_OF_DAEMONS = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    from harness.core import processes
+    os.environ[processes.OWNER_ENV] = processes.identity()
+    from benchmarks.clusters import LocalCluster
+    from benchmarks.team_server import TeamServer
+    folder = Path(sys.argv[1])
+    TeamServer(folder / "server").start()
+    for kind in sys.argv[2:]:
+        LocalCluster(kind, folder / kind, cpus=1).start()
+    print("up", flush=True)
+    time.sleep(600)
+""")
+
+
+def _daemons_missing() -> str | None:
+    import importlib.util
+
+    from benchmarks.team_server import pg_bin
+
+    if os.geteuid() != 0 or not Path("/usr/sbin/slurmctld").exists() or pg_bin() is None:
+        return "needs root, Slurm and PostgreSQL (.ci/run installs them)"
+    if importlib.util.find_spec("ray") is None or importlib.util.find_spec("psycopg2") is None:
+        return "needs the cluster and team extras"
+    return None
+
+
+@pytest.mark.skipif(_daemons_missing() is not None, reason=_daemons_missing() or "")
+def test_a_sigkilled_test_leaves_a_server_and_clusters_that_reap_stops_and_nothing_else():
+    folder = Path(tempfile.mkdtemp(prefix="mprec-leftover-test-", dir="/tmp"))
+    folder.chmod(0o711)  # PostgreSQL runs as `postgres`, which must enter it
+    env = {**os.environ, "PYTHONPATH": str(REPO), processes.STATE_ENV: str(folder / "state")}
+    owner = subprocess.Popen([sys.executable, "-c", OWNER_OF_DAEMONS, str(folder), "slurm", "ray"],
+                             stdout=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    decoy = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", "ray", "slurmd"])
+    try:
+        assert owner.stdout is not None and owner.stdout.readline().strip() == "up"
+        tokens = [(folder / name / "daemons.token").read_text().strip()
+                  for name in ("server", "slurm", "ray")]
+        daemons = [p for token in tokens for p, _ in processes.marked(processes.DAEMONS_ENV, token)]
+        names = " ".join(p.command for p in daemons)
+        assert all(n in names for n in ("postgres", "mlflow", "munged", "slurmctld", "slurmd", "ray")), names
+        owner.kill()  # SIGKILL: its finally blocks never run, its folders stay
+        owner.wait(timeout=10)
+        reaped = subprocess.run([sys.executable, "-m", "harness.leftovers", "reap"], capture_output=True,
+                                text=True, env=env, timeout=300)
+        assert reaped.returncode == 0, reaped.stdout + reaped.stderr
+        assert [p for p in daemons if p.alive() and _wait_gone(p.pid, 20) is False] == []
+        assert all(processes.marked(processes.DAEMONS_ENV, token) == [] for token in tokens)
+        assert decoy.poll() is None  # its command line says "ray" and "slurmd": untouched
+    finally:
+        for proc in (owner, decoy):
+            proc.kill()
+            proc.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)

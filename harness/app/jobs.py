@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -32,7 +33,7 @@ from hydra.types import RunMode
 from harness.app.console import ladder_progress, print_path_summary, print_recorded_summary
 from harness.core import trust
 from harness.core.errors import BackendUnavailable, could_not_run_here
-from harness.core.processes import dies_with_parent
+from harness.core.processes import PARENT_ENV
 from harness.core.schema import container as plain_config
 from harness.pipeline.plan import Plan, plan
 from harness.tracking import OWNER_TAG, Store, is_stale
@@ -187,11 +188,12 @@ def _run_isolated(p: Plan, container: dict, store: Store) -> dict[str, Any]:
     job_file = folder / "job.json"
     job_file.write_text(json.dumps({"config": container, "run_id": run_id}, default=str))
 
-    # The worker dies with this process (SIGKILL at its death): a job killed from outside leaves no worker
-    # measuring beside the next job, or ending a run the sweep has already closed
+    # The worker dies with this process (SIGKILL at its death; harness/app/worker.py arms it first thing): a
+    # job killed from outside leaves no worker measuring beside the next job, or ending a run the sweep has
+    # already closed. (Not a preexec_fn: this process may have threads, where code after fork can hang.)
     child = subprocess.Popen([sys.executable, "-m", "harness.app.worker", str(job_file)],
                              stderr=subprocess.PIPE, text=True, errors="replace",
-                             preexec_fn=dies_with_parent())
+                             env={**os.environ, PARENT_ENV: str(os.getpid())})
     tail: deque[str] = deque(maxlen=60)
     relay = threading.Thread(target=_relay, args=(child.stderr, tail), daemon=True)
     relay.start()

@@ -178,6 +178,7 @@ class SlurmLauncher(_SweepLauncher):
         results: dict[int, JobReturn] = {}
         watch = _SlurmWatch(self.state_timeout_s)
         while len(results) < len(jobs):
+            watch.new_round()
             for index, job in enumerate(jobs):
                 if index in results:
                     continue
@@ -202,6 +203,25 @@ class _SlurmWatch:
         self.state_timeout_s = state_timeout_s
         self.completed_at: dict[int, float] = {}
         self.unknown_since: dict[int, float] = {}
+        # Once scontrol (or sacct) could not answer in a round, the round's other jobs do not ask again: a
+        # controller that is down would cost each of them the call's timeout, N x 10 s a round
+        self.controller_silent: str | None = None
+        self.accounting_silent = False
+
+    def new_round(self) -> None:
+        self.controller_silent, self.accounting_silent = None, False
+
+    def _state(self, job_id: str) -> tuple[str, str]:
+        if self.controller_silent is not None:
+            return "UNKNOWN", self.controller_silent
+        state, why = slurm_state(job_id, timeout_s=min(10.0, self.state_timeout_s))
+        if state == "UNKNOWN":
+            self.controller_silent = why
+        if state in ("UNKNOWN", "PURGED") and not self.accounting_silent:  # sacct, where accounting is kept
+            said, answered = accounting_state(job_id)
+            self.accounting_silent = not answered
+            state = said or state
+        return state, why
 
     def outcome(self, job: Any, index: int) -> JobReturn | str | None:
         """The job's return once it has one; 'ended STATE without a result' once it ended without one, or
@@ -211,10 +231,7 @@ class _SlurmWatch:
                 return job.results()[0]
             except Exception as exc:  # noqa: BLE001 - the job function raised: its status file says why
                 return "ended " + (str(exc).splitlines()[0][:200] or type(exc).__name__)
-        state, why = slurm_state(job.job_id, timeout_s=min(10.0, self.state_timeout_s))
-        if state in ("UNKNOWN", "PURGED"):  # the controller forgot it: sacct, where the site keeps accounting
-            said = _accounting_state(job)
-            state = said if said not in ("UNKNOWN", "") else state
+        state, why = self._state(job.job_id)
         state = state.split()[0] if state else "UNKNOWN"
         now = time.monotonic()
         if state != "UNKNOWN":
@@ -230,12 +247,19 @@ class _SlurmWatch:
         return None
 
 
-def _accounting_state(job: Any) -> str:
-    """submitit's state of the job (sacct, where the site keeps accounting); '' when it cannot say."""
+def accounting_state(job_id: str, timeout_s: float = 10.0) -> tuple[str, bool]:
+    """The job's state as Slurm's accounting has it (`sacct`, where the site keeps it), '' when it has
+    none; and whether sacct answered at all within `timeout_s` (a slurmdbd that is down does not)."""
     try:
-        return str(job.state)
-    except Exception:  # noqa: BLE001 - sacct missing or failing reads as 'cannot say', as scontrol's does
-        return ""
+        out = subprocess.run(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"], capture_output=True,
+                             text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return "", False
+    except OSError:  # no sacct: a site without accounting tools
+        return "", True
+    states = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    state = states[0] if out.returncode == 0 and states else ""
+    return ("" if state == "UNKNOWN" else state), True
 
 
 # What a Ray job needs from the launching process: Ray's workers inherit their node's environment, not
@@ -280,13 +304,15 @@ class RayLauncher(_SweepLauncher):
     name = "ray"
 
     def __init__(self, init: Any = None, remote: Any = None, poll_s: float = 2.0,
-                 state_timeout_s: float = 300.0) -> None:
+                 state_timeout_s: float = 300.0, refuse_infeasible: bool = True) -> None:
         self.init = _plain(init)
         # Never retried (a lost measurement is rerun by resume, once); a fresh worker process per job, as
         # each Slurm job is one: no job inherits another's threads, caches or allocator.
         self.remote = {**_plain(remote), "max_retries": 0}
         self.poll_s = poll_s
         self.state_timeout_s = state_timeout_s
+        # false on an autoscaling cluster, whose nodes for the request may not exist yet
+        self.refuse_infeasible = refuse_infeasible
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         try:
@@ -295,9 +321,10 @@ class RayLauncher(_SweepLauncher):
             raise ImportError('hydra/launcher=ray needs the cluster extra: pip install ".[cluster]"') from exc
         if not ray.is_initialized():
             ray.init(**self.init)
-        why = infeasible(self.remote, ray.nodes())
+        why = infeasible(self.remote, ray.nodes()) if self.refuse_infeasible else None
         if why:
-            print(f"error: {why}\nerror: no job was started", file=sys.stderr)
+            print(f"error: {why}\nerror: no job was started (hydra.launcher.refuse_infeasible=false on an "
+                  "autoscaling cluster)", file=sys.stderr)
             sys.exit(2)  # past Hydra's traceback: the message is the whole story
         task = ray.remote(max_calls=1)(run_on_ray).options(**self.remote)
         configs = [self.job_config(o, initial_job_idx + i) for i, o in enumerate(job_overrides)]
@@ -325,7 +352,7 @@ class RayLauncher(_SweepLauncher):
             if not pending or ready:
                 unschedulable_since = None
                 continue
-            why = infeasible(self.remote, ray.nodes())
+            why = infeasible(self.remote, ray.nodes()) if self.refuse_infeasible else None
             now = time.monotonic()
             if why is None:
                 unschedulable_since = None

@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 from harness.app.console import INTERRUPTED_EXIT, ladder_progress, print_path_summary
 from harness.core.errors import BackendUnavailable, ConfigError, DataError
+from harness.core.processes import PARENT_ENV, exit_with_parent
 from harness.pipeline.plan import plan
 from harness.pipeline.run import measure_path
 
 
 def main(argv: list[str]) -> int:
+    if os.environ.get(PARENT_ENV, "").isdigit():  # die with the job process (harness/app/jobs.py)
+        exit_with_parent(int(os.environ[PARENT_ENV]))
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     job = json.loads(Path(argv[0]).read_text())

@@ -4,24 +4,29 @@ name: a daemon left behind is "other processes" in every later measurement on th
 Two marks in the environment, which every process inherits from the one that started it (through fork,
 exec, setsid, a daemon's double fork and re-parenting to init), so the whole tree carries them:
 
-- `MPREC_OWNER=<pid>:<start ticks>`: the process whose life bounds theirs (a pytest session, a benchmark).
-  Once it is gone, whatever still carries its mark is a leftover.
+- `MPREC_OWNER=<host>:<pid>:<start ticks>`: the process whose life bounds theirs (a pytest session, a
+  benchmark). Once it is gone, whatever still carries its mark is a leftover. `host` names this machine
+  and PID namespace (a hash of /etc/machine-id, the PID namespace's inode): a mark from elsewhere (sbatch
+  exports the submitting shell's environment to the compute node) is never judged here.
 - `MPREC_DAEMONS=<token>`: a set of daemons a script started (scripts/local_cluster.sh,
   scripts/team_server.sh), recorded in the per-user state folder as `daemons/<token>.json` (what it is, its
   folder, the command that stops it, its owner). A set is a leftover once its owner is gone or its folder
   is; a set that nobody owns (started by hand) is the user's until they stop it.
 
 `python -m harness.leftovers` lists and reaps them; pytest reaps before a session and fails one that leaves
-any (tests/conftest.py); `python -m harness.doctor` names them.
+any (tests/leftovers_plugin.py); `python -m harness.doctor` names them.
 
->>> identity_alive(identity())                     # this process
+>>> identity_alive(identity())                                # this process
 True
->>> identity_alive("999999999:123")                # no such process
+>>> identity_alive(f"{host()}:999999999:123")                 # no such process here
 False
+>>> identity_alive("another-host:1:123") is None               # not ours to judge
+True
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -35,25 +40,40 @@ OWNER_ENV = "MPREC_OWNER"
 DAEMONS_ENV = "MPREC_DAEMONS"
 STATE_ENV = "MPREC_STATE_DIR"
 STOP_COMMAND_TIMEOUT_S = 90.0
+RECORD_GRACE_S = 120.0  # a record this young may not have its daemons started yet: never forgotten
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
+PARENT_ENV = "MPREC_PARENT_PID"  # the process a child must die with (exit_with_parent)
+
+
+def _prctl():
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def exit_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
+    """Called first thing in a child: it gets `sig` when `parent` dies (Linux's PR_SET_PDEATHSIG; where the
+    kernel has no such call the child is left as before), and exits at once if `parent` is already gone
+    (it died before the call took effect)."""
+    try:
+        _prctl()(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:
+        os._exit(1)
+
+
 def dies_with_parent(sig: int = signal.SIGKILL):
-    """A `preexec_fn` for subprocess.Popen: the child gets `sig` when the thread that started it dies
-    (Linux's PR_SET_PDEATHSIG, kept across exec), so a SIGKILLed parent leaves no child working; where the
-    kernel has no such call (not Linux) the child is left as before. If the parent died before the call took
-    effect, the child exits at once."""
-    parent = os.getpid()
+    """A `preexec_fn` for subprocess.Popen from a single-threaded parent (a benchmark's CPU burners): the
+    same as exit_with_parent, with prctl looked up in the parent so the child only calls it."""
+    parent, prctl = os.getpid(), _prctl()
 
     def arm() -> None:
-        try:
-            import ctypes
-
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
-        except (OSError, AttributeError):
-            return
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:
             os._exit(1)
 
@@ -79,15 +99,35 @@ def start_ticks(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
+def host() -> str:
+    """This machine and PID namespace: a hash of /etc/machine-id and the PID namespace's inode."""
+    machine = "unknown"
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            machine = hashlib.sha256(Path(path).read_bytes().strip()).hexdigest()[:12]
+            break
+        except OSError:
+            continue
+    try:
+        namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
+    except OSError:
+        namespace = "?"
+    return f"{machine}-{namespace}"
+
+
 def identity(pid: int | None = None) -> str:
-    """pid:start ticks: a PID reused by another process never matches it."""
+    """host:pid:start ticks: a PID reused by another process never matches it, nor one elsewhere."""
     pid = pid or os.getpid()
-    return f"{pid}:{start_ticks(pid)}"
+    return f"{host()}:{pid}:{start_ticks(pid)}"
 
 
-def identity_alive(ident: str) -> bool:
-    pid, _, start = ident.partition(":")
-    return pid.isdigit() and start_ticks(int(pid)) == start
+def identity_alive(ident: str) -> bool | None:
+    """Whether the process `ident` names still runs; None when it is not of this host (or malformed):
+    then nobody here may call it gone."""
+    parts = ident.split(":")
+    if len(parts) != 3 or parts[0] != host() or not parts[1].isdigit() or not parts[2].isdigit():
+        return None
+    return start_ticks(int(parts[1])) == parts[2]
 
 
 @dataclass(frozen=True)
@@ -97,7 +137,12 @@ class Process:
     command: str  # for the reader; never used to decide anything
 
     def alive(self) -> bool:
-        return start_ticks(self.pid) == self.start
+        """Still this process (PID and start time) and not a zombie (dead, its exit not yet collected)."""
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return False
+        return stat[19] == self.start and stat[0] != "Z"
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -116,18 +161,33 @@ def _command(pid: int) -> str:
         return "?"
 
 
+def _ancestors() -> set[int]:
+    """This process and every process above it (a stop script that calls us carries the mark it stops)."""
+    found, pid = set(), os.getpid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
+
+
 def marked(var: str, value: str | None = None) -> list[tuple[Process, str]]:
-    """Every other process whose environment holds `var` (equal to `value` if given), with its value."""
+    """Every process but this one and its ancestors whose environment holds `var` (equal to `value` if
+    given), with its value. The start time is read before and after the environment: a PID reused in
+    between is skipped, never recorded with the newcomer's identity."""
     found = []
-    me = os.getpid()
+    mine = _ancestors()
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
+        if not entry.name.isdigit() or int(entry.name) in mine:
             continue
         pid = int(entry.name)
+        before = start_ticks(pid)
         mark = _environ(pid).get(var)
-        start = start_ticks(pid)
-        if mark is not None and (value is None or mark == value) and start is not None:
-            found.append((Process(pid, start, _command(pid)), mark))
+        if mark is not None and (value is None or mark == value) and before is not None \
+                and start_ticks(pid) == before:
+            found.append((Process(pid, before, _command(pid)), mark))
     return found
 
 
@@ -159,11 +219,15 @@ class DaemonSet:
     stop_command: list[str]
     owner: str | None  # MPREC_OWNER of the process that started it, if any
     started: float
+    host: str = ""  # host() where it runs: a record from another machine sharing this home is not ours
+
+    def ours(self) -> bool:
+        return self.host == host()
 
     def why_left(self) -> str | None:
         """Why this set is a leftover (its owner or its folder is gone), or None while it belongs."""
-        if self.owner and not identity_alive(self.owner):
-            return f"the process that owned it ({self.owner.split(':')[0]}) is gone"
+        if self.owner and identity_alive(self.owner) is False:
+            return f"the process that owned it ({self.owner.split(':')[1]}) is gone"
         if not Path(self.folder).is_dir():
             return f"its folder {self.folder} is gone"
         return None
@@ -180,7 +244,7 @@ def record(what: str, folder: str, stop_command: list[str], token: str | None = 
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         entry = DaemonSet(token, what, str(Path(folder).resolve()), stop_command, os.environ.get(OWNER_ENV),
-                          time.time())
+                          time.time(), host())
         path.write_text(json.dumps(asdict(entry), indent=2))
     return token
 
@@ -213,9 +277,12 @@ def leftovers(owner: str | None = None) -> list[Leftover]:
     found: list[Leftover] = []
     in_sets: set[int] = set()
     for entry in daemon_sets():
+        if not entry.ours():
+            continue  # another machine's (a home folder shared over NFS): only it can judge its daemons
         processes = [p for p, _ in marked(DAEMONS_ENV, entry.token)]
         if not processes:
-            forget(entry.token)  # stopped: its record has done its work
+            if time.time() - entry.started > RECORD_GRACE_S:
+                forget(entry.token)  # stopped: its record has done its work
             continue
         in_sets.update(p.pid for p in processes)
         if owner:
@@ -226,10 +293,11 @@ def leftovers(owner: str | None = None) -> list[Leftover]:
             found.append(Leftover(f"{entry.what} in {entry.folder}", why, processes, entry))
     by_owner: dict[str, list[Process]] = {}
     for process, mark in marked(OWNER_ENV):
-        if process.pid not in in_sets and (mark == owner if owner else not identity_alive(mark)):
+        if process.pid not in in_sets and (mark == owner if owner else identity_alive(mark) is False):
             by_owner.setdefault(mark, []).append(process)
     for mark, processes in by_owner.items():
-        why = "started by this session" if owner else f"the process that started them ({mark}) is gone"
+        why = "started by this session" if owner else \
+            f"the process that started them ({mark.split(':')[1]}) is gone"
         found.append(Leftover(f"{len(processes)} process(es) of owner {mark}", why, processes))
     return found
 
@@ -242,8 +310,10 @@ def reap(items: list[Leftover]) -> list[Process]:
         entry = item.daemon_set
         if entry and Path(entry.folder).is_dir():
             try:
+                # Without the set's mark: the stop command must not count itself among what it stops
+                env = {k: v for k, v in os.environ.items() if k != DAEMONS_ENV}
                 subprocess.run(entry.stop_command, capture_output=True, timeout=STOP_COMMAND_TIMEOUT_S,
-                               check=False, env={**os.environ, DAEMONS_ENV: entry.token})
+                               check=False, env=env)
             except (OSError, subprocess.TimeoutExpired):
                 pass  # the processes are stopped below either way
         signalled += stop(item.processes)
@@ -264,10 +334,10 @@ def _short(command: str) -> str:
     return f"{program.rsplit('/', 1)[-1]} {rest}"[:80].strip()
 
 
-def _listening_inodes() -> dict[str, str]:
-    """Socket inode -> 'address:port' of every TCP socket listening in this network namespace."""
+def _listening_inodes(pid: int) -> dict[str, str]:
+    """Socket inode -> 'address:port' of every TCP socket listening in `pid`'s network namespace."""
     found = {}
-    for table, width in (("/proc/net/tcp", 8), ("/proc/net/tcp6", 32)):
+    for table, width in ((f"/proc/{pid}/net/tcp", 8), (f"/proc/{pid}/net/tcp6", 32)):
         try:
             lines = Path(table).read_text().splitlines()[1:]
         except OSError:
@@ -303,11 +373,22 @@ def is_loopback(address: str) -> bool:
     return ipaddress.ip_address(address.strip("[]")).is_loopback
 
 
+def only_loopback(pid: int) -> bool:
+    """Whether `pid`'s network namespace has no interface but loopback (a namespace of its own, as the local
+    Ray cluster's): then whatever listens there is reachable from nowhere else."""
+    try:
+        lines = Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]
+    except OSError:
+        return False
+    return {line.split(":", 1)[0].strip() for line in lines} <= {"lo"}
+
+
 def listeners(processes_: list[Process]) -> list[tuple[Process, str]]:
-    """Every TCP socket these processes listen on, as (process, 'address:port')."""
-    sockets = _listening_inodes()
+    """Every TCP socket these processes listen on, as (process, 'address:port'), each read in the process's
+    own network namespace."""
     found = []
     for process in processes_:
+        sockets = _listening_inodes(process.pid)
         try:
             fds = list(Path(f"/proc/{process.pid}/fd").iterdir())
         except OSError:
@@ -326,4 +407,4 @@ def beyond_loopback(token: str) -> list[str]:
     """What a daemon set listens on past loopback ('pid (command) on address:port'); empty when nothing."""
     daemons = [p for p, _ in marked(DAEMONS_ENV, token)]
     return [f"{p.pid} ({_short(p.command)}) on {where}" for p, where in listeners(daemons)
-            if not is_loopback(where.rsplit(":", 1)[0])]
+            if not is_loopback(where.rsplit(":", 1)[0]) and not only_loopback(p.pid)]
