@@ -40,7 +40,7 @@ from benchmarks.team_server import (
     stopped_on_error,
     wait_for_runs,
 )
-from harness.app.launchers import _SlurmWatch, lost_job
+from harness.app.launchers import ATTEMPT_FILE, _first_attempt, _SlurmWatch, lost_job
 from harness.app.sweep import SweepCallback
 from harness.core.host import ALLOCATED_CPUS_ENV, allocated_cpus
 from harness.core.schema import TrackingConfig
@@ -295,3 +295,12 @@ def test_a_ray_sweep_no_node_could_run_is_refused_at_once_naming_what_it_asked_a
     assert "each job asks Ray for CPU 1, GPU 1 (hydra.launcher.remote) and no node has that" in out.stderr
     assert "no job was started" in out.stderr
     assert not list((tmp_path / "results" / "sweeps").glob("*/0/job_status.json"))
+
+
+def test_a_job_ray_starts_twice_in_one_launch_is_refused_and_a_new_launch_runs_it(tmp_path):
+    # Ray may start a task again after its node was lost (max_retries=0 notwithstanding): never measured twice
+    _first_attempt(tmp_path / "3", "launch-a")
+    with pytest.raises(RuntimeError, match="second time"):
+        _first_attempt(tmp_path / "3", "launch-a")
+    _first_attempt(tmp_path / "3", "launch-b")  # the same command again: a new launch reruns it
+    assert json.loads((tmp_path / "3" / ATTEMPT_FILE).read_text())["launch"] == "launch-b"

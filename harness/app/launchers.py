@@ -28,6 +28,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -271,8 +272,11 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRAC
 
 
 # --- Ray --------------------------------------------------------------------------------------------------
+ATTEMPT_FILE = "ray_attempt.json"
+
+
 def run_on_ray(hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig,
-               singleton_state: dict, cwd: str, environ: dict[str, str]) -> JobReturn:
+               singleton_state: dict, cwd: str, environ: dict[str, str], launch: str) -> JobReturn:
     """One job, in a Ray worker: the launching process's folder (as sbatch starts a job in the folder it
     was submitted from: relative paths such as results/ mean the same), its Hydra state, the Hydra job."""
     import ray
@@ -281,6 +285,7 @@ def run_on_ray(hydra_context: HydraContext, task_function: TaskFunction, config:
         raise FileNotFoundError(f"{cwd}: the sweep's folder is not on this node; Ray jobs need the checkout "
                                 "and the results folder at the same path on every node (a shared filesystem)")
     os.chdir(cwd)
+    _first_attempt(job_folder(config), launch)
     os.environ.update(environ)
     setup_globals()
     Singleton.set_state(singleton_state)
@@ -290,6 +295,19 @@ def run_on_ray(hydra_context: HydraContext, task_function: TaskFunction, config:
     HydraConfig.instance().set_config(config)
     return run_job(hydra_context=hydra_context, task_function=task_function, config=config,
                    job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
+
+
+def _first_attempt(folder: Path, launch: str) -> None:
+    """Refuse a second start of one job within one launch. Ray can start a task again after the node it
+    ran on was lost, max_retries=0 notwithstanding (seen here once in a dozen node-loss rounds, the killed
+    attempt's run left RUNNING): a measurement is never taken twice by the cluster; the job is recorded
+    lost, and the same command again reruns it once."""
+    marker = folder / ATTEMPT_FILE
+    if marker.is_file() and json.loads(marker.read_text()).get("launch") == launch:
+        raise RuntimeError("Ray started this job a second time after its first attempt was lost (its node "
+                           "died); not measured twice: the same command again reruns it")
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"launch": launch, "pid": os.getpid(), "time": time.time()}))
 
 
 class RayLauncher(_SweepLauncher):
@@ -332,7 +350,8 @@ class RayLauncher(_SweepLauncher):
         for number, overrides in enumerate(job_overrides, initial_job_idx):
             log.info("\t#%d : %s", number, " ".join(filter_overrides(overrides)))
         environ = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV}
-        refs = [task.remote(self.hydra_context, self.task_function, c, state, os.getcwd(), environ)
+        launch = uuid.uuid4().hex  # this launch: a job started twice within it is refused (_first_attempt)
+        refs = [task.remote(self.hydra_context, self.task_function, c, state, os.getcwd(), environ, launch)
                 for c in configs]
         outcomes = self._wait(refs)
         return [outcome if isinstance(outcome, JobReturn) else lost_job(config, overrides, *outcome)
@@ -373,7 +392,8 @@ def _ray_outcome(ref) -> JobReturn | tuple[str, bool]:
     try:
         return ray.get(ref, timeout=60)  # ready: the result is there, only its transfer remains
     except ray.exceptions.RayError as exc:  # the worker or its node died, the task was cancelled
-        reason = f"Ray task ended without a result ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        said = getattr(exc, "cause", None) or str(exc).splitlines()[0]  # a task's own exception, if it raised
+        reason = f"Ray task ended without a result ({type(exc).__name__}: {said})"
         return reason, isinstance(exc, ray.exceptions.TaskCancelledError)
 
 
