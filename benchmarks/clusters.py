@@ -56,6 +56,7 @@ class LocalCluster:
         self.kind, self.folder, self.cpus = kind, Path(folder), cpus
         self.forward = forward  # this machine's loopback ports the jobs reach (a Ray cluster's namespace)
         self.env: dict[str, str] = {}
+        self.cancel_tries = 0  # scancels the last fault round needed to cancel a job before it finished
 
     def script(self, command: str, *options: str) -> subprocess.CompletedProcess:
         env = {**os.environ, "PYTHON": sys.executable}
@@ -147,6 +148,7 @@ def fault_round(cluster: LocalCluster, server: TeamServer, seeds: range, slots: 
     """A sweep whose node dies (or whose running job is cancelled) once a quarter of its jobs started;
     then the same command again."""
     name = f"{cluster.kind}-{fault}-{seeds.start}"
+    cluster.cancel_tries = 0
     # Runs of 8 s or more, so the fault lands mid-run: a cancelled Slurm job has KillWait (5 s) to end
     # after SIGTERM (which submitit ignores) before SIGKILL, and a short run would finish in it.
     command = cluster.driver(sweep_command(cluster.kind, seeds, work / name, slots, "measure.min_time_s=4",
@@ -169,7 +171,8 @@ def fault_round(cluster: LocalCluster, server: TeamServer, seeds: range, slots: 
         finish(again, work, f"{name}-again")
     # The rerun writes to the same sweep folder: its statuses replace the first sweep's
     after = statuses(work / name)
-    out = {"launcher": cluster.kind, "fault": fault, "first": first, "not_finished": lost,
+    out = {"launcher": cluster.kind, "fault": fault, "cancel_tries": cluster.cancel_tries, "first": first,
+           "not_finished": lost,
            "rerun_exit": again.returncode, "rerun_ran": after["finished"], "rerun_skipped": after["skipped"],
            "after": audit(server.uri, seeds)}
     return {**out, "failed_checks": fault_checks(out, len(seeds))}
@@ -195,19 +198,44 @@ def fault_checks(r: dict, jobs: int) -> list[str]:
     return [name for name, ok in checks.items() if not ok]
 
 
-def cancel_one_running(cluster: LocalCluster) -> str:
-    """scancel the sweep's running job that started last, its id: the one with the most of its run left.
-    (The longest-running one may end its run in the KillWait after SIGTERM, which submitit ignores, and
-    the fault would miss: seen here, 16/16 FINISHED.)"""
+def cancel_one_running(cluster: LocalCluster, tries: int = 5) -> str:
+    """scancel the sweep's running job that started last (the one with the most of its run left), its id.
+    A cancelled job has KillWait (5 s) after SIGTERM before SIGKILL; one that ends its work in it ends
+    COMPLETED with a result, a finished job (seen here: 8/8 FINISHED): then the next running job is
+    cancelled, so the fault lands, and the figures say how many tries it took (`cancel_tries`)."""
     env = {**os.environ, **cluster.env}
-    for _ in range(100):
+    for attempt in range(1, tries + 1):
+        job = _running_started_last(env)
+        subprocess.run(["scancel", job], env=env, check=True, timeout=30)
+        state = _ended_state(job, env)
+        if state.startswith("CANCELLED"):
+            cluster.cancel_tries = attempt
+            return job
+    raise RuntimeError(f"{tries} cancelled jobs all ended their work before Slurm killed them")
+
+
+def _running_started_last(env: dict[str, str]) -> str:
+    for _ in range(150):
         out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i", "-S", "-S"], env=env,
                              capture_output=True, text=True, check=True, timeout=30).stdout.split()
         if out:
-            subprocess.run(["scancel", out[0]], env=env, check=True, timeout=30)
             return out[0]
         time.sleep(0.2)
     raise RuntimeError("no running Slurm job to cancel")
+
+
+def _ended_state(job: str, env: dict[str, str], timeout_s: float = 60.0) -> str:
+    """The job's state once it has left RUNNING and COMPLETING (scontrol; MinJobAge keeps it known)."""
+    deadline = time.monotonic() + timeout_s
+    state = "UNKNOWN"
+    while time.monotonic() < deadline:
+        out = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True,
+                             timeout=30).stdout
+        state = next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), "UNKNOWN")
+        if state not in ("RUNNING", "COMPLETING", "UNKNOWN"):
+            return state
+        time.sleep(0.5)
+    return state
 
 
 def summary(rounds: list[dict]) -> dict:
