@@ -27,7 +27,8 @@ cd "$(dirname "$0")/.."
 out="${1:-${OUT:-results/gpu_check}}"
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
-py=${PYTHON:-python3}
+# Every step bounded (a hung CUDA call or server must not hold the lent machine): STEP_TIMEOUT_S a command
+py="timeout ${STEP_TIMEOUT_S:-900} ${PYTHON:-python3}"
 backend=${GPU_CHECK_BACKEND:-cuda}  # cpu: a rehearsal of this script on a machine with no GPU
 accuracy=${GPU_CHECK_ACCURACY:-harness/serving/data/headline_accuracy.json}
 export GPU_CHECK_BACKEND=$backend GPU_CHECK_ACCURACY=$accuracy
@@ -43,7 +44,7 @@ cores=$($py -c "from harness.core.host import physical_cores; print(physical_cor
 
 step environment
 {
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
+    timeout 60 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1
     $py -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
     $py -c "from harness.core.host import cpu_model_name, numeric_flags; print('host CPU', cpu_model_name(), '$cores physical cores', ','.join(numeric_flags()))"
     $py -m backends

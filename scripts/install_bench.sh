@@ -11,6 +11,6 @@ case "$torch_version" in
     *) echo "torchrec 1.8 / fbgemm-gpu-cpu 1.8 are built for torch 2.13; this environment has torch $torch_version" >&2
        exit 1 ;;
 esac
-"$py" -m pip install -q --no-deps "fbgemm-gpu-cpu==1.8.0" "torchrec==1.8.0"
-"$py" -m pip install -q tensordict "torchmetrics==1.0.3" tqdm pyre-extensions
+timeout 1800 "$py" -m pip install -q --no-deps "fbgemm-gpu-cpu==1.8.0" "torchrec==1.8.0"
+timeout 1800 "$py" -m pip install -q tensordict "torchmetrics==1.0.3" tqdm pyre-extensions
 "$py" -c "import torchrec, fbgemm_gpu; print('torchrec', torchrec.__version__, 'fbgemm_gpu', fbgemm_gpu.__version__)"

@@ -10,17 +10,17 @@ cd "$(dirname "$0")/.."
 venv="${1:-../xla-venv}"
 if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --upgrade pip
+    timeout 1800 "$venv/bin/pip" install -q --upgrade pip
 fi
-"$venv/bin/pip" install -q "torch==2.9.1" "torch-xla==2.9.0"
-"$venv/bin/pip" install -q -e ".[test]"
+timeout 1800 "$venv/bin/pip" install -q "torch==2.9.1" "torch-xla==2.9.0"
+timeout 1800 "$venv/bin/pip" install -q -e ".[test]"
 export PJRT_DEVICE=CPU TF_CPP_MIN_LOG_LEVEL=3
-"$venv/bin/python" -c "import torch, torch_xla; print('torch', torch.__version__, 'torch_xla', torch_xla.__version__)"
-"$venv/bin/python" -m pytest -q -n 0 -p no:cacheprovider tests/test_backend_parity.py -k "xla or cpu_adapter"
+timeout 300 "$venv/bin/python" -c "import torch, torch_xla; print('torch', torch.__version__, 'torch_xla', torch_xla.__version__)"
+timeout 1200 "$venv/bin/python" -m pytest -q -n 0 -p no:cacheprovider tests/test_backend_parity.py -k "xla or cpu_adapter"
 tmp=$(mktemp -d)
-MLFLOW_TRACKING_URI="sqlite:///$tmp/mlflow.db" "$venv/bin/python" -m harness +backend=tpu experiment=smoke \
+MLFLOW_TRACKING_URI="sqlite:///$tmp/mlflow.db" timeout 1200 "$venv/bin/python" -m harness +backend=tpu experiment=smoke \
     representation=dhe "workload.query_sizes=[1,64]" "tracking.results_dir=$tmp/results"
-MLFLOW_TRACKING_URI="sqlite:///$tmp/mlflow.db" "$venv/bin/python" - <<'PY'
+MLFLOW_TRACKING_URI="sqlite:///$tmp/mlflow.db" timeout 1200 "$venv/bin/python" - <<'PY'
 import mlflow
 [run] = mlflow.search_runs(experiment_names=["smoke"], output_format="list")
 m = run.data.metrics

@@ -99,15 +99,19 @@ def start_ticks(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def host() -> str:
-    """This machine and PID namespace: a hash of /etc/machine-id and the PID namespace's inode."""
-    machine = "unknown"
+def machine_id() -> str:
+    """A stable anonymous id of this machine: a hash of /etc/machine-id (never the hostname)."""
     for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
         try:
-            machine = hashlib.sha256(Path(path).read_bytes().strip()).hexdigest()[:12]
-            break
+            return hashlib.sha256(Path(path).read_bytes().strip()).hexdigest()[:12]
         except OSError:
             continue
+    return "unknown"
+
+
+def host() -> str:
+    """This machine and PID namespace: machine_id() and the PID namespace's inode."""
+    machine = machine_id()
     try:
         namespace = os.readlink("/proc/self/ns/pid").strip("pid:[]")
     except OSError:

@@ -6,7 +6,6 @@ that change performance (thread counts, visible devices). Secrets in the environ
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
 import subprocess
@@ -16,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 import harness
+from harness.core import processes
 from harness.core.host import cpu_model_name, host_memory_bytes, numeric_flags, physical_cores
 
 # Distributions whose versions are recorded when installed.
@@ -59,28 +59,13 @@ def git_revision() -> tuple[str, bool]:
 @lru_cache(maxsize=1)
 def machine_fingerprint() -> str:
     """A stable anonymous id of this machine (a hash of /etc/machine-id, never the hostname)."""
-
-    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
-        try:
-            return hashlib.sha256(Path(path).read_bytes().strip()).hexdigest()[:12]
-        except OSError:
-            continue
-    return "unknown"
-
-
-def process_start_ticks(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (/proc), or None if no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return processes.machine_id()
 
 
 def process_identity(pid: int | None = None) -> str:
     """machine:pid:start: enough to tell later whether the process that owned a run is still alive."""
     pid = pid or os.getpid()
-    return f"{machine_fingerprint()}:{pid}:{process_start_ticks(pid) or '?'}"
+    return f"{machine_fingerprint()}:{pid}:{processes.start_ticks(pid) or '?'}"
 
 
 def process_alive(identity: str) -> bool | None:
@@ -88,7 +73,7 @@ def process_alive(identity: str) -> bool | None:
     machine, pid, start = (identity.split(":") + ["", "", ""])[:3]
     if machine != machine_fingerprint() or not pid.isdigit():
         return None
-    return process_start_ticks(int(pid)) == start
+    return processes.start_ticks(int(pid)) == start
 
 
 def capture() -> dict:
