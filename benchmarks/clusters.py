@@ -151,8 +151,12 @@ def fault_round(cluster: LocalCluster, server: TeamServer, seeds: range, slots: 
     cluster.cancel_tries = 0
     # Runs of 8 s or more, so the fault lands mid-run: a cancelled Slurm job has KillWait (5 s) to end
     # after SIGTERM (which submitit ignores) before SIGKILL, and a short run would finish in it.
-    command = cluster.driver(sweep_command(cluster.kind, seeds, work / name, slots, "measure.min_time_s=4",
-                                           "measure.max_time_s=10"))
+    # A cancelled job's SIGTERM is ignored by submitit and its SIGKILL comes KillWait (5 s) later: a job
+    # cancelled with less than that left finishes its work (seen: CANCELLED, yet its result came back and
+    # its run FINISHED), so the scancel round's runs are long enough to outlive KillWait
+    timing = ["measure.min_time_s=12", "measure.max_time_s=20"] if fault == "scancel" else \
+        ["measure.min_time_s=4", "measure.max_time_s=10"]
+    command = cluster.driver(sweep_command(cluster.kind, seeds, work / name, slots, *timing))
     env = {**server.client_env(), **cluster.env}
     proc = start_sweep(command, env, work / f"{name}.calls.jsonl", work / name)
     with stopped_on_error(proc):
