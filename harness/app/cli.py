@@ -9,8 +9,11 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -18,7 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from harness.app.console import INTERRUPTED_EXIT, print_interrupted
-from harness.app.jobs import RunFailed, run_job
+from harness.app.jobs import STATUS_FILE, Interrupted, RunFailed, run_job
 from harness.core.conf import config_dir
 from harness.core.errors import BackendUnavailable, ConfigError, DataError
 from harness.core.overrides import refuse_unknown_keys
@@ -33,7 +36,10 @@ def run() -> None:
     refuse_unknown_keys(sys.argv[1:], "config")
     try:
         main()
-    except KeyboardInterrupt:  # the job has ended its run KILLED (and a sweep its parent run)
+    except Interrupted as exc:  # a single job: it has ended its run KILLED, if it had created one
+        print_interrupted(exc.run_id, known=True)
+        sys.exit(INTERRUPTED_EXIT)
+    except KeyboardInterrupt:  # a sweep: its jobs have ended their runs KILLED, the sweep its own run
         print_interrupted()
         sys.exit(INTERRUPTED_EXIT)
 
@@ -45,7 +51,9 @@ def main(cfg: DictConfig):
     except (ConfigError, BackendUnavailable, DataError) as exc:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # the launcher records the failed job; the message is in its log
-        # A single run: the message is the whole story, a traceback would only hide it.
+        # A single run: the message is the whole story, a traceback would only hide it; and a refused
+        # command leaves nothing behind (its Hydra folder held only the config Hydra copied into it).
+        discard_run_folder()
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)
     except RunFailed as exc:  # the worker printed the details (a traceback where it was a bug)
@@ -54,3 +62,19 @@ def main(cfg: DictConfig):
     except TrackingUnavailable as exc:  # the store stayed away past tracking.retry_s: the message says it all
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+# What Hydra and the job write into a single run's folder before any measurement: a refused run's folder
+# holding only these is its own, and goes.
+_BEFORE_WORK = {".hydra", "harness.log", STATUS_FILE}
+
+
+def discard_run_folder() -> None:
+    """Remove this single run's Hydra folder if it holds nothing but what was written before any work (a
+    folder the user pointed `hydra.run.dir` at, holding anything else, is left alone)."""
+    folder = Path(HydraConfig.get().runtime.output_dir)
+    if folder.is_dir() and {entry.name for entry in folder.iterdir()} <= _BEFORE_WORK:
+        shutil.rmtree(folder, ignore_errors=True)
+        for parent in (folder.parent, folder.parent.parent):  # results/runs and results, if left empty
+            with contextlib.suppress(OSError):
+                parent.rmdir()

@@ -24,10 +24,17 @@ from harness.tracking import Store
 INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
 
 
-def print_interrupted() -> None:
-    """The one line an interrupted command prints (no traceback: nothing went wrong)."""
-    print("interrupted: the measurement in progress is recorded as KILLED; run the same command again to "
-          "resume (finished paths are skipped)", file=sys.stderr)
+def print_interrupted(run_id: str | None = None, known: bool = False) -> None:
+    """The one line an interrupted command prints (no traceback: nothing went wrong): what was recorded.
+    `known`: the job said which run it ended (`run_id`, or None where it had created none yet)."""
+    if not known:
+        what = "the measurements in progress are recorded as KILLED"
+    elif run_id is None:
+        what = "nothing was recorded yet"
+    else:
+        what = f"MLflow run {run_id} is recorded as KILLED"
+    print(f"interrupted: {what}; run the same command again to resume (finished paths are skipped)",
+          file=sys.stderr)
 
 
 if TYPE_CHECKING:  # the run's stages import torch; the terminal never needs to

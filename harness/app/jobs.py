@@ -45,6 +45,22 @@ class RunFailed(RuntimeError):
     """An isolated single run's worker failed: its output said why, the run records it."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C ended the job; `run_id` is the run it ended KILLED, or None where none was created yet."""
+
+    def __init__(self, run_id: str | None) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+
+def refuse_unavailable(p: Plan) -> None:
+    """A backend that is not on this machine, or does not run the path's precision, is refused before
+    anything is created or imported (no MLflow run, no torch): in a sweep the job is counted `could not
+    run here`, a single run ends in one line."""
+    p.adapter.require_available()
+    p.adapter.check_precision(p.run.precision.name)
+
+
 PARENT_RUN_FILE = "mlflow_parent_run.json"
 STATUS_FILE = "job_status.json"
 _KILL_GRACE_S = 10.0
@@ -90,11 +106,12 @@ def run_job(cfg: Any) -> dict[str, Any]:
     status = {"path": p.path, "run_key": p.run_key(), "overrides": _overrides(), "run_id": None,
               "error": None}
     try:
-        status.update(_run(p, container, multirun))
-    except KeyboardInterrupt:
+        refuse_unavailable(p)
+        status.update(_run(p, container, multirun, status))
+    except KeyboardInterrupt as exc:
         status.update(status="interrupted", error="interrupted (Ctrl-C)")
         _write_status(status)
-        raise
+        raise Interrupted(status["run_id"]) from exc
     except Exception as exc:
         status.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         if not multirun:
@@ -107,7 +124,10 @@ def run_job(cfg: Any) -> dict[str, Any]:
         unavailable = status["status"] == "unavailable"
         error = str(status["error"])
         raise BackendUnavailable(error.split(": ", 1)[1]) if unavailable else RunFailed(error)
-    log.error("job %s: %s", status["status"], status["error"])
+    if status["status"] == "unavailable":  # one line, as a single run says it; no run was created
+        print(f"error: {str(status['error']).split(': ', 1)[1]}", file=sys.stderr)
+    else:
+        log.error("job %s: %s", status["status"], status["error"])
     return status
 
 
@@ -132,7 +152,8 @@ def _write_status(status: dict) -> None:
     (out / STATUS_FILE).write_text(json.dumps(status, indent=2))
 
 
-def _run(p: Plan, container: dict, multirun: bool) -> dict[str, Any]:
+def _run(p: Plan, container: dict, multirun: bool, status: dict) -> dict[str, Any]:
+    """The job's work; `status["run_id"]` is set the moment its run exists (what Ctrl-C reports)."""
     # The one import of the run's stages (torch, the model): here, past the dry run, which never loads them.
     from harness.pipeline.run import measure_path
 
@@ -157,10 +178,10 @@ def _run(p: Plan, container: dict, multirun: bool) -> dict[str, Any]:
     explicit_timeout = run.job_timeout_s not in (None, "auto")
     isolated = run.isolate == "always" or (run.isolate == "auto" and (multirun or explicit_timeout))
     if isolated:
-        return _run_isolated(p, container, store)
+        return _run_isolated(p, container, store, status)
     if explicit_timeout:
         log.warning("job_timeout_s is ignored with isolate=never")
-    run_id = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity()})
+    run_id = status["run_id"] = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity()})
     try:
         print_path_summary(p, measure_path(p, run_id, progress=ladder_progress))
     except KeyboardInterrupt:
@@ -179,9 +200,9 @@ def _finished(store: Store, run_id: str) -> dict[str, Any]:
     return {"status": "finished", "run_id": run_id, "unreliable": ",".join(map(str, sorted(flagged)))}
 
 
-def _run_isolated(p: Plan, container: dict, store: Store) -> dict[str, Any]:
-    run_id = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity(),
-                                           "mprec.isolated": "true"})
+def _run_isolated(p: Plan, container: dict, store: Store, status: dict) -> dict[str, Any]:
+    run_id = status["run_id"] = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity(),
+                                                              "mprec.isolated": "true"})
     hc = _hydra()
     folder = Path(hc.runtime.output_dir) if hc is not None else Path(p.run.tracking.results_dir) / "jobs"
     folder.mkdir(parents=True, exist_ok=True)
