@@ -209,10 +209,12 @@ class Backend(ABC):
     def release_memory(self) -> None:
         """Give memory back after an out-of-memory error so the ladder can go on."""
 
-    def peak_kernels(self, size_scale: float = 1.0) -> dict[str, tuple]:
-        """Microbenchmark kernels for the device's peaks (copy, gather bandwidth; fp32 GEMM):
-        {name: (launch, work per call, "bytes" | "flops")}; empty if the adapter has none. Called after
-        `prepare`; the harness times them with `synchronize` (harness/pipeline/peaks.py)."""
+    def peak_kernels(self, size_scale: float = 1.0, precisions: tuple[str, ...] | None = None
+                     ) -> dict[str, tuple]:
+        """Microbenchmark kernels for the device's peaks (copy, gather bandwidth; a GEMM in each compute
+        precision of `precisions`, None: every one it runs): {name: (launch, work per call, "bytes" |
+        "flops")}, each call short (tens of ms); empty if the adapter has none. Called after `prepare`; the
+        harness times them with `synchronize` (harness/pipeline/peaks.py)."""
         return {}
 
     def run_params(self) -> dict[str, Any]:

@@ -94,11 +94,6 @@ class CpuBackend(TorchBackend):
                 pass
         super().prepare(model, example)
 
-    def peak_precisions(self) -> tuple[str, ...]:
-        # fp16 GEMM is measured only where the CPU has fp16 instructions: emulated, one 2048^2 GEMM takes
-        # seconds and says nothing a bf16 or fp32 peak does not.
-        return tuple(p for p in self.precisions if p != "fp16" or native_cpu_dtype("fp16") != "emulated")
-
     def place(self, batch):
         return batch  # already in host memory
 

@@ -75,10 +75,7 @@ class TorchBackend(Backend):
     def prepare_metrics(self) -> dict[str, float]:
         return {"compile_s": self.compile_s} if self.compile_s is not None else {}
 
-    def peak_kernels(self, size_scale: float = 1.0) -> dict[str, tuple]:
-        return torch_peak_kernels(self.device, self.device_info().memory_bytes, size_scale,
-                                  self.peak_precisions())
-
-    def peak_precisions(self) -> tuple[str, ...]:
-        """The compute precisions whose GEMM peak is measured: all this adapter runs."""
-        return self.precisions
+    def peak_kernels(self, size_scale: float = 1.0, precisions: tuple[str, ...] | None = None
+                     ) -> dict[str, tuple]:
+        wanted = self.precisions if precisions is None else tuple(p for p in precisions if p in self.precisions)
+        return torch_peak_kernels(self.device, self.device_info().memory_bytes, size_scale, wanted)

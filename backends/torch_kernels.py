@@ -7,6 +7,7 @@ harness times them with its own loop and the adapter's synchronize (harness/pipe
 from __future__ import annotations
 
 import functools
+import time
 from typing import Callable
 
 Kernel = tuple[Callable[[], object], float, str]  # (launch, work per call, unit: "bytes" | "flops")
@@ -15,8 +16,9 @@ Kernel = tuple[Callable[[], object], float, str]  # (launch, work per call, unit
 def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0,
                        precisions: tuple[str, ...] = ("fp32",)) -> dict[str, Kernel]:
     """copy (streaming bandwidth), gather (random 256-byte rows: a table lookup), gather64 (64-byte rows),
-    GEMM in fp32, and in each other compute precision of `precisions` (gemm_bf16, gemm_fp16, gemm_tf32):
-    a path's share of the GEMM peak is judged against the peak of the precision it computes in."""
+    and a GEMM in each compute precision of `precisions` (gemm for fp32, gemm_bf16, gemm_fp16, gemm_tf32):
+    a path's share of the GEMM peak is judged against the peak of the precision it computes in. Each GEMM
+    is sized by a probe call so one call takes at most CALL_BUDGET_S (`gemm_side`)."""
     import torch
 
     # Sizes well beyond any cache yet a small share of the device: 256 MB buffers (or 1/16 of memory).
@@ -41,11 +43,8 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0,
     line_index = torch.randint(0, line_rows, (max(1024, line_rows // 8),), device=device)
     line_gathered = torch.empty(line_index.numel(), line_floats, device=device)
 
-    side = 2048 if size_scale >= 1 else 256
-    a = torch.rand(side, side, device=device)
-    b = torch.rand(side, side, device=device)
-    c = torch.empty(side, side, device=device)
-
+    # Only the GEMMs asked for: a run measures its own precision's roof, never every precision the device
+    # has (an emulated bf16 2048^2 GEMM takes tens of seconds a call on an AVX2-only CPU).
     kernels = {
         # Read one buffer, write the other.
         "copy": (lambda: target.copy_(source), 2.0 * n * 4, "bytes"),
@@ -54,19 +53,61 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0,
                    "bytes"),
         "gather64": (lambda: torch.index_select(line_table, 0, line_index, out=line_gathered),
                      2.0 * line_index.numel() * line_floats * 4, "bytes"),
-        # True fp32 even when a tf32 path set TF32 matmuls on for its run (the peak is cached per device).
-        "gemm": (lambda: _fp32_mm(a, b, c) if device.startswith("cuda") else torch.mm(a, b, out=c),
-                 2.0 * side**3, "flops"),
     }
-    for precision, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
-        if precision in precisions:
-            a16, b16 = a.to(dtype), b.to(dtype)
-            c16 = torch.empty_like(a16)
-            kernels[f"gemm_{precision}"] = (functools.partial(torch.mm, a16, b16, out=c16), 2.0 * side**3,
-                                            "flops")
-    if "tf32" in precisions and device.startswith("cuda"):
-        kernels["gemm_tf32"] = (lambda: _tf32_mm(a, b, c), 2.0 * side**3, "flops")
+    largest = MAX_SIDE if size_scale >= 1 else MIN_SIDE
+    gemms = {"fp32": (torch.float32, _fp32_mm if device.startswith("cuda") else _plain_mm),
+             "bf16": (torch.bfloat16, _plain_mm), "fp16": (torch.float16, _plain_mm)}
+    if device.startswith("cuda"):
+        gemms["tf32"] = (torch.float32, _tf32_mm)
+    for precision in precisions:
+        if precision not in gemms:
+            continue
+        dtype, mm = gemms[precision]
+        # True fp32 even when a tf32 path set TF32 matmuls on for its run (the peak is cached per device).
+        side = gemm_side(lambda s: _gemm_call(torch, device, dtype, mm, s), largest)
+        launch, _ = _gemm_call(torch, device, dtype, mm, side)
+        kernels["gemm" if precision == "fp32" else f"gemm_{precision}"] = (launch, 2.0 * side**3, "flops")
     return kernels
+
+
+MIN_SIDE, PROBE_SIDE, MAX_SIDE = 256, 512, 2048
+CALL_BUDGET_S = 0.05  # one timed GEMM call at most: a kernel is then timed in seconds on any device
+
+
+def gemm_side(make: Callable[[int], tuple[Callable[[], object], Callable[[object], None]]], largest: int,
+              budget_s: float = CALL_BUDGET_S, clock: Callable[[], float] = time.perf_counter) -> int:
+    """The GEMM side whose call fits `budget_s`, from one probe call at PROBE_SIDE (after a warm one):
+    the time scales with side^3; rounded down to a multiple of 128, within [MIN_SIDE, largest].
+
+    >>> def fake(side):  # a device doing 1 GFLOP/s: a 512^2 GEMM takes 0.27 s
+    ...     return (lambda: side), (lambda out: None)
+    >>> ticks = iter([0.0, 0.268, 0.0, 0.268])
+    >>> gemm_side(fake, 2048, clock=lambda: next(ticks))
+    256
+    """
+    probe = min(PROBE_SIDE, largest)
+    launch, wait = make(probe)
+    wait(launch())  # warm: allocation, the library's first-call setup
+    t0 = clock()
+    wait(launch())
+    seconds = max(clock() - t0, 1e-9)
+    side = int(probe * (budget_s / seconds) ** (1 / 3)) // 128 * 128
+    return max(MIN_SIDE, min(largest, side))
+
+
+def _gemm_call(torch, device: str, dtype, mm, side: int):
+    """A side x side GEMM's launch in `dtype`, and how to wait for its result on any device (reading one
+    element back finishes the work on cuda and xla alike)."""
+    a = torch.rand(side, side, device=device).to(dtype)
+    b = torch.rand(side, side, device=device).to(dtype)
+    c = torch.empty_like(a)
+    return functools.partial(mm, a, b, c), lambda out: out.view(-1)[0].item()
+
+
+def _plain_mm(a, b, c):
+    import torch
+
+    return torch.mm(a, b, out=c)
 
 
 def _tf32_mm(a, b, c, allow: bool = True):

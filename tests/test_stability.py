@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -175,16 +176,22 @@ def test_a_planted_probe_reports_the_planted_cores_and_a_real_one_reads_this_mac
 # --- peaks that are checked ------------------------------------------------------------------------------
 
 class PeakAdapter:
-    """Peak kernels that do nothing: the values are whatever the (fast) loop times; the load is planted."""
+    """Peak kernels that do nothing: the values are whatever the (fast) loop times; the load is planted.
+    It has no gather kernels and GEMMs in fp32 and bf16; `asked` keeps the precisions each call wanted."""
 
     def __init__(self, name: str = "fake") -> None:
         self.name = name
+        self.asked: list = []
 
     def run_params(self):
         return {"num_threads": 2}
 
-    def peak_kernels(self, scale):
-        return {"gemm": (lambda: None, 1e9, "flops"), "copy": (lambda: None, 1e9, "bytes")}
+    def peak_kernels(self, scale, precisions=None):
+        self.asked.append(precisions)
+        kernels = {"copy": (lambda: None, 1e9, "bytes")}
+        for p in precisions or ("fp32", "bf16"):
+            kernels["gemm" if p == "fp32" else f"gemm_{p}"] = (lambda: None, 1e9, "flops")
+        return kernels
 
     def synchronize(self, out):
         return None
@@ -208,6 +215,35 @@ def test_the_peak_cache_refuses_a_loaded_measurement(tmp_path, monkeypatch):
     assert entry["load"]["other_cores"] == 0.0 and "torch" in entry["libraries"] and entry["measured_at"]
     again = pk.device_peaks(PeakAdapter(), Device(), tmp_path, 1.0, judge.load_reasons)
     assert again.cached and again.values == quiet.values
+
+
+def test_a_run_measures_only_the_peaks_it_needs_and_the_cache_fills_in(tmp_path, monkeypatch):
+    judge = Judge(RULES, host_threads=2)
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    adapter, told = PeakAdapter(), []
+    fp32 = pk.device_peaks(adapter, Device(), tmp_path, 1.0, judge.load_reasons, "fp32",
+                           lambda metrics, s: told.append(metrics))
+    assert adapter.asked == [("fp32",)] and set(fp32.values) == {"copy_gbps", "gemm_gflops"}
+    assert told == [["copy_gbps", "gather_gbps", "gather64_gbps", "gemm_gflops"]]  # said before measuring
+    again = pk.device_peaks(adapter, Device(), tmp_path, 1.0, judge.load_reasons, "fp32", told.append)
+    assert again.cached and len(adapter.asked) == 1 and len(told) == 1  # no gather kernel: not asked again
+    bf16 = pk.device_peaks(adapter, Device(), tmp_path, 1.0, judge.load_reasons, "bf16")
+    assert adapter.asked[-1] == ("bf16",) and not bf16.cached  # only the missing GEMM
+    [entry] = pk.read_cache(tmp_path).values()
+    assert set(entry["peaks"]) == {"copy_gbps", "gemm_gflops", "gemm_bf16_gflops"}
+    assert entry["peaks"]["gemm_gflops"] == fp32.values["gemm_gflops"]  # the fp32 run's value kept
+
+
+def test_a_gemm_peak_is_sized_to_a_short_call_from_a_probe():
+    from backends.torch_kernels import CALL_BUDGET_S, gemm_side, torch_peak_kernels
+
+    def slow(side):  # a device doing 2 GFLOP/s (an emulated precision): 2048^2 would take 8.6 s a call
+        return (lambda: time.sleep(2 * side**3 / 2e9)), (lambda out: None)
+
+    side = gemm_side(slow, 2048)
+    assert 256 <= side <= 512 and 2 * side**3 / 2e9 <= CALL_BUDGET_S * 1.5
+    kernels = torch_peak_kernels("cpu", 1 << 30, 0.01, ("fp32",))
+    assert set(kernels) == {"copy", "gather", "gather64", "gemm"}  # no GEMM of a precision not asked for
 
 
 def test_a_rechecked_peak_replaces_the_cached_one_only_when_quiet(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
 """Measured peaks of a device: streaming copy and random-row gather bandwidth, GEMM throughput in fp32 and
-in the reduced precisions the adapter runs (bf16 everywhere; fp16 and TF32 where native).
+in the precision a run computes in (only the peaks a run needs, so a first run costs seconds, not minutes).
 
 The analysis places every path on a roofline drawn from these (datasheet figures may be shown beside
 them, labelled as such). The adapter supplies the kernels (backends/torch_kernels.py for torch devices);
@@ -28,17 +28,40 @@ from pathlib import Path
 from typing import Iterator
 
 from harness.core.load import LoadProbe, LoadReading
+from harness.core.precision import gemm_peak_metric
 from harness.pipeline.timing import LadderSettings, time_iterations
 from harness.tracking.environment import library_versions
 
 CACHE_FILE = "device_peaks.json"
+# Each kernel's calls are short (a GEMM is sized to <= 50 ms a call: backends/torch_kernels.py), so a
+# kernel is timed within ~2 s: 2 warm-up calls or 0.1 s, then 0.5 s (at most 1.5 s) of timed calls.
 _SETTINGS = LadderSettings(warmup_iters=2, warmup_s=0.1, min_iters=5, min_time_s=0.5, max_iters=10_000,
-                           max_time_s=3.0)
+                           max_time_s=1.5)
+SECONDS_PER_KERNEL = 1.0  # what the announcement says one kernel takes (setting up its buffers included)
 # Bumped when the kernel set or the entries change (2: gather64, 3: reduced-precision GEMMs, 4: measured
-# under a load probe, with its reading and the library versions; entries before 4 were never checked).
-KERNELS_VERSION = 4
+# under a load probe, with its reading and the library versions; entries before 4 were never checked;
+# 5: GEMMs sized by a probe call, only the precisions a run needs, an entry filled in as runs need more).
+KERNELS_VERSION = 5
 _METRIC = {"copy": "copy_gbps", "gather": "gather_gbps", "gather64": "gather64_gbps", "gemm": "gemm_gflops",
            "gemm_bf16": "gemm_bf16_gflops", "gemm_fp16": "gemm_fp16_gflops", "gemm_tf32": "gemm_tf32_gflops"}
+BANDWIDTHS = ("copy_gbps", "gather_gbps", "gather64_gbps")
+
+
+def needed(precision: str) -> tuple[str, ...]:
+    """The peaks a run in `precision` needs: the bandwidths, the fp32 GEMM (every roofline's reference)
+    and its own precision's GEMM; never the precisions it does not compute in.
+
+    >>> needed("bf16")
+    ('copy_gbps', 'gather_gbps', 'gather64_gbps', 'gemm_gflops', 'gemm_bf16_gflops')
+    """
+    own = gemm_peak_metric(precision)
+    return (*BANDWIDTHS, "gemm_gflops", *(() if own == "gemm_gflops" else (own,)))
+
+
+def _precisions(metrics) -> tuple[str, ...]:
+    """The compute precisions whose GEMMs `metrics` name."""
+    return tuple("fp32" if m == "gemm_gflops" else m.removeprefix("gemm_").removesuffix("_gflops")
+                 for m in metrics if m.startswith("gemm"))
 
 
 @dataclass
@@ -69,15 +92,19 @@ def _launch(launch, step: int) -> object:
     return launch()  # a kernel ignores which iteration it is
 
 
-def measure_peaks(adapter, size_scale: float = 1.0, only: str | None = None,
+def measure_peaks(adapter, size_scale: float = 1.0, only=None,
                   probe: LoadProbe | None = None) -> tuple[dict[str, float], LoadReading]:
-    """Time the adapter's peak kernels (or only the one whose metric is `only`) under a load probe."""
+    """Time the adapter's peak kernels (or only those whose metrics are in `only`: a name or a
+    collection) under a load probe."""
+    wanted = None if only is None else ({only} if isinstance(only, str) else set(only))
+    precisions = None if wanted is None else _precisions(wanted)
+    kernels = adapter.peak_kernels(size_scale, precisions)
     probe = probe or LoadProbe()
     probe.start()
     peaks = {}
-    for name, (launch, work, _unit) in adapter.peak_kernels(size_scale).items():
+    for name, (launch, work, _unit) in kernels.items():
         metric = _METRIC.get(name, f"{name}_per_s")
-        if only is not None and metric != only:
+        if wanted is not None and metric not in wanted:
             continue
         timing = time_iterations(functools.partial(_launch, launch), adapter.synchronize, _SETTINGS)
         seconds = statistics.median(timing.latencies_s)
@@ -117,22 +144,36 @@ def _entry(peaks: dict[str, float], reading: LoadReading) -> dict:
             "libraries": library_versions()}
 
 
-def device_peaks(adapter, device, results_dir: str | Path, size_scale: float, load_reasons) -> Peaks:
-    """Cached peaks for this device, or measured now; {} values if the adapter has no kernels.
+def device_peaks(adapter, device, results_dir: str | Path, size_scale: float, load_reasons,
+                 precision: str = "fp32", announce=None) -> Peaks:
+    """The peaks a run in `precision` needs (`needed`): cached for this device, or those missing measured
+    now (and `announce(metrics, seconds)` told first); {} values if the adapter has no kernels.
 
     `load_reasons(reading)` says why a reading is interference (the stability rules); a measurement with
     reasons is returned flagged and not cached."""
     path = Path(results_dir) / CACHE_FILE
     key = _full_key(adapter, device, size_scale)
+    want = needed(precision)
     with _locked_cache(path) as cache:
-        if key in cache:
-            entry = cache[key]
-            return Peaks(dict(entry["peaks"]), cached=True, measured_at=entry.get("measured_at", ""))
-    values, reading = measure_peaks(adapter, size_scale)
-    peaks = Peaks(values, unreliable=load_reasons(reading), measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        entry = cache.get(key, {})
+        have = {m: v for m, v in entry.get("peaks", {}).items() if m in want}
+        # what the adapter was asked for before and has no kernel for (a device without bf16)
+        absent = set(entry.get("absent", ()))
+    missing = [m for m in want if m not in have and m not in absent]
+    if not missing:
+        return Peaks(have, cached=True, measured_at=entry.get("measured_at", ""))
+    if announce is not None:
+        announce(missing, len(missing) * SECONDS_PER_KERNEL)
+    values, reading = measure_peaks(adapter, size_scale, only=missing)
+    peaks = Peaks({**have, **values}, cached=False, unreliable=load_reasons(reading),
+                  measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
     if values and peaks.reliable:
         with _locked_cache(path) as cache:
-            cache[key] = _entry(values, reading)
+            fresh = _entry(values, reading)
+            earlier = cache.get(key, {})  # another run's peaks of this device: kept, these added
+            fresh["peaks"] = {**earlier.get("peaks", {}), **values}
+            fresh["absent"] = sorted(set(earlier.get("absent", ())) | {m for m in missing if m not in values})
+            cache[key] = fresh
     return peaks
 
 

@@ -27,7 +27,7 @@ from harness.data.pool import Pools
 from harness.data.sources import open_dataset
 from harness.pipeline import record
 from harness.pipeline.cache import IdCounter, attach_caches, cache_comparison, cache_enabled
-from harness.pipeline.peaks import Peaks, device_peaks, remeasure_peak
+from harness.pipeline.peaks import CACHE_FILE, Peaks, device_peaks, remeasure_peak
 from harness.pipeline.plan import Plan
 from harness.pipeline.quality import into_precision, train_or_reuse
 from harness.pipeline.stability import Ceiling, Judge, Reasons, measure_reliably
@@ -151,8 +151,14 @@ def measure_peaks(p: Plan, device: DeviceInfo, recorder: RunRecorder, judge: Jud
     peaks measured under interference serve this run flagged (tag `peaks_unreliable`) and are not cached."""
     if not p.run.measure.device_peaks:
         return Peaks({})
+    cache = os.path.join(p.run.tracking.results_dir, CACHE_FILE)
+
+    def announce(metrics: list[str], seconds: float) -> None:
+        log.info("measuring this device's peaks (%s): about %.0f s, once; later runs read them from %s",
+                 ", ".join(m.rsplit("_", 1)[0] for m in metrics), seconds, cache)
+
     peaks = device_peaks(p.adapter, device, p.run.tracking.results_dir, p.run.measure.peaks_scale,
-                         judge.load_reasons)
+                         judge.load_reasons, p.run.precision.name, announce)
     if peaks.values:
         recorder.log_metrics({**{f"device_{k}": v for k, v in peaks.values.items()},
                               "device_peaks_reliable": float(peaks.reliable)})
