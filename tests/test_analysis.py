@@ -275,8 +275,14 @@ def test_an_unreliable_measurement_is_not_chosen_over_a_reliable_path_that_meets
     alone = table_of(
         record("table@cpu", sizes={1024: (5.0, 900_000)}, unreliable={1024: "robust CV 0.61 > 0.25"})
     )
-    alone = cell(mp.mapping(alone, SETTINGS), 1024, 10)
+    alone_table = mp.mapping(alone, SETTINGS)
+    alone = cell(alone_table, 1024, 10)
     assert alone["choice"] == "table@cpu" and not alone["reliable"]
+    # The sentences say whose measurement was unreliable: the winner's own, or the one it was compared with.
+    assert "table@cpu for query sizes 1024 (its own measurement unreliable)" in " ".join(
+        mp.regimes(alone_table, "p99"))
+    assert ("dhe@cpu for query sizes 1024 (its own measurements reliable, compared with an unreliable "
+            "measurement of table@cpu)") in " ".join(mp.regimes(mp.mapping(runs, SETTINGS), "p99"))
 
 
 def test_no_path_meets_on_an_unreliable_figure_is_a_flagged_cell_and_sentence():
@@ -288,7 +294,8 @@ def test_no_path_meets_on_an_unreliable_figure_is_a_flagged_cell_and_sentence():
     assert not mp.chosen(c["choice"]) and not c["reliable"] and "other processes used 1.70 cores" in c["note"]
     assert cell(table, 1, 1)["reliable"]
     sentences = mp.regimes(table, "p99")
-    assert "no path for query sizes 1024 (on unreliable measurements)" in " ".join(sentences)
+    assert "no path for query sizes 1024 (compared with an unreliable measurement of table@cpu)" in (
+        " ".join(sentences))
     [notice] = mp.reliability_notices(table, runs)
     assert notice.startswith("[synthetic_kaggle x0.1] 3 of 6 cells compared unreliable measurements")
     assert "table@cpu at 1024" in notice

@@ -12,6 +12,8 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from harness.core import trust
+
 from .conftest import SMOKE, harness_env
 
 
@@ -141,7 +143,10 @@ def test_a_planted_interference_is_flagged_in_the_run_the_summary_and_the_report
                                                                                  tmp_path):
     # A fake reading of 1.5 cores used by other processes at q=64, every attempt: the size is measured again
     # (with its neighbour), then recorded unreliable; the analysis hatches it and says why.
-    proc = run_harness(*SMOKE, "debug.interference={64: 1.5}", "measure.stability.retry_pause_s=0",
+    # The look at the machine between rounds is planted quiet (the burst at q=64 may have passed), and the
+    # budget generous: this test is about the flag, not the cost.
+    proc = run_harness(*SMOKE, "debug.interference={64: 1.5}", "debug.machine_load=0",
+                       "measure.stability.retry_pause_s=0", "measure.stability.retry_budget=100",
                        store_uri=store)
     # (q=1 is judged on its own reading: flagged too only if this machine is busy, e.g. by a test beside this)
     assert "unreliable: " in proc.stdout and "q=64: other processes used 1.50 cores" in proc.stdout
@@ -165,7 +170,23 @@ def test_a_planted_interference_is_flagged_in_the_run_the_summary_and_the_report
     paths = (folder / "paths.csv").read_text().splitlines()
     header, row = paths[0].split(","), paths[1].split(",")
     assert row[header.index("reliable@64")] == "0.0" and row[header.index("reliable@1")] in ("0.0", "1.0")
-    assert "(on unreliable measurements)" in (folder / "mapping.md").read_text()
+    assert "(its own measurement unreliable)" in (folder / "mapping.md").read_text()
+
+
+def test_a_steady_neighbour_is_said_at_the_start_and_its_sizes_are_flagged_without_measuring_again(
+        run_harness, store, tmp_path):
+    proc = run_harness(*SMOKE, "debug.interference={1: 1.5, 64: 1.5}", "debug.machine_load=1.5",
+                       "measure.stability.retry_pause_s=0", store_uri=store)
+    assert "the machine is busy (other processes used 1.50 cores" in proc.stderr
+    assert "backend.num_threads=1" in proc.stderr  # the remedy, said before the first size
+    assert proc.stderr.index("the machine is busy") < proc.stderr.index("table@cpu q=1:")
+    [run] = _runs(store)
+    attempts = {m.step: m.value for m in MlflowClient(store).get_metric_history(run.info.run_id, "attempts")}
+    assert attempts == {1: 1, 64: 1}  # a retry could not succeed: none was made
+    assert set(trust.parse(run.data.tags["unreliable"])) == {1, 64}
+    assert "not measured again: q=1, q=64" in run.data.tags["remeasured"]
+    [log] = (tmp_path / "results" / "runs").glob("*/harness.log")  # the terminal's lines, kept
+    assert "the machine is busy" in log.read_text() and "table@cpu q=64: p50" in log.read_text()
 
 
 def test_a_sweeps_analysis_is_about_that_sweep_and_prints_its_paths(run_harness, store, tmp_path):
@@ -323,3 +344,48 @@ def test_the_rows_a_run_says_it_read_are_trainings_not_the_timing_pools(run_harn
                 "workload.query_sizes=[4096]", "measure.pool_samples=65536", store_uri=store)
     [run] = _runs(store)
     assert 0 < run.data.metrics["data_rows_read"] < 60_000
+
+
+def test_ctrl_c_during_a_timed_size_ends_it_within_2_s_and_says_which_run_it_recorded(store, tmp_path):
+    import signal
+    import time
+
+    # q=1 is timed for at least 60 s: the interrupt lands inside the timed loop
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *SMOKE, "measure.min_time_s=60",
+                             "measure.max_time_s=90", f"tracking.results_dir={tmp_path / 'results'}"],
+                            cwd=tmp_path, env=harness_env(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(r.info.status == "RUNNING" for r in _runs_or_none(store)):
+        time.sleep(0.2)
+    time.sleep(4)  # past the look at the machine and q=1's warm-up: in its timed calls
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-2000:]
+    [run] = _runs(store)
+    assert run.info.status == "KILLED"
+    assert run.info.end_time / 1e3 - sent < 2.0  # the run was ended within 2 s of the interrupt
+    assert f"interrupted: MLflow run {run.info.run_id} is recorded as KILLED" in err
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_before_any_run_says_nothing_was_recorded(store, tmp_path):
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *SMOKE, f"tracking.results_dir={tmp_path / 'r'}"],
+                            cwd=tmp_path, env=harness_env(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(0.5)  # Python is still importing the harness
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "interrupted: nothing was recorded yet" in err, err[-2000:]
+    assert _runs_or_none(store) == []
+
+
+def _runs_or_none(store: str) -> list:
+    try:
+        return _runs(store)
+    except Exception:  # noqa: BLE001 - the experiment does not exist yet
+        return []

@@ -277,3 +277,37 @@ def test_an_adapter_without_copies_times_run_alone():
     assert "fetch" not in step.__code__.co_freevars and "to_device" not in step.__code__.co_freevars
     assert [step(0), step(1), step(2)] == [7, 8, 7]
     assert "fetch" in host_to_host(FakeDeviceAdapter(), [None]).__code__.co_freevars
+
+
+def test_the_timed_loop_tells_how_far_it_is_between_calls_on_a_fake_clock():
+    clock = FakeClock(step_s=0.1)
+    settings = LadderSettings(warmup_iters=1, warmup_s=0.0, min_iters=5, min_time_s=2.0, max_iters=1000,
+                              max_time_s=10)
+    ticks = []
+    timing = time_iterations(clock.step, lambda out: None, settings, clock, on_tick=lambda n, s: ticks.append(n))
+    assert len(timing.latencies_s) == 20  # 2 s of 0.1 s calls, then it stops
+    assert ticks == [5, 10, 15]  # every 0.5 s of the measured phase (not after the last call)
+
+
+def test_the_live_line_shows_the_size_its_calls_and_each_result_on_a_terminal(tmp_path):
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress, TextColumn
+
+    from harness.app.console import LiveReporter
+
+    out = io.StringIO()
+    progress = Progress(TextColumn("{task.description} {task.fields[now]}"),
+                        console=Console(file=out, force_terminal=True, width=200), refresh_per_second=50)
+    slow = LadderSettings(warmup_iters=1, warmup_s=0, min_iters=5, min_time_s=1.2, max_iters=10_000,
+                          max_time_s=5)
+    with progress:
+        reporter = LiveReporter("fake@cpu", progress, progress.add_task("fake@cpu", total=1, now=""))
+        run_ladder(AsyncAdapter(), [8], lambda q: [None], slow, reporter=reporter)
+        time.sleep(0.1)  # one more refresh
+        reporter.note("measuring again (attempt 2 of 4): q=8: other processes used 0.90 cores")
+    text = out.getvalue()
+    assert "timing q=8: " in text and " calls, 0.5 s" in text  # the live line, while timing
+    assert "fake@cpu q=8: p50 " in text  # each size's result, kept above the line
+    assert "fake@cpu: measuring again (attempt 2 of 4)" in text

@@ -20,7 +20,8 @@ from harness.pipeline.stability import Ceiling, Judge, measure_reliably, neighbo
 from harness.pipeline.timing import QuerySizeResult, order_statistic_ranks, quantile_ci, robust_cv, summarize
 
 RULES = StabilityConfig(max_other_cores=0.1, max_steal_cores=0.1, max_robust_cv=0.25, order_tolerance=0.05,
-                        peak_tolerance=0.05, retries=3, retry_pause_s=0.0)
+                        peak_tolerance=0.05, retries=3, retry_pause_s=0.0,
+                        retry_budget=3.0)  # generous: most tests here are about the rules, not the budget
 
 
 def reading(other: float | None = 0.0, steal: float | None = 0.0, cores: int = 2) -> LoadReading:
@@ -155,6 +156,45 @@ def test_interference_that_persists_is_flagged_after_the_bounded_retries():
     assert len(fake.calls) == 1 + RULES.retries and len(pauses) == RULES.retries
     assert not ladder.reliable(64) and ladder.reliable(4096)
     assert trust.describe(ladder.reasons) == "q=64: other processes used 1.80 cores"
+
+
+def test_a_steady_neighbour_stops_re_measurement_at_once_and_every_disturbed_size_stays_flagged():
+    fake = Ladder({1: 0.1, 64: 1.0, 4096: 40.0}, busy={(q, a): 0.9 for q in (1, 64, 4096) for a in range(1, 9)})
+    notes = []
+    ladder = measure_reliably(fake, [1, 64, 4096], Judge(RULES, 2), sleep=lambda s: None,
+                              machine_now=lambda: reading(0.95), note=notes.append)
+    assert fake.calls == [([1, 64, 4096], 1)]  # no retry: the neighbour was still there
+    assert set(ladder.reasons) == {1, 64, 4096}
+    assert notes == ["not measured again: q=1, q=64, q=4096 (other processes used 0.95 cores just now, as "
+                     "while they were timed: a steady neighbour; a retry cannot succeed until it stops)"]
+    assert ladder.notes == notes
+
+
+def test_a_burst_is_measured_again_once_the_machine_is_quiet():
+    fake = Ladder({1: 0.1, 64: 1.0, 4096: 40.0}, busy={(64, 1): 0.9})
+    notes = []
+    ladder = measure_reliably(fake, [1, 64, 4096], Judge(RULES, 2), sleep=lambda s: None,
+                              machine_now=lambda: reading(0.0), note=notes.append)
+    assert ladder.reasons == {} and fake.calls[1] == ([64, 4096], 2)
+    assert notes == ["measuring again (attempt 2 of 4): q=64: other processes used 0.90 cores"]
+
+
+def test_re_measurement_stops_within_its_budget():
+    from dataclasses import replace
+
+    rules = replace(RULES, retry_budget=0.5)
+    noisy = [10.0 if i % 2 else 30.0 for i in range(200)]  # robust CV ~1.5: broken in every attempt
+    fake = Ladder({1: 0.1, 64: noisy, 4096: 40.0}, busy={})
+    fake_call = fake.__call__
+    first = sum(sum(r.latencies_s) + r.first_call_s for r in fake_call([1, 64, 4096], 1))
+    fake.calls.clear()
+    notes = []
+    ladder = measure_reliably(fake, [1, 64, 4096], Judge(rules, 2), sleep=lambda s: None,
+                              machine_now=lambda: reading(0.0), note=notes.append)
+    retried = [r for q in ladder.attempts for r in ladder.attempts[q][1:]]
+    assert retried and sum(sum(r.latencies_s) + r.first_call_s for r in retried) <= 0.5 * first
+    assert 4096 not in {q for sizes, attempt in fake.calls[1:] for q in sizes}  # its neighbour did not fit
+    assert 64 in ladder.reasons and "re-measurement budget" in notes[-1]
 
 
 def test_the_neighbour_of_the_largest_size_is_the_next_smaller():

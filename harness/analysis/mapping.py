@@ -161,7 +161,7 @@ def choose(rows: pd.DataFrame, query_size: int, target_ms: float, settings: Mapp
     at_size = rows[rows["query_size"] == query_size].copy()
     cell = {"query_size": query_size, "target_ms": target_ms, "choice": None, "score": np.nan,
             "latency_ms": np.nan, "runner_up": None, "runner_up_score": np.nan, "margin": np.nan,
-            "basis": settings.rank_by, "note": "", "reliable": True}
+            "basis": settings.rank_by, "note": "", "reliable": True, "unreliable_paths": ""}
     if at_size.empty:
         cell["note"] = "no path measured at this query size"
         return cell
@@ -169,6 +169,7 @@ def choose(rows: pd.DataFrame, query_size: int, target_ms: float, settings: Mapp
     compared = at_size[at_size["fits"] & (at_size["feasible"] > 0)]
     shaky = compared[flagged(compared)]
     cell["reliable"] = shaky.empty
+    cell["unreliable_paths"] = ",".join(sorted(set(shaky["path"])))  # which measurements: the sentences say
     unreliable = f"unreliable measurement: {_why(shaky)}" if len(shaky) else ""
     meets = compared[compared[latency] <= target_ms].copy()
     if meets.empty:
@@ -239,7 +240,7 @@ def mapping(runs: pd.DataFrame, settings: MappingSettings) -> pd.DataFrame:
                 cells.append({"workload": workload, **choose(group, int(q), float(target), rules)})
     return pd.DataFrame(cells, columns=["workload", "query_size", "target_ms", "choice", "score",
                                         "latency_ms", "runner_up", "runner_up_score", "margin", "basis",
-                                        "note", "reliable"])
+                                        "note", "reliable", "unreliable_paths"])
 
 
 def reliability_notices(table: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
@@ -348,6 +349,33 @@ def feasibility_matrix(paths: pd.DataFrame, devices: dict[str, float]) -> pd.Dat
     return pd.DataFrame(rows)
 
 
+def shaky_paths(cell) -> str:
+    """The paths whose flagged measurements a cell compared ("," joined; "" when none; "?" for a table
+    written before the column, whose cell only says it was unreliable)."""
+    if not unreliable_cell(cell):
+        return ""
+    value = cell.get("unreliable_paths", "")
+    return value if isinstance(value, str) and value else "?"
+
+
+def _unreliable_clause(winner: str, shaky: str) -> str:
+    """What a regime's sentence says of the unreliable measurements it rests on, naming whose they were:
+    the winner's own, or the paths it was compared with (its own figures trusted)."""
+    if not shaky:
+        return ""
+    if shaky == "?":
+        return " (on unreliable measurements)"
+    paths = shaky.split(",")
+    others = [p for p in paths if p != winner]
+    own = "its own measurement unreliable" if winner in paths else ""
+    beside = f"compared with an unreliable measurement of {', '.join(others)}" if others else ""
+    if own and beside:
+        return f" ({own}; {beside})"
+    if own:
+        return f" ({own})"
+    return f" ({'its own measurements reliable, ' if winner != 'none' else ''}{beside})"
+
+
 def unreliable_cell(cell) -> bool:
     """A mapping cell that compared a flagged measurement (`reliable` False; absent in older tables)."""
     value = cell.get("reliable", True)
@@ -371,12 +399,12 @@ def regimes(table: pd.DataFrame, percentile: str = "p99") -> list[str]:
         described_by_target: list[tuple[tuple[float, ...], str]] = []
         for target, cells in group.groupby("target_ms", sort=True):
             cells = cells.sort_values("query_size")
-            parts: list[tuple[tuple[str, bool], list[int]]] = []
-            current: tuple[str, bool] = ("", True)
+            parts: list[tuple[tuple[str, str], list[int]]] = []
+            current: tuple[str, str] = ("", "")
             sizes: list[int] = []
             for _, c in cells.iterrows():
-                # A run of sizes with one winner, split where the cells' reliability changes.
-                winner = (c["choice"] if chosen(c["choice"]) else "none", not unreliable_cell(c))
+                # A run of sizes with one winner, split where the cells' unreliable measurements change.
+                winner = (c["choice"] if chosen(c["choice"]) else "none", shaky_paths(c))
                 if winner != current and sizes:
                     parts.append((current, sizes))
                     sizes = []
@@ -385,7 +413,7 @@ def regimes(table: pd.DataFrame, percentile: str = "p99") -> list[str]:
             if sizes:
                 parts.append((current, sizes))
             described = "; ".join(f"{'no path' if w == 'none' else w} for query sizes {_ranges(s)}"
-                                  + ("" if ok else " (on unreliable measurements)") for (w, ok), s in parts)
+                                  + _unreliable_clause(w, shaky) for (w, shaky), s in parts)
             if described_by_target and described_by_target[-1][1] == described:
                 described_by_target[-1] = (described_by_target[-1][0] + (float(target),), described)
             else:

@@ -40,7 +40,9 @@ def run() -> None:
         print_interrupted(exc.run_id, known=True)
         sys.exit(INTERRUPTED_EXIT)
     except KeyboardInterrupt:  # a sweep: its jobs have ended their runs KILLED, the sweep its own run
-        print_interrupted()
+        # A single run interrupted before its job began (while Python imported) has created nothing.
+        single = not {"-m", "--multirun"} & set(sys.argv[1:])
+        print_interrupted(None, known=single)
         sys.exit(INTERRUPTED_EXIT)
 
 

@@ -4,6 +4,7 @@ stdout carries results only (the summaries, the dry run's JSON)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from harness.core import trust
 from harness.core.paths import PathLabel
 from harness.core.precision import storage_label
 from harness.pipeline.plan import Plan
-from harness.pipeline.timing import QuerySizeResult
+from harness.pipeline.timing import QuerySizeResult, Reporter
 from harness.tracking import Store
 
 INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
@@ -27,41 +28,101 @@ INTERRUPTED_EXIT = 130  # the shell's code for a process ended by SIGINT
 def print_interrupted(run_id: str | None = None, known: bool = False) -> None:
     """The one line an interrupted command prints (no traceback: nothing went wrong): what was recorded.
     `known`: the job said which run it ended (`run_id`, or None where it had created none yet)."""
-    if not known:
-        what = "the measurements in progress are recorded as KILLED"
-    elif run_id is None:
-        what = "nothing was recorded yet"
-    else:
-        what = f"MLflow run {run_id} is recorded as KILLED"
-    print(f"interrupted: {what}; run the same command again to resume (finished paths are skipped)",
-          file=sys.stderr)
+    if known and run_id is None:
+        print("interrupted: nothing was recorded yet; run the same command again to measure", file=sys.stderr)
+        return
+    what = f"MLflow run {run_id} is" if known else "the measurements in progress are"
+    print(f"interrupted: {what} recorded as KILLED; run the same command again to resume (finished paths "
+          "are skipped)", file=sys.stderr)
 
 
 if TYPE_CHECKING:  # the run's stages import torch; the terminal never needs to
     from harness.pipeline.run import PathResult
 
 
+_progress_log = logging.getLogger("harness.progress")
+
+
+def size_line(label: str, result: QuerySizeResult) -> str:
+    """One line per measured size: what it gave, how many calls, whether others used the machine."""
+    attempt = f" (attempt {result.attempt})" if result.attempt > 1 else ""
+    if not result.feasible:
+        return f"{label} q={result.query_size}{attempt}: infeasible ({result.error})"
+    t = result.timed
+    load = result.load
+    busy = (f"; other processes used {load.other_cores:.2f} cores" if load is not None and load.other_cores
+            and load.other_cores > load.resolution_cores else "")
+    return (f"{label} q={result.query_size}{attempt}: p50 {t.p50_ms:.3f} ms, {t.n} calls in "
+            f"{sum(result.latencies_s):.1f} s{busy}")
+
+
+class LineReporter(Reporter):
+    """Not a terminal (a pipe, a log, a sweep's worker): one line per size and per note, through logging,
+    so stderr and the job's harness.log both have them."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def done(self, result: QuerySizeResult) -> None:
+        _progress_log.info(size_line(self.label, result))
+
+    def note(self, text: str) -> None:
+        _progress_log.info("%s: %s", self.label, text)
+
+
+class LiveReporter(LineReporter):
+    """A terminal: one live line (the size being timed, its attempt, calls and seconds so far, elapsed);
+    sizes and notes printed above it and written to the log files (not to the console handler, whose
+    stream would tear the live line)."""
+
+    def __init__(self, label: str, progress: Progress, task) -> None:
+        super().__init__(label)
+        self.progress, self.task = progress, task
+        self.current = ""
+
+    def size(self, query_size: int, attempt: int) -> None:
+        again = f", attempt {attempt}" if attempt > 1 else ""
+        self.current = f"q={query_size}{again}"
+        self.progress.update(self.task, now=f"timing {self.current}")
+
+    def tick(self, calls: int, seconds: float) -> None:
+        self.progress.update(self.task, now=f"timing {self.current}: {calls} calls, {seconds:.1f} s")
+
+    def done(self, result: QuerySizeResult) -> None:
+        self._print(size_line(self.label, result))
+        self.progress.update(self.task, advance=0 if result.attempt > 1 else 1, now="")
+
+    def note(self, text: str) -> None:
+        self._print(f"{self.label}: {text}")
+
+    def _print(self, line: str) -> None:
+        self.progress.console.print(line, highlight=False, markup=False)
+        to_log_files(line)
+
+
+def to_log_files(line: str) -> None:
+    """`line` into the log files the root logger writes (Hydra's harness.log), not to the console."""
+    record = _progress_log.makeRecord(_progress_log.name, logging.INFO, __file__, 0, line, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
+
+
 @contextmanager
-def ladder_progress(label: str, total: int) -> Iterator:
-    """Yields `advance(result)`; the bar lives on stderr so stdout stays parseable."""
+def ladder_progress(label: str, total: int, job: str = "") -> Iterator[Reporter]:
+    """Yields the reporter of one path's measurement: live on a terminal (stderr, so stdout stays
+    parseable), else one line per size. `job` says where a sweep is (`job 3 of 6, 2 done`)."""
+    label = f"[{job}] {label}" if job else label
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield LineReporter(label)
+        return
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[last]}"), TimeElapsedColumn(),
-        console=Console(stderr=True), transient=True,
+        TextColumn("{task.fields[now]}"), TimeElapsedColumn(), console=console, transient=True,
     )
     with progress:
-        task = progress.add_task(label, total=total, last="")
-
-        def advance(result: QuerySizeResult) -> None:
-            figure = f"p50 {result.timed.p50_ms:.3f} ms" if result.feasible else "infeasible"
-            if result.attempt > 1:  # a size measured again (harness/pipeline/stability.py): no new step
-                progress.update(
-                    task, last=f"q={result.query_size}: measured again (attempt {result.attempt}), {figure}"
-                )
-                return
-            progress.update(task, advance=1, last=f"q={result.query_size}: {figure}")
-
-        yield advance
+        yield LiveReporter(label, progress, progress.add_task(label, total=total, now=""))
 
 
 # A path's summary: one row per query size, short headers (the table fits 80 columns) and LEGEND below.
@@ -220,8 +281,8 @@ def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:
     if shaky:
         console.print(
             f"unreliable: {len(shaky)} of {len(statuses)} jobs have query sizes that broke a stability "
-            "rule after measuring them again (their runs' tag `unreliable` says why; the analysis hatches "
-            "them): python -m harness.doctor shows what else is using this machine",
+            "rule, measured again where that could help (their runs' tag `unreliable` says why; the "
+            "analysis hatches them): python -m harness.doctor shows what else is using this machine",
             highlight=False,
         )
 

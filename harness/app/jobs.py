@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 from collections import deque
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,20 @@ def _sweep_parent(experiment_name: str) -> str | None:
         return None
     parent = json.loads(path.read_text())
     return parent["run_id"] if parent.get("experiment_name") == experiment_name else None
+
+
+def sweep_position() -> str:
+    """Where this job is in its sweep, for its progress line: `job 3 of 6, 2 done` ("" outside one)."""
+    hc = _hydra()
+    if hc is None or not _is_multirun():
+        return ""
+    sweep_dir = Path(hc.sweep.dir)
+    try:
+        total = json.loads((sweep_dir / PARENT_RUN_FILE).read_text()).get("jobs")
+    except (OSError, ValueError):
+        total = None
+    done = sum(1 for _ in sweep_dir.glob(f"*/{STATUS_FILE}"))
+    return f"job {hc.job.num + 1}" + (f" of {total}" if total else "") + f", {done} done"
 
 
 def run_job(cfg: Any) -> dict[str, Any]:
@@ -183,7 +198,7 @@ def _run(p: Plan, container: dict, multirun: bool, status: dict) -> dict[str, An
         log.warning("job_timeout_s is ignored with isolate=never")
     run_id = status["run_id"] = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity()})
     try:
-        print_path_summary(p, measure_path(p, run_id, progress=ladder_progress))
+        print_path_summary(p, measure_path(p, run_id, progress=partial(ladder_progress, job=sweep_position())))
     except KeyboardInterrupt:
         store.kill(run_id)  # already KILLED by the recorder, unless Ctrl-C came before it started
         raise
@@ -207,7 +222,8 @@ def _run_isolated(p: Plan, container: dict, store: Store, status: dict) -> dict[
     folder = Path(hc.runtime.output_dir) if hc is not None else Path(p.run.tracking.results_dir) / "jobs"
     folder.mkdir(parents=True, exist_ok=True)
     job_file = folder / "job.json"
-    job_file.write_text(json.dumps({"config": container, "run_id": run_id}, default=str))
+    job_file.write_text(json.dumps({"config": container, "run_id": run_id, "position": sweep_position()},
+                                   default=str))
 
     # The worker dies with this process (SIGKILL at its death; harness/app/worker.py arms it first thing): a
     # job killed from outside leaves no worker measuring beside the next job, or ending a run the sweep has

@@ -97,7 +97,8 @@ class SweepCallback(Callback):
         )
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / PARENT_RUN_FILE).write_text(json.dumps(
-            {"run_id": self.parent_run_id, "experiment_name": first.experiment_name, "uri": store.uri}))
+            {"run_id": self.parent_run_id, "experiment_name": first.experiment_name, "uri": store.uri,
+             "jobs": len(jobs)}))
         self.tracking, self.experiment_name = first.tracking, first.experiment_name
         # An interrupted sweep never reaches on_multirun_end: its parent run is ended KILLED at exit instead.
         atexit.register(self._kill_parent_if_running)

@@ -7,6 +7,7 @@ the OOM killer, a timeout), the job process sees it and ends the run FAILED; the
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -23,12 +24,16 @@ from harness.pipeline.run import measure_path
 def main(argv: list[str]) -> int:
     if os.environ.get(PARENT_ENV, "").isdigit():  # die with the job process (harness/app/jobs.py)
         exit_with_parent(int(os.environ[PARENT_ENV]))
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    job = json.loads(Path(argv[0]).read_text())
+    # stderr goes to the job process (which relays it), and the job folder's harness.log has it too
+    job_file = Path(argv[0])
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s",
+                        handlers=[logging.StreamHandler(sys.stderr),
+                                  logging.FileHandler(job_file.parent / "harness.log")])
+    job = json.loads(job_file.read_text())
     p = plan(job["config"])
     try:
-        print_path_summary(p, measure_path(p, job["run_id"], progress=ladder_progress))
+        progress = functools.partial(ladder_progress, job=job.get("position", ""))
+        print_path_summary(p, measure_path(p, job["run_id"], progress=progress))
     except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the recorder has ended the run KILLED
         return INTERRUPTED_EXIT
     except (BackendUnavailable, ConfigError, DataError) as exc:  # recorded FAILED; the message says it all

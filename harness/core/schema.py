@@ -60,10 +60,11 @@ class StabilityConfig:
     peak_tolerance: float = MISSING  # achieved GFLOP/s above the measured GEMM peak by more than this
     retries: int = MISSING  # rounds of measuring a flagged size again (with a neighbour) before flagging it
     retry_pause_s: float = MISSING  # pause before each such round
+    retry_budget: float = MISSING  # all re-measurement of a run, as a share of its first ladder's time
 
     def check(self) -> None:
         for key in ("max_other_cores", "max_steal_cores", "max_robust_cv", "order_tolerance",
-                    "peak_tolerance", "retries", "retry_pause_s"):
+                    "peak_tolerance", "retries", "retry_pause_s", "retry_budget"):
             if getattr(self, key) < 0:
                 raise ConfigError(key, f"must be >= 0, got {getattr(self, key)}")
 
@@ -169,9 +170,14 @@ class DebugConfig:
     # Plant a reading of other processes' CPU (in cores) at query sizes, e.g. {64: 1.5}: that size is
     # then flagged unreliable on a quiet machine, every attempt (tests, and to see what a flag looks like).
     interference: Optional[Dict[int, float]] = MISSING
+    # Plant the reading of the machine's looks before the ladder and before each re-measurement round
+    # (cores used by other processes), e.g. 1.5: a steady neighbour; 0: quiet (null: the machine is read).
+    machine_load: Optional[float] = MISSING
 
     def check(self) -> None:
         fault_for_job(self.fault, 0)
+        if self.machine_load is not None and self.machine_load < 0:
+            raise ConfigError("machine_load", f"must be >= 0 cores or null, got {self.machine_load}")
         bad = {q: v for q, v in (self.interference or {}).items() if q < 1 or v < 0}
         if bad:
             raise ConfigError("interference", f"must map query sizes (>= 1) to cores (>= 0), got {bad}")

@@ -41,14 +41,19 @@ def advice(reasons: dict[int, list[str]]) -> str:
     text = " ".join(r for why in reasons.values() for r in why)
     steps = []
     if "other processes" in text or "stole" in text:
-        steps.append("close other programs, or run with backend.num_threads=1 so the run leaves them a core "
-                     "(python -m harness.doctor shows what is running)")
+        steps.append(busy_remedy())
     if "robust CV" in text or "slower than" in text:
         steps.append("on a laptop or VM, keep it on mains power and idle; pin the run with taskset")
     if "peak" in text:
         steps.append("remove results/device_peaks.json to measure the device's peaks again")
     steps.append("then measure again with force=true")
     return "; ".join(steps)
+
+
+def busy_remedy() -> str:
+    """What to do when other processes hold the run's cores."""
+    return ("close other programs, or run with backend.num_threads=1 so the run leaves them a core (python -m "
+            "harness.doctor shows what is running)")
 
 
 def unreliable_line(reasons: dict[int, list[str]], sizes: int) -> str:
@@ -58,6 +63,6 @@ def unreliable_line(reasons: dict[int, list[str]], sizes: int) -> str:
     shown = [f"q={q}: {why[0]}" + (f" (+{len(why) - 1} more)" if len(why) > 1 else "")
              for q, why in sorted(reasons.items())]
     return (
-        f"unreliable: {len(reasons)} of {sizes} query sizes still broke a stability rule after measuring "
-        f"them again ({'; '.join(shown)}); {advice(reasons)}"
+        f"unreliable: {len(reasons)} of {sizes} query sizes still broke a stability rule, measured again "
+        f"where that could help ({'; '.join(shown)}); {advice(reasons)}"
     )

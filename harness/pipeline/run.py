@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from typing import Callable, ContextManager
 
 from backends.base import Backend, DeviceInfo
-from harness.core.load import LoadProbe, PlantedProbe
+from harness.core import trust
+from harness.core.load import LoadProbe, LoadReading, PlantedProbe
 from harness.core.precision import gemm_peak_metric
 from harness.data.pool import Pools
 from harness.data.sources import open_dataset
@@ -31,7 +32,7 @@ from harness.pipeline.peaks import CACHE_FILE, Peaks, device_peaks, remeasure_pe
 from harness.pipeline.plan import Plan
 from harness.pipeline.quality import into_precision, train_or_reuse
 from harness.pipeline.stability import Ceiling, Judge, Reasons, measure_reliably
-from harness.pipeline.timing import LadderSettings, QuerySizeResult, run_ladder
+from harness.pipeline.timing import SILENT, LadderSettings, QuerySizeResult, Reporter, run_ladder
 from harness.tracking import RunRecorder, Store
 from harness.workload.device import configure_for
 from harness.workload.dlrm import build_model
@@ -39,12 +40,13 @@ from harness.workload.dlrm import build_model
 log = logging.getLogger(__name__)
 
 # The terminal's progress over the ladder (harness/app/console.py): given the path's label and the number
-# of sizes, a context yielding the callback each finished size is reported to.
-Progress = Callable[[str, int], ContextManager[Callable[[QuerySizeResult], None]]]
+# of sizes, a context yielding the reporter the measurement tells what it is doing.
+Progress = Callable[[str, int], ContextManager[Reporter]]
+GLANCE_S = 0.5  # the look at the machine before the ladder and before each re-measurement round
 
 
-def no_progress(label: str, total: int) -> ContextManager[Callable[[QuerySizeResult], None]]:
-    return contextlib.nullcontext(lambda result: None)
+def no_progress(label: str, total: int) -> ContextManager[Reporter]:
+    return contextlib.nullcontext(SILENT)
 
 
 @dataclass
@@ -80,11 +82,15 @@ def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> Path
             judge.ceiling = ceiling(p, device, peaks, recorder, judge)
             settings = LadderSettings.of(run.measure)
             probe = probes(run.debug.interference)
-            with progress(p.path, len(run.workload.query_sizes)) as advance:
+            with progress(p.path, len(run.workload.query_sizes)) as reporter:
+                look = glances(run.debug.machine_load)
+                warn_if_busy(judge, reporter, look)
                 ladder = measure_reliably(
-                    lambda sizes, attempt: run_ladder(adapter, sizes, pools, settings, on_size_done=advance,
-                                                      probe=probe, attempt=attempt),
-                    run.workload.query_sizes, judge)
+                    lambda sizes, attempt: run_ladder(adapter, sizes, pools, settings, probe=probe,
+                                                      attempt=attempt, reporter=reporter),
+                    run.workload.query_sizes, judge, machine_now=look, note=reporter.note)
+            if ladder.notes:
+                recorder.set_tags({"remeasured": " | ".join(ladder.notes)[:5000]})
             extra = cache_comparison(caches, adapter, run.workload.query_sizes, pools, settings,
                                      ladder.results)
             record.record_ladder(recorder, p, ladder, peaks.values, extra, quality.get("accuracy"),
@@ -194,6 +200,30 @@ def ceiling(p: Plan, device: DeviceInfo, peaks: Peaks, recorder: RunRecorder, ju
 
     tolerance = p.run.measure.stability.peak_tolerance
     return Ceiling(p.cost.flops, peaks.values[metric], metric, tolerance, recheck)
+
+
+def glances(planted: float | None) -> Callable[[], LoadReading]:
+    """How busy the machine is right now: a short load reading (`debug.machine_load` plants it)."""
+
+    def glance() -> LoadReading:
+        probe = LoadProbe() if planted is None else PlantedProbe(planted)
+        probe.start()
+        time.sleep(GLANCE_S)
+        return probe.stop()
+
+    return glance
+
+
+def warn_if_busy(judge: Judge, reporter: Reporter, glance: Callable[[], LoadReading]) -> None:
+    """Say once, before the ladder, that other processes hold the run's cores, what that will cost and
+    what to do about it."""
+    busy = judge.load_reasons(glance())
+    if busy:
+        reporter.note(
+            f"the machine is busy ({busy[0]}): sizes timed while it lasts are flagged, and measured again "
+            f"only once it is quiet, for at most +{judge.rules.retry_budget:.0%} of the first pass "
+            f"(measure.stability.retry_budget). For trusted figures: {trust.busy_remedy()}"
+        )
 
 
 def probes(planted: dict[int, float] | None) -> Callable[[int], LoadProbe]:

@@ -13,7 +13,9 @@ The rules (docs/measurement.md, thresholds in conf/config.yaml under `measure.st
   `peak_tolerance`; the peak is then measured again, once, and the size judged against the new one.
 
 A size that breaks a rule is measured again, with a neighbouring size so drift shows (at most `retries`
-more rounds, `retry_pause_s` apart); what still breaks one is recorded `reliable` = 0 with its reasons.
+more rounds, `retry_pause_s` apart, costing at most `retry_budget` x the first pass; a size disturbed by
+other processes only once the machine is quiet again); what still breaks one is recorded `reliable` = 0
+with its reasons.
 Bandwidth is not ruled on: hot rows served from cache (Zipf ids) legitimately beat a DRAM gather peak.
 """
 
@@ -138,11 +140,13 @@ class Judge:
 
 @dataclass
 class Ladder:
-    """A ladder measured with its retries: the attempt used per size, every attempt, what is unreliable."""
+    """A ladder measured with its retries: the attempt used per size, every attempt, what is unreliable,
+    and notes on what was not measured again and why (a steady neighbour, the budget spent)."""
 
     results: list[QuerySizeResult]
     attempts: dict[int, list[QuerySizeResult]] = field(default_factory=dict)
     reasons: Reasons = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def reliable(self, query_size: int) -> bool:
         return query_size not in self.reasons
@@ -164,28 +168,95 @@ def neighbours(flagged: Sequence[int], sizes: Sequence[int]) -> list[int]:
     return [q for q in sizes if q in wanted]
 
 
-def measure_reliably(measure: Callable[[list[int], int], list[QuerySizeResult]], sizes: Sequence[int],
-                     judge: Judge, sleep: Callable[[float], None] = time.sleep) -> Ladder:
-    """`measure(sizes, attempt)` the ladder; re-measure what breaks a rule (bounded), then flag what still
-    does.
+def seconds_of(r: QuerySizeResult) -> float:
+    """What measuring a size costs, from its result: its timed calls and its first call (warm-up is a
+    fixed share beside them)."""
+    return sum(r.latencies_s) + (r.first_call_s or 0.0)
 
-    Of a size's attempts, the latest that passes the per-size rules is used (else the latest): a retry
-    that was left alone replaces a disturbed first attempt, and a neighbour measured again beside a
-    flagged size is compared with it side by side.
+
+def measure_reliably(measure: Callable[[list[int], int], list[QuerySizeResult]], sizes: Sequence[int],
+                     judge: Judge, sleep: Callable[[float], None] = time.sleep,
+                     machine_now: Callable[[], LoadReading | None] = lambda: None,
+                     note: Callable[[str], None] = lambda text: None) -> Ladder:
+    """`measure(sizes, attempt)` the ladder; re-measure what breaks a rule where that can help, within a
+    budget, then flag what still breaks one.
+
+    Before each round the machine is looked at (`machine_now()`, a short load reading): while other
+    processes still hold the run's cores, a size disturbed by them is not measured again (a steady
+    neighbour: a retry cannot succeed, it only multiplies the time); a size flagged for another reason, or
+    any flagged size once the machine is quiet, is. All rounds together cost at most `retry_budget` times
+    the first pass (`seconds_of` each size); a round that does not fit measures the flagged sizes without
+    their neighbours, or stops. Of a size's attempts, the latest that passes the per-size rules is used
+    (else the latest). `note(text)` hears each decision; the ladder keeps them.
     """
     sizes = list(sizes)
     attempts = {r.query_size: [r] for r in measure(sizes, 1)}
     current = [attempts[q][-1] for q in sizes]
     reasons = judge.ladder(current)
+    budget = judge.rules.retry_budget * sum(seconds_of(r) for r in current)
+    spent, notes = 0.0, []
+
+    def say(text: str) -> None:
+        notes.append(text)
+        note(text)
+
     for attempt in range(2, judge.rules.retries + 2):
         if not reasons:
             break
         sleep(judge.rules.retry_pause_s)
-        for r in measure(neighbours(sorted(reasons), sizes), attempt):
+        again = _worth_measuring_again(reasons, current, judge, machine_now(), say)
+        round_sizes = _within_budget(again, sizes, attempts, budget - spent)
+        if not round_sizes:
+            if again:
+                say(f"not measured again: {_sizes(again)} (the re-measurement budget, "
+                    f"{judge.rules.retry_budget:g} x the first pass, {budget:.1f} s, is spent: "
+                    "measure.stability.retry_budget)")
+            break
+        say(f"measuring again (attempt {attempt} of {judge.rules.retries + 1}): "
+            + "; ".join(f"q={q}: {reasons[q][0]}" for q in sorted(again)))
+        for r in measure(round_sizes, attempt):
             attempts[r.query_size].append(r)
+            spent += seconds_of(r)
         current = [_usable(attempts[q], judge) for q in sizes]
         reasons = judge.ladder(current)
-    return Ladder(current, attempts, reasons)
+    return Ladder(current, attempts, reasons, notes)
+
+
+def _worth_measuring_again(reasons: Reasons, current: list[QuerySizeResult], judge: Judge,
+                           now: LoadReading | None, say: Callable[[str], None]) -> list[int]:
+    """The flagged sizes a retry can help: all of them on a quiet machine (or one not read); while other
+    processes still hold the cores, those that were not disturbed by them."""
+    flagged = sorted(reasons)
+    busy = judge.load_reasons(now)
+    if not busy:
+        return flagged
+    by_size = {r.query_size: r for r in current}
+    disturbed = [q for q in flagged if judge.load_reasons(by_size[q].load)]
+    if disturbed:
+        say(f"not measured again: {_sizes(disturbed)} ({busy[0]} just now, as while they were timed: a "
+            "steady neighbour; a retry cannot succeed until it stops)")
+    return [q for q in flagged if q not in disturbed]
+
+
+def _within_budget(again: list[int], sizes: list[int], attempts: dict[int, list[QuerySizeResult]],
+                   left_s: float) -> list[int]:
+    """The round's sizes: `again` with their neighbours if that fits in `left_s`, else `again` alone,
+    else the smaller sizes of `again` that fit; [] when none does."""
+    cost = lambda qs: sum(seconds_of(attempts[q][-1]) for q in qs)  # noqa: E731 - one line
+    if not again:
+        return []
+    with_neighbours = neighbours(again, sizes)
+    if cost(with_neighbours) <= left_s:
+        return with_neighbours
+    chosen: list[int] = []
+    for q in sorted(again):
+        if cost([*chosen, q]) <= left_s:
+            chosen.append(q)
+    return [q for q in sizes if q in chosen]
+
+
+def _sizes(qs: Sequence[int]) -> str:
+    return ", ".join(f"q={q}" for q in qs)
 
 
 def _usable(tries: list[QuerySizeResult], judge: Judge) -> QuerySizeResult:

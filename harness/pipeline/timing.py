@@ -165,6 +165,30 @@ def _intervals(values: list[float], scale: float) -> dict[str, float]:
             "p99_ci_low_ms": p99[0] * scale, "p99_ci_high_ms": p99[1] * scale}
 
 
+TICK_S = 0.5  # how often the timed loop tells its reporter how far it is (between calls, off the clock)
+
+
+class Reporter:
+    """What a measurement says as it goes (harness/app/console.py draws it; this base says nothing): which
+    size it is timing and in which attempt, how far the timed loop is, each size's result, and notes (why
+    sizes are measured again, or not)."""
+
+    def size(self, query_size: int, attempt: int) -> None:
+        """Timing of `query_size` starts (attempt 2, 3, ...: measured again)."""
+
+    def tick(self, calls: int, seconds: float) -> None:
+        """The timed loop has made `calls` timed calls in `seconds` so far."""
+
+    def done(self, result: "QuerySizeResult") -> None:
+        """A size is measured."""
+
+    def note(self, text: str) -> None:
+        """One line worth keeping (a re-measurement and its reason, a budget spent)."""
+
+
+SILENT = Reporter()
+
+
 @dataclass
 class Timing:
     """What one query size's timing produced: first call apart, warm-up count, raw samples."""
@@ -182,10 +206,13 @@ def time_iterations(
     clock: Clock = time.perf_counter,
     device_time: Callable[[], float | None] | None = None,
     on_steady: Callable[[], None] | None = None,
+    on_tick: Callable[[int, float], None] | None = None,
 ) -> Timing:
     """Time `step(i)` (which launches iteration i) with `synchronize(out)` inside every timed region.
 
-    `device_time()`, read after the clock, gives the device's own time for the iteration just done.
+    `device_time()`, read after the clock, gives the device's own time for the iteration just done;
+    `on_tick(calls, seconds)` is told every TICK_S how far the measured phase is (between calls, never
+    inside a timed region).
     """
     t0 = clock()
     synchronize(step(0))
@@ -206,6 +233,7 @@ def time_iterations(
     device_samples: list[float] = []
     append = samples.append
     begin = clock()
+    next_tick = begin + TICK_S
     while True:
         t0 = clock()
         out = step(i)
@@ -223,6 +251,9 @@ def time_iterations(
             break
         if n >= settings.min_iters and elapsed >= settings.min_time_s:
             break
+        if on_tick is not None and t1 >= next_tick:
+            on_tick(n, elapsed)
+            next_tick = t1 + TICK_S
     return Timing(first_call_s=first_call, warmup_iters=warmup, latencies_s=samples,
                   device_latencies_s=device_samples)
 
@@ -278,6 +309,7 @@ def run_ladder(
     clock: Clock = time.perf_counter,
     probe: Callable[[int], LoadProbe] | None = None,
     attempt: int = 1,
+    reporter: Reporter = SILENT,
 ) -> list[QuerySizeResult]:
     """Measure `backend` at each query size; an out-of-memory size is recorded infeasible and skipped.
 
@@ -288,9 +320,10 @@ def run_ladder(
     results = []
     for query_size in query_sizes:
         error = None
+        reporter.size(query_size, attempt)
         try:
             watch = probe(query_size) if probe is not None else None
-            result = _time_size(backend, query_size, make_pool, settings, clock, watch, attempt)
+            result = _time_size(backend, query_size, make_pool, settings, clock, watch, attempt, reporter)
         except Exception as exc:  # noqa: BLE001 - classified just below
             if not backend.is_out_of_memory(exc):
                 raise
@@ -299,13 +332,15 @@ def run_ladder(
             backend.release_memory()
             result = QuerySizeResult(query_size=query_size, feasible=False, error=error, attempt=attempt)
         results.append(result)
+        reporter.done(result)
         if on_size_done is not None:
             on_size_done(result)
     return results
 
 
 def _time_size(backend, query_size: int, make_pool: Callable[[int], list], settings: LadderSettings,
-               clock: Clock, watch: LoadProbe | None, attempt: int) -> QuerySizeResult:
+               clock: Clock, watch: LoadProbe | None, attempt: int,
+               reporter: Reporter = SILENT) -> QuerySizeResult:
     """One query size: its pool staged, captured (CUDA graphs), timed under the load probe. The pool is
     this function's own, so it is dropped before the next size allocates its own."""
     pool = [backend.place(batch) for batch in make_pool(query_size)]
@@ -321,7 +356,7 @@ def _time_size(backend, query_size: int, make_pool: Callable[[int], list], setti
             watch.start()  # the last thing before the measured phase's first clock read
 
     timing = time_iterations(host_to_host(backend, pool), backend.synchronize, settings, clock,
-                             device_time=backend.device_time_s, on_steady=on_steady)
+                             device_time=backend.device_time_s, on_steady=on_steady, on_tick=reporter.tick)
     load = watch.stop() if watch is not None else None
     per_call = backend.queries_per_call
     if per_call != 1:  # one call served `per_call` queries back to back: per-query time
