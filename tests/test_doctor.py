@@ -59,8 +59,39 @@ def test_the_verdict_is_one_line():
     quiet = [doctor.Finding(True, "2 cores"), doctor.Finding(True, "other processes used 0.00 cores")]
     assert doctor.verdict(quiet).startswith("doctor: quiet (2 cores; other processes used 0.00 cores")
     busy = quiet + [doctor.Finding(False, "other processes used 1.90 cores", "close them")]
-    assert doctor.verdict(busy) == ("doctor: 1 finding before measuring: other processes used 1.90 cores "
-                                    "(python -m harness.doctor says what to do)")
+    # the remedy itself, not a pointer back to the doctor
+    assert doctor.verdict(busy) == "doctor: 1 finding before measuring: other processes used 1.90 cores -> close them"
+
+
+def test_no_peak_cache_after_loaded_runs_says_why_and_how_to_get_one(tmp_path, monkeypatch):
+    from harness.core.load import PlantedProbe
+    from harness.core.schema import StabilityConfig
+    from harness.pipeline import peaks as pk
+    from harness.pipeline.stability import Judge
+
+    rules = StabilityConfig(max_other_cores=0.1, max_steal_cores=0.1, max_robust_cv=0.25, order_tolerance=0.05,
+                            peak_tolerance=0.05, retries=3, retry_pause_s=0.0, retry_budget=0.5)
+
+    class Kernels:
+        name = "fake"
+
+        def run_params(self):
+            return {"num_threads": 2}
+
+        def peak_kernels(self, scale, precisions=None):
+            return {"copy": (lambda: None, 1e9, "bytes")}
+
+        def synchronize(self, out):
+            return None
+
+    class Device:
+        backend, name, framework, framework_version = "cpu", "fake cpu", "torch", "0"
+
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.95))
+    pk.device_peaks(Kernels(), Device(), tmp_path, 1.0, Judge(rules, host_threads=2).load_reasons)
+    finding = doctor.peak_cache(str(tmp_path))
+    assert not finding.ok and "not kept, measured under load (other processes used 0.95 cores" in finding.what
+    assert "then run python -m harness once" in finding.todo
 
 
 def test_the_command_examines_this_machine_and_refuses_an_unknown_key(tmp_path):

@@ -22,7 +22,7 @@ from pathlib import Path
 from harness.core import processes
 from harness.core.host import allocated_cpus, physical_cores
 from harness.core.load import TICK_S, LoadProbe, LoadReading, run_cores
-from harness.pipeline.peaks import KERNELS_VERSION, read_cache
+from harness.pipeline.peaks import KERNELS_VERSION, REFUSED_FILE, read_cache
 
 SAMPLE_S = 2.0
 BUSY_SHARE = 0.05  # a process using less than 5 % of a core is not named
@@ -157,7 +157,7 @@ def peak_cache(results_dir: str) -> Finding:
         return Finding(False, f"peak cache in {results_dir} is unreadable ({exc})",
                        "remove it: it is measured again")
     if not cache:
-        return Finding(True, f"no peak cache in {results_dir} yet: the first run measures the device's peaks")
+        return _no_peak_cache(results_dir)
     old = [k for k in cache if not k.endswith(f"kernels={KERNELS_VERSION}")]
     try:
         torch = metadata.version("torch")
@@ -172,6 +172,22 @@ def peak_cache(results_dir: str) -> Finding:
         return Finding(False, what,
                        f"remove {path}: the next run measures the peaks again, under the load check")
     return Finding(True, f"peak cache {path}: {len(cache)} entries, measured quietly with this torch")
+
+
+def _no_peak_cache(results_dir: str) -> Finding:
+    """No peak cache: never measured (the first run measures it), or every measurement so far was under
+    load and so not kept; then why, and how to get one."""
+    refused = read_cache(results_dir, REFUSED_FILE)
+    if not refused:
+        return Finding(True, f"no peak cache in {results_dir} yet: the first run measures the device's peaks "
+                             "(a few seconds) and keeps them if the machine is quiet")
+    last = max(refused.values(), key=lambda entry: entry.get("at", ""))
+    why = "; ".join(last.get("reasons", [])) or "interference"
+    return Finding(False, f"no peak cache in {results_dir}: the peaks measured so far were not kept, measured "
+                          f"under load ({why}, at {last.get('at', '?')}): a peak measured so would understate "
+                          "the roof every path is judged against",
+                   "wait until this check says quiet (stop what it names above), then run python -m harness "
+                   "once: it measures the peaks in a few seconds and keeps them")
 
 
 def left_running() -> list[Finding]:
@@ -202,7 +218,7 @@ def verdict(findings: list[Finding]) -> str:
     if not bad:
         return "doctor: quiet (" + "; ".join(f.what for f in findings[:2]) + ")"
     return (f"doctor: {len(bad)} finding{'s' if len(bad) > 1 else ''} before measuring: "
-            + "; ".join(f.what for f in bad) + " (python -m harness.doctor says what to do)")
+            + "; ".join(f.what + (f" -> {f.todo}" if f.todo else "") for f in bad))
 
 
 def threads_of(run) -> int:

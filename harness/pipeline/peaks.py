@@ -33,6 +33,7 @@ from harness.pipeline.timing import LadderSettings, time_iterations
 from harness.tracking.environment import library_versions
 
 CACHE_FILE = "device_peaks.json"
+REFUSED_FILE = "device_peaks_refused.json"  # the last peaks measured under load and not cached, per device
 # Each kernel's calls are short (a GEMM is sized to <= 50 ms a call: backends/torch_kernels.py), so a
 # kernel is timed within ~2 s: 2 warm-up calls or 0.1 s, then 0.5 s (at most 1.5 s) of timed calls.
 _SETTINGS = LadderSettings(warmup_iters=2, warmup_s=0.1, min_iters=5, min_time_s=0.5, max_iters=10_000,
@@ -130,9 +131,12 @@ def _locked_cache(path: Path) -> Iterator[dict]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def read_cache(results_dir: str | Path) -> dict:
-    """Every entry of a results folder's peak cache ({} where there is none)."""
-    path = Path(results_dir) / CACHE_FILE
+def read_cache(results_dir: str | Path, file: str = CACHE_FILE) -> dict:
+    """Every entry of a results folder's peak cache ({} where there is none); `file=REFUSED_FILE`: the
+    peaks measured under load and not cached, with when and why."""
+    path = Path(results_dir) / file
+    if not path.is_file():
+        return {}
     with _locked_cache(path) as cache:
         return dict(cache)
 
@@ -167,6 +171,9 @@ def device_peaks(adapter, device, results_dir: str | Path, size_scale: float, lo
     values, reading = measure_peaks(adapter, size_scale, only=missing)
     peaks = Peaks({**have, **values}, cached=False, unreliable=load_reasons(reading),
                   measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if values and not peaks.reliable:  # kept aside, so the doctor can say why there is no cache
+        with _locked_cache(Path(results_dir) / REFUSED_FILE) as refused:
+            refused[key] = {"at": peaks.measured_at, "reasons": peaks.unreliable}
     if values and peaks.reliable:
         with _locked_cache(path) as cache:
             fresh = _entry(values, reading)
