@@ -37,7 +37,14 @@ def main(server: str, experiment: str, out: Path) -> int:
         print("runs listed:", page.locator("a[href*='/runs/']").all_inner_texts())
         page.goto(runs + "&compareRunsMode=CHART", wait_until="load")  # the chart view of the same runs
         time.sleep(8)
+        page.screenshot(path=str(out / "charts_with_assistant.png"))
+        close = page.locator("button[aria-label='Close']")  # MLflow 3's Assistant panel takes a third
+        if close.count():
+            close.first.click()
+            time.sleep(2)
         page.screenshot(path=str(out / "charts.png"))
+        titles = [t for t in page.get_by_text("compare/").all_inner_texts() if t.startswith("compare/")]
+        print(f"compare charts ({len(titles)}):", ", ".join(titles))
         if sweeps:
             run = sweeps[0].info.run_id
             page.goto(f"{server}/#/experiments/{exp.experiment_id}/runs/{run}/artifacts"

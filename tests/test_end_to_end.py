@@ -267,7 +267,7 @@ def test_training_logs_quality_and_weights_then_another_run_reuses_them(run_harn
     # The reusing run scores its own throughput with the reused accuracy: correct predictions per second.
     throughput = {m.step: m.value for m in client.get_metric_history(second.info.run_id, "samples_per_s")}
     correct = {m.step: m.value for m in client.get_metric_history(second.info.run_id,
-                                                                   "compare/correct_predictions_per_s")}
+                                                                   "compare/correct_preds_per_s")}
     assert correct == pytest.approx({8: first.data.metrics["accuracy"] * throughput[8]})
     assert len(client.get_metric_history(first.info.run_id, "train_loss")) == 6
 

@@ -91,7 +91,7 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
         expected = {f"{COMPARE}{k}": sizes for k in ("latency_p50_ms", "latency_p99_ms", "samples_per_s")}
         expected[f"{COMPARE}param_bytes"] = [0]
         if "accuracy" in before["metrics"]:
-            expected.update({f"{COMPARE}accuracy": [0], f"{COMPARE}correct_predictions_per_s": sizes})
+            expected.update({f"{COMPARE}accuracy": [0], f"{COMPARE}correct_preds_per_s": sizes})
         assert added == expected
     assert now["artifacts"] == before["artifacts"]
     assert now["plan"] == before["plan"]  # the analytic cost and the representation details

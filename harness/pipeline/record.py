@@ -94,6 +94,7 @@ def size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float
 
 # The metrics a user compares paths by first, also logged under this prefix: MLflow's chart view puts a
 # prefixed section before the unprefixed "Model metrics", so they open at the top, the other ~40 below.
+# Keys stay under 30 characters: a chart card's title shows about that many at 1600 px (scripts/ui_look.py).
 COMPARE = "compare/"
 
 
@@ -112,7 +113,7 @@ def comparison_rows(results: list[QuerySizeResult], cost: PathCost,
                                                                    q), (f"{COMPARE}samples_per_s",
                                                                         r.timed.samples_per_s, q)]
         if accuracy is not None:
-            rows.append((f"{COMPARE}correct_predictions_per_s", accuracy * r.timed.samples_per_s, q))
+            rows.append((f"{COMPARE}correct_preds_per_s", accuracy * r.timed.samples_per_s, q))
     return rows
 
 
