@@ -308,6 +308,6 @@ def test_the_live_line_shows_the_size_its_calls_and_each_result_on_a_terminal(tm
         time.sleep(0.1)  # one more refresh
         reporter.note("measuring again (attempt 2 of 4): q=8: other processes used 0.90 cores")
     text = out.getvalue()
-    assert "timing q=8: " in text and " calls, 0.5 s" in text  # the live line, while timing
+    assert "timing q=8: " in text and " calls, 0.5 of 1.2 s" in text  # the live line, while timing
     assert "fake@cpu q=8: p50 " in text  # each size's result, kept above the line
     assert "fake@cpu: measuring again (attempt 2 of 4)" in text

@@ -78,15 +78,16 @@ class LiveReporter(LineReporter):
     def __init__(self, label: str, progress: Progress, task) -> None:
         super().__init__(label)
         self.progress, self.task = progress, task
-        self.current = ""
+        self.current, self.planned_s = "", 0.0
 
-    def size(self, query_size: int, attempt: int) -> None:
+    def size(self, query_size: int, attempt: int, planned_s: float = 0.0) -> None:
         again = f", attempt {attempt}" if attempt > 1 else ""
-        self.current = f"q={query_size}{again}"
+        self.current, self.planned_s = f"q={query_size}{again}", planned_s
         self.progress.update(self.task, now=f"timing {self.current}")
 
     def tick(self, calls: int, seconds: float) -> None:
-        self.progress.update(self.task, now=f"timing {self.current}: {calls} calls, {seconds:.1f} s")
+        plan = f" of {self.planned_s:g}" if self.planned_s else ""
+        self.progress.update(self.task, now=f"timing {self.current}: {calls} calls, {seconds:.1f}{plan} s")
 
     def done(self, result: QuerySizeResult) -> None:
         self._print(size_line(self.label, result))

@@ -173,8 +173,8 @@ class Reporter:
     size it is timing and in which attempt, how far the timed loop is, each size's result, and notes (why
     sizes are measured again, or not)."""
 
-    def size(self, query_size: int, attempt: int) -> None:
-        """Timing of `query_size` starts (attempt 2, 3, ...: measured again)."""
+    def size(self, query_size: int, attempt: int, planned_s: float = 0.0) -> None:
+        """Timing of `query_size` starts (attempt 2, 3, ...: measured again), for at least `planned_s`."""
 
     def tick(self, calls: int, seconds: float) -> None:
         """The timed loop has made `calls` timed calls in `seconds` so far."""
@@ -320,7 +320,7 @@ def run_ladder(
     results = []
     for query_size in query_sizes:
         error = None
-        reporter.size(query_size, attempt)
+        reporter.size(query_size, attempt, settings.min_time_s)
         try:
             watch = probe(query_size) if probe is not None else None
             result = _time_size(backend, query_size, make_pool, settings, clock, watch, attempt, reporter)
