@@ -77,5 +77,6 @@ class TorchBackend(Backend):
 
     def peak_kernels(self, size_scale: float = 1.0, precisions: tuple[str, ...] | None = None
                      ) -> dict[str, tuple]:
-        wanted = self.precisions if precisions is None else tuple(p for p in precisions if p in self.precisions)
+        wanted = (self.precisions if precisions is None
+                  else tuple(p for p in precisions if p in self.precisions))
         return torch_peak_kernels(self.device, self.device_info().memory_bytes, size_scale, wanted)

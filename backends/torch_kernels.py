@@ -45,7 +45,7 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0,
 
     # Only the GEMMs asked for: a run measures its own precision's roof, never every precision the device
     # has (an emulated bf16 2048^2 GEMM takes tens of seconds a call on an AVX2-only CPU).
-    kernels = {
+    kernels: dict[str, Kernel] = {
         # Read one buffer, write the other.
         "copy": (lambda: target.copy_(source), 2.0 * n * 4, "bytes"),
         # Rows read + written; the index read is small beside them.
@@ -64,7 +64,7 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0,
             continue
         dtype, mm = gemms[precision]
         # True fp32 even when a tf32 path set TF32 matmuls on for its run (the peak is cached per device).
-        side = gemm_side(lambda s: _gemm_call(torch, device, dtype, mm, s), largest)
+        side = gemm_side(functools.partial(_gemm_call, torch, device, dtype, mm), largest)
         launch, _ = _gemm_call(torch, device, dtype, mm, side)
         kernels["gemm" if precision == "fp32" else f"gemm_{precision}"] = (launch, 2.0 * side**3, "flops")
     return kernels

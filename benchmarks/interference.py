@@ -232,10 +232,11 @@ def busy_round(folder: Path, number: int) -> dict:
 
 def busy_line(r: dict) -> str:
     first, cached, loaded = r["first"], r["cached"], r["loaded"]
-    return (f"busy round {r['round']}: first run {first['seconds']:.1f} s (empty results folder), peaks cached "
-            f"{cached['seconds']:.1f} s: {r['first_over_cached']:.2f}x (target <= 1.5); beside one burner "
-            f"{loaded['seconds']:.1f} s: {r['loaded_over_quiet']:.2f}x the quiet run (target <= 2), busy said: "
-            f"{loaded['busy_said']}, {len(loaded['disturbed'])} of {loaded['sizes']} sizes disturbed, "
+    return (f"busy round {r['round']}: first run {first['seconds']:.1f} s (empty results folder), "
+            f"peaks cached {cached['seconds']:.1f} s: {r['first_over_cached']:.2f}x (target <= 1.5); "
+            f"beside one burner {loaded['seconds']:.1f} s: {r['loaded_over_quiet']:.2f}x the quiet run "
+            f"(target <= 2), busy said: {loaded['busy_said']}, "
+            f"{len(loaded['disturbed'])} of {loaded['sizes']} sizes disturbed, "
             f"{len(loaded['flagged'])} flagged, {len(loaded['disturbed_unflagged'])} disturbed and unflagged "
             f"(target 0), {loaded['attempts']:.0f} attempts for {loaded['sizes']} sizes; quiet runs flagged "
             f"{len(first['flagged'])} + {len(cached['flagged'])} sizes")

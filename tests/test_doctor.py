@@ -60,7 +60,8 @@ def test_the_verdict_is_one_line():
     assert doctor.verdict(quiet).startswith("doctor: quiet (2 cores; other processes used 0.00 cores")
     busy = quiet + [doctor.Finding(False, "other processes used 1.90 cores", "close them")]
     # the remedy itself, not a pointer back to the doctor
-    assert doctor.verdict(busy) == "doctor: 1 finding before measuring: other processes used 1.90 cores -> close them"
+    assert doctor.verdict(busy) == ("doctor: 1 finding before measuring: other processes used 1.90 cores "
+                                    "-> close them")
 
 
 def test_no_peak_cache_after_loaded_runs_says_why_and_how_to_get_one(tmp_path, monkeypatch):
@@ -69,8 +70,9 @@ def test_no_peak_cache_after_loaded_runs_says_why_and_how_to_get_one(tmp_path, m
     from harness.pipeline import peaks as pk
     from harness.pipeline.stability import Judge
 
-    rules = StabilityConfig(max_other_cores=0.1, max_steal_cores=0.1, max_robust_cv=0.25, order_tolerance=0.05,
-                            peak_tolerance=0.05, retries=3, retry_pause_s=0.0, retry_budget=0.5)
+    rules = StabilityConfig(max_other_cores=0.1, max_steal_cores=0.1, max_robust_cv=0.25,
+                            order_tolerance=0.05, peak_tolerance=0.05, retries=3, retry_pause_s=0.0,
+                            retry_budget=0.5)
 
     class Kernels:
         name = "fake"

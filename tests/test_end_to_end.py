@@ -353,7 +353,8 @@ def test_ctrl_c_during_a_timed_size_ends_it_within_2_s_and_says_which_run_it_rec
     # q=1 is timed for at least 60 s: the interrupt lands inside the timed loop
     proc = subprocess.Popen([sys.executable, "-m", "harness", *SMOKE, "measure.min_time_s=60",
                              "measure.max_time_s=90", f"tracking.results_dir={tmp_path / 'results'}"],
-                            cwd=tmp_path, env=harness_env(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            cwd=tmp_path, env=harness_env(store), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and not any(r.info.status == "RUNNING" for r in _runs_or_none(store)):
@@ -374,8 +375,10 @@ def test_ctrl_c_before_any_run_says_nothing_was_recorded(store, tmp_path):
     import signal
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "harness", *SMOKE, f"tracking.results_dir={tmp_path / 'r'}"],
-                            cwd=tmp_path, env=harness_env(store), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "harness", *SMOKE,
+                             f"tracking.results_dir={tmp_path / 'r'}"],
+                            cwd=tmp_path, env=harness_env(store), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE,
                             text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     time.sleep(0.5)  # Python is still importing the harness
     proc.send_signal(signal.SIGINT)

@@ -284,7 +284,8 @@ def test_the_timed_loop_tells_how_far_it_is_between_calls_on_a_fake_clock():
     settings = LadderSettings(warmup_iters=1, warmup_s=0.0, min_iters=5, min_time_s=2.0, max_iters=1000,
                               max_time_s=10)
     ticks = []
-    timing = time_iterations(clock.step, lambda out: None, settings, clock, on_tick=lambda n, s: ticks.append(n))
+    timing = time_iterations(clock.step, lambda out: None, settings, clock,
+                             on_tick=lambda n, s: ticks.append(n))
     assert len(timing.latencies_s) == 20  # 2 s of 0.1 s calls, then it stops
     assert ticks == [5, 10, 15]  # every 0.5 s of the measured phase (not after the last call)
 

@@ -159,7 +159,8 @@ def test_interference_that_persists_is_flagged_after_the_bounded_retries():
 
 
 def test_a_steady_neighbour_stops_re_measurement_at_once_and_every_disturbed_size_stays_flagged():
-    fake = Ladder({1: 0.1, 64: 1.0, 4096: 40.0}, busy={(q, a): 0.9 for q in (1, 64, 4096) for a in range(1, 9)})
+    steady = {(q, a): 0.9 for q in (1, 64, 4096) for a in range(1, 9)}
+    fake = Ladder({1: 0.1, 64: 1.0, 4096: 40.0}, busy=steady)
     notes = []
     ladder = measure_reliably(fake, [1, 64, 4096], Judge(RULES, 2), sleep=lambda s: None,
                               machine_now=lambda: reading(0.95), note=notes.append)

@@ -103,7 +103,7 @@ class LiveReporter(LineReporter):
 
 def to_log_files(line: str) -> None:
     """`line` into the log files the root logger writes (Hydra's harness.log), not to the console."""
-    record = _progress_log.makeRecord(_progress_log.name, logging.INFO, __file__, 0, line, None, None)
+    record = _progress_log.makeRecord(_progress_log.name, logging.INFO, __file__, 0, line, (), None)
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
             handler.handle(record)

@@ -183,9 +183,9 @@ def _no_peak_cache(results_dir: str) -> Finding:
                              "(a few seconds) and keeps them if the machine is quiet")
     last = max(refused.values(), key=lambda entry: entry.get("at", ""))
     why = "; ".join(last.get("reasons", [])) or "interference"
-    return Finding(False, f"no peak cache in {results_dir}: the peaks measured so far were not kept, measured "
-                          f"under load ({why}, at {last.get('at', '?')}): a peak measured so would understate "
-                          "the roof every path is judged against",
+    return Finding(False, f"no peak cache in {results_dir}: the peaks measured so far were not kept, "
+                          f"measured under load ({why}, at {last.get('at', '?')}): a peak measured so would "
+                          "understate the roof every path is judged against",
                    "wait until this check says quiet (stop what it names above), then run python -m harness "
                    "once: it measures the peaks in a few seconds and keeps them")
 

@@ -118,14 +118,16 @@ def run_job(cfg: Any) -> dict[str, Any]:
         if parent:
             p.run.tracking.parent_run_id = parent
             container["tracking"]["parent_run_id"] = parent
-    status = {"path": p.path, "run_key": p.run_key(), "overrides": _overrides(), "run_id": None,
-              "error": None}
+    status: dict[str, Any] = {"path": p.path, "run_key": p.run_key(), "overrides": _overrides(),
+                              "run_id": None, "error": None}
     try:
         refuse_unavailable(p)
         status.update(_run(p, container, multirun, status))
     except KeyboardInterrupt as exc:
         status.update(status="interrupted", error="interrupted (Ctrl-C)")
         _write_status(status)
+        if multirun:  # the sweep says what it ended (cli's sweep message), not one job's run
+            raise
         raise Interrupted(status["run_id"]) from exc
     except Exception as exc:
         status.update(status="failed", error=f"{type(exc).__name__}: {exc}")
@@ -198,7 +200,8 @@ def _run(p: Plan, container: dict, multirun: bool, status: dict) -> dict[str, An
         log.warning("job_timeout_s is ignored with isolate=never")
     run_id = status["run_id"] = store.create_run(p.run_name, {**p.run_tags(), OWNER_TAG: process_identity()})
     try:
-        print_path_summary(p, measure_path(p, run_id, progress=partial(ladder_progress, job=sweep_position())))
+        progress = partial(ladder_progress, job=sweep_position())
+        print_path_summary(p, measure_path(p, run_id, progress=progress))
     except KeyboardInterrupt:
         store.kill(run_id)  # already KILLED by the recorder, unless Ctrl-C came before it started
         raise
@@ -244,8 +247,8 @@ def _run_isolated(p: Plan, container: dict, store: Store, status: dict) -> dict[
         raise
     relay.join(timeout=5)
 
-    status = store.status(run_id)
-    if child.returncode == 0 and status == "FINISHED":
+    final = store.status(run_id)
+    if child.returncode == 0 and final == "FINISHED":
         return _finished(store, run_id)
     if timed_out:
         reason = (f"timed out: the work ran longer than job_timeout_s={p.job_timeout():g} s "
@@ -256,7 +259,7 @@ def _run_isolated(p: Plan, container: dict, store: Store, status: dict) -> dict[
         reason = f"killed by {name}{hint}"
     else:
         reason = f"worker exited with status {child.returncode}"
-    if status == "RUNNING":  # the worker could not close its run: say why
+    if final == "RUNNING":  # the worker could not close its run: say why
         store.fail(run_id, reason, "".join(tail))
     else:
         reason = store.get(run_id).data.tags.get("error", reason)

@@ -52,8 +52,8 @@ def advice(reasons: dict[int, list[str]]) -> str:
 
 def busy_remedy() -> str:
     """What to do when other processes hold the run's cores."""
-    return ("close other programs, or run with backend.num_threads=1 so the run leaves them a core (python -m "
-            "harness.doctor shows what is running)")
+    return ("close other programs, or run with backend.num_threads=1 so the run leaves them a core "
+            "(python -m harness.doctor shows what is running)")
 
 
 def unreliable_line(reasons: dict[int, list[str]], sizes: int) -> str:
