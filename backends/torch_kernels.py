@@ -76,23 +76,35 @@ CALL_BUDGET_S = 0.05  # one timed GEMM call at most: a kernel is then timed in s
 
 def gemm_side(make: Callable[[int], tuple[Callable[[], object], Callable[[object], None]]], largest: int,
               budget_s: float = CALL_BUDGET_S, clock: Callable[[], float] = time.perf_counter) -> int:
-    """The GEMM side whose call fits `budget_s`, from one probe call at PROBE_SIDE (after a warm one):
-    the time scales with side^3; rounded down to a multiple of 128, within [MIN_SIDE, largest].
+    """The GEMM side whose call fits `budget_s` (about: the time scales with side^3), rounded down to a
+    multiple of 128, within [MIN_SIDE, largest]. Probed at MIN_SIDE first (after a warm call), so a slow
+    (emulated) precision spends milliseconds finding out; again at PROBE_SIDE only where that takes under
+    an eighth of the budget (a small GEMM's rate understates a fast device's).
 
-    >>> def fake(side):  # a device doing 1 GFLOP/s: a 512^2 GEMM takes 0.27 s
+    >>> def fake(side):
     ...     return (lambda: side), (lambda out: None)
-    >>> ticks = iter([0.0, 0.268, 0.0, 0.268])
-    >>> gemm_side(fake, 2048, clock=lambda: next(ticks))
+    >>> slow = iter([0.0, 0.034])  # 1 GFLOP/s: a 256^2 GEMM takes 34 ms
+    >>> gemm_side(fake, 2048, clock=lambda: next(slow))
     256
+    >>> fast = iter([0.0, 0.001, 0.0, 0.008])  # 256^2 in 1 ms, then 512^2 in 8 ms
+    >>> gemm_side(fake, 2048, clock=lambda: next(fast))
+    896
     """
-    probe = min(PROBE_SIDE, largest)
-    launch, wait = make(probe)
-    wait(launch())  # warm: allocation, the library's first-call setup
+    probe, seconds = MIN_SIDE, _probe(make, MIN_SIDE, clock)
+    if seconds < budget_s / 8 and largest >= PROBE_SIDE:
+        probe, seconds = PROBE_SIDE, _probe(make, PROBE_SIDE, clock)
+    side = int(probe * (budget_s / max(seconds, 1e-9)) ** (1 / 3)) // 128 * 128
+    return max(MIN_SIDE, min(largest, side))
+
+
+def _probe(make: Callable[[int], tuple[Callable[[], object], Callable[[object], None]]], side: int,
+           clock: Callable[[], float]) -> float:
+    """Seconds of one side x side GEMM call, after a warm one (allocation, the library's first call)."""
+    launch, wait = make(side)
+    wait(launch())
     t0 = clock()
     wait(launch())
-    seconds = max(clock() - t0, 1e-9)
-    side = int(probe * (budget_s / seconds) ** (1 / 3)) // 128 * 128
-    return max(MIN_SIDE, min(largest, side))
+    return clock() - t0
 
 
 def _gemm_call(torch, device: str, dtype, mm, side: int):

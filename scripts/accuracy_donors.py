@@ -31,7 +31,11 @@ def main(argv: list[str]) -> int:
     if not runs:
         print(f"error: experiment '{experiment}' has no latency runs in {store.uri}", file=sys.stderr)
         return 2
-    measured = prof.from_runs(join_quality(tidy(runs)))
+    try:
+        measured = prof.from_runs(join_quality(tidy(runs)))
+    except ValueError as exc:  # several workloads: a donor's accuracy is one workload's
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     donors = prof.accuracy_donors(measured, {
         "source": f"experiment {experiment} on {cpu_model_name()} ({physical_cores()} cores), "
                   f"{time.strftime('%Y-%m-%d')}",

@@ -196,6 +196,9 @@ def test_a_refused_command_leaves_its_folder_only_when_it_held_nothing_else(run_
     (mine / "notes.txt").write_text("kept")
     proc = run_harness("+backend=ipu", f"hydra.run.dir={mine}", check=False)
     assert proc.returncode == 2 and (mine / "notes.txt").read_text() == "kept"
+    chosen = tmp_path / "chosen"  # a folder the user named is theirs even when the run left it empty
+    proc = run_harness("+backend=ipu", f"hydra.run.dir={chosen}", check=False)
+    assert proc.returncode == 2 and (chosen / ".hydra").is_dir()
 
 
 @pytest.mark.skipif(not HAS_TF, reason="tensorflow is not installed (pip install -e '.[tf]')")
@@ -215,13 +218,16 @@ def test_a_sweep_over_backends_runs_what_is_here_and_records_what_is_not(run_har
     assert "1 finished, 0 skipped, 0 failed, 1 could not run here" in proc.stderr
 
 
-def test_an_unavailable_backend_in_an_isolated_sweep_is_one_line_and_counted_apart(run_harness, store):
+def test_an_unavailable_backend_in_an_isolated_sweep_is_one_line_and_counted_apart(run_harness, store,
+                                                                                    tmp_path):
     proc = run_harness("-m", "experiment=smoke", "experiment_name=mprec", "+backend=cpu,ipu",
                        "workload.query_sizes=[4]", store_uri=store, check=False)
     assert proc.returncode == 1  # the sweep did not do everything it was asked
     assert "Traceback" not in proc.stderr  # the worker says it in one line, as a single run does
     assert len([line for line in proc.stderr.splitlines() if line.startswith("error: backend 'ipu'")]) == 1
     assert "1 finished, 0 skipped, 0 failed, 1 could not run here" in proc.stderr
+    logs = [log.read_text() for log in tmp_path.rglob("harness.log")]
+    assert any("error: backend 'ipu'" in text for text in logs)  # the empty job's log says why
 
 
 def test_table_pooling_variants_agree():

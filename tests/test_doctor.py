@@ -40,15 +40,19 @@ def test_steal_and_load_and_what_cannot_be_measured():
     assert not stolen.ok and "dedicated" in stolen.todo
     unknown = doctor.load_and_steal(reading(other=None, steal=None, load=None), 0.1)
     assert all(f.ok and "not measurable here" in f.what for f in unknown)
-    assert not doctor.load_and_steal(reading(load=5.0), 0.1)[0].ok
+    # The load average is context where the run's cores were sampled directly: a run pinned to quiet
+    # cores of a busy host, or a minute after a burner ended, is fine; it judges only without that sample.
+    pinned = doctor.load_and_steal(reading(other=0.0, load=5.0), 0.1)[0]
+    assert pinned.ok and "context" in pinned.what
+    assert not doctor.load_and_steal(reading(other=None, load=5.0), 0.1)[0].ok
 
 
-def test_a_peak_cache_from_before_the_load_check_or_another_torch_is_reported(tmp_path):
+def test_a_peak_cache_from_an_older_kernel_set_or_another_torch_is_reported(tmp_path):
     assert doctor.peak_cache(str(tmp_path)).ok  # none yet
     old = {"cpu|X|torch 2.1|threads=2|scale=1|kernels=3": {"gemm_gflops": 300.0}}
     (tmp_path / CACHE_FILE).write_text(json.dumps(old))
     finding = doctor.peak_cache(str(tmp_path))
-    assert not finding.ok and "1 entries measured before peaks were checked for load" in finding.what
+    assert not finding.ok and "1 entries measured by an older kernel set (unused" in finding.what
     other = {f"cpu|X|torch 1.0|threads=2|scale=1|kernels={KERNELS_VERSION}":
              {"peaks": {"gemm_gflops": 300.0}, "libraries": {"torch": "1.0.0"}}}
     (tmp_path / CACHE_FILE).write_text(json.dumps(other))

@@ -312,3 +312,38 @@ def test_the_live_line_shows_the_size_its_calls_and_each_result_on_a_terminal(tm
     assert "timing q=8: " in text and " calls, 0.5 of 1.2 s" in text  # the live line, while timing
     assert "fake@cpu q=8: p50 " in text  # each size's result, kept above the line
     assert "fake@cpu: measuring again (attempt 2 of 4)" in text
+
+
+def test_the_live_line_keeps_the_sweep_position_in_its_label():
+    import io
+
+    from rich.console import Console
+
+    from harness.app.console import LiveReporter, live_progress
+
+    out = io.StringIO()
+    progress = live_progress(Console(file=out, force_terminal=True, width=200))
+    progress.transient = False  # keep the last frame to read
+    label = "[job 3 of 6, 2 done] fake@cpu"
+    with progress:
+        reporter = LiveReporter(label, progress, progress.add_task(label, total=1, now=""))
+        reporter.size(8, attempt=1)
+    assert "[job 3 of 6, 2 done] fake@cpu" in out.getvalue()  # not swallowed as a markup tag
+
+
+def test_the_sweep_tables_name_a_variant_by_its_whole_label(capsys):
+    import pandas as pd
+
+    from harness.app.console import print_paths_side_by_side, print_sweep_summary, summary_table
+
+    labels = ["dhe[m=1000]@cpu", "dhe[m=3000]@cpu"]
+    statuses = [{"status": "finished", "path": label, "overrides": [f"representation.m={label[6:10]}"],
+                 "run_id": f"r{i}"} for i, label in enumerate(labels)]
+    print_sweep_summary(statuses, {"finished": 2, "skipped": 0, "failed": 0})
+    paths = pd.DataFrame({"workload": "synthetic_kaggle x0.001", "path": labels, "accuracy": [0.7, 0.71],
+                          "param_bytes": [1e6, 2e6], "p50_ms@1": [0.5, 0.6], "p99_ms@1": [0.7, 0.8]})
+    print_paths_side_by_side(paths)
+    err = capsys.readouterr().err
+    assert err.count("dhe[m=1000]@cpu") == 2 and err.count("dhe[m=3000]@cpu") == 2  # both tables
+    title = summary_table("dhe[m=1000]@cpu: latency per query", []).title
+    assert "dhe[m=1000]@cpu" in str(title)

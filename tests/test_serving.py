@@ -22,8 +22,37 @@ HYBRID_GPU = PathProfile("hybrid@gpu", "gpu", 0.82, (1, 64, 1024), (1.2, 2.5, 15
 
 def test_static_and_size_threshold_route_as_told():
     assert pol.Static(TABLE).choose(500, 1.0, {})[0][0] is TABLE
-    threshold = pol.SizeThreshold(TABLE, DHE_GPU, 100)
-    assert threshold.choose(100, 10, {})[0][0] is TABLE and threshold.choose(101, 10, {})[0][0] is DHE_GPU
+    threshold = pol.SizeThreshold(TABLE, DHE_GPU, 100)  # 100: the first size the large path serves
+    assert threshold.choose(99, 10, {})[0][0] is TABLE and threshold.choose(100, 10, {})[0][0] is DHE_GPU
+
+
+def test_mprec_breaks_a_tie_in_accuracy_by_completion_at_this_size():
+    # One representation on two devices: equally accurate. The cpu is faster at 64, the gpu at 4096.
+    cpu = PathProfile("table@cpu", "cpu", 0.78, (64, 4096), (0.5, 40.0))
+    gpu = PathProfile("table@cuda", "cuda", 0.78, (64, 4096), (0.8, 2.0))
+    policy = pol.MPRec([cpu, gpu])
+    assert policy.choose(4096, 50.0, {})[0][0] is gpu  # 2 ms, not 40 ms, though both make 50 ms
+    assert policy.choose(64, 50.0, {})[0][0] is cpu
+    assert policy.choose(4096, 50.0, {"cuda": 45.0})[0][0] is cpu  # 40 ms beats 45 ms of queue + 2
+    # accuracy still comes first: a more accurate path that makes it wins over a faster one
+    dhe = PathProfile("dhe@cuda", "cuda", 0.80, (64, 4096), (1.0, 30.0))
+    assert pol.MPRec([cpu, gpu, dhe]).choose(4096, 50.0, {})[0][0] is dhe
+
+
+def test_the_size_threshold_sends_the_crossover_size_to_the_path_faster_there():
+    [policy] = pol.SizeThreshold.instances([TABLE, DHE_GPU], np.array([1, 50, 1000]), None)
+    at = policy.threshold  # table: 0.5 + 1.5 (q-1)/63 ms, dhe: 1 + 0.5 (q-1)/63: equal at 32.5
+    assert at == 33
+    assert policy.choose(at, 10, {})[0][0] is DHE_GPU and DHE_GPU.service_ms(at) < TABLE.service_ms(at)
+    below = at - 1
+    assert policy.choose(below, 10, {})[0][0] is TABLE and TABLE.service_ms(below) < DHE_GPU.service_ms(below)
+
+
+def test_one_path_fastest_at_every_size_is_a_single_path_threshold_that_says_so():
+    fast = PathProfile("table@gpu", "gpu", 0.75, (1, 64, 1024), (0.1, 0.5, 4.0))
+    [policy] = pol.SizeThreshold.instances([TABLE, fast], np.array([1, 50, 1000]), None)
+    assert policy.threshold is None and policy.name == "threshold:table@gpu (fastest at every size)"
+    assert all(policy.choose(q, 10, {})[0][0] is fast for q in (1, 33, 1000))
 
 
 def test_mprec_takes_the_most_accurate_path_that_meets_the_target():
@@ -289,6 +318,31 @@ def _study_config(**overrides):
     items = [f"{k}={v}" for k, v in {"queries": 2000, "load_points": 3, "batching.enabled": "false",
                                      **overrides}.items()]
     return load_serving_config(compose(items, config_name="serving"))
+
+
+def test_one_path_measured_on_two_workloads_is_never_one_profile():
+    from harness.analysis.runs import join_quality, tidy
+    from harness.core.errors import ConfigError
+    from harness.serving import profiles as prof
+
+    def rec(scale, ms, accuracy):
+        per = {"latency_p50_ms": {1: ms, 64: 4 * ms}, "latency_p99_ms": {1: ms, 64: 4 * ms},
+               "samples_per_s": {1: 1e3 / ms, 64: 64e3 / (4 * ms)}, "feasible": {1: 1.0, 64: 1.0}}
+        return {"run_id": f"table-{scale}", "status": "FINISHED", "start_time": 0,
+                "tags": {"path": "table@cpu", "representation": "table", "backend": "cpu",
+                         "device_name": "cpu"},
+                "params": {"dataset.name": "synthetic_kaggle", "dataset.scale": scale},
+                "metrics": {"accuracy": accuracy, "param_bytes": 1e6}, "per_size": per}
+
+    runs = join_quality(tidy([rec("0.01", 0.5, 0.70), rec("0.1", 5.0, 0.78)]))
+    with pytest.raises(ConfigError, match=r"config key 'workload'.*2 workloads \(synthetic_kaggle x0.01; "
+                                          r"synthetic_kaggle x0.1\)"):
+        prof.from_runs(runs)
+    [small] = prof.from_runs(runs, "synthetic_kaggle x0.01")
+    assert small.sizes == (1, 64) and small.latency_ms == (0.5, 2.0) and small.accuracy == 0.70
+    assert "synthetic_kaggle x0.01" in small.source
+    with pytest.raises(ConfigError, match="'criteo x1' has no finished latency run"):
+        prof.from_runs(runs, "criteo x1")
 
 
 def test_the_headline_finds_policies_by_kind_and_computes_the_ratio_to_the_size_threshold_policy():

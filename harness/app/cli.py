@@ -10,6 +10,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import sys
@@ -33,8 +34,8 @@ log = logging.getLogger("harness")
 def run() -> None:
     """`python -m harness` and the `mprec` script: a typo in an override's key is answered with the closest
     key before Hydra composes (its advice to append with '+' would mislead), then the Hydra app runs."""
-    refuse_unknown_keys(sys.argv[1:], "config")
     try:
+        refuse_unknown_keys(sys.argv[1:], "config")  # composes the config: Ctrl-C may land here too
         main()
     except Interrupted as exc:  # a single job: it has ended its run KILLED, if it had created one
         print_interrupted(exc.run_id, known=True)
@@ -72,11 +73,27 @@ _BEFORE_WORK = {".hydra", "harness.log", STATUS_FILE}
 
 
 def discard_run_folder() -> None:
-    """Remove this single run's Hydra folder if it holds nothing but what was written before any work (a
-    folder the user pointed `hydra.run.dir` at, holding anything else, is left alone)."""
-    folder = Path(HydraConfig.get().runtime.output_dir)
-    if folder.is_dir() and {entry.name for entry in folder.iterdir()} <= _BEFORE_WORK:
-        shutil.rmtree(folder, ignore_errors=True)
-        for parent in (folder.parent, folder.parent.parent):  # results/runs and results, if left empty
-            with contextlib.suppress(OSError):
-                parent.rmdir()
+    """Remove this single run's Hydra folder if it holds nothing but what was written before any work and
+    names no recorded run. A folder the user chose (`hydra.run.dir=...`) is theirs: it stays."""
+    hc = HydraConfig.get()
+    if any(o.split("=", 1)[0].lstrip("+~") == "hydra.run.dir" for o in hc.overrides.hydra):
+        return
+    folder = Path(hc.runtime.output_dir)
+    if not folder.is_dir() or {entry.name for entry in folder.iterdir()} - _BEFORE_WORK:
+        return
+    if _names_a_run(folder / STATUS_FILE):
+        return
+    shutil.rmtree(folder, ignore_errors=True)
+    for parent in (folder.parent, folder.parent.parent):  # results/runs and results, if left empty
+        with contextlib.suppress(OSError):
+            parent.rmdir()
+
+
+def _names_a_run(status_file: Path) -> bool:
+    """Whether the job's status file names an MLflow run (its folder is then the run's record)."""
+    try:
+        return bool(json.loads(status_file.read_text()).get("run_id"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: keep the folder rather than guess

@@ -14,6 +14,7 @@ from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from harness.core import trust
 from harness.core.paths import PathLabel
@@ -118,12 +119,18 @@ def ladder_progress(label: str, total: int, job: str = "") -> Iterator[Reporter]
     if not console.is_terminal:
         yield LineReporter(label)
         return
-    progress = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[now]}"), TimeElapsedColumn(), console=console, transient=True,
-    )
+    progress = live_progress(console)
     with progress:
         yield LiveReporter(label, progress, progress.add_task(label, total=total, now=""))
+
+
+def live_progress(console: Console) -> Progress:
+    """The live line's columns: label, bar, sizes done, what is being timed, elapsed."""
+    return Progress(
+        # Not markup: the label's "[job 3 of 6, 2 done]" would be read as a style tag and vanish.
+        TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[now]}", markup=False), TimeElapsedColumn(), console=console, transient=True,
+    )
 
 
 # A path's summary: one row per query size, short headers (the table fits 80 columns) and LEGEND below.
@@ -172,7 +179,7 @@ def _plus_minus(r: SizeRow) -> str:
 
 
 def summary_table(title: str, rows: Sequence[SizeRow]) -> Table:
-    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
+    table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD, padding=(0, 1),
                   collapse_padding=True, pad_edge=False)
     for column in COLUMNS:
         table.add_column(column, justify="right", no_wrap=column in _NO_WRAP)
@@ -273,9 +280,11 @@ def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:
     style = {"finished": "green", "skipped": "blue", "failed": "red", "killed": "red",
              "unavailable": "yellow"}
     for s in statuses:
-        table.add_row(s["status"], s.get("path", ""), s.get("unreliable") or "", " ".join(s.get("overrides",
-                                                                                                [])),
-                      s.get("run_id") or "", (s.get("error") or "")[:120], style=style.get(s["status"]))
+        # Text, not markup: a variant's label (`dhe[m=1000]@cpu`), an override or an error in square
+        # brackets would be read as a style tag and vanish.
+        cells = (s["status"], s.get("path", ""), s.get("unreliable") or "", " ".join(s.get("overrides", [])),
+                 s.get("run_id") or "", (s.get("error") or "")[:120])
+        table.add_row(*map(Text, cells), style=style.get(s["status"]))
     console = Console(stderr=True, width=200)
     console.print(table)
     shaky = [s for s in statuses if s.get("unreliable")]
@@ -297,8 +306,8 @@ def print_paths_side_by_side(paths) -> None:
     for workload, rows in paths.groupby("workload", sort=True):
         sizes = sorted({int(c.split("@")[1]) for c in rows.columns if c.startswith("p50_ms@")
                         and rows[c].notna().any()})
-        table = Table(title=f"paths of this sweep, {workload}: p50 / p99 ms per query size ('!': unreliable)",
-                      title_justify="left", box=box.SIMPLE_HEAD)
+        title = f"paths of this sweep, {workload}: p50 / p99 ms per query size ('!': unreliable)"
+        table = Table(title=Text(title), title_justify="left", box=box.SIMPLE_HEAD)
         for column in ("path", "accuracy", "MiB", *map(str, sizes)):
             table.add_column(column, justify="left" if column == "path" else "right")
         for _, r in rows.iterrows():
@@ -308,5 +317,5 @@ def print_paths_side_by_side(paths) -> None:
                 flag = "!" if r.get(f"reliable@{q}") == 0 else ""
                 cells.append("" if p50 != p50 else f"{p50:.3g} / {p99:.3g}{flag}")
             accuracy = "" if r["accuracy"] != r["accuracy"] else f"{r['accuracy']:.4f}"
-            table.add_row(r["path"], accuracy, f"{r['param_bytes'] / 2**20:,.1f}", *cells)
+            table.add_row(Text(r["path"]), accuracy, f"{r['param_bytes'] / 2**20:,.1f}", *cells)
         console.print(table)

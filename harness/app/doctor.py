@@ -3,7 +3,7 @@
 It says, each with what to do: the cores and threads the run will use, other busy processes and their CPU
 share (sampled over two seconds), the load average, steal time, the frequency governor and SMT where
 the kernel shows them, and whether the peak cache under `tracking.results_dir` holds peaks measured by
-another library version or before peaks were checked for load. It takes the run's own overrides
+another library version or an older kernel set (unused by runs). It takes the run's own overrides
 (`python -m harness.doctor backend.num_threads=1`), so it judges the run you are about to start, by the
 same thresholds (`measure.stability`). The first job of a sweep prints its one-line verdict. Exit status:
 0 when nothing was found, 1 otherwise (so `python -m harness.doctor && python -m harness -m ...` waits
@@ -105,21 +105,24 @@ def other_processes(busy: list[tuple[int, str, float]], reading: LoadReading, th
 
 
 def load_and_steal(reading: LoadReading, max_steal: float) -> list[Finding]:
+    """The load average, and the hypervisor's steal. The load average counts every core of the machine
+    and lags by a minute: where the run's own cores were sampled directly (`other_processes`) it is
+    context, never the verdict (a run pinned to quiet cores of a busy host is fine; a burner that ended a
+    minute ago still shows); only where they could not be sampled does it judge."""
     out = []
     load = reading.load_after
     if load is None:
         out.append(Finding(True, "load average: not measurable here"))
+    elif reading.other_cores is not None:
+        out.append(Finding(True, f"1-minute load average {load:.2f} on the machine's {os.cpu_count()} cores "
+                                 "(context: it counts every core and lags a minute; the sample of the run's "
+                                 "own cores above is the verdict)"))
     else:
-        out.append(
-            Finding(
-                load <= reading.cores,
-                f"1-minute load average {load:.2f} on {reading.cores} cores",
-                ""
-                if load <= reading.cores
-                else "more runnable threads than cores: something else is "
-                "busy (the load average lags by a minute: check again)",
-            )
-        )
+        busy = load > reading.cores
+        out.append(Finding(not busy, f"1-minute load average {load:.2f} on {reading.cores} cores (the run's "
+                                     "cores could not be sampled directly)",
+                           "more runnable threads than cores: something else is busy (the load average "
+                           "lags by a minute: check again)" if busy else ""))
     if reading.steal_cores is None:
         out.append(Finding(True, "steal time: not reported by this kernel (not measurable here)"))
     else:
@@ -167,7 +170,8 @@ def peak_cache(results_dir: str) -> Finding:
              v.get("libraries", {}).get("torch", torch) != torch]
     path = Path(results_dir) / "device_peaks.json"
     if old or other:
-        what = (f"peak cache {path}: {len(old)} entries measured before peaks were checked for load"
+        what = (f"peak cache {path}: {len(old)} entries measured by an older kernel set (unused: runs "
+                f"measure kernels={KERNELS_VERSION})"
                 + (f", {len(other)} measured with another torch than {torch}" if other else ""))
         return Finding(False, what,
                        f"remove {path}: the next run measures the peaks again, under the load check")
@@ -177,7 +181,10 @@ def peak_cache(results_dir: str) -> Finding:
 def _no_peak_cache(results_dir: str) -> Finding:
     """No peak cache: never measured (the first run measures it), or every measurement so far was under
     load and so not kept; then why, and how to get one."""
-    refused = read_cache(results_dir, REFUSED_FILE)
+    try:
+        refused = read_cache(results_dir, REFUSED_FILE)
+    except (OSError, ValueError):
+        refused = {}  # only the explanation is lost: the finding below stands without it
     if not refused:
         return Finding(True, f"no peak cache in {results_dir} yet: the first run measures the device's peaks "
                              "(a few seconds) and keeps them if the machine is quiet")

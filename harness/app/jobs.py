@@ -31,7 +31,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 
-from harness.app.console import ladder_progress, print_path_summary, print_recorded_summary
+from harness.app.console import ladder_progress, print_path_summary, print_recorded_summary, to_log_files
 from harness.core import trust
 from harness.core.errors import BackendUnavailable, could_not_run_here
 from harness.core.processes import PARENT_ENV
@@ -142,7 +142,9 @@ def run_job(cfg: Any) -> dict[str, Any]:
         error = str(status["error"])
         raise BackendUnavailable(error.split(": ", 1)[1]) if unavailable else RunFailed(error)
     if status["status"] == "unavailable":  # one line, as a single run says it; no run was created
-        print(f"error: {str(status['error']).split(': ', 1)[1]}", file=sys.stderr)
+        line = f"error: {str(status['error']).split(': ', 1)[1]}"
+        print(line, file=sys.stderr)
+        to_log_files(line)  # the job's harness.log says why it is empty
     else:
         log.error("job %s: %s", status["status"], status["error"])
     return status

@@ -68,9 +68,13 @@ def size_metrics(result: QuerySizeResult, cost: PathCost, peaks: dict[str, float
     if not result.feasible:
         return rows
     stats = result.timed.as_dict()
-    for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms",
-                "p50_ci_low_ms", "p50_ci_high_ms", "p99_ci_low_ms", "p99_ci_high_ms"):
+    for key in ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "mean_ms", "std_ms", "min_ms", "max_ms"):
         rows.append((f"latency_{key}", stats[key], q))
+    for quantile in ("p50", "p99"):  # a side too few calls bound is open: no figure, and a flag saying so
+        sides = [(f"latency_{quantile}_ci_{side}_ms", stats[f"{quantile}_ci_{side}_ms"])
+                 for side in ("low", "high")]
+        rows += [(key, value, q) for key, value in sides if value == value]
+        rows.append((f"latency_{quantile}_ci_open", float(any(value != value for _, value in sides)), q))
     mean_s = result.timed.mean_ms / 1e3
     rows += [("latency_cv", stats["cv"], q), ("latency_robust_cv", stats["robust_cv"], q),
              ("samples_per_s", stats["samples_per_s"], q), ("iterations", stats["n"], q),

@@ -221,8 +221,8 @@ def warn_if_busy(judge: Judge, reporter: Reporter, glance: Callable[[], LoadRead
     if busy:
         reporter.note(
             f"the machine is busy ({busy[0]}): sizes timed while it lasts are flagged, and measured again "
-            f"only once it is quiet, for at most +{judge.rules.retry_budget:.0%} of the first pass "
-            f"(measure.stability.retry_budget). For trusted figures: {trust.busy_remedy()}"
+            f"only if the machine is quiet by then, for at most +{judge.rules.retry_budget:.0%} of the first "
+            f"pass (measure.stability.retry_budget). For trusted figures: {trust.busy_remedy()}"
         )
 
 

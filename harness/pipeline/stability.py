@@ -112,7 +112,8 @@ class Judge:
         return out
 
     def order(self, results: Sequence[QuerySizeResult]) -> Reasons:
-        """Sizes that are slower than a larger size beyond both p50 intervals: both are flagged."""
+        """Sizes that are slower than a larger size beyond both p50 intervals: both are flagged. An open
+        side (too few calls, NaN) bounds nothing: no comparison with it convicts."""
         done = sorted((r for r in results if r.feasible and r.stats is not None), key=lambda r: r.query_size)
         out: Reasons = {}
         for i, small in enumerate(done):
@@ -200,20 +201,27 @@ def measure_reliably(measure: Callable[[list[int], int], list[QuerySizeResult]],
         notes.append(text)
         note(text)
 
+    def spent_note(qs: Sequence[int]) -> str:
+        return (f"not measured again: {_sizes(qs)} (the re-measurement budget, "
+                f"{judge.rules.retry_budget:g} x the first pass, {budget:.1f} s, is spent: "
+                "measure.stability.retry_budget)")
+
     for attempt in range(2, judge.rules.retries + 2):
         if not reasons:
             break
+        if not _within_budget(sorted(reasons), sizes, attempts, budget - spent):
+            say(spent_note(sorted(reasons)))  # no pause, no look: nothing flagged fits what is left
+            break
         sleep(judge.rules.retry_pause_s)
-        again = _worth_measuring_again(reasons, current, judge, machine_now(), say)
-        round_sizes = _within_budget(again, sizes, attempts, budget - spent)
-        if not round_sizes:
-            if again:
-                say(f"not measured again: {_sizes(again)} (the re-measurement budget, "
-                    f"{judge.rules.retry_budget:g} x the first pass, {budget:.1f} s, is spent: "
-                    "measure.stability.retry_budget)")
+        again, steady = _worth_measuring_again(reasons, current, judge, machine_now(), say)
+        round_sizes = _within_budget(again, [q for q in sizes if q not in steady], attempts, budget - spent)
+        retried = [q for q in again if q in round_sizes]
+        if [q for q in again if q not in round_sizes]:
+            say(spent_note([q for q in again if q not in round_sizes]))
+        if not retried:
             break
         say(f"measuring again (attempt {attempt} of {judge.rules.retries + 1}): "
-            + "; ".join(f"q={q}: {reasons[q][0]}" for q in sorted(again)))
+            + "; ".join(f"q={q}: {reasons[q][0]}" for q in retried))
         for r in measure(round_sizes, attempt):
             attempts[r.query_size].append(r)
             spent += seconds_of(r)
@@ -223,36 +231,36 @@ def measure_reliably(measure: Callable[[list[int], int], list[QuerySizeResult]],
 
 
 def _worth_measuring_again(reasons: Reasons, current: list[QuerySizeResult], judge: Judge,
-                           now: LoadReading | None, say: Callable[[str], None]) -> list[int]:
-    """The flagged sizes a retry can help: all of them on a quiet machine (or one not read); while other
-    processes still hold the cores, those that were not disturbed by them."""
+                           now: LoadReading | None, say: Callable[[str], None]) -> tuple[list[int], set[int]]:
+    """The flagged sizes a retry can help, and the sizes (flagged or not) a steady neighbour disturbed:
+    on a quiet machine (or one not read) all flagged sizes and none; while other processes still hold the
+    cores, the flagged sizes they did not disturb, and every size they did (not worth timing again, not
+    even as a neighbour for the order check)."""
     flagged = sorted(reasons)
     busy = judge.load_reasons(now)
     if not busy:
-        return flagged
-    by_size = {r.query_size: r for r in current}
-    disturbed = [q for q in flagged if judge.load_reasons(by_size[q].load)]
+        return flagged, set()
+    steady = {r.query_size for r in current if judge.load_reasons(r.load)}
+    disturbed = [q for q in flagged if q in steady]
     if disturbed:
         say(f"not measured again: {_sizes(disturbed)} ({busy[0]} just now, as while they were timed: a "
             "steady neighbour; a retry cannot succeed until it stops)")
-    return [q for q in flagged if q not in disturbed]
+    return [q for q in flagged if q not in steady], steady
 
 
 def _within_budget(again: list[int], sizes: list[int], attempts: dict[int, list[QuerySizeResult]],
                    left_s: float) -> list[int]:
-    """The round's sizes: `again` with their neighbours if that fits in `left_s`, else `again` alone,
-    else the smaller sizes of `again` that fit; [] when none does."""
+    """The round's sizes: of `again`, the smaller ones that fit in `left_s` (all, where they do), with
+    their neighbours among `sizes` if those fit too; [] when none does."""
     cost = lambda qs: sum(seconds_of(attempts[q][-1]) for q in qs)  # noqa: E731 - one line
-    if not again:
-        return []
-    with_neighbours = neighbours(again, sizes)
-    if cost(with_neighbours) <= left_s:
-        return with_neighbours
     chosen: list[int] = []
     for q in sorted(again):
         if cost([*chosen, q]) <= left_s:
             chosen.append(q)
-    return [q for q in sizes if q in chosen]
+    if not chosen:
+        return []
+    with_neighbours = neighbours(chosen, sizes)
+    return with_neighbours if cost(with_neighbours) <= left_s else [q for q in sizes if q in chosen]
 
 
 def _sizes(qs: Sequence[int]) -> str:

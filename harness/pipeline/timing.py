@@ -96,10 +96,22 @@ def _log_binomial_pmf(k: int, n: int, p: float) -> float:
 def order_statistic_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> tuple[int, int]:
     """1-based ranks (l, u) of the sorted samples that bracket the q-quantile with at least `confidence`
     (the number of samples below the quantile is Binomial(n, q)); clamped to [1, n] where n is too small
-    to bound a side (p99's upper side needs 367 samples: below that it is the largest sample).
+    to bound a side (p99's upper side needs 368 samples: below that it is the largest sample).
 
     >>> order_statistic_ranks(100, 0.5)
     (40, 61)
+    """
+    low, high = interval_ranks(n, q, confidence)
+    return (1 if low is None else low), (n if high is None else high)
+
+
+def interval_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> tuple[int | None, int | None]:
+    """As `order_statistic_ranks`, with None for a side that n samples cannot bound: the interval is open
+    there (no order statistic reaches `confidence`). Both sides of p50 need 6 samples, p99's upper side
+    368 (0.99^n <= 2.5 %).
+
+    >>> interval_ranks(5, 0.5), interval_ranks(6, 0.5), interval_ranks(367, 0.99), interval_ranks(368, 0.99)
+    ((None, None), (1, 6), (359, None), (360, 368))
     """
     p, tail = min(max(q, 1e-12), 1 - 1e-12), (1.0 - confidence) / 2
     mean, sd = n * p, math.sqrt(n * p * (1 - p))
@@ -113,15 +125,18 @@ def order_statistic_ranks(n: int, q: float, confidence: float = CONFIDENCE) -> t
         if cdf >= 1 - tail:  # P(B <= k) >= 1 - tail: the (k + 1)th smallest is above it
             high = k + 1
             break
-    low = low if low is not None else n
-    return max(1, min(low, n)), max(1, min(high if high is not None else n, n))
+    # Rank 0 (below the smallest sample) or n + 1 (above the largest) is no sample: that side is open.
+    return (low if low is not None and 1 <= low <= n else None,
+            high if high is not None and 1 <= high <= n else None)
 
 
 def quantile_ci(sorted_values: Sequence[float], q: float,
                 confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """A distribution-free `confidence` interval of the q-quantile (0 < q < 1) of already sorted values."""
-    low, high = order_statistic_ranks(len(sorted_values), q, confidence)
-    return sorted_values[low - 1], sorted_values[high - 1]
+    """A distribution-free `confidence` interval of the q-quantile (0 < q < 1) of already sorted values;
+    NaN for a side too few values bound (`interval_ranks`): never the extreme value posing as a bound."""
+    low, high = interval_ranks(len(sorted_values), q, confidence)
+    return (math.nan if low is None else sorted_values[low - 1],
+            math.nan if high is None else sorted_values[high - 1])
 
 
 def robust_cv(sorted_values: Sequence[float]) -> float:

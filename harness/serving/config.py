@@ -66,6 +66,9 @@ class ServingConfig:
     inputs_command: Optional[str] = MISSING
     profile_files: List[str] = MISSING
     scaled_devices: List[ScaledDevice] = MISSING
+    # The workload (dataset x scale) whose runs are served: a profile never mixes workloads. None: the
+    # experiment's only one (several: refused, naming them).
+    workload: Optional[str] = MISSING
     paths: Optional[List[str]] = MISSING
     target_ms: float = MISSING
     percentile: float = MISSING

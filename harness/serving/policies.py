@@ -4,7 +4,8 @@
 - size_threshold(small, large, threshold): DeepRecSys: queries up to `threshold` samples to one path,
   larger ones to another.
 - mprec: the highest-accuracy path whose predicted completion (its device's queue wait + its profiled
-  service time at this size) meets the target; if none does, the one that completes first. With
+  service time at this size) meets the target, equally accurate ones (one representation on several
+  devices) told apart by that completion; if none meets it, the one that completes first. With
   `slack` < 1 a path must finish within slack x target: headroom that keeps a device from being filled
   to the brim with slow, accurate work at high load (slack 1 is the rule as stated).
 - mprec_split: as mprec, but a query no single path can finish in time is split across devices (each
@@ -23,6 +24,10 @@ The study and its headline find policies by kind, never by the text of their nam
 ['dhe@gpu']
 >>> [p.path for p, _ in MPRec([fast, good]).choose(50, 5.0, {"cpu": 0.0, "gpu": 9.0})]   # gpu queue too long
 ['table@cpu']
+>>> gpu = PathProfile("table@gpu", "gpu", 0.75, (64, 4096), (0.8, 2.0))   # as accurate as table@cpu
+>>> cpu = PathProfile("table@cpu", "cpu", 0.75, (64, 4096), (0.5, 40.0))
+>>> [p.path for p, _ in MPRec([cpu, gpu]).choose(4096, 50.0, {})]   # both make it: the sooner done
+['table@gpu']
 """
 
 from __future__ import annotations
@@ -72,15 +77,19 @@ class Static:
 class SizeThreshold:
     kind = "size_threshold"
 
-    def __init__(self, small: PathProfile, large: PathProfile, threshold: int) -> None:
+    def __init__(self, small: PathProfile, large: PathProfile, threshold: int | None) -> None:
+        """`threshold`: the first size `large` serves (None: it serves every size, being fastest at all)."""
         self.small, self.large, self.threshold = small, large, threshold
-        self.name = f"threshold:{small.name}|{threshold}|{large.name}"
+        self.name = (f"threshold:{small.name}|{threshold}|{large.name}" if threshold is not None
+                     else f"threshold:{large.name} (fastest at every size)")
 
     @classmethod
     def instances(cls, profiles: Sequence[PathProfile], sizes: np.ndarray, cfg: Any) -> list:
         """DeepRecSys' rule, chosen from the profiles: large queries to the path fastest at the largest
-        size, small ones to the path fastest at size 1 on another device (or another path), the threshold
-        where the large path overtakes. None if one path is fastest everywhere."""
+        size, small ones to the path fastest at size 1 on another device (or another path); the threshold
+        is the crossover: the smallest size from which the large path is at least as fast at every size (it
+        goes to the large path). Where the large path is fastest at every size the rule is that one path,
+        and its name says so."""
         if len(profiles) < 2:
             return []
         largest = int(sizes.max())
@@ -88,19 +97,24 @@ class SizeThreshold:
         others = [p for p in profiles if p.device != large.device] or [p for p in profiles if p is not large]
         small = min(others, key=lambda p: (p.service_ms(1), p.name))
         step = max(1, largest // 512)
-        crossover = [q for q in range(1, largest + 1, step) if large.service_ms(q) <= small.service_ms(q)]
-        return [cls(small, large, crossover[0] if crossover else int(np.median(sizes)))]
+        grid = sorted({*range(1, largest + 1, step), largest})  # the largest size included
+        crossover = largest
+        for q in reversed(grid):  # down from the largest size, while the large path is as fast
+            if large.service_ms(q) > small.service_ms(q):
+                break
+            crossover = q
+        return [cls(small, large, None if crossover == 1 else crossover)]
 
     def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice:
-        return [(self.small if size <= self.threshold else self.large, size)]
+        small = self.threshold is not None and size < self.threshold
+        return [(self.small if small else self.large, size)]
 
 
 class MPRec:
     kind = "mprec"
 
     def __init__(self, paths: list[PathProfile], slack: float = 1.0) -> None:  # 1: the rule as stated
-        # Highest accuracy first, then the fastest at a middling size: the order of preference.
-        self.paths = sorted(paths, key=lambda p: (-_accuracy(p), p.service_ms(64), p.name))
+        self.paths = sorted(paths, key=lambda p: (-_accuracy(p), p.name))  # the order of preference
         self.slack = slack
         self.name = self.kind if slack == 1.0 else f"{self.kind}(slack={slack:g})"
 
@@ -109,15 +123,15 @@ class MPRec:
         return [cls(list(profiles), slack) for slack in cfg.mprec_slack]
 
     def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice:
-        best, best_done = self.paths[0], math.inf
+        # Completion at this query's size, queue wait included: a tie in accuracy (one representation on
+        # two devices) goes to the device that finishes this query first, not the one fast at some
+        # other size.
+        done = [(wait_ms.get(p.device, 0.0) + p.service_ms(size), p) for p in self.paths]
         budget = target_ms * self.slack
-        for p in self.paths:
-            done = wait_ms.get(p.device, 0.0) + p.service_ms(size)
-            if done <= budget:
-                return [(p, size)]  # the most accurate path that makes it
-            if done < best_done:
-                best, best_done = p, done
-        return [(best, size)]
+        in_time = [(-_accuracy(p), finish, p.name, p) for finish, p in done if finish <= budget]
+        if in_time:
+            return [(min(in_time, key=lambda c: c[:3])[3], size)]  # the most accurate, then the soonest done
+        return [(min(done, key=lambda c: (c[0], c[1].name))[1], size)]  # none makes it: the soonest done
 
 
 class MPRecSplit(MPRec):

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from harness.analysis.mapping import best_modes, latest_finished
+from harness.core.errors import ConfigError
 from harness.core.paths import PathLabel
 
 
@@ -112,12 +113,31 @@ def distinguish(profiles: list[PathProfile]) -> list[PathProfile]:
     return [replace(p, display=f"{p.path} ({p.device})") if len(devices[p.path]) > 1 else p for p in profiles]
 
 
-def from_runs(runs) -> list[PathProfile]:
-    """Profiles from the analysis' tidy table (harness.analysis.runs): the latest FINISHED run per path,
-    and per path family (harness/core/paths.py) the best execution mode measured at each query size: a
-    family measured eager and with CUDA graphs is one profile, each size served in its faster mode (its
-    source says which); its live path is the run of the mode that wins most sizes."""
-    done = best_modes(latest_finished(runs))
+def one_workload(runs, wanted: str | None):
+    """The rows of the one workload (dataset x scale) served: `wanted`, or the only one the finished
+    runs hold. A path measured on two workloads is two different measurements: a profile built from both
+    would interleave their latencies and take one's accuracy, so several are refused, named."""
+    if "workload" not in runs or runs.empty:
+        return runs
+    held = sorted(str(w) for w in runs.loc[runs["status"] == "FINISHED", "workload"].dropna().unique())
+    if wanted is None:
+        if len(held) > 1:
+            raise ConfigError("workload", f"the experiment's runs measure {len(held)} workloads ("
+                              f"{'; '.join(held)}); a study serves one: workload='<one of them>'")
+        return runs
+    if wanted not in held:
+        raise ConfigError("workload", f"{wanted!r} has no finished latency run; the experiment's runs "
+                          f"measure: {'; '.join(held) or 'none'}")
+    return runs[runs["workload"] == wanted]
+
+
+def from_runs(runs, workload: str | None = None) -> list[PathProfile]:
+    """Profiles from the analysis' tidy table (harness.analysis.runs) of one workload (`one_workload`):
+    the latest FINISHED run per path, and per path family (harness/core/paths.py) the best execution mode
+    measured at each query size: a family measured eager and with CUDA graphs is one profile, each size
+    served in its faster mode (its source says which); its live path is the run of the mode that wins
+    most sizes."""
+    done = best_modes(latest_finished(one_workload(runs, workload)))
     done = done[done["feasible"] > 0]
     out = []
     for family, group in done.groupby("family" if "family" in done else "path", sort=True):
@@ -126,11 +146,12 @@ def from_runs(runs) -> list[PathProfile]:
         labels = list(g["path"])
         main = max(set(labels), key=lambda label: (labels.count(label), label))
         run_id = str(g[g["path"] == main]["run_id"].iloc[0])
+        workload = f", {g['workload'].iloc[0]}" if "workload" in g else ""
         if len(set(labels)) == 1:
-            path, source = main, f"measured (run {run_id})"
+            path, source = main, f"measured (run {run_id}{workload})"
         else:  # several modes: the family's label, and which mode served which sizes
             path = family
-            source = "measured, best mode per size: " + ", ".join(
+            source = f"measured{workload}, best mode per size: " + ", ".join(
                 f"{q} {PathLabel.parse(label).mode} (run {rid})" for q, label, rid in
                 zip(g["query_size"], g["path"], g["run_id"]))
         out.append(

@@ -25,7 +25,7 @@ def load_serving_config(cfg) -> ServingConfig:
 
 def gather_profiles(cfg: ServingConfig, records: list[dict]) -> list[prof.PathProfile]:
     """Measured profiles of the experiment's runs, profile files, labelled scaled stand-ins."""
-    measured = prof.from_runs(join_quality(tidy(records))) if records else []
+    measured = prof.from_runs(join_quality(tidy(records)), cfg.workload) if records else []
     extra = prof.with_accuracy_of(measured, [p for f in cfg.profile_files for p in prof.load(f)])
     profiles = measured + extra + scaled_profiles(measured, cfg.scaled_devices)
     if cfg.paths:
