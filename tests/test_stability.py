@@ -354,6 +354,22 @@ def test_a_gemm_peak_is_sized_to_a_short_call_from_a_probe():
     assert set(kernels) == {"copy", "gather", "gather64", "gemm"}  # no GEMM of a precision not asked for
 
 
+def test_a_cpu_gemm_peak_takes_the_faster_of_mm_and_linear(monkeypatch):
+    # With oneDNN capped at AVX2 a bf16 torch.mm ran at 1-3 GFLOP/s, a bf16 F.linear (an MLP's op) at
+    # 20-35: a roof from mm alone put every bf16 size "above the peak".
+    from backends import torch_kernels as tk
+
+    real = tk._plain_mm
+
+    def slow_mm(a, b, c):
+        time.sleep(0.02)
+        return real(a, b, c)
+
+    monkeypatch.setattr(tk, "_plain_mm", slow_mm)
+    kernels = tk.torch_peak_kernels("cpu", 1 << 30, 0.01, ("fp32", "bf16"))
+    assert kernels["gemm"][0].func is tk._linear and kernels["gemm_bf16"][0].func is tk._linear
+
+
 def test_a_rechecked_peak_replaces_the_cached_one_only_when_quiet(tmp_path, monkeypatch):
     judge = Judge(RULES, host_threads=2)
     monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
