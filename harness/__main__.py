@@ -1,12 +1,18 @@
-"""`python -m harness`: the Hydra app of harness/app/cli.py (the `mprec` script too)."""
+"""`python -m harness` and the `mprec` script: the Hydra app of harness/app/cli.py."""
 
 import sys
 
-try:
-    from harness.app.cli import run
-except KeyboardInterrupt:  # Ctrl-C while Python imports the harness: nothing has started
-    print("interrupted: nothing was recorded yet; run the same command again to measure", file=sys.stderr)
-    sys.exit(130)
+
+def main() -> None:
+    """Ctrl-C while Python imports the harness (a second or two) has started nothing: one line, no
+    traceback, as later (harness/app/cli.py)."""
+    try:
+        from harness.app.cli import run
+    except KeyboardInterrupt:
+        print("interrupted: nothing was recorded yet; run the same command again to measure", file=sys.stderr)
+        sys.exit(130)
+    run()
+
 
 if __name__ == "__main__":
-    run()
+    main()

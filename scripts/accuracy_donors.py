@@ -2,6 +2,7 @@
 donors file the GPU check gives its latency-only profiles (scripts/gpu_check.sh, GPU_CHECK_ACCURACY).
 
     python scripts/accuracy_donors.py mprec_headline harness/serving/data/headline_accuracy.json
+    python scripts/accuracy_donors.py <experiment> <out.json> "synthetic_kaggle x0.01"  # one of several
 
 The store is $MLFLOW_TRACKING_URI, else sqlite:///results/mlflow.db (as the harness's). The harness trains
 on the host whatever the backend, so these are the accuracies of the same weights on any device.
@@ -22,19 +23,20 @@ from harness.tracking import Store
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
+    if len(argv) not in (2, 3):
         print(__doc__, file=sys.stderr)
         return 2
-    experiment, out = argv
+    experiment, out = argv[:2]
+    workload = argv[2] if len(argv) == 3 else None  # an experiment of several workloads: which one
     store = Store(load_config(compose([])).tracking, experiment, create=False)
     runs = store.load_runs("latency")
     if not runs:
         print(f"error: experiment '{experiment}' has no latency runs in {store.uri}", file=sys.stderr)
         return 2
     try:
-        measured = prof.from_runs(join_quality(tidy(runs)))
+        measured = prof.from_runs(join_quality(tidy(runs)), workload)
     except ValueError as exc:  # several workloads: a donor's accuracy is one workload's
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc} (the third argument)", file=sys.stderr)
         return 2
     donors = prof.accuracy_donors(measured, {
         "source": f"experiment {experiment} on {cpu_model_name()} ({physical_cores()} cores), "

@@ -178,6 +178,30 @@ def test_runs_of_one_path_trained_differently_are_said_and_the_rated_one_used():
     )
 
 
+def test_two_machines_measuring_one_path_are_two_paths_named_by_host():
+    from harness.serving.profiles import distinguish, from_runs
+
+    def on(host, ms, start, path="table@cpu", mode="eager"):
+        rec = record(path, sizes={1: (ms, 1e3 / ms), 64: (4 * ms, 64e3 / (4 * ms))}, start=start)
+        rec["tags"].update({"mprec.owner": f"{host}:123:456", "device_name": "AMD EPYC", "mode": mode})
+        rec["run_id"] = f"{path}-{host}"
+        return rec
+
+    runs = table_of(on("aaaa1111", 1.0, 0), on("bbbb2222", 2.0, 1))
+    paths = mp.paths_table(runs, SETTINGS)
+    assert sorted(paths["path"]) == ["table@cpu (host aaaa1111)", "table@cpu (host bbbb2222)"]  # none dropped
+    assert cell(mp.mapping(runs, SETTINGS), 1, 10)["choice"] == "table@cpu (host aaaa1111)"  # the faster
+    profiles = distinguish(from_runs(runs))
+    assert sorted(p.name for p in profiles) == ["table@cpu (AMD EPYC, host aaaa1111)",
+                                                "table@cpu (AMD EPYC, host bbbb2222)"]
+    assert {p.path for p in profiles} == {"table@cpu"}  # the label itself stays parseable
+    # One machine's eager sizes are never stitched to another's CUDA graphs as one profile.
+    cuda = table_of(on("aaaa1111", 1.0, 0, "dhe@cuda"), on("bbbb2222", 0.5, 1, "dhe@cuda+graphs", "graphs"))
+    assert len(from_runs(cuda)) == 2
+    # One machine: the labels as they were.
+    assert list(mp.paths_table(table_of(on("aaaa1111", 1.0, 0)), SETTINGS)["path"]) == ["table@cpu"]
+
+
 def test_pareto_front_on_a_small_set():
     points = pd.DataFrame({"x": [1.0, 2.0, 3.0, 2.0, 0.5, 3.0], "y": [0.9, 0.8, 0.7, 0.7, 0.95, 0.6]})
     assert mp.pareto_front(points, "x", "y").tolist() == [True, True, True, False, True, False]

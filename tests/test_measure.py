@@ -332,18 +332,24 @@ def test_the_live_line_keeps_the_sweep_position_in_its_label():
 
 
 def test_the_sweep_tables_name_a_variant_by_its_whole_label(capsys):
+    import io
+
     import pandas as pd
+    from rich.console import Console
 
     from harness.app.console import print_paths_side_by_side, print_sweep_summary, summary_table
 
     labels = ["dhe[m=1000]@cpu", "dhe[m=3000]@cpu"]
     statuses = [{"status": "finished", "path": label, "overrides": [f"representation.m={label[6:10]}"],
                  "run_id": f"r{i}"} for i, label in enumerate(labels)]
-    print_sweep_summary(statuses, {"finished": 2, "skipped": 0, "failed": 0})
+    lost = {"status": "failed", "path": None, "error": "lost: [node gone]", "run_id": None}  # planning failed
+    print_sweep_summary([*statuses, lost], {"finished": 2, "skipped": 0, "failed": 1})
     paths = pd.DataFrame({"workload": "synthetic_kaggle x0.001", "path": labels, "accuracy": [0.7, 0.71],
                           "param_bytes": [1e6, 2e6], "p50_ms@1": [0.5, 0.6], "p99_ms@1": [0.7, 0.8]})
     print_paths_side_by_side(paths)
     err = capsys.readouterr().err
     assert err.count("dhe[m=1000]@cpu") == 2 and err.count("dhe[m=3000]@cpu") == 2  # both tables
-    title = summary_table("dhe[m=1000]@cpu: latency per query", []).title
-    assert "dhe[m=1000]@cpu" in str(title)
+    assert "lost: [node gone]" in err
+    console = Console(record=True, width=120, file=io.StringIO())
+    console.print(summary_table("dhe[m=1000]@cpu: latency per query", []))
+    assert "dhe[m=1000]@cpu: latency per query" in console.export_text()

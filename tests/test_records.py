@@ -74,6 +74,7 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
         bounds = {k: now["metrics"].pop(k, []) for k in
                   (f"latency_{p}_ci_{side}_ms" for p in ("p50", "p99") for side in ("low", "high"))}
         assert all(set(steps) <= set(sizes) for steps in bounds.values())
+        assert bounds["latency_p50_ci_low_ms"] == sizes  # smoke's dozens of calls a size bound p50
         opened = {k: now["metrics"].pop(k) for k in ("latency_p50_ci_open", "latency_p99_ci_open")}
         assert opened == {k: sizes for k in opened}
         trust = {"memory_needed_bytes"}  # issue 23: the fit rule's input per size

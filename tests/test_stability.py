@@ -243,7 +243,8 @@ def test_the_notes_name_the_sizes_measured_again_and_those_the_budget_left_out()
     measure_reliably(fake, [1, 64, 4096], Judge(rules, 2), sleep=lambda s: None,
                      machine_now=lambda: reading(0.0), note=notes.append)
     assert fake.calls[1] == ([1, 64], 2)
-    assert notes[0].startswith("not measured again: q=4096 (the re-measurement budget, 0.5 x the first pass")
+    assert notes[0].startswith("not measured again: q=4096 (beyond what is left of the re-measurement "
+                               "budget, 0.5 x the first pass")
     assert notes[1].startswith("measuring again (attempt 2 of 4): q=1: ") and "4096" not in notes[1]
 
 
@@ -259,8 +260,8 @@ def test_a_spent_budget_ends_re_measurement_without_a_pause_or_a_look():
                               machine_now=lambda: looks.append(1) or reading(0.0), note=notes.append)
     assert pauses == [] and looks == [] and len(fake.calls) == 1
     assert 64 in ladder.reasons and notes == [
-        "not measured again: q=64 (the re-measurement budget, 0 x the first pass, 0.0 s, is spent: "
-        "measure.stability.retry_budget)"]
+        "not measured again: q=64 (beyond what is left of the re-measurement budget, 0 x the first pass, "
+        "0.0 s: measure.stability.retry_budget)"]
 
 
 def test_the_neighbour_of_the_largest_size_is_the_next_smaller():

@@ -106,9 +106,13 @@ def twins(rows: pd.DataFrame) -> pd.Series:
     measured = set(zip(rows["workload"], rows["path"]))
     out = []
     for _, r in rows.iterrows():
-        # The same label with the twin's representation: same backend, mode and precision.
-        twin = (str(replace(PathLabel.parse(r["path"]), representation=r["same_model_as"]))
-                if isinstance(r["same_model_as"], str) else None)
+        # The same label with the twin's representation: same backend, mode and precision (and machine:
+        # `path` may name its host after the label: harness/analysis/runs.py separate_hosts).
+        label = r["path_label"] if isinstance(r.get("path_label"), str) else r["path"]
+        twin = None
+        if isinstance(r["same_model_as"], str):
+            twin_label = str(replace(PathLabel.parse(label), representation=r["same_model_as"]))
+            twin = r["path"].replace(label, twin_label, 1)
         out.append(twin if twin and (r["workload"], twin) in measured else None)
     return pd.Series(out, index=rows.index, dtype=object)
 

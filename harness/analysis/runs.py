@@ -10,6 +10,7 @@ from harness.core import trust
 from harness.core.metrics import PER_SIZE
 from harness.core.paths import PathLabel
 from harness.core.precision import gemm_peak_metric, storage_label
+from harness.tracking.store import OWNER_TAG
 
 
 def workload_of(params: dict) -> str:
@@ -22,6 +23,9 @@ def run_columns(rec: dict) -> dict:
     tags, params, metrics = rec["tags"], rec["params"], rec["metrics"]
     return {
         "run_id": rec["run_id"], "status": rec["status"], "path": tags.get("path", "?"),
+        "path_label": tags.get("path", "?"),  # the label as recorded; `path` may gain its host (tidy)
+        # The machine that measured it: the anonymous machine id heading the owner tag (machine:pid:start).
+        "host": (tags.get(OWNER_TAG) or "").split(":")[0][:8],
         "representation": tags.get("representation"), "backend": tags.get("backend"),
         "device": tags.get("device_name", tags.get("backend")), "workload": workload_of(params),
         "param_bytes": metrics.get("param_bytes", np.nan),
@@ -64,11 +68,36 @@ def tidy(records: list[dict]) -> pd.DataFrame:
                         for metric, column in PER_SIZE.items()}
             rows.append({**base, "query_size": q, "unreliable_reason": reasons.get(int(q), ""), **measured})
     frame = pd.DataFrame(rows)
-    for column in (*COLUMNS, "quality_key", "same_model_as", "numerics", "mode", "family",
+    for column in (*COLUMNS, "quality_key", "same_model_as", "numerics", "mode", "family", "host",
                    "device_gemm_fp32_gflops", "device_gemm_bf16_gflops", "unreliable_reason",
                    "peaks_reliable", "memory_headroom"):
         if column not in frame:
             frame[column] = np.nan
+    frame["path_label"] = frame["path_label"] if "path_label" in frame else frame["path"]
+    return separate_hosts(frame)
+
+
+def separate_hosts(frame: pd.DataFrame) -> pd.DataFrame:
+    """A path family measured on several machines in one workload is one path per machine: its rows'
+    `path`, `family` and `device` name the machine (`table@cpu (host 1a2b3c4d)`), so no rule keeps one
+    machine's run and drops another's, nor stitches one machine's eager sizes to another's CUDA graphs.
+    One machine's paths keep their labels. `path_label` keeps the label as recorded.
+
+    >>> rows = pd.DataFrame({"workload": "w", "family": "table@cpu", "path": "table@cpu", "device": "EPYC",
+    ...                      "host": ["aa", "bb"]})
+    >>> separate_hosts(rows)["path"].tolist()
+    ['table@cpu (host aa)', 'table@cpu (host bb)']
+    """
+    if frame.empty or "host" not in frame:
+        return frame
+    frame = frame.copy()
+    hosts = frame["host"].fillna("").astype(str).replace("", "?")
+    spans = hosts.groupby([frame["workload"], frame["family"]]).transform("nunique")
+    several = spans > 1
+    suffix = " (host " + hosts[several] + ")"
+    frame.loc[several, "path"] = frame.loc[several, "path"].astype(str) + suffix
+    frame.loc[several, "family"] = frame.loc[several, "family"].astype(str) + suffix
+    frame.loc[several, "device"] = frame.loc[several, "device"].astype(str) + ", host " + hosts[several]
     return frame
 
 

@@ -284,7 +284,7 @@ def print_sweep_summary(statuses: list[dict], counts: dict[str, int]) -> None:
         # brackets would be read as a style tag and vanish.
         cells = (s["status"], s.get("path", ""), s.get("unreliable") or "", " ".join(s.get("overrides", [])),
                  s.get("run_id") or "", (s.get("error") or "")[:120])
-        table.add_row(*map(Text, cells), style=style.get(s["status"]))
+        table.add_row(*(Text(str(cell or "")) for cell in cells), style=style.get(s["status"]))
     console = Console(stderr=True, width=200)
     console.print(table)
     shaky = [s for s in statuses if s.get("unreliable")]

@@ -202,8 +202,8 @@ def measure_reliably(measure: Callable[[list[int], int], list[QuerySizeResult]],
         note(text)
 
     def spent_note(qs: Sequence[int]) -> str:
-        return (f"not measured again: {_sizes(qs)} (the re-measurement budget, "
-                f"{judge.rules.retry_budget:g} x the first pass, {budget:.1f} s, is spent: "
+        return (f"not measured again: {_sizes(qs)} (beyond what is left of the re-measurement budget, "
+                f"{judge.rules.retry_budget:g} x the first pass, {budget:.1f} s: "
                 "measure.stability.retry_budget)")
 
     for attempt in range(2, judge.rules.retries + 2):

@@ -1,8 +1,8 @@
 """Path-selection policies: pure functions of (query size, target, per-device queue wait, profiles).
 
 - static(path): every query to one path (the baseline any single deployment is).
-- size_threshold(small, large, threshold): DeepRecSys: queries up to `threshold` samples to one path,
-  larger ones to another.
+- size_threshold(small, large, threshold): DeepRecSys: queries below `threshold` samples to one path,
+  from `threshold` on to another (the crossover: the large path is as fast there).
 - mprec: the highest-accuracy path whose predicted completion (its device's queue wait + its profiled
   service time at this size) meets the target, equally accurate ones (one representation on several
   devices) told apart by that completion; if none meets it, the one that completes first. With
@@ -125,13 +125,19 @@ class MPRec:
     def choose(self, size: int, target_ms: float, wait_ms: dict[str, float]) -> Choice:
         # Completion at this query's size, queue wait included: a tie in accuracy (one representation on
         # two devices) goes to the device that finishes this query first, not the one fast at some
-        # other size.
-        done = [(wait_ms.get(p.device, 0.0) + p.service_ms(size), p) for p in self.paths]
+        # other size. One pass (the simulator's hot loop): `self.paths` is in accuracy order, so the
+        # first path in time is the most accurate; later ones of equal accuracy may finish sooner.
         budget = target_ms * self.slack
-        in_time = [(-_accuracy(p), finish, p.name, p) for finish, p in done if finish <= budget]
-        if in_time:
-            return [(min(in_time, key=lambda c: c[:3])[3], size)]  # the most accurate, then the soonest done
-        return [(min(done, key=lambda c: (c[0], c[1].name))[1], size)]  # none makes it: the soonest done
+        chosen, chosen_done, fallback, fallback_done = None, math.inf, self.paths[0], math.inf
+        for p in self.paths:
+            done = wait_ms.get(p.device, 0.0) + p.service_ms(size)
+            if chosen is not None and _accuracy(p) < _accuracy(chosen):
+                break  # less accurate than a path in time: never preferred
+            if done <= budget and done < chosen_done:
+                chosen, chosen_done = p, done
+            if done < fallback_done:  # none in time: the soonest done (ties: the more accurate)
+                fallback, fallback_done = p, done
+        return [(chosen if chosen is not None else fallback, size)]
 
 
 class MPRecSplit(MPRec):

@@ -140,20 +140,22 @@ def from_runs(runs, workload: str | None = None) -> list[PathProfile]:
     done = best_modes(latest_finished(one_workload(runs, workload)))
     done = done[done["feasible"] > 0]
     out = []
-    for family, group in done.groupby("family" if "family" in done else "path", sort=True):
+    for _, group in done.groupby("family" if "family" in done else "path", sort=True):
         g = group.sort_values("query_size")
         accuracy = g["accuracy"].iloc[0]
-        labels = list(g["path"])
+        # Labels as recorded: a family measured on two machines is two groups, told apart by `device`
+        # (which names the host: harness/analysis/runs.py separate_hosts), never by the label.
+        labels = list(g["path_label"] if "path_label" in g else g["path"])
         main = max(set(labels), key=lambda label: (labels.count(label), label))
-        run_id = str(g[g["path"] == main]["run_id"].iloc[0])
+        run_id = str(g[[label == main for label in labels]]["run_id"].iloc[0])
         workload = f", {g['workload'].iloc[0]}" if "workload" in g else ""
         if len(set(labels)) == 1:
             path, source = main, f"measured (run {run_id}{workload})"
         else:  # several modes: the family's label, and which mode served which sizes
-            path = family
+            path = PathLabel.parse(main).family
             source = f"measured{workload}, best mode per size: " + ", ".join(
                 f"{q} {PathLabel.parse(label).mode} (run {rid})" for q, label, rid in
-                zip(g["query_size"], g["path"], g["run_id"]))
+                zip(g["query_size"], labels, g["run_id"]))
         out.append(
             PathProfile(
                 path=path,
