@@ -47,6 +47,26 @@ class CudaConfig(TorchConfig):
                                         "graphs use compile=true compile_mode=reduce-overhead")
 
 
+def other_compute_processes(pids: list[int], own_pid: int) -> int | None:
+    """How many other processes compute on the GPU, from NVML's list of compute processes, asked while this
+    process holds a context there (it does while it measures). NVML lists PIDs of the host's PID namespace:
+    in a container this process's own PID is not among them, yet it is one of the listed, so the others
+    are the rest either way. NVML listing nothing (a container that hides the host's processes) cannot
+    tell: None, never a false "1 other process" nor a false zero.
+
+    >>> other_compute_processes([4242], 4242), other_compute_processes([88123, 88200], 17)
+    (0, 1)
+    >>> other_compute_processes([], 17) is None
+    True
+    """
+    listed = set(pids)
+    if not listed:
+        return None
+    if own_pid in listed:  # the host's PID namespace: this process by its own PID
+        return len(listed - {own_pid})
+    return len(listed) - 1  # a container's: this process is one of them under the host's PID
+
+
 class CudaBackend(TorchBackend):
     name = "cuda"
     config_class = CudaConfig
@@ -190,8 +210,10 @@ class CudaBackend(TorchBackend):
         return {"peak_memory_bytes": float(torch.cuda.max_memory_allocated(self.config.device_index))}
 
     def device_load(self) -> dict[str, float]:
-        """Other processes with a context on this GPU (NVML, through pynvml where installed: torch's CUDA
-        wheels do not always bring it); {} where NVML cannot be asked."""
+        """Other processes computing on this GPU (NVML, through pynvml where installed: torch's CUDA wheels
+        do not always bring it), read before and after each timed phase; {} where NVML cannot be asked or
+        cannot tell (`other_compute_processes`), which the run records as not measurable, never as zero.
+        Graphics processes do not count: a workstation's Xorg holds a context and computes nothing."""
         try:
             import pynvml
             import torch
@@ -201,15 +223,16 @@ class CudaBackend(TorchBackend):
                 uuid = str(getattr(torch.cuda.get_device_properties(self.config.device_index), "uuid", ""))
                 handle = (pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
                           if uuid else pynvml.nvmlDeviceGetHandleByIndex(self.config.device_index))
-                processes = (pynvml.nvmlDeviceGetComputeRunningProcesses(handle)
-                             + pynvml.nvmlDeviceGetGraphicsRunningProcesses(handle))
+                pids = [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)]
                 utilization = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
             finally:
                 pynvml.nvmlShutdown()
         except Exception:  # noqa: BLE001 - no pynvml, no NVML library, no permission: not measurable here
             return {}
-        others = {p.pid for p in processes} - {os.getpid()}
-        return {"device_other_processes": float(len(others)), "device_utilization_pct": float(utilization)}
+        others = other_compute_processes(pids, os.getpid())
+        if others is None:
+            return {}
+        return {"device_other_processes": float(others), "device_utilization_pct": float(utilization)}
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         import torch

@@ -38,11 +38,14 @@ def machine_limits(size_scale: float) -> dict:
 
     adapter = CpuBackend(load_config(compose(["+backend=cpu"])).backend)
     adapter.prepare(torch.nn.Identity(), None)
-    peaks, load = measure_peaks(adapter, size_scale)
-    if load.other_cores is not None and load.other_cores > 0.1 + load.resolution_cores:
-        print(f"warning: other processes used {load.other_cores:.2f} cores while the limits were measured: "
-              "the fractions below are of a roof that is too low; measure again on a quiet machine")
-    return {**peaks, "other_cores_while_measured": load.other_cores}
+    peaks, readings = measure_peaks(adapter, size_scale)
+    busiest = max((r.load.other_cores or 0.0) for r in readings.values()) if readings else None
+    disturbed = [m for m, r in readings.items()
+                 if r.load.other_cores is not None and r.load.other_cores > 0.1 + r.load.resolution_cores]
+    if disturbed:
+        print(f"warning: other processes used up to {busiest:.2f} cores while {', '.join(disturbed)} were "
+              "measured: the fractions below are of a roof that is too low; measure again on a quiet machine")
+    return {**peaks, "other_cores_while_measured": busiest}
 
 
 def table_lookups(scale: float, sizes: list[int], limits: dict, reps: int, block_s: float) -> dict:

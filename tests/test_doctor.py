@@ -26,13 +26,15 @@ def test_other_busy_processes_are_named_with_their_share_and_what_to_do():
     finding = doctor.other_processes(busy, reading(other=1.9), threads=2, max_other=0.1)
     assert not finding.ok
     assert (
-        "other processes used 1.90 cores over 2 s: stress (pid 4242) 0.98, python (pid 17) 0.91"
-        in finding.what
+        "other processes used 1.90 of the run's 2 cores over 2 s: stress (pid 4242) 0.98, "
+        "python (pid 17) 0.91" in finding.what
     )
-    assert "backend.num_threads=1" in finding.todo  # leave them a core
+    assert "taskset -c 0 python -m harness backend.num_threads=1" in finding.todo  # pin it apart
     assert doctor.other_processes([], reading(other=0.01), threads=2, max_other=0.1).ok
-    # A one-thread run leaves a core: one busy process beside it is fine.
-    assert doctor.other_processes(busy[:1], reading(other=0.98), threads=1, max_other=0.1).ok
+    # The stability judge's own rule: a one-thread run's idle core is not spare (one busy process beside
+    # it is flagged); pinned to its own core, only that core is read.
+    assert not doctor.other_processes(busy[:1], reading(other=0.98), threads=1, max_other=0.1).ok
+    assert doctor.other_processes(busy[:1], reading(other=0.0, cores=1), threads=1, max_other=0.1).ok
 
 
 def test_steal_and_load_and_what_cannot_be_measured():

@@ -101,10 +101,32 @@ def test_other_processes_on_the_runs_cores_flag_a_size():
     assert judge.size(result(64, 1.0, other=1.7)) == ["other processes used 1.70 cores"]
 
 
-def test_a_run_that_leaves_cores_spare_tolerates_their_use():
-    # One thread on two cores: another process may use the other core without disturbing the run.
-    assert Judge(RULES, host_threads=1).size(result(64, 1.0, other=0.9)) == []
-    assert "left 1 of 2 spare" in Judge(RULES, host_threads=1).size(result(64, 1.0, other=1.5))[0]
+def test_two_one_cpu_jobs_on_a_two_core_node_flag_each_other_and_pinned_ones_do_not():
+    # Two Ray jobs (num_cpus: 1), unpinned on a 2-core node: each one's reading shows the other's core.
+    # A run's idle core is not spare: it shares caches, memory bandwidth and, unpinned, its threads.
+    one_thread = Judge(RULES, host_threads=1)
+    assert one_thread.size(result(64, 1.0, other=0.95)) == ["other processes used 0.95 cores"]
+    # Pinned to their own cores (taskset -c 0 / -c 1): each reads only its core (and its SMT siblings).
+    pinned = QuerySizeResult(64, True, 0.001, 1, [0.001] * 200, summarize([0.001] * 200, 64),
+                             load=reading(0.0, cores=1))
+    assert Judge(RULES, host_threads=1).size(pinned) == []
+
+
+def test_the_watched_cores_are_the_given_cpus_and_their_smt_siblings(monkeypatch, tmp_path):
+    from harness.core import load
+
+    real_path = load.Path
+
+    def fake_path(name):  # cpu0's sibling is cpu2 (an SMT pair), cpu1 has none
+        if str(name).endswith("cpu0/topology/thread_siblings_list"):
+            (tmp_path / "s0").write_text("0,2\n")
+            return real_path(tmp_path / "s0")
+        if str(name).endswith("cpu1/topology/thread_siblings_list"):
+            return real_path(tmp_path / "missing")
+        return real_path(name)
+
+    monkeypatch.setattr(load, "Path", fake_path)
+    assert load.watched_cores((0,)) == (0, 2) and load.watched_cores((1,)) == (1,)
 
 
 def test_steal_and_dispersion_and_device_users_are_reasons_too():
@@ -324,6 +346,34 @@ def test_the_peak_cache_refuses_a_loaded_measurement(tmp_path, monkeypatch):
     assert again.cached and again.values == quiet.values
 
 
+def test_a_burst_during_one_peak_kernel_refuses_that_kernel_and_keeps_the_quiet_ones(tmp_path, monkeypatch):
+    judge = Judge(RULES, host_threads=2)
+    probes = iter([0.0, 1.8, 0.0])  # copy quiet, the fp32 GEMM under a burst, bf16 GEMM quiet
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(next(probes)))
+    peaks = pk.device_peaks(PeakAdapter(), Device(), tmp_path, 1.0, judge.load_reasons, precision="bf16")
+    assert peaks.unreliable == ["other processes used 1.80 cores (while timing gemm)"]
+    [entry] = pk.read_cache(tmp_path).values()
+    assert set(entry["peaks"]) == {"copy_gbps", "gemm_bf16_gflops"}  # the GEMM under the burst is not kept
+    [refused] = pk.read_cache(tmp_path, pk.REFUSED_FILE).values()
+    assert refused["reasons"] == peaks.unreliable
+    # The next run measures only what is missing.
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    adapter = PeakAdapter()
+    again = pk.device_peaks(adapter, Device(), tmp_path, 1.0, judge.load_reasons, precision="bf16")
+    assert again.reliable and adapter.asked == [("fp32",)]
+
+
+def test_a_device_peak_is_judged_by_the_devices_own_users_too(tmp_path, monkeypatch):
+    class Gpu(PeakAdapter):
+        def device_load(self):
+            return {"device_other_processes": 1.0}
+
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))  # the host is quiet
+    peaks = pk.device_peaks(Gpu(), Device("fake gpu"), tmp_path, 1.0, Judge(RULES, 1).load_reasons)
+    assert not peaks.reliable and "1 other processes used the device (while timing copy)" in peaks.unreliable
+    assert pk.read_cache(tmp_path) == {}
+
+
 def test_a_run_measures_only_the_peaks_it_needs_and_the_cache_fills_in(tmp_path, monkeypatch):
     judge = Judge(RULES, host_threads=2)
     monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
@@ -399,3 +449,13 @@ def test_parallel_jobs_keep_each_others_cache_entries(tmp_path, monkeypatch):
     for job in jobs:
         job.join()
     assert len(pk.read_cache(tmp_path)) == 8
+
+
+def test_the_advice_fits_the_cause_and_names_the_runs_own_peak_cache():
+    gpu = trust.advice({64: ["2 other processes used the device"]}, "/data/results")
+    assert "nvidia-smi" in gpu and "num_threads" not in gpu  # host threads are beside the point
+    host = trust.advice({64: ["other processes used 1.20 cores"]})
+    assert "taskset -c 0 python -m harness backend.num_threads=1" in host
+    peak = trust.advice({8: ["achieved 13 GFLOP/s, above the measured gemm peak 3 (the peak is suspect)"]},
+                        "/data/results")
+    assert "remove /data/results/device_peaks.json" in peak

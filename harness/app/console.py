@@ -253,7 +253,8 @@ def _print_summary(p: Plan, device: str, rows: list[SizeRow], run_id: str, store
     print(what_was_timed(p, device))
     Console().print(summary_table(f"{p.path}: latency per query", rows))
     print(LEGEND)
-    line = trust.unreliable_line(unreliable, sum(1 for r in rows if r["feasible"]))
+    feasible = sum(1 for r in rows if r["feasible"])
+    line = trust.unreliable_line(unreliable, feasible, p.run.tracking.results_dir)
     if line:
         print(line)
     for note in p.notes():

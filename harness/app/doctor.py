@@ -12,6 +12,7 @@ for a quiet machine's say-so).
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -19,9 +20,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from harness.core import processes
+from harness.core import processes, trust
 from harness.core.host import allocated_cpus, physical_cores
-from harness.core.load import TICK_S, LoadProbe, LoadReading, run_cores
+from harness.core.load import TICK_S, LoadProbe, LoadReading, interference, run_cores
 from harness.pipeline.peaks import KERNELS_VERSION, REFUSED_FILE, read_cache
 
 SAMPLE_S = 2.0
@@ -91,17 +92,20 @@ def other_processes(busy: list[tuple[int, str, float]], reading: LoadReading, th
                     max_other: float) -> Finding:
     if reading.other_cores is None:
         return Finding(True, "other processes' CPU time: not measurable here (no /proc/stat)")
-    spare = max(0, reading.cores - threads)
     named = ", ".join(f"{name} (pid {pid}) {share:.2f}" for pid, name, share in busy[:5]) or "none named"
-    what = f"other processes used {reading.other_cores:.2f} cores over {reading.seconds:.0f} s: {named}"
-    if reading.other_cores <= spare + max_other + reading.resolution_cores:
+    what = (f"other processes used {reading.other_cores:.2f} of the run's {reading.cores} cores over "
+            f"{reading.seconds:.0f} s: {named}")
+    if interference(reading, max_other) is None:  # the stability judge's own rule
         return Finding(True, what)
-    todo = "close them (or wait for them) before measuring: the harness would flag every size they overlap"
-    if threads > 1:
-        todo += (
-            f"; or leave them a core with backend.num_threads={max(1, threads - round(reading.other_cores))}"
-        )
-    return Finding(False, what, todo)
+    pin = trust.pin_remedy(_threads_left(reading, threads))
+    return Finding(False, what, "close them (or wait for them) before measuring: the harness would flag "
+                                f"every size they overlap; or {pin}")
+
+
+def _threads_left(reading: LoadReading, threads: int) -> int:
+    """The threads a pinned run could keep on the cores the others leave (at least one)."""
+    busy = math.ceil((reading.other_cores or 0.0) - 0.05)
+    return max(1, min(threads, reading.cores - busy))
 
 
 def load_and_steal(reading: LoadReading, max_steal: float) -> list[Finding]:

@@ -33,6 +33,49 @@ def run_cores() -> tuple[int, ...]:
         return tuple(range(os.cpu_count() or 1))
 
 
+def cpu_list(text: str) -> set[int]:
+    """The CPUs of a kernel CPU list.
+
+    >>> sorted(cpu_list("0-2,8"))
+    [0, 1, 2, 8]
+    """
+    out: set[int] = set()
+    for part in text.strip().split(","):
+        if part:
+            low, _, high = part.partition("-")
+            out.update(range(int(low), int(high or low) + 1))
+    return out
+
+
+def watched_cores(cores: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The cores whose use by others disturbs the run: the CPUs it was given (`cores`, its affinity by
+    default) and their SMT siblings, which share a core's units (`topology/thread_siblings_list`; the
+    given CPUs alone where the kernel does not say)."""
+    given = run_cores() if cores is None else cores
+    watched = set(given)
+    for c in given:
+        siblings = Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list")
+        try:
+            watched |= cpu_list(siblings.read_text())
+        except (OSError, ValueError):
+            continue
+    return tuple(sorted(watched))
+
+
+def interference(reading: "LoadReading", max_other_cores: float) -> str | None:
+    """The interference rule, the one both the stability judge and the doctor apply: other processes
+    used more than `max_other_cores` (beyond the reading's tick resolution) of the cores the run was
+    given and their SMT siblings. No allowance for a core the run's threads leave idle: an unpinned run
+    shares every core of its affinity with whatever runs there (two 1-CPU jobs on a 2-core node disturb
+    each other: caches, memory bandwidth, migrations); to share a machine, pin each run to its own cores
+    (taskset, a Slurm cpuset), and the others' cores are not read. None: no interference, or unknown."""
+    if reading.other_cores is None:
+        return None
+    if reading.other_cores > max_other_cores + reading.resolution_cores:
+        return f"other processes used {reading.other_cores:.2f} cores"
+    return None
+
+
 def cpu_ticks(cores: tuple[int, ...]) -> tuple[float, float] | None:
     """(busy, steal) seconds summed over `cores` since boot, from /proc/stat; None where it is unreadable.
 
@@ -163,7 +206,7 @@ class LoadProbe:
     """Brackets one phase: `start()` when it begins, `stop()` when it ends (a few /proc reads each)."""
 
     def __init__(self, cores: tuple[int, ...] | None = None) -> None:
-        self.cores = cores or run_cores()
+        self.cores = cores or watched_cores()
         self._start: _Snapshot | None = None
 
     def _snapshot(self) -> _Snapshot:

@@ -6,9 +6,11 @@ them, labelled as such). The adapter supplies the kernels (backends/torch_kernel
 the harness times them with its own loop and the adapter's synchronize, and caches the result per device
 in `<results_dir>/device_peaks.json`, so a device is measured once, not once per run.
 
-A peak is a roof: one measured while other processes took the CPU is too low, and every path would then
-appear above it. So the kernels are timed under a `LoadProbe`, and a measurement that breaks the
-interference rule (harness/pipeline/stability.py) serves its own run, flagged, but is never cached. A
+A peak is a roof: one measured while other processes took the CPU (or the device) is too low, and every
+path would then appear above it. So each kernel is timed under its own `LoadProbe`, with the device's own
+load (the adapter's `device_load`: other processes on a GPU) read before and after it, and a kernel whose
+reading breaks the interference rule (harness/pipeline/stability.py) serves its own run, flagged, but is
+never cached (a burst during one kernel is not averaged away over the others; the quiet ones are kept). A
 cache entry says when it was measured, under what load and with which library versions (`python -m
 harness.doctor` reads them). The file is read, changed and written under a lock: parallel jobs keep
 each other's entries.
@@ -25,7 +27,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from harness.core.load import LoadProbe, LoadReading
 from harness.core.precision import gemm_peak_metric
@@ -94,24 +96,53 @@ def _launch(launch, step: int) -> object:
     return launch()  # a kernel ignores which iteration it is
 
 
-def measure_peaks(adapter, size_scale: float = 1.0, only=None,
-                  probe: LoadProbe | None = None) -> tuple[dict[str, float], LoadReading]:
+@dataclass(frozen=True)
+class KernelReading:
+    """What else used the host and the device while one peak kernel was timed."""
+
+    load: LoadReading
+    device_others: float | None  # other processes on the device, before or after (None: not measurable)
+
+    def reasons(self, load_reasons) -> list[str]:
+        """Why this kernel's figure is no roof: the host rules (`load_reasons`) and the device's users."""
+        device = [f"{self.device_others:.0f} other processes used the device"] if self.device_others else []
+        return [*load_reasons(self.load), *device]
+
+
+def measure_peaks(adapter, size_scale: float = 1.0,
+                  only=None) -> tuple[dict[str, float], dict[str, KernelReading]]:
     """Time the adapter's peak kernels (or only those whose metrics are in `only`: a name or a
-    collection) under a load probe."""
-    wanted = None if only is None else ({only} if isinstance(only, str) else set(only))
-    precisions = None if wanted is None else _precisions(wanted)
+    collection), each under its own load probe and between two looks at the device's other users."""
+    # In the order asked (a set's order changes with the interpreter's hash seed: the kernels' would too).
+    ordered = None if only is None else ([only] if isinstance(only, str) else list(dict.fromkeys(only)))
+    wanted = None if ordered is None else set(ordered)
+    precisions = None if ordered is None else _precisions(ordered)
     kernels = adapter.peak_kernels(size_scale, precisions)
-    probe = probe or LoadProbe()
-    probe.start()
-    peaks = {}
+    device_load: Callable[[], dict[str, float]] = getattr(adapter, "device_load", dict)
+    peaks, readings = {}, {}
     for name, (launch, work, _unit) in kernels.items():
         metric = _METRIC.get(name, f"{name}_per_s")
         if wanted is not None and metric not in wanted:
             continue
+        before, probe = device_load(), LoadProbe()
+        probe.start()
         timing = time_iterations(functools.partial(_launch, launch), adapter.synchronize, _SETTINGS)
+        load, after = probe.stop(), device_load()
         seconds = statistics.median(timing.latencies_s)
         peaks[metric] = work / seconds / 1e9  # GB/s or GFLOP/s
-    return peaks, probe.stop()
+        others = [d["device_other_processes"] for d in (before, after) if "device_other_processes" in d]
+        readings[metric] = KernelReading(load, max(others) if others else None)
+    return peaks, readings
+
+
+def kernel_reasons(readings: dict[str, KernelReading], load_reasons) -> dict[str, list[str]]:
+    """The kernels whose readings break a rule, each with why (`while timing <kernel>` said)."""
+    out = {}
+    for metric, reading in readings.items():
+        why = reading.reasons(load_reasons)
+        if why:
+            out[metric] = [f"{w} (while timing {metric.rsplit('_', 1)[0]})" for w in why]
+    return out
 
 
 @contextlib.contextmanager
@@ -142,10 +173,12 @@ def read_cache(results_dir: str | Path, file: str = CACHE_FILE) -> dict:
         return dict(cache)
 
 
-def _entry(peaks: dict[str, float], reading: LoadReading) -> dict:
+def _entry(peaks: dict[str, float], readings: list[KernelReading]) -> dict:
+    """A cache entry: the peaks, when, the busiest host reading among their kernels, the libraries."""
+    busiest = max((r.load for r in readings), key=lambda load: load.other_cores or 0.0)
     return {"peaks": peaks, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "load": {"other_cores": reading.other_cores, "steal_cores": reading.steal_cores,
-                     "load_avg": reading.load_after, "cores": reading.cores},
+            "load": {"other_cores": busiest.other_cores, "steal_cores": busiest.steal_cores,
+                     "load_avg": busiest.load_after, "cores": busiest.cores},
             "libraries": library_versions()}
 
 
@@ -169,17 +202,19 @@ def device_peaks(adapter, device, results_dir: str | Path, size_scale: float, lo
         return Peaks(have, cached=True, measured_at=entry.get("measured_at", ""))
     if announce is not None:
         announce(missing, len(missing) * SECONDS_PER_KERNEL)
-    values, reading = measure_peaks(adapter, size_scale, only=missing)
-    peaks = Peaks({**have, **values}, cached=False, unreliable=load_reasons(reading),
+    values, readings = measure_peaks(adapter, size_scale, only=missing)
+    disturbed = kernel_reasons(readings, load_reasons)
+    peaks = Peaks({**have, **values}, cached=False, unreliable=[w for why in disturbed.values() for w in why],
                   measured_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
-    if values and not peaks.reliable:  # kept aside, so the doctor can say why there is no cache
+    if disturbed:  # kept aside, so the doctor can say why there is no cache (or only part of one)
         with _locked_cache(Path(results_dir) / REFUSED_FILE) as refused:
             refused[key] = {"at": peaks.measured_at, "reasons": peaks.unreliable}
-    if values and peaks.reliable:
+    quiet = {m: v for m, v in values.items() if m not in disturbed}
+    if quiet:  # the kernels timed quietly are cached; a later run measures the others again
         with _locked_cache(path) as cache:
-            fresh = _entry(values, reading)
+            fresh = _entry(quiet, [readings[m] for m in quiet])
             earlier = cache.get(key, {})  # another run's peaks of this device: kept, these added
-            fresh["peaks"] = {**earlier.get("peaks", {}), **values}
+            fresh["peaks"] = {**earlier.get("peaks", {}), **quiet}
             fresh["absent"] = sorted(set(earlier.get("absent", ())) | {m for m in missing if m not in values})
             cache[key] = fresh
     return peaks
@@ -189,8 +224,9 @@ def remeasure_peak(adapter, device, results_dir: str | Path, size_scale: float, 
                    load_reasons) -> tuple[float | None, list[str]]:
     """One peak measured again (a path went above it): the new value and why it is not trusted, if so.
     A trusted value replaces the cached one."""
-    values, reading = measure_peaks(adapter, size_scale, only=metric)
-    value, reasons = values.get(metric), load_reasons(reading)
+    values, readings = measure_peaks(adapter, size_scale, only=metric)
+    value = values.get(metric)
+    reasons = kernel_reasons(readings, load_reasons).get(metric, [])
     if value and not reasons:
         with _locked_cache(Path(results_dir) / CACHE_FILE) as cache:
             entry = cache.get(_full_key(adapter, device, size_scale))

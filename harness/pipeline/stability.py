@@ -2,9 +2,11 @@
 
 The rules (docs/measurement.md, thresholds in conf/config.yaml under `measure.stability`), per size:
 
-- **interference**: other processes used more CPU on the run's cores than the run left spare
-  (cores - the adapter's `host_threads()`), by more than `max_other_cores` (beyond the reading's tick
-  resolution); the hypervisor stole more than `max_steal_cores`; other processes held the device;
+- **interference**: other processes used more than `max_other_cores` of the cores the run was given
+  (its affinity) and their SMT siblings, beyond the reading's tick resolution, however many of them its
+  threads use (`harness/core/load.py` `interference`: two measuring jobs on one node flag each other;
+  pinned to their own cores, they do not); the hypervisor stole more than `max_steal_cores`; other
+  processes held the device;
 - **dispersion**: the robust CV (1.4826 MAD / median) is above `max_robust_cv`. The plain CV is recorded
   but not ruled on: one outlier among thousands of sub-millisecond calls sets it above 1 on a quiet machine;
 - **order**: a smaller query size is slower than a larger one beyond both p50 intervals (and
@@ -25,7 +27,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from harness.core.load import LoadReading
+from harness.core.load import LoadReading, interference
 from harness.core.schema import StabilityConfig
 from harness.pipeline.timing import QuerySizeResult
 
@@ -80,15 +82,9 @@ class Judge:
         out: list[str] = []
         if load is None:
             return out
-        if load.other_cores is not None:
-            spare = max(0, load.cores - self.host_threads)
-            if load.other_cores > spare + self.rules.max_other_cores + load.resolution_cores:
-                left = (
-                    f" (the run's {self.host_threads} threads left {spare} of {load.cores} spare)"
-                    if spare
-                    else ""
-                )
-                out.append(f"other processes used {load.other_cores:.2f} cores{left}")
+        disturbed = interference(load, self.rules.max_other_cores)
+        if disturbed:
+            out.append(disturbed)
         if (
             load.steal_cores is not None
             and load.steal_cores > self.rules.max_steal_cores + load.resolution_cores

@@ -365,23 +365,41 @@ def _time_size(backend, query_size: int, make_pool: Callable[[int], list], setti
     if getattr(backend, "capture", lambda staged: False)(pool[0]):
         captured["capture_s"] = clock() - t0  # like compile time: never in the samples
 
+    device_load: Callable[[], dict[str, float]] = getattr(backend, "device_load", dict)
+    device_before: dict[str, float] = {}
+
     def on_steady() -> None:
         backend.mark_steady()
+        device_before.update(device_load())  # the device's other users, before the phase...
         if watch is not None:
             watch.start()  # the last thing before the measured phase's first clock read
 
     timing = time_iterations(host_to_host(backend, pool), backend.synchronize, settings, clock,
                              device_time=backend.device_time_s, on_steady=on_steady, on_tick=reporter.tick)
     load = watch.stop() if watch is not None else None
+    device = bracketed(device_before, device_load())  # ...and after it
     per_call = backend.queries_per_call
     if per_call != 1:  # one call served `per_call` queries back to back: per-query time
         timing.first_call_s /= per_call
         timing.latencies_s = [t / per_call for t in timing.latencies_s]
         timing.device_latencies_s = [t / per_call for t in timing.device_latencies_s]
-    device = timing.device_latencies_s
+    device_s = timing.device_latencies_s
     return QuerySizeResult(query_size=query_size, feasible=True, first_call_s=timing.first_call_s,
                            warmup_iters=timing.warmup_iters, latencies_s=timing.latencies_s,
-                           stats=summarize(timing.latencies_s, query_size), device_latencies_s=device,
-                           device_stats=summarize(device, query_size) if device else None,
-                           extra={**backend.end_size(), **getattr(backend, "device_load", dict)(),
-                                  **captured}, load=load, attempt=attempt)
+                           stats=summarize(timing.latencies_s, query_size), device_latencies_s=device_s,
+                           device_stats=summarize(device_s, query_size) if device_s else None,
+                           extra={**backend.end_size(), **device, **captured}, load=load, attempt=attempt)
+
+
+def bracketed(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The device's load over a phase from a look before and one after: the most other processes seen
+    (one that came or went during it disturbed it), the rest as read after; what only one look could
+    read is kept from it.
+
+    >>> bracketed({"device_other_processes": 1.0}, {"device_other_processes": 0.0, "device_util": 9.0})
+    {'device_other_processes': 1.0, 'device_util': 9.0}
+    """
+    out = {**before, **after}
+    if "device_other_processes" in before and "device_other_processes" in after:
+        out["device_other_processes"] = max(before["device_other_processes"], after["device_other_processes"])
+    return out
