@@ -162,9 +162,10 @@ def test_a_cached_run_logs_size_hit_rates_and_speedup(run_harness, store):
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    # Other processes planted on q=64's timed phases: the uncached ladder is judged as the cached one is.
     run_harness("+backend=cpu", "experiment=smoke", "experiment_name=mprec", "representation=dhe",
                 "representation.cache.rows=256", "dataset.scale=0.001", "workload.query_sizes=[1,64]",
-                store_uri=store)
+                "debug.interference={64: 1.5}", "debug.machine_load=0", store_uri=store)
     mlflow.set_tracking_uri(store)
     [run] = mlflow.search_runs(experiment_names=["mprec"], output_format="list")
     # The cache's budget is a setting the label names (harness/core/paths.py): a budget sweep is many paths.
@@ -176,3 +177,10 @@ def test_a_cached_run_logs_size_hit_rates_and_speedup(run_harness, store):
         history = client.get_metric_history(run.info.run_id, key)
         assert sorted(m.step for m in history) == [1, 64], key
     assert all(0 < m.value < 1 for m in client.get_metric_history(run.info.run_id, "cache_hit_rate"))
+    by_size = {key: {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
+               for key in ("uncached_reliable", "cache_speedup_reliable", "reliable")}
+    assert by_size["uncached_reliable"][64] == 0.0  # the same probe and rules, not an unwatched ladder
+    assert "q=64: other processes used 1.50 cores" in run.data.tags["uncached_unreliable"]
+    for q in (1, 64):  # a speedup is trusted only where both of its figures are
+        both = by_size["uncached_reliable"][q] and by_size["reliable"][q]
+        assert by_size["cache_speedup_reliable"][q] == float(both)

@@ -9,11 +9,12 @@ first `cache.sample_rows` rows of a Criteo file's training split.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-from harness.pipeline.timing import run_ladder
+from harness.pipeline.stability import Ladder
 from harness.workload.representations import cache_config
 from harness.workload.representations.dhe.cache import DheCache, attach
 from harness.workload.representations.dhe.module import DeepHashEmbedding
@@ -104,24 +105,31 @@ def attach_caches(model, spec, dataset, counter: IdCounter | None, recorder=None
     return caches
 
 
-def cache_comparison(caches: Caches | None, adapter, sizes, make_pool, settings, cached_results):
+def cache_comparison(caches: Caches | None, measure_uncached: Callable[[Sequence[int]], Ladder], sizes,
+                     make_pool, cached: Ladder) -> tuple[list[tuple[str, float, int]], dict[int, list[str]]]:
     """Metric rows: hit rate per query size, and the uncached ladder's latency and the cache's speedup,
-    measured in the same run (none without a cache)."""
+    measured in the same run (none without a cache). `measure_uncached(sizes)` measures the ladder as the
+    cached one was (the same load probe, stability rules and re-measurement: harness/pipeline/run.py), so
+    the speedup compares two judged figures; `cache_speedup_reliable` is 0 where either side was flagged
+    (and `uncached_reliable` says whether the uncached side was). Also returned: why the uncached sizes
+    were flagged (the run's tag `uncached_unreliable`)."""
     rows: list[tuple[str, float, int]] = []
     if caches is None:
-        return rows
+        return rows, {}
     for q in sizes:
         pool = make_pool(q)
         rows.append(("cache_hit_rate", float(np.mean([caches.hit_rate(b.ids) for b in pool])), q))
     caches.enable(False)
     try:
-        uncached = run_ladder(adapter, sizes, make_pool, settings)
+        uncached = measure_uncached(sizes)
     finally:
         caches.enable(True)
-    for with_cache, without in zip(cached_results, uncached):
+    for with_cache, without in zip(cached.results, uncached.results):
         q = with_cache.query_size
         if with_cache.feasible and without.feasible:
             rows += [("uncached_latency_p50_ms", without.timed.p50_ms, q),
                      ("uncached_latency_p99_ms", without.timed.p99_ms, q),
-                     ("cache_speedup", without.timed.p50_ms / with_cache.timed.p50_ms, q)]
-    return rows
+                     ("uncached_reliable", float(uncached.reliable(q)), q),
+                     ("cache_speedup", without.timed.p50_ms / with_cache.timed.p50_ms, q),
+                     ("cache_speedup_reliable", float(uncached.reliable(q) and cached.reliable(q)), q)]
+    return rows, uncached.reasons

@@ -82,17 +82,24 @@ def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> Path
             judge.ceiling = ceiling(p, device, peaks, recorder, judge)
             settings = LadderSettings.of(run.measure)
             probe = probes(run.debug.interference)
+            look = glances(run.debug.machine_load)
+
+            def judged(sizes, reporter: Reporter = SILENT):
+                """The ladder over `sizes`, measured as every ladder of a run is: the load probe, the
+                stability rules, re-measurement within its budget."""
+                return measure_reliably(
+                    lambda todo, attempt: run_ladder(adapter, todo, pools, settings, probe=probe,
+                                                     attempt=attempt, reporter=reporter),
+                    sizes, judge, machine_now=look, note=reporter.note)
+
             with progress(p.path, len(run.workload.query_sizes)) as reporter:
-                look = glances(run.debug.machine_load)
                 warn_if_busy(judge, reporter, look)
-                ladder = measure_reliably(
-                    lambda sizes, attempt: run_ladder(adapter, sizes, pools, settings, probe=probe,
-                                                      attempt=attempt, reporter=reporter),
-                    run.workload.query_sizes, judge, machine_now=look, note=reporter.note)
+                ladder = judged(run.workload.query_sizes, reporter)
             if ladder.notes:
                 recorder.set_tags({"remeasured": " | ".join(ladder.notes)[:5000]})
-            extra = cache_comparison(caches, adapter, run.workload.query_sizes, pools, settings,
-                                     ladder.results)
+            extra, uncached = cache_comparison(caches, judged, run.workload.query_sizes, pools, ladder)
+            if uncached:  # why the uncached ladder's sizes were flagged
+                recorder.set_tags({"uncached_unreliable": trust.describe(uncached)})
             record.record_ladder(recorder, p, ladder, peaks.values, extra, quality.get("accuracy"),
                                  device.kind)
             if run.train.steps == 0:  # nothing trained: the rows read are the timing pools'
