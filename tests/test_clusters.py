@@ -282,6 +282,17 @@ def test_a_job_slurm_can_say_again_starts_its_bound_afresh(tmp_path, monkeypatch
     assert watch.outcome(job, 0) == "ended NODE_FAIL without a result"
 
 
+def test_a_job_that_raised_is_said_as_its_error_never_as_a_slurm_state(tmp_path):
+    result = tmp_path / "result.pkl"
+    result.write_bytes(b"")
+
+    def results():
+        raise ValueError("bad query size -1\nTraceback ...")
+
+    job = SimpleNamespace(job_id="7_0", paths=SimpleNamespace(result_pickle=result), results=results)
+    assert _SlurmWatch(state_timeout_s=60).outcome(job, 0) == "the job raised ValueError: bad query size -1"
+
+
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed: pip install -e "
                                                                       "'.[cluster]'")
 def test_a_ray_sweep_no_node_could_run_is_refused_at_once_naming_what_it_asked_and_what_nodes_have(

@@ -459,3 +459,23 @@ def test_the_advice_fits_the_cause_and_names_the_runs_own_peak_cache():
     peak = trust.advice({8: ["achieved 13 GFLOP/s, above the measured gemm peak 3 (the peak is suspect)"]},
                         "/data/results")
     assert "remove /data/results/device_peaks.json" in peak
+
+
+def test_reading_the_roofs_verdict_measures_nothing_only_the_judge_rechecks():
+    calls = []
+    ceiling = Ceiling(lambda q: 2e9 * q, 100.0, "gemm_gflops", 0.05, recheck=lambda: calls.append(1) or 400.0)
+    fast = result(8, 100.0)  # 160 GFLOP/s against a 100 GFLOP/s roof
+    assert ceiling.above(fast) and "above the measured gemm peak 100" in ceiling.reason(fast)
+    assert calls == []  # a getter: no peak measured behind the reader's back
+    assert Judge(RULES, 2, ceiling).size(fast) == [] and calls == [1]  # the rule rechecks, once
+
+
+def test_one_parser_reads_a_process_stat():
+    import os
+
+    from harness.core.processes import proc_stat, start_ticks
+
+    me = proc_stat(os.getpid())
+    assert me is not None and me.ppid == os.getppid() and me.state in "RS" and me.cpu_ticks >= 0
+    assert me.start == start_ticks(os.getpid())
+    assert proc_stat(2**22 + 7) is None  # above pid_max: no such process

@@ -44,14 +44,10 @@ class Finding:
 def _process_times() -> dict[int, tuple[str, float]]:
     """pid -> (command name, CPU seconds) of every process /proc shows."""
     out = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
-        except OSError:
-            continue
-        name = text[text.find("(") + 1: text.rfind(")")]
-        fields = text.rsplit(")", 1)[1].split()
-        out[int(stat.parent.name)] = (name, (int(fields[11]) + int(fields[12])) * TICK_S)
+    for entry in Path("/proc").glob("[0-9]*"):
+        stat = processes.proc_stat(entry.name)
+        if stat is not None:
+            out[int(entry.name)] = (stat.name, stat.cpu_ticks * TICK_S)
     return out
 
 

@@ -231,7 +231,9 @@ class _SlurmWatch:
             try:
                 return job.results()[0]
             except Exception as exc:  # noqa: BLE001 - the job function raised: its status file says why
-                return "ended " + (str(exc).splitlines()[0][:200] or type(exc).__name__)
+                said = str(exc).splitlines()[0][:200] if str(exc) else ""
+                # The job's own error, said as one (never as a Slurm state: "ended ValueError ...").
+                return f"the job raised {type(exc).__name__}" + (f": {said}" if said else "")
         state, why = self._state(job.job_id)
         state = state.split()[0] if state else "UNKNOWN"
         now = time.monotonic()

@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from harness.core.processes import proc_stat
+
 TICK_S = 1.0 / (os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100)
 
 
@@ -117,12 +119,9 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _process_cpu_s(pid: int) -> float:
-    """utime + stime of a live process (ticks, from /proc/<pid>/stat); 0 where it has gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) * TICK_S
+    """utime + stime of a live process (from /proc/<pid>/stat); 0 where it has gone."""
+    stat = proc_stat(pid)
+    return stat.cpu_ticks * TICK_S if stat is not None else 0.0
 
 
 def own_cpu_s() -> float:

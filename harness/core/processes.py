@@ -90,13 +90,33 @@ def state_dir() -> Path:
     return Path(base) / "mprec-harness"
 
 
+@dataclass(frozen=True)
+class ProcStat:
+    """The fields of /proc/<pid>/stat the harness reads (proc(5)): the one parser of that file."""
+
+    name: str  # the command name, between the parentheses (it may hold spaces and parentheses itself)
+    state: str  # R, S, Z (a zombie: dead, its exit not yet collected), ...
+    ppid: int
+    cpu_ticks: int  # utime + stime, in clock ticks
+    start: str  # start time in clock ticks since boot: with the PID, the process's identity
+
+
+def proc_stat(pid: int | str) -> ProcStat | None:
+    """A process's /proc/<pid>/stat, or None where it is gone or unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        head, _, rest = text.rpartition(")")
+        fields = rest.split()
+        return ProcStat(head[head.find("(") + 1:], fields[0], int(fields[1]),
+                        int(fields[11]) + int(fields[12]), fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def start_ticks(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (/proc), or None if there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    stat = proc_stat(pid)
+    return stat.start if stat is not None else None
 
 
 def machine_id() -> str:
@@ -142,11 +162,8 @@ class Process:
 
     def alive(self) -> bool:
         """Still this process (PID and start time) and not a zombie (dead, its exit not yet collected)."""
-        try:
-            stat = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return False
-        return stat[19] == self.start and stat[0] != "Z"
+        stat = proc_stat(self.pid)
+        return stat is not None and stat.start == self.start and stat.state != "Z"
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -170,10 +187,10 @@ def _ancestors() -> set[int]:
     found, pid = set(), os.getpid()
     while pid > 1 and pid not in found:
         found.add(pid)
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
+        stat = proc_stat(pid)
+        if stat is None:
             break
+        pid = stat.ppid
     return found
 
 
