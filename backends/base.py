@@ -195,6 +195,12 @@ class Backend(ABC):
         run records as "not measurable here", never as zero. The host's load is measured for every backend."""
         return {}
 
+    def energy_joules(self) -> float | None:
+        """The device's own energy counter in joules (CUDA: NVML's total energy since the driver loaded),
+        read before and after each timed phase; None where the device has none readable. The host's
+        RAPL counters are read for every backend (harness/core/energy.py)."""
+        return None
+
     def prepare_metrics(self) -> dict[str, float]:
         """Metrics of `prepare` itself (compile time), recorded apart from steady state."""
         return {}

@@ -220,9 +220,7 @@ class CudaBackend(TorchBackend):
 
             pynvml.nvmlInit()
             try:
-                uuid = str(getattr(torch.cuda.get_device_properties(self.config.device_index), "uuid", ""))
-                handle = (pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
-                          if uuid else pynvml.nvmlDeviceGetHandleByIndex(self.config.device_index))
+                handle = self._nvml_handle(pynvml, torch)
                 pids = [p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)]
                 utilization = pynvml.nvmlDeviceGetUtilizationRates(handle).gpu
             finally:
@@ -233,6 +231,29 @@ class CudaBackend(TorchBackend):
         if others is None:
             return {}
         return {"device_other_processes": float(others), "device_utilization_pct": float(utilization)}
+
+    def _nvml_handle(self, pynvml, torch):
+        """NVML's handle of this device, by UUID (NVML's indices ignore CUDA_VISIBLE_DEVICES)."""
+        uuid = str(getattr(torch.cuda.get_device_properties(self.config.device_index), "uuid", ""))
+        if uuid:
+            return pynvml.nvmlDeviceGetHandleByUUID(uuid if uuid.startswith("GPU-") else f"GPU-{uuid}")
+        return pynvml.nvmlDeviceGetHandleByIndex(self.config.device_index)
+
+    def energy_joules(self) -> float | None:
+        """NVML's total energy consumption of this GPU (millijoules since the driver loaded; Volta and
+        later), in joules; None without pynvml, NVML or the counter."""
+        try:
+            import pynvml
+            import torch
+
+            pynvml.nvmlInit()
+            try:
+                handle = self._nvml_handle(pynvml, torch)
+                return float(pynvml.nvmlDeviceGetTotalEnergyConsumption(handle)) / 1e3
+            finally:
+                pynvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001 - no pynvml, no NVML, an older GPU: not measurable here
+            return None
 
     def is_out_of_memory(self, exc: BaseException) -> bool:
         import torch

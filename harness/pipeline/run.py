@@ -22,6 +22,7 @@ from typing import Callable, ContextManager
 
 from backends.base import Backend, DeviceInfo
 from harness.core import trust
+from harness.core.energy import EnergyMeter, RaplZones
 from harness.core.load import LoadProbe, LoadReading, PlantedProbe
 from harness.core.precision import gemm_peak_metric
 from harness.data.pool import Pools
@@ -83,13 +84,15 @@ def measure_path(p: Plan, run_id: str, progress: Progress = no_progress) -> Path
             settings = LadderSettings.of(run.measure)
             probe = probes(run.debug.interference)
             look = glances(run.debug.machine_load)
+            energy = EnergyMeter(RaplZones(), adapter.energy_joules)
+            recorder.set_tags({"energy": energy.describe()})  # what joules_per_sample sums, or why absent
 
             def judged(sizes, reporter: Reporter = SILENT):
                 """The ladder over `sizes`, measured as every ladder of a run is: the load probe, the
                 stability rules, re-measurement within its budget."""
                 return measure_reliably(
                     lambda todo, attempt: run_ladder(adapter, todo, pools, settings, probe=probe,
-                                                     attempt=attempt, reporter=reporter),
+                                                     attempt=attempt, reporter=reporter, energy=energy),
                     sizes, judge, machine_now=look, note=reporter.note)
 
             with progress(p.path, len(run.workload.query_sizes)) as reporter:

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable, Sequence
 
 from backends.base import Backend
+from harness.core.energy import EnergyMeter
 from harness.core.load import LoadProbe, LoadReading
 
 Clock = Callable[[], float]
@@ -325,6 +326,7 @@ def run_ladder(
     probe: Callable[[int], LoadProbe] | None = None,
     attempt: int = 1,
     reporter: Reporter = SILENT,
+    energy: EnergyMeter | None = None,
 ) -> list[QuerySizeResult]:
     """Measure `backend` at each query size; an out-of-memory size is recorded infeasible and skipped.
 
@@ -338,7 +340,8 @@ def run_ladder(
         reporter.size(query_size, attempt, settings.min_time_s)
         try:
             watch = probe(query_size) if probe is not None else None
-            result = _time_size(backend, query_size, make_pool, settings, clock, watch, attempt, reporter)
+            result = _time_size(backend, query_size, make_pool, settings, clock, watch, attempt, reporter,
+                                energy)
         except Exception as exc:  # noqa: BLE001 - classified just below
             if not backend.is_out_of_memory(exc):
                 raise
@@ -355,7 +358,7 @@ def run_ladder(
 
 def _time_size(backend, query_size: int, make_pool: Callable[[int], list], settings: LadderSettings,
                clock: Clock, watch: LoadProbe | None, attempt: int,
-               reporter: Reporter = SILENT) -> QuerySizeResult:
+               reporter: Reporter = SILENT, energy: EnergyMeter | None = None) -> QuerySizeResult:
     """One query size: its pool staged, captured (CUDA graphs), timed under the load probe. The pool is
     this function's own, so it is dropped before the next size allocates its own."""
     pool = [backend.place(batch) for batch in make_pool(query_size)]
@@ -371,13 +374,19 @@ def _time_size(backend, query_size: int, make_pool: Callable[[int], list], setti
     def on_steady() -> None:
         backend.mark_steady()
         device_before.update(device_load())  # the device's other users, before the phase...
+        if energy is not None:
+            energy.start()
         if watch is not None:
             watch.start()  # the last thing before the measured phase's first clock read
 
     timing = time_iterations(host_to_host(backend, pool), backend.synchronize, settings, clock,
                              device_time=backend.device_time_s, on_steady=on_steady, on_tick=reporter.tick)
     load = watch.stop() if watch is not None else None
+    joules = energy.stop() if energy is not None else None
     device = bracketed(device_before, device_load())  # ...and after it
+    if joules is not None and timing.latencies_s:  # the phase's energy over the samples it served
+        served = len(timing.latencies_s) * backend.queries_per_call * query_size
+        device["joules_per_sample"] = joules / served
     per_call = backend.queries_per_call
     if per_call != 1:  # one call served `per_call` queries back to back: per-query time
         timing.first_call_s /= per_call
