@@ -359,6 +359,11 @@ def test_the_headline_finds_policies_by_kind_and_computes_the_ratio_to_the_size_
     assert head["ratio_vs_size_threshold"] == pytest.approx(
         head["mprec_correct_per_s"] / row["correct_per_s"]
     )
+    # Why MP-Rec gains: the ratio is exactly the accuracy served times the samples served per second.
+    assert head["accuracy_term"] * head["throughput_term"] == pytest.approx(head["ratio"])
+    mprec = study.table.set_index("policy").loc[head["mprec_policy"]]
+    static = study.table.set_index("policy").loc[head["best_static"]]
+    assert head["accuracy_term"] == pytest.approx(mprec["accuracy_served"] / static["accuracy_served"])
 
 
 def test_a_label_on_two_devices_is_two_servers_and_a_duplicate_is_refused():

@@ -168,7 +168,10 @@ def markdown(cfg: ServingConfig, study, live: dict | None) -> str:
                 f"predictions/s at {h['mprec_max_qps']:,.1f} QPS against "
                 f"{h['static_correct_per_s']:,.0f} for "
                 f"the best static path ({h['best_static']} at {h['static_max_qps']:,.1f} QPS): "
-                f"**{h['ratio']:.2f}x**, with {h['accuracy_gain_points']:+.2f} accuracy points{threshold}.",
+                f"**{h['ratio']:.2f}x**, with {h['accuracy_gain_points']:+.2f} accuracy points{threshold}."
+                + (f" The ratio is {h['accuracy_term']:.3f}x in accuracy served times "
+                   f"{h['throughput_term']:.3f}x in samples served per second."
+                   if "accuracy_term" in h else ""),
             ]
     sources = sorted({f"{p.name}: {p.source}" for p in study.profiles})
     lines += ["", "Profiles:", *(f"- {s}" for s in sources)]
