@@ -185,8 +185,8 @@ class Backend(ABC):
 
     def host_threads(self) -> int:
         """Host cores the timed loop keeps busy (after `prepare`): a device is fed by one host thread; the
-        CPU adapter says its intra-op threads. Other processes may use the rest of the run's cores without
-        flagging the measurement (harness/pipeline/stability.py)."""
+        CPU adapter says its intra-op threads (the doctor's advice sizes a pinned run by it). Interference is
+        judged on every core the run was given, whatever its threads use (harness/core/load.py)."""
         return 1
 
     def device_load(self) -> dict[str, float]:

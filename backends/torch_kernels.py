@@ -68,7 +68,8 @@ def torch_peak_kernels(device: str, memory_bytes: int, size_scale: float = 1.0,
         if precision not in gemms:
             continue
         dtype, candidates = gemms[precision]
-        mm = min(candidates, key=lambda op: min(  # the best of three calls each: one call can be unlucky
+        mm = candidates[0] if len(candidates) == 1 else min(candidates, key=lambda op: min(
+            # the best of three calls each: one call can be unlucky
             _probe(functools.partial(_gemm_call, torch, device, dtype, op), MIN_SIDE, time.perf_counter)
             for _ in range(3)))
         # True fp32 even when a tf32 path set TF32 matmuls on for its run (the peak is cached per device).

@@ -39,7 +39,8 @@ def machine_limits(size_scale: float) -> dict:
     adapter = CpuBackend(load_config(compose(["+backend=cpu"])).backend)
     adapter.prepare(torch.nn.Identity(), None)
     peaks, readings = measure_peaks(adapter, size_scale)
-    busiest = max((r.load.other_cores or 0.0) for r in readings.values()) if readings else None
+    known = [r.load.other_cores for r in readings.values() if r.load.other_cores is not None]
+    busiest = max(known) if known else None  # None: not measurable here, never a zero
     disturbed = [m for m, r in readings.items()
                  if r.load.other_cores is not None and r.load.other_cores > 0.1 + r.load.resolution_cores]
     if disturbed:

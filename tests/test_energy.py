@@ -25,6 +25,8 @@ def powercap(tmp_path: Path) -> dict[str, Path]:
             "core0": zone(root, "intel-rapl:0:0", "core", 5_000_000),
             "dram0": zone(root, "intel-rapl:0:1", "dram", 1_000_000),
             "pkg1": zone(root, "intel-rapl:1", "package-1", 2_000_000),
+            "mmio": zone(root, "intel-rapl-mmio:0", "package-0", 7_000_000),  # package-0 again, via MMIO
+            "psys": zone(root, "intel-rapl:2", "psys", 3_000_000),  # a laptop's platform: holds the packages
             "root": root}
 
 
@@ -41,6 +43,8 @@ def test_packages_and_dram_are_summed_across_a_wrap_and_subzones_are_not_counted
     advance(tree["core0"], 9_000_000)  # part of package-0's figure already
     advance(tree["dram0"], 1_500_000)
     advance(tree["pkg1"], 5_000_000)
+    advance(tree["mmio"], 12_000_000)  # not added: the same package
+    advance(tree["psys"], 30_000_000)  # not added: contains the packages
     assert meter.stop() == pytest.approx(5.0 + 0.5 + 3.0)
     assert wrapped_delta(999_000_000, 4_000_000, 1_000_000_000) == 5_000_000
 

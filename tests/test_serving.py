@@ -502,3 +502,24 @@ def test_a_live_path_that_fails_to_build_closes_those_already_prepared(monkeypat
     with pytest.raises(RuntimeError, match="cannot build b"):
         live_paths.build_live_paths(cfg, [], [], None)
     assert closed == ["a@cpu"]
+
+
+def test_the_what_if_sweep_scales_the_devices_and_its_measured_point_is_the_study(tmp_path):
+    from dataclasses import replace
+
+    from harness.serving import whatif
+    from harness.serving.study import run_study
+
+    cfg = _study_config(**{"what_if.cpu_speedups": "[1,4]", "what_if.gpu_slowdowns": "[1,10]",
+                           "what_if.queries": 500})
+    table = whatif.what_if(cfg, [TABLE, DHE_GPU])
+    assert len(table) == 2 * 2 * 2  # every point, with and without batching
+    measured = run_study(replace(cfg, queries=500, load_points=1), [TABLE, DHE_GPU]).headline["ratio"]
+    at = table.set_index(["cpu_speedup", "gpu_slowdown", "batching"])
+    assert at.loc[(1, 1, False), "ratio"] == pytest.approx(measured)  # (1x, 1x) is the measured pair
+    assert at.loc[(4, 10, False), "ratio"] != pytest.approx(measured)  # the scaled points differ
+    assert (at.xs(True, level="batching")["why"] != "").all()  # batching off in this config: said why
+    [fast_table, slow_gpu] = whatif.scaled([TABLE, DHE_GPU], 4, 10)
+    assert fast_table.latency_ms == tuple(v / 4 for v in TABLE.latency_ms) and "what-if" in fast_table.source
+    assert slow_gpu.latency_ms == tuple(v * 10 for v in DHE_GPU.latency_ms)
+    assert whatif.plot(table, tmp_path / "whatif.png").stat().st_size > 0

@@ -78,22 +78,28 @@ def tidy(records: list[dict]) -> pd.DataFrame:
 
 
 def separate_hosts(frame: pd.DataFrame) -> pd.DataFrame:
-    """A path family measured on several machines in one workload is one path per machine: its rows'
-    `path`, `family` and `device` name the machine (`table@cpu (host 1a2b3c4d)`), so no rule keeps one
-    machine's run and drops another's, nor stitches one machine's eager sizes to another's CUDA graphs.
-    One machine's paths keep their labels. `path_label` keeps the label as recorded.
+    """A device (by name) measured from several machines in one workload is one device per machine:
+    every row of it has its `device`, `path` and `family` name the machine (`table@cpu (host 1a2b3c4d)`),
+    so no rule keeps one machine's run and drops another's, no profile stitches one machine's eager sizes
+    to another's CUDA graphs, and serving never makes one machine's CPU two servers (its paths all name
+    it). Machines are counted over FINISHED runs with a known owner; a device measured from one machine
+    keeps its paths' labels. `path_label` keeps the label as recorded.
 
-    >>> rows = pd.DataFrame({"workload": "w", "family": "table@cpu", "path": "table@cpu", "device": "EPYC",
-    ...                      "host": ["aa", "bb"]})
+    >>> rows = pd.DataFrame({"workload": "w", "family": ["table@cpu", "table@cpu", "dhe@cpu"],
+    ...                      "path": ["table@cpu", "table@cpu", "dhe@cpu"], "device": "EPYC",
+    ...                      "status": "FINISHED", "host": ["aa", "bb", "aa"]})
     >>> separate_hosts(rows)["path"].tolist()
-    ['table@cpu (host aa)', 'table@cpu (host bb)']
+    ['table@cpu (host aa)', 'table@cpu (host bb)', 'dhe@cpu (host aa)']
     """
     if frame.empty or "host" not in frame:
         return frame
     frame = frame.copy()
     hosts = frame["host"].fillna("").astype(str).replace("", "?")
-    spans = hosts.groupby([frame["workload"], frame["family"]]).transform("nunique")
-    several = spans > 1
+    counted = hosts != "?"
+    if "status" in frame:
+        counted &= frame["status"] == "FINISHED"
+    spans = hosts.where(counted).groupby([frame["workload"], frame["device"]]).transform("nunique")
+    several = spans.fillna(0) > 1
     suffix = " (host " + hosts[several] + ")"
     frame.loc[several, "path"] = frame.loc[several, "path"].astype(str) + suffix
     frame.loc[several, "family"] = frame.loc[several, "family"].astype(str) + suffix

@@ -56,10 +56,13 @@ class RaplZones:
         if not root.is_dir():
             self.why = f"no RAPL counters under {root} (a VM, or no powercap driver)"
             return
-        for folder in sorted(root.glob("*rapl:*")):
+        # `intel-rapl:*` only (AMD's RAPL driver uses that name too): `intel-rapl-mmio:0` is the same
+        # package counted through MMIO, and would count it twice.
+        for folder in sorted(root.glob("intel-rapl:*")):
             name = _read(folder / "name") or ""
-            depth = folder.name.count(":")
-            if depth == 1 or name == "dram":  # a package, or a package's DRAM
+            # A package, or a package's DRAM: not `psys` (a laptop's platform zone, which contains the
+            # package), nor core and uncore (parts of their package).
+            if (folder.name.count(":") == 1 and name.startswith("package")) or name == "dram":
                 self.zones.append(Zone(folder, name, int(_read(folder / "max_energy_range_uj") or 0)))
         if not self.zones:
             self.why = f"no RAPL zones under {root}"
@@ -114,8 +117,8 @@ class EnergyMeter:
         self._start = None
         joules = 0.0
         for zone, before, after in zip(self.rapl.zones, host_before, host_after):
-            if before is None or after is None:
-                return None  # a counter that stopped answering: no figure rather than a partial one
+            if before is None or after is None or (after < before and not zone.range_uj):
+                return None  # a counter that stopped answering, or wrapped at an unknown range: no figure
             joules += wrapped_delta(before, after, zone.range_uj) / 1e6
         if device_before is not None and device_after is not None:
             joules += max(0.0, device_after - device_before)

@@ -68,7 +68,7 @@ def pin_remedy(threads: int = 1) -> str:
     """How to share a machine: pin the run to cores nothing else uses (harness/core/load.py
     `interference` then reads only those, and their SMT siblings)."""
     cores = "0" if threads == 1 else f"0-{threads - 1}"
-    return (f"pin the run to cores nothing else uses (taskset -c {cores} python -m harness "
+    return (f"pin the run to cores nothing else uses (e.g. taskset -c {cores} python -m harness "
             f"backend.num_threads={threads}; parallel jobs each on their own cores, as a Slurm cpuset does)")
 
 

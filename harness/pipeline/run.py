@@ -181,8 +181,8 @@ def measure_peaks(p: Plan, device: DeviceInfo, recorder: RunRecorder, judge: Jud
     if not peaks.reliable:
         recorder.set_tags(
             {
-                "peaks_unreliable": "; ".join(peaks.unreliable) + " while the peaks were measured: "
-                "used by this run only, not cached"
+                "peaks_unreliable": "; ".join(peaks.unreliable) + ": those peaks serve this run only, "
+                "not cached (the kernels timed quietly are)"
             }
         )
     return peaks

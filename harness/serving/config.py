@@ -59,6 +59,23 @@ class BatchingConfig:
 
 
 @dataclass
+class WhatIfConfig:
+    """The what-if sweep over device speeds (harness/serving/whatif.py)."""
+
+    enabled: bool = MISSING
+    cpu_speedups: List[float] = MISSING  # host-CPU paths' latencies divided by each
+    gpu_slowdowns: List[float] = MISSING  # every other device's latencies multiplied by each
+    queries: int = MISSING  # simulated queries a point (fewer than the study's: a map, not a headline)
+
+    def check(self) -> None:
+        for key, values in (("cpu_speedups", self.cpu_speedups), ("gpu_slowdowns", self.gpu_slowdowns)):
+            if not values or any(not v > 0 for v in values):
+                raise ConfigError(key, f"values > 0, at least one, got {values}")
+        if self.queries < 100:
+            raise ConfigError("queries", f"must be >= 100, got {self.queries}")
+
+
+@dataclass
 class ServingConfig:
     experiment_name: str = MISSING
     # The command that records this study's measured paths, named when they are missing (null: a generic
@@ -83,6 +100,7 @@ class ServingConfig:
     log_to_mlflow: bool = MISSING
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    what_if: WhatIfConfig = field(default_factory=WhatIfConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def check(self) -> None:
@@ -104,3 +122,4 @@ class ServingConfig:
             raise ConfigError("queries", f"must be >= 100, got {self.queries}")
         check_section(self.tracking, "tracking")
         check_section(self.batching, "batching")
+        check_section(self.what_if, "what_if")
