@@ -43,6 +43,9 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
     # ...and a run that measures the device's peaks measures the GEMM peak of each reduced precision the
     # backend runs too (bf16 here; fp16 where the CPU has it natively).
     # Issue 38 took that back: a run measures only the peaks it needs (an fp32 run: no bf16 GEMM).
+    # A size above the roof rechecks the peak and records the one before (issue 22): that depends on the
+    # machine's load while the peaks were timed, not on the code, so it is not part of the shape.
+    now["metrics"].pop("device_gemm_gflops_before_recheck", None)
     extra_peaks = {k for k in now["metrics"] if k.startswith("device_gemm_") and k != "device_gemm_gflops"}
     assert extra_peaks == set()
     # Issue 17: and eager.
