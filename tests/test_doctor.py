@@ -95,7 +95,7 @@ def test_no_peak_cache_after_loaded_runs_says_why_and_how_to_get_one(tmp_path, m
     class Device:
         backend, name, framework, framework_version = "cpu", "fake cpu", "torch", "0"
 
-    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.95))
+    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.95))  # 0.95 cores: flagged, steal or not
     pk.device_peaks(Kernels(), Device(), tmp_path, 1.0, Judge(rules, host_threads=2).load_reasons)
     finding = doctor.peak_cache(str(tmp_path))
     assert not finding.ok and "not kept, measured under load (other processes used 0.95 cores" in finding.what

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -304,6 +305,14 @@ def test_a_planted_probe_reports_the_planted_cores_and_a_real_one_reads_this_mac
 
 # --- peaks that are checked ------------------------------------------------------------------------------
 
+class Quiet(PlantedProbe):
+    """Planted other processes and no steal: a VM's real steal over a half-second kernel would flake the
+    peak tests (each kernel is bracketed on its own)."""
+
+    def stop(self) -> LoadReading:
+        return replace(super().stop(), steal_cores=0.0)
+
+
 class PeakAdapter:
     """Peak kernels that do nothing: the values are whatever the (fast) loop times; the load is planted.
     It has no gather kernels and GEMMs in fp32 and bf16; `asked` keeps the precisions each call wanted."""
@@ -333,11 +342,11 @@ class Device:
 
 def test_the_peak_cache_refuses_a_loaded_measurement(tmp_path, monkeypatch):
     judge = Judge(RULES, host_threads=2)
-    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(1.8))
+    monkeypatch.setattr(pk, "LoadProbe", lambda: Quiet(1.8))
     loaded = pk.device_peaks(PeakAdapter(), Device(), tmp_path, 1.0, judge.load_reasons)
     assert loaded.values and not loaded.reliable and "other processes used 1.80 cores" in loaded.unreliable[0]
     assert pk.read_cache(tmp_path) == {}  # used by its run, never cached
-    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    monkeypatch.setattr(pk, "LoadProbe", lambda: Quiet(0.0))
     quiet = pk.device_peaks(PeakAdapter(), Device(), tmp_path, 1.0, judge.load_reasons)
     assert quiet.reliable and not quiet.cached
     [entry] = pk.read_cache(tmp_path).values()
@@ -349,7 +358,7 @@ def test_the_peak_cache_refuses_a_loaded_measurement(tmp_path, monkeypatch):
 def test_a_burst_during_one_peak_kernel_refuses_that_kernel_and_keeps_the_quiet_ones(tmp_path, monkeypatch):
     judge = Judge(RULES, host_threads=2)
     probes = iter([0.0, 1.8, 0.0])  # copy quiet, the fp32 GEMM under a burst, bf16 GEMM quiet
-    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(next(probes)))
+    monkeypatch.setattr(pk, "LoadProbe", lambda: Quiet(next(probes)))
     peaks = pk.device_peaks(PeakAdapter(), Device(), tmp_path, 1.0, judge.load_reasons, precision="bf16")
     assert peaks.unreliable == ["other processes used 1.80 cores (while timing gemm)"]
     [entry] = pk.read_cache(tmp_path).values()
@@ -357,7 +366,7 @@ def test_a_burst_during_one_peak_kernel_refuses_that_kernel_and_keeps_the_quiet_
     [refused] = pk.read_cache(tmp_path, pk.REFUSED_FILE).values()
     assert refused["reasons"] == peaks.unreliable
     # The next run measures only what is missing.
-    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    monkeypatch.setattr(pk, "LoadProbe", lambda: Quiet(0.0))
     adapter = PeakAdapter()
     again = pk.device_peaks(adapter, Device(), tmp_path, 1.0, judge.load_reasons, precision="bf16")
     assert again.reliable and adapter.asked == [("fp32",)]
@@ -368,7 +377,7 @@ def test_a_device_peak_is_judged_by_the_devices_own_users_too(tmp_path, monkeypa
         def device_load(self):
             return {"device_other_processes": 1.0}
 
-    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))  # the host is quiet
+    monkeypatch.setattr(pk, "LoadProbe", lambda: Quiet(0.0))  # the host is quiet
     peaks = pk.device_peaks(Gpu(), Device("fake gpu"), tmp_path, 1.0, Judge(RULES, 1).load_reasons)
     assert not peaks.reliable and "1 other processes used the device (while timing copy)" in peaks.unreliable
     assert pk.read_cache(tmp_path) == {}
@@ -376,7 +385,7 @@ def test_a_device_peak_is_judged_by_the_devices_own_users_too(tmp_path, monkeypa
 
 def test_a_run_measures_only_the_peaks_it_needs_and_the_cache_fills_in(tmp_path, monkeypatch):
     judge = Judge(RULES, host_threads=2)
-    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    monkeypatch.setattr(pk, "LoadProbe", lambda: Quiet(0.0))
     adapter, told = PeakAdapter(), []
     fp32 = pk.device_peaks(adapter, Device(), tmp_path, 1.0, judge.load_reasons, "fp32",
                            lambda metrics, s: told.append(metrics))
@@ -423,24 +432,24 @@ def test_a_cpu_gemm_peak_takes_the_faster_of_mm_and_linear(monkeypatch):
 
 def test_a_rechecked_peak_replaces_the_cached_one_only_when_quiet(tmp_path, monkeypatch):
     judge = Judge(RULES, host_threads=2)
-    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    monkeypatch.setattr(pk, "LoadProbe", lambda: Quiet(0.0))
     pk.device_peaks(PeakAdapter(), Device(), tmp_path, 1.0, judge.load_reasons)
     key = next(iter(pk.read_cache(tmp_path)))
     cache = json.loads((tmp_path / pk.CACHE_FILE).read_text())
     cache[key]["peaks"]["gemm_gflops"] = 1e-9  # as if cached under load by an older version
     (tmp_path / pk.CACHE_FILE).write_text(json.dumps(cache))
-    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(1.8))
+    monkeypatch.setattr(pk, "LoadProbe", lambda: Quiet(1.8))
     value, reasons = pk.remeasure_peak(PeakAdapter(), Device(), tmp_path, 1.0, "gemm_gflops",
                                        judge.load_reasons)
     assert value > 1e-9 and reasons and pk.read_cache(tmp_path)[key]["peaks"]["gemm_gflops"] == 1e-9
-    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    monkeypatch.setattr(pk, "LoadProbe", lambda: Quiet(0.0))
     value, reasons = pk.remeasure_peak(PeakAdapter(), Device(), tmp_path, 1.0, "gemm_gflops",
                                        judge.load_reasons)
     assert not reasons and pk.read_cache(tmp_path)[key]["peaks"]["gemm_gflops"] == value
 
 
 def test_parallel_jobs_keep_each_others_cache_entries(tmp_path, monkeypatch):
-    monkeypatch.setattr(pk, "LoadProbe", lambda: PlantedProbe(0.0))
+    monkeypatch.setattr(pk, "LoadProbe", lambda: Quiet(0.0))
     judge = Judge(RULES, host_threads=2)
     jobs = [threading.Thread(target=pk.device_peaks, args=(PeakAdapter(), Device(f"cpu {i}"), tmp_path, 1.0,
                                                           judge.load_reasons)) for i in range(8)]
