@@ -179,7 +179,13 @@ class SweepCallback(Callback):
         overrides = [f"serving={scenario}", f"experiment_name={self.experiment_name}",
                      *self._tracking_overrides()]
         try:
-            run_serving(load_serving_config(compose(overrides, config_name="serving")))
+            config = load_serving_config(compose(overrides, config_name="serving"))
+            if config.paper:  # the paper's claims: a study per workload, then the table
+                from harness.serving.paper import run_paper
+
+                run_paper(config)
+            else:
+                run_serving(config)
         except Exception as exc:  # noqa: BLE001 - the sweep's results are recorded; the study can be redone
             print(
                 f"serving study failed ({type(exc).__name__}: {exc}); redo it with python -m harness.serving "

@@ -98,6 +98,9 @@ class ServingConfig:
     seed: int = MISSING
     output_dir: Optional[str] = MISSING
     log_to_mlflow: bool = MISSING
+    # The paper's claims table over the experiment's Kaggle and Terabyte workloads, a study per workload
+    # (harness/serving/paper.py) instead of one study of `workload`.
+    paper: bool = MISSING
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     what_if: WhatIfConfig = field(default_factory=WhatIfConfig)

@@ -141,7 +141,7 @@ def run_serving(cfg: ServingConfig, quiet: bool = False) -> dict:
             file=sys.stderr,
         )
     return {"headline": study.headline, "table": study.table, "live": live, "folder": folder,
-            "run_id": run_id}
+            "run_id": run_id, "profiles": study.profiles, "whatif": whatif}
 
 
 def markdown(cfg: ServingConfig, study, live: dict | None) -> str:
@@ -212,7 +212,13 @@ def what_if_section(table) -> str:
 
 def main_cli(cfg) -> int:
     try:
-        run_serving(load_serving_config(cfg))
+        config = load_serving_config(cfg)
+        if config.paper:
+            from harness.serving.paper import run_paper
+
+            run_paper(config)
+        else:
+            run_serving(config)
     except ValueError as exc:  # ConfigError included: a bad key, a missing input, an impossible target
         print(f"error: {exc}", file=sys.stderr)
         return 2
