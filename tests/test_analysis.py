@@ -225,7 +225,7 @@ def test_regime_sentences_merge_query_size_ranges():
 
 def _config(tmp_path) -> AnalysisConfig:
     return AnalysisConfig(experiment_name="x", parent_run_id=None, targets_ms=[1, 10], percentile="p99",
-                          rank_by="correct_throughput", output_dir=str(tmp_path),
+                          rank_by="correct_throughput", prices_file=None, output_dir=str(tmp_path),
                           log_to_mlflow=False, plots=True, devices={"ipu_gc200": 9e8, "cpu_here": None},
                           tracking=TrackingConfig(uri=None, results_dir=str(tmp_path), parent_run_id=None,
                                                   retry_s=120, request_timeout_s=60))

@@ -53,7 +53,7 @@ def test_the_what_if_region_names_where_mprec_reaches_2x_and_the_papers_figure()
     table = pd.DataFrame({"cpu_speedup": [1, 1, 4, 1], "gpu_slowdown": [1, 10, 10, 1],
                           "batching": [False, False, False, True], "ratio": [1.2, 2.2, 3.0, 9.0]})
     text = region(table, 2.49)
-    assert "(1x, 1x) point (1.20x)" in text
+    assert "(1x, 1x) point (1.20x there" in text
     assert ">= 2x at CPU 1x faster/GPU 10x slower, CPU 4x faster/GPU 10x slower" in text
     assert ">= 2.49x at CPU 4x faster/GPU 10x slower" in text  # batched points are not the paper's setting
     assert region(None, 2.49).startswith("what-if map not drawn")
@@ -64,12 +64,12 @@ def test_every_claim_has_a_row_and_one_that_cannot_be_computed_says_why():
                          "representation": ["table"], "accuracy": [0.78], "param_bytes": [1e6],
                          "flops_per_sample": [1e4], "start_time": [0]})
     claims = claims_table({}, runs)  # no serving study at all, no hybrid run
-    assert [c.key for c in claims] == list("abcdef")
+    assert [c.key for c in claims] == list("abcdefg")
     for c in claims:
         assert c.value is None and "- (" in c.measured and "nan" not in c.measured.lower(), c
-    assert "needs finished table and hybrid runs" in claims[-1].measured
+    assert "needs finished table and hybrid runs" in claims[5].measured
     text = markdown("x", claims)
-    assert text.count("\n| (") == 6
+    assert text.count("\n| (") == 7
 
 
 def test_two_kaggle_workloads_are_refused_naming_both():
@@ -99,7 +99,8 @@ def test_the_smoke_experiment_prints_records_and_reports_every_claim(run_harness
     assert "MP-Rec's claims, measured" in proc.stdout
     folder = tmp_path / "results" / "mprec_paper_smoke" / "paper"
     rows = list(csv.DictReader(open(folder / "paper.csv")))
-    assert [r["key"] for r in rows] == list("abcdef")
+    assert [r["key"] for r in rows] == list("abcdefg")
+    assert "$" in rows[-1]["measured"]  # what a million correct predictions cost (conf/prices.yaml)
     for row in rows:  # every figure computed here, or a sentence saying why not; never a bare NaN
         assert row["measured"] and "nan" not in row["measured"].lower(), row
         assert row["definition"] and row["why"], row

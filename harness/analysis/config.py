@@ -8,6 +8,7 @@ from typing import Dict, List, Optional
 from omegaconf import MISSING
 
 from harness.analysis import mapping as mp
+from harness.core import prices
 from harness.core.errors import ConfigError
 from harness.core.schema import TrackingConfig, check_section
 
@@ -19,6 +20,7 @@ class AnalysisConfig:
     targets_ms: List[float] = MISSING
     percentile: str = MISSING
     rank_by: str = MISSING
+    prices_file: Optional[str] = MISSING  # $/hour per device (null: conf/prices.yaml): the cheapest paths
     output_dir: Optional[str] = MISSING  # null: <results_dir>/<experiment>/analysis
     log_to_mlflow: bool = MISSING
     plots: bool = MISSING
@@ -32,6 +34,7 @@ class AnalysisConfig:
             raise ConfigError("percentile", f"must be one of {mp.PERCENTILES}, got {self.percentile!r}")
         if self.rank_by not in mp.RANKINGS:
             raise ConfigError("rank_by", f"must be one of {mp.RANKINGS}, got {self.rank_by!r}")
+        prices.load(self.prices_file)  # a bad price table is refused before any run is read
         check_section(self.tracking, "tracking")
 
     def settings(self) -> mp.MappingSettings:

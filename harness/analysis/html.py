@@ -60,7 +60,7 @@ def _mapping_table(cells: pd.DataFrame) -> str:
                           if mp.chosen(c["runner_up"]) else "")
                 tds.append(
                     f'<td class="path{" unreliable" if shaky else ""}"{title}>{html.escape(c["choice"])}'
-                    f"<br><small>{c['score']:,.0f}/s</small>{runner}</td>"
+                    f"<br><small>{html.escape(mp.score_text(c['score'], c['basis']))}</small>{runner}</td>"
                 )
             else:
                 tds.append(f'<td class="none{" unreliable" if shaky else ""}"{title}>none</td>')
@@ -105,7 +105,8 @@ def _paths_table(paths: pd.DataFrame, workload: str) -> str:
 
 
 def write_report(folder: Path, experiment: str, summary: list[str], missing: list[str], mapping: pd.DataFrame,
-                 paths: pd.DataFrame, figures: list[Path], basis: str) -> Path:
+                 paths: pd.DataFrame, figures: list[Path], basis: str,
+                 cheapest: pd.DataFrame | None = None) -> Path:
     """Write `folder/report.html` from an analysis' tables and figures (already written into `folder`)."""
     by_name = {f.name: f for f in figures}
     parts = [
@@ -126,6 +127,10 @@ def write_report(folder: Path, experiment: str, summary: list[str], missing: lis
         slug = "".join(c if c.isalnum() else "_" for c in workload).strip("_")
         parts += [f"<h2>{html.escape(workload)}</h2>",
                   "<h3>Chosen path per query size and latency target</h3>", _mapping_table(cells)]
+        if cheapest is not None and len(cheapest):
+            parts += ["<h3>The cheapest path that meets the target ($ per million correct predictions; "
+                      "prices: conf/prices.yaml)</h3>",
+                      _mapping_table(cheapest[cheapest["workload"] == workload])]
         if any(mp.unreliable_cell(c) for _, c in cells.iterrows()):
             parts.append(LEGEND)
         for name, alt in ((f"mapping_{slug}.png", "mapping heat map"), (f"latency_{slug}.png",

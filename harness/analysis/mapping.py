@@ -36,7 +36,9 @@ COLUMNS = ("run_id", "status", "path", "representation", "backend", "device", "w
            "device_memory_bytes", "device_gemm_gflops", "device_gather_gbps", "device_gather64_gbps",
            "device_copy_gbps", "accuracy", "start_time")
 PERCENTILES = ("p50", "p90", "p95", "p99")
-RANKINGS = ("correct_throughput", "throughput")
+# correct_per_dollar: the cheapest path that meets the target (most correct predictions per $, the run's
+# device priced by conf/prices.yaml: column usd_per_hour)
+RANKINGS = ("correct_throughput", "throughput", "correct_per_dollar")
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,18 @@ def score_of(row, rank_by: str) -> float:
     if rank_by == "throughput":
         return row["samples_per_s"]
     accuracy = row["accuracy"]
-    return np.nan if accuracy is None or pd.isna(accuracy) else accuracy * row["samples_per_s"]
+    correct = np.nan if accuracy is None or pd.isna(accuracy) else accuracy * row["samples_per_s"]
+    if rank_by == "correct_per_dollar":  # correct predictions per $ of the device's time; no price: unrated
+        usd = row.get("usd_per_hour", np.nan)
+        return correct / (usd / 3600.0) if usd == usd and usd and usd > 0 else np.nan
+    return correct
+
+
+def score_text(score: float, basis: str) -> str:
+    """A cell's score as the mapping tables print it."""
+    if basis == "correct_per_dollar":
+        return f"${1e6 / score:.3g}/M correct" if score > 0 else "-"
+    return f"{score:,.0f}/s"
 
 
 def _ordered(cands: pd.DataFrame, latency: str) -> pd.DataFrame:
@@ -184,8 +197,9 @@ def choose(rows: pd.DataFrame, query_size: int, target_ms: float, settings: Mapp
     rated = meets[meets["score"].notna()]
     if rated.empty:
         fastest = meets.sort_values([latency, "path"]).iloc[0]
+        needs = "a measured quality" + (" and a price" if settings.rank_by == "correct_per_dollar" else "")
         cell["note"] = (
-            f"no path with a measured quality meets the target; fastest unrated: {fastest['path']} "
+            f"no path with {needs} meets the target; fastest unrated: {fastest['path']} "
             f"({fastest[latency]:.3g} ms)"
         )
         return cell

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from harness.analysis import html, plots
 from harness.analysis import mapping as mp
 from harness.analysis.config import AnalysisConfig
 from harness.analysis.runs import join_quality, tidy
+from harness.core import prices
 
 
 @dataclass
@@ -33,6 +35,8 @@ def _mapping_markdown(table: pd.DataFrame, percentile: str) -> str:
         score = (
             "samples/s (quality not measured: ranked by throughput)"
             if (cells["basis"] == "throughput").all()
+            else "$ per million correct predictions (the cheapest path: conf/prices.yaml)"
+            if (cells["basis"] == "correct_per_dollar").all()
             else "correct predictions/s (accuracy x samples/s)"
         )
         lines += [
@@ -56,7 +60,7 @@ def _mapping_markdown(table: pd.DataFrame, percentile: str) -> str:
                         if mp.chosen(c["runner_up"])
                         else ""
                     )
-                    out.append(f"**{c['choice']}** {c['score']:,.0f}/s{runner}{shaky}")
+                    out.append(f"**{c['choice']}** {mp.score_text(c['score'], c['basis'])}{runner}{shaky}")
                 else:
                     out.append(("none" if "meets" in c["note"] else c["note"]) + shaky)
             lines.append(f"| {int(q)} | " + " | ".join(out) + " |")
@@ -64,13 +68,25 @@ def _mapping_markdown(table: pd.DataFrame, percentile: str) -> str:
     return "\n".join(lines)
 
 
+def priced(runs: pd.DataFrame, table: list[prices.Price]) -> pd.DataFrame:
+    """Each row's device priced (column usd_per_hour: $/hour of the device, a host CPU per thread the run
+    used; NaN without an entry)."""
+    runs = runs.copy()
+    rates = [prices.rate(table, str(r.get("device", "")), str(r.get("backend", "")), r.get("threads"))
+             for _, r in runs.iterrows()]
+    runs["usd_per_hour"] = [np.nan if v is None else v for v in rates]
+    return runs
+
+
 def write_analysis(records: list[dict], config: AnalysisConfig, folder: Path, errors: dict[str, str],
                    ram_bytes: float) -> Analysis:
     """Everything from plain run records; pure but for writing into `folder`."""
     settings = config.settings()
     folder.mkdir(parents=True, exist_ok=True)
-    runs = join_quality(tidy(records)) if records else tidy([])
+    runs = priced(join_quality(tidy(records)) if records else tidy([]), prices.load(config.prices_file))
     table = mp.mapping(runs, settings) if records else pd.DataFrame()
+    cheapest = (mp.mapping(runs, replace(settings, rank_by="correct_per_dollar"))
+                if records and settings.rank_by != "correct_per_dollar" else pd.DataFrame())
     paths = mp.paths_table(runs, settings) if records else pd.DataFrame()
     devices = {name: (cap if cap else ram_bytes) for name, cap in config.devices.items()}
     feasibility = mp.feasibility_matrix(paths, devices) if len(paths) else pd.DataFrame()
@@ -82,11 +98,18 @@ def write_analysis(records: list[dict], config: AnalysisConfig, folder: Path, er
     shown = missing or ["nothing: every run finished" + (" and every path is rated" if rated else "")]
     paths.to_csv(folder / "paths.csv", index=False)
     table.to_csv(folder / "mapping.csv", index=False)
+    if len(cheapest):
+        cheapest.to_csv(folder / "mapping_cheapest.csv", index=False)
     feasibility.to_csv(folder / "feasibility.csv", index=False)
     report = [f"# Mapping: experiment '{config.experiment_name}'", "", "## Summary", "",
               *(f"- {s}" for s in summary), "", "## Missing or unusable", "", *(f"- {m}" for m in shown), ""]
     if len(table):
         report.append(_mapping_markdown(table, settings.percentile))
+    if len(cheapest):
+        report += ["# The cheapest path that meets the target", "",
+                   "Most correct predictions per dollar of the path's device (its $/hour: conf/prices.yaml, "
+                   "with sources; a host CPU per core used); shown as $ per million correct predictions.", "",
+                   _mapping_markdown(cheapest, settings.percentile)]
     (folder / "mapping.md").write_text("\n".join(report) + "\n")
     figures: list[Path] = []
     if config.plots and len(table):
@@ -113,5 +136,5 @@ def write_analysis(records: list[dict], config: AnalysisConfig, folder: Path, er
         )
     )
     report_page = html.write_report(folder, config.experiment_name, summary, shown, table, paths, figures,
-                                    basis)
+                                    basis, cheapest)
     return Analysis(folder, paths, table, feasibility, summary, missing, figures, report_page)

@@ -34,6 +34,8 @@ def run_columns(rec: dict) -> dict:
         "bytes_read_fixed": metrics.get("bytes_read_per_query_fixed", 0.0),
         "device_memory_bytes": metrics.get("device_memory_bytes", np.nan),
         "memory_headroom": float(params.get("workload.memory_headroom", "nan")),
+        # The threads (cores) the path ran on: what a per-core price is multiplied by (harness/core/prices.py)
+        "threads": float(params.get("backend_resolved.num_threads", "nan")),
         # The GEMM peak of the path's own compute precision (bf16 paths: the bf16 GEMM's).
         "device_gemm_gflops": metrics.get("device_" + gemm_peak_metric(tags.get("precision", "fp32")),
                                           np.nan),
@@ -70,7 +72,7 @@ def tidy(records: list[dict]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
     for column in (*COLUMNS, "quality_key", "same_model_as", "numerics", "mode", "family", "host",
                    "device_gemm_fp32_gflops", "device_gemm_bf16_gflops", "unreliable_reason",
-                   "peaks_reliable", "memory_headroom"):
+                   "peaks_reliable", "memory_headroom", "threads"):
         if column not in frame:
             frame[column] = np.nan
     frame["path_label"] = frame["path_label"] if "path_label" in frame else frame["path"]

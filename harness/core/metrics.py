@@ -18,4 +18,5 @@ PER_SIZE = {
     "reliable": "reliable",  # 1 trusted, 0 flagged (docs/measurement.md), absent before issue 22
     "fits_device": "fits_device",  # harness/core/fit.py's verdict; absent where the capacity was unknown
     "memory_needed_bytes": "memory_needed_bytes",  # parameters + this size's activations
+    "joules_per_sample": "joules_per_sample",  # only where energy counters are readable (core/energy.py)
 }

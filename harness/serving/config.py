@@ -101,6 +101,7 @@ class ServingConfig:
     # The paper's claims table over the experiment's Kaggle and Terabyte workloads, a study per workload
     # (harness/serving/paper.py) instead of one study of `workload`.
     paper: bool = MISSING
+    prices_file: Optional[str] = MISSING  # $/hour per device (null: conf/prices.yaml): $ per million correct
     batching: BatchingConfig = field(default_factory=BatchingConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
     what_if: WhatIfConfig = field(default_factory=WhatIfConfig)

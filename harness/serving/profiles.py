@@ -42,6 +42,10 @@ class PathProfile:
     # How tables, policies and plots name it when its label alone is ambiguous (the same label measured on
     # two devices, e.g. this machine's table@cpu and a GPU machine's host-CPU table@cpu): `distinguish`.
     display: str = ""
+    cores: float | None = None  # the threads a host-CPU path ran on: what a per-core price multiplies
+    # Per size: energy per sample (J) where the machine's counters were readable (harness/core/energy.py);
+    # empty: not measured.
+    joules_per_sample: tuple[float, ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -85,6 +89,15 @@ class PathProfile:
     def service_table(self, max_size: int) -> list[float]:
         """Service time (seconds) for every size 0..max_size: the simulator's lookup table."""
         return [self.service_ms(max(1, q)) / 1e3 for q in range(max_size + 1)]
+
+    def joules_table(self, max_size: int) -> list[float] | None:
+        """Energy (J) of a call of every size 0..max_size: energy per sample interpolated (held beyond the
+        measured sizes) times the size; None where energy was not measured at every size."""
+        jps = self.joules_per_sample
+        if len(jps) != len(self.sizes) or not all(v == v and v > 0 for v in jps):
+            return None
+        per_sample = np.interp(np.arange(max_size + 1), self.sizes, jps)
+        return (per_sample * np.arange(max_size + 1)).tolist()
 
     def scaled(self, device: str, factor_per_sample: float, fixed_ms: float, label: str) -> "PathProfile":
         """A stand-in on another device: per-sample time divided by `factor_per_sample`, plus `fixed_ms`."""
@@ -168,6 +181,9 @@ def from_runs(runs, workload: str | None = None) -> list[PathProfile]:
                 p99_ms=tuple(float(v) for v in g["p99_ms"]),
                 source=source,
                 run_id=run_id,
+                cores=float(g["threads"].iloc[0]) if "threads" in g and g["threads"].iloc[0] > 0 else None,
+                joules_per_sample=tuple(float(v) for v in g["joules_per_sample"])
+                if "joules_per_sample" in g and g["joules_per_sample"].notna().all() else (),
                 reliable=tuple(float(v) for v in g["reliable"]) if "reliable" in g else (),
             )
         )
@@ -252,6 +268,8 @@ def load(path: str | Path) -> list[PathProfile]:
                 tuple(e.get("p99_ms", ())),
                 origin(e),
                 reliable=tuple(math.nan if v is None else float(v) for v in e.get("reliable", ())),
+                cores=e.get("cores"),
+                joules_per_sample=tuple(float(v) for v in e.get("joules_per_sample") or ()),
             )
             for e in entries
         ]

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.analysis.runs import join_quality, tidy
+from harness.core import prices
 from harness.core.errors import ConfigError
+from harness.core.paths import PathLabel
 from harness.core.schema import container, typed
 from harness.serving import profiles as prof
 from harness.serving.config import ServingConfig
@@ -62,7 +64,8 @@ def study_metrics(study, live: dict | None) -> dict[str, float]:
     batched = study.headline.get("with_batching") or {}
     metrics.update({f"batching.{k}": v for k, v in batched.items() if isinstance(v, (int, float))})
     for _, row in study.table.iterrows():
-        for key in ("max_qps", "correct_per_s", "p99_ms", "accuracy_served"):
+        for key in ("max_qps", "correct_per_s", "p99_ms", "accuracy_served", "usd_per_million_correct",
+                    "correct_per_joule"):
             if key in row and row[key] == row[key]:
                 metrics[f"{row['policy']}.{key}".replace("@", "_at_")] = row[key]
     if live is not None:
@@ -150,19 +153,19 @@ def markdown(cfg: ServingConfig, study, live: dict | None) -> str:
         f"# Serving: experiment '{cfg.experiment_name}', {pct} <= {cfg.target_ms:g} ms",
         "",
         "| policy | max QPS at target | p50 ms | p95 ms | p99 ms | SLA violations | accuracy served "
-        "| correct predictions/s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| correct predictions/s | $ per million correct | correct per joule |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in study.table.iterrows():
         if not r["max_qps"] > 0:
-            lines.append(f"| {r['policy']} | cannot meet the target at any load | | | | | | |")
+            lines.append(f"| {r['policy']} | cannot meet the target at any load | | | | | | | | |")
             continue
         lines.append(
             f"| {r['policy']} | {r['max_qps']:,.1f} | {r.get('p50_ms', float('nan')):.2f} | "
             f"{r.get('p95_ms', float('nan')):.2f} | {r.get('p99_ms', float('nan')):.2f} | "
             f"{100 * r.get('violation_rate', float('nan')):.2f}% | "
             f"{r.get('accuracy_served', float('nan')):.4f} | "
-            f"{r.get('correct_per_s', float('nan')):,.0f} |"
+            f"{r.get('correct_per_s', float('nan')):,.0f} | {money(r)} | {per_joule(r)} |"
         )
     for title, h in (("Headline", study.headline), ("With device batching",
                                                     study.headline.get("with_batching"))):
@@ -181,6 +184,7 @@ def markdown(cfg: ServingConfig, study, live: dict | None) -> str:
                    "samples served in time per second)."
                    if "accuracy_term" in h else ""),
             ]
+    lines += ["", cost_sentence(cfg, study)]
     sources = sorted({f"{p.name}: {p.source}" for p in study.profiles})
     lines += ["", "Profiles:", *(f"- {s}" for s in sources)]
     lines += ["", reliability_of_inputs(study.profiles)]
@@ -194,6 +198,35 @@ def markdown(cfg: ServingConfig, study, live: dict | None) -> str:
             f"validity {live.get('live_validity', '?')}; errors {live['live_errors']:.0f}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def money(row) -> str:
+    value = row.get("usd_per_million_correct", float("nan"))
+    if value == value:
+        return f"${value:.4g}"
+    return f"- (no price: {row['unpriced']})" if row.get("unpriced") else "-"
+
+
+def per_joule(row) -> str:
+    value = row.get("correct_per_joule", float("nan"))
+    return f"{value:,.4g}" if value == value else "-"
+
+
+def cost_sentence(cfg: ServingConfig, study) -> str:
+    """Where the $ and the joules come from, and why a column is empty."""
+    table = prices.load(cfg.prices_file)
+    backend_of = {p.device: PathLabel.parse(p.path).backend for p in study.profiles}
+    entries = {d: prices.entry_for(table, d, b) for d, b in sorted(backend_of.items())}
+    named = "; ".join(f"{d}: ${e.usd_per_hour:g}/h per {e.per} ({e.source}, {e.date})" if e else
+                      f"{d}: no price" for d, e in entries.items())
+    unmeasured = sorted(p.name for p in study.profiles if not p.joules_per_sample)
+    energy = ("Correct predictions per joule: the energy of the calls served, from each path's measured "
+              "joules per sample." if not unmeasured else
+              "Correct predictions per joule: not measured for " + ", ".join(unmeasured) + " (no readable "
+              "energy counter where they were measured: their runs' tag `energy` says why).")
+    return ("Cost: $ per million correct predictions = the $/hour of the devices a policy kept busy / 3600 "
+            f"/ correct predictions per second x 1e6; prices ({cfg.prices_file or 'conf/prices.yaml'}): "
+            f"{named}. " + energy)
 
 
 def what_if_section(table) -> str:

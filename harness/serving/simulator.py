@@ -42,6 +42,8 @@ class SimResult:
     duration_s: float
     busy_s: dict[str, float]
     path_samples: dict[str, int] = field(default_factory=dict)
+    joules: float = math.nan  # the energy of every call served; NaN where a path used has no energy measured
+    calls: list[tuple] = field(default_factory=list, repr=False)  # (path key, samples) of every call
 
     def percentile(self, p: float) -> float:
         return float(np.percentile(self.latency_ms, p))
@@ -67,11 +69,16 @@ class SimResult:
         ok = self.latency_ms <= self.target_ms
         return float(np.sum(self.accuracy[ok] * self.sizes[ok]) / self.duration_s)
 
+    @property
+    def correct_per_joule(self) -> float:
+        """Correct predictions (queries in time) per joule the calls took; NaN where energy is unknown."""
+        return self.correct_per_s * self.duration_s / self.joules if self.joules > 0 else math.nan
+
     def summary(self) -> dict[str, float]:
         return {"offered_qps": self.offered_qps, "p50_ms": self.percentile(50), "p95_ms": self.percentile(95),
                 "p99_ms": self.percentile(99), "violation_rate": self.violation_rate(),
                 "samples_per_s": self.samples_per_s, "accuracy_served": self.accuracy_served,
-                "correct_per_s": self.correct_per_s}
+                "correct_per_s": self.correct_per_s, "correct_per_joule": self.correct_per_joule}
 
 
 @dataclass(frozen=True)
@@ -101,12 +108,16 @@ def simulate(policy, profiles: list[PathProfile], arrival_s: np.ndarray, sizes: 
     largest = max(int(sizes.max()), batching.max_samples if batching is not None else 0)
     # Keyed by (path, device): one label on two devices (a GPU machine's host CPU, this one's) is two servers.
     services = {p.key: p.service_table(largest) for p in profiles}
+    energy = {p.key: p.joules_table(largest) for p in profiles}
     for p in profiles:  # the policies read service times from these tables while the simulation runs
         p.use_table(services[p.key])
     try:
         if batching is not None:
-            return _simulate_batched(policy, profiles, services, arrival_s, sizes, target_ms, batching)
-        return _simulate_fifo(policy, profiles, services, arrival_s, sizes, target_ms)
+            result = _simulate_batched(policy, profiles, services, arrival_s, sizes, target_ms, batching)
+        else:
+            result = _simulate_fifo(policy, profiles, services, arrival_s, sizes, target_ms)
+        result.joules = _joules(result.calls, energy)
+        return result
     finally:
         for p in profiles:
             p.use_table(None)
@@ -121,6 +132,7 @@ def _simulate_fifo(policy, profiles: list[PathProfile], services: dict, arrival_
     n = len(sizes)
     latency = np.empty(n)
     accuracy = np.empty(n)
+    calls: list[tuple] = []  # (path key, samples) of every call
     arr, sz = arrival_s.tolist(), sizes.tolist()
     choose = policy.choose
     for i in range(n):
@@ -136,6 +148,7 @@ def _simulate_fifo(policy, profiles: list[PathProfile], services: dict, arrival_
             busy[profile.device] = end
             busy_total[profile.device] += service
             path_samples[profile.name] += part
+            calls.append((profile.key, part))
             if end > finish:
                 finish = end
             correct += (math.nan if profile.accuracy is None else profile.accuracy) * part
@@ -143,7 +156,7 @@ def _simulate_fifo(policy, profiles: list[PathProfile], services: dict, arrival_
         accuracy[i] = correct / q
     duration = max(arr[-1], max(busy.values()))
     return SimResult(getattr(policy, "name", type(policy).__name__), n / arr[-1], target_ms, latency, sizes,
-                     accuracy, duration, busy_total, path_samples)
+                     accuracy, duration, busy_total, path_samples, calls=calls)
 
 
 def _simulate_batched(policy, profiles: list[PathProfile], services: dict, arrival_s: np.ndarray,
@@ -196,7 +209,18 @@ def _simulate_batched(policy, profiles: list[PathProfile], services: dict, arriv
     duration = max(arr[-1], max(free_at.values()))
     name = getattr(policy, "name", type(policy).__name__)
     return SimResult(f"{name} +batching", n / arr[-1], target_ms, latency, sizes, accuracy, duration,
-                     busy_total, path_samples)
+                     busy_total, path_samples, calls=[(c[0], c[2]) for c in calls])
+
+
+def _joules(calls: list[tuple], energy: dict) -> float:
+    """The energy of `calls` from each path's table (J by call size); NaN if a path used has none."""
+    total = 0.0
+    for key, samples in calls:
+        table = energy[key]
+        if table is None:
+            return math.nan
+        total += table[samples]
+    return total
 
 
 def max_qps(policy, profiles: list[PathProfile], sizes: np.ndarray, target_ms: float, percentile: float,

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from harness.core import prices
 from harness.core.errors import ConfigError
 from harness.core.paths import PathLabel
 from harness.serving import policies as pol
@@ -86,6 +87,7 @@ def run_study(cfg: ServingConfig, profiles: list[PathProfile]) -> Study:
     if cfg.batching.enabled:
         modes.append(Batching(cfg.batching.max_samples, tuple(cfg.batching.devices), cfg.batching.cpu))
     rows, best = [], {}
+    rates = device_rates(profiles, prices.load(cfg.prices_file))
     for batching in modes:
         for policy in policies:
             name = policy.name + ("" if batching is None else BATCHED)
@@ -96,6 +98,7 @@ def run_study(cfg: ServingConfig, profiles: list[PathProfile]) -> Study:
                 row.update({k: v for k, v in result.summary().items() if k != "offered_qps"})
                 row["path_share"] = {p: round(n / result.sizes.sum(), 3)
                                      for p, n in result.path_samples.items() if n}
+                row.update(cost(result, rates))
             rows.append(row)
             best[name] = qps
     table = pd.DataFrame(rows)
@@ -118,6 +121,27 @@ def run_study(cfg: ServingConfig, profiles: list[PathProfile]) -> Study:
 BATCHED = " +batching"
 
 
+def device_rates(profiles: list[PathProfile], table: list[prices.Price]) -> dict[str, float | None]:
+    """$/hour of each device the profiles run on (a host CPU: per core its paths used, the most of them);
+    None where the price table has no entry."""
+    rates: dict[str, float | None] = {}
+    for p in profiles:
+        rate = prices.rate(table, p.device, PathLabel.parse(p.path).backend, p.cores)
+        known = rates.get(p.device)
+        rates[p.device] = rate if known is None else max(known, rate or 0.0)
+    return rates
+
+
+def cost(result, rates: dict[str, float | None]) -> dict[str, Any]:
+    """What a policy's system costs: the devices it kept busy, priced; $ per million correct predictions at
+    its highest load (NaN, naming the devices, where one has no price)."""
+    used = sorted(d for d, busy in result.busy_s.items() if busy > 0)
+    unpriced = [d for d in used if rates.get(d) is None]
+    usd = math.nan if unpriced or not used else sum(rates[d] or 0.0 for d in used)
+    return {"usd_per_hour": usd, "usd_per_million_correct": prices.per_million(usd, result.correct_per_s),
+            "unpriced": ", ".join(unpriced)}
+
+
 def headline(table: pd.DataFrame) -> dict[str, Any]:
     """The best MP-Rec policy against the best static path, each at its own highest load meeting the
     target."""
@@ -134,6 +158,9 @@ def headline(table: pd.DataFrame) -> dict[str, Any]:
            "mprec_correct_per_s": d["correct_per_s"], "static_correct_per_s": s["correct_per_s"],
            "ratio": ratio, "accuracy_gain_points": 100 * (d["accuracy_served"] - s["accuracy_served"]),
            "mprec_max_qps": d["max_qps"], "static_max_qps": s["max_qps"]}
+    for side, row in (("mprec", d), ("static", s)):  # what each costs (conf/prices.yaml), where priced
+        if row.get("usd_per_million_correct", math.nan) == row.get("usd_per_million_correct", math.nan):
+            out[f"{side}_usd_per_million_correct"] = row["usd_per_million_correct"]
     if s["accuracy_served"] and s["correct_per_s"] and d["accuracy_served"]:
         # The ratio is exactly accuracy_term x throughput_term (correct/s over accuracy served: about the
         # samples served in time per second; exactly that where the queries in time are as accurate as
