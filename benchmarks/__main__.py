@@ -21,7 +21,7 @@ from typing import Any, Callable
 from benchmarks.common import RESULTS, write_report
 
 BENCHMARKS = ["table_path", "torchrec_compare", "limits", "representations", "dhe_cache", "criteo_reader",
-              "serving", "harness_overhead", "precision"]
+              "serving", "harness_overhead", "precision", "roofline"]
 
 Ratio = dict[str, Any]
 
@@ -131,10 +131,26 @@ def _precision(f: dict) -> dict[str, Ratio]:
     return out
 
 
+def _roofline(f: dict) -> dict[str, Ratio]:
+    """Issue 24's targets: every table precision >= 80 % of its bound at the largest size, DHE >= 70 % at
+    sizes >= 1024 (the bound from the same run's peaks: benchmarks/roofline.py)."""
+    out = {}
+    for rep, floor in (("table", 0.8), ("dhe", 0.7)):
+        rows = f.get(rep, {})
+        largest = max(int(q) for q in rows) if rows else 0
+        for q, labels in rows.items():
+            big = int(q) >= 1024 if rep == "dhe" else int(q) == largest and largest >= 1024
+            for label, row in labels.items():
+                out[f"roofline.{rep}.q{q}.{label}.fraction_of_bound"] = _ratio(
+                    row["fraction"], f">= {floor}" if big else None, "bound / p50, whole DLRM forward")
+    return out
+
+
 RATIOS: dict[str, Callable[[dict], dict[str, Ratio]]] = {
     "table_path": _table_path, "torchrec_compare": _torchrec, "limits": _limits,
     "representations": _representations, "dhe_cache": _dhe_cache, "criteo_reader": _criteo_reader,
     "serving": _serving, "harness_overhead": _harness_overhead, "precision": _precision,
+    "roofline": _roofline,
 }
 
 

@@ -149,3 +149,22 @@ def test_precision_figures(tiny_run):
         "precision.table.q64.bf16_speedup" in ratios
         and ratios["precision.table.int8_param_bytes_over_fp32"]["target"]
     )
+
+
+def test_roofline_figures(tiny_run):
+    """Every CPU path and precision against its own bound (issue 24): the bound from the same run's peaks."""
+    f = tiny_run[1]["roofline"]
+    peaks = f["peaks"]
+    assert peaks["gemm_gflops"] > 0 and peaks["gemm_bf16_gflops"] > 0 and peaks["gather64_gbps"] > 0
+    assert isinstance(f["cpu_flags"], list) and all(isinstance(flag, str) for flag in f["cpu_flags"])
+    assert set(f["table"]["1"]) == {"fp32", "bf16", "int8", "int8+bf16"}
+    assert set(f["dhe"]["64"]) == {"fp32", "bf16"}
+    for rep in ("table", "dhe"):
+        for rows in f[rep].values():
+            for row in rows.values():
+                assert row["p50_ms"] > 0 and row["bound_ms"] > 0
+                assert row["fraction"] == pytest.approx(row["bound_ms"] / row["p50_ms"])
+    # bf16's bound is below fp32's wherever FLOPs matter: its GEMM roof is the bf16 peak
+    dhe = f["dhe"]["64"]
+    faster_bf16 = peaks["gemm_bf16_gflops"] > peaks["gemm_gflops"]
+    assert (dhe["bf16"]["bound_ms"] < dhe["fp32"]["bound_ms"]) == faster_bf16

@@ -96,7 +96,7 @@ def run_study(cfg: ServingConfig, profiles: list[PathProfile]) -> Study:
             row = {"policy": name, "kind": policy.kind, "batching": batching is not None, "max_qps": qps}
             if result is not None:
                 row.update({k: v for k, v in result.summary().items() if k != "offered_qps"})
-                row["path_share"] = {p: round(n / result.sizes.sum(), 3)
+                row["path_share"] = {p: round(float(n / result.sizes.sum()), 3)
                                      for p, n in result.path_samples.items() if n}
                 row.update(cost(result, rates))
             rows.append(row)
