@@ -163,7 +163,11 @@ def test_roofline_figures(tiny_run):
         for rows in f[rep].values():
             for row in rows.values():
                 assert row["p50_ms"] > 0 and row["bound_ms"] > 0
-                assert row["fraction"] == pytest.approx(row["bound_ms"] / row["p50_ms"])
+                assert row["above_roof"] == (row["fraction"] > 1)
+    # int8 rows cost the cache line an fp32 row of dim 16 costs: their memory terms are equal (the bound
+    # differs from fp32's only where the MLPs' precision does)
+    table = f["table"]["64"]
+    assert table["int8"]["bound_ms"] == pytest.approx(table["fp32"]["bound_ms"], rel=1e-9)
     # bf16's bound is below fp32's wherever FLOPs matter: its GEMM roof is the bf16 peak
     dhe = f["dhe"]["64"]
     faster_bf16 = peaks["gemm_bf16_gflops"] > peaks["gemm_gflops"]

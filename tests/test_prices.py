@@ -44,6 +44,7 @@ def test_the_shipped_price_table_says_where_every_price_comes_from():
     ("- {usd_per_hour: 5.4, per: device, source: x, date: '2025'}", "prices[0]: needs `device`"),
     ("- {device: H200, usd_per_hour: -1, per: device, source: x, date: '2025'}", "positive number"),
     ("- {device: H200, usd_per_hour: 1, per: rack, source: x, date: '2025'}", "per must be one of"),
+    ("- {device: H200, usd_per_hour: true, per: device, source: x, date: '2025'}", "positive number"),
 ])
 def test_a_bad_price_entry_is_refused_naming_the_file_and_the_entry(tmp_path, entry, complaint):
     file = tmp_path / "prices.yaml"
@@ -53,15 +54,39 @@ def test_a_bad_price_entry_is_refused_naming_the_file_and_the_entry(tmp_path, en
     assert str(file) in str(err.value) and complaint in str(err.value)
 
 
+def test_a_price_file_that_is_not_a_table_is_refused_naming_it(tmp_path):
+    file = tmp_path / "prices.yaml"
+    file.write_text("- {device: H200, usd_per_hour: 5.4}\n")  # a list, not `prices:`
+    with pytest.raises(ConfigError, match="a list under `prices:` is needed"):
+        prices.load(file)
+
+
+def call_energy(profile: PathProfile, samples: int) -> float:
+    """A call's energy as measured: energy per sample x size at the measured sizes, straight lines between
+    (a call's energy, not its per-sample energy, is what grows with size), per-sample energy held outside."""
+    sizes, jps = profile.sizes, profile.joules_per_sample
+    if samples < sizes[0] or samples > sizes[-1]:
+        return (jps[0] if samples < sizes[0] else jps[-1]) * samples
+    return float(np.interp(samples, sizes, [j * s for j, s in zip(jps, sizes)]))
+
+
+def test_a_calls_energy_grows_with_its_size_between_the_measured_sizes():
+    table = GPU.joules_table(4096)
+    assert table is not None
+    assert all(a <= b for a, b in zip(table[1:], table[2:]))  # never less energy for a larger call
+    assert table[64] == pytest.approx(64 * 1e-4) and table[32] < table[64]
+    assert replace(GPU, joules_per_sample=(1e-3, math.nan, 1e-4)).joules_table(10) is None
+
+
 @pytest.mark.parametrize("batching", [None, Batching(4096)])
 def test_the_simulator_adds_each_calls_energy_and_counts_correct_predictions_per_joule(batching):
     rng = np.random.default_rng(0)
     sizes = rng.integers(1, 700, 400)
     arrivals = np.cumsum(rng.exponential(0.01, 400))
     result = simulate(pol.Static(GPU), [GPU], arrivals, sizes, 50.0, batching)
-    # Every call's energy: the energy per sample at its size (interpolated) times its size; batched calls
-    # are larger, and cheaper per sample on this profile.
-    expected = sum(np.interp(s, GPU.sizes, GPU.joules_per_sample) * s for _, s in result.calls)
+    # Every call's energy, from the measured sizes' (call_energy); batched calls are larger, and cheaper per
+    # sample on this profile.
+    expected = sum(call_energy(GPU, s) for _, s in result.calls)
     assert result.joules == pytest.approx(expected)
     assert sum(s for _, s in result.calls) == sizes.sum()
     correct = result.correct_per_s * result.duration_s

@@ -220,7 +220,8 @@ def choose(rows: pd.DataFrame, query_size: int, target_ms: float, settings: Mapp
                     margin=best["score"] / second["score"] - 1.0 if second["score"] > 0 else np.inf)
     unrated = meets[meets["score"].isna()]["path"].tolist()
     if unrated:
-        notes.append("unrated (no quality): " + ", ".join(sorted(unrated)))
+        why = "no quality or no price" if settings.rank_by == "correct_per_dollar" else "no quality"
+        notes.append(f"unrated ({why}): " + ", ".join(sorted(unrated)))
     cell["note"] = "; ".join(notes + ([unreliable] if unreliable else []))
     return cell
 

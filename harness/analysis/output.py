@@ -128,6 +128,8 @@ def write_analysis(records: list[dict], config: AnalysisConfig, folder: Path, er
     basis = (
         "samples/s (quality not measured)"
         if len(table) and (table["basis"] == "throughput").all()
+        else "correct predictions per dollar (the cheapest path; prices: conf/prices.yaml)"
+        if len(table) and (table["basis"] == "correct_per_dollar").all()
         else "correct predictions per second (accuracy x samples/s)"
         + (
             "; samples/s where quality is not measured"

@@ -47,7 +47,8 @@ def load(path: str | Path | None) -> list[Price]:
     key = "prices_file"
     if not file.is_file():
         raise ConfigError(key, f"{file} does not exist")
-    entries = (yaml.safe_load(file.read_text()) or {}).get("prices")
+    loaded = yaml.safe_load(file.read_text()) or {}
+    entries = loaded.get("prices") if isinstance(loaded, dict) else None
     if not isinstance(entries, list):
         raise ConfigError(key, f"{file}: a list under `prices:` is needed")
     out = []
@@ -59,12 +60,15 @@ def load(path: str | Path | None) -> list[Price]:
         if missing:
             raise ConfigError(key, f"{where}: missing {', '.join(missing)} (a price says where it is from)")
         value = entry["usd_per_hour"]
-        if not isinstance(value, (int, float)) or not value > 0 or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 \
+                or not math.isfinite(value):
             raise ConfigError(key, f"{where}: usd_per_hour must be a positive number, got {value!r}")
         if entry["per"] not in UNITS:
             raise ConfigError(key, f"{where}: per must be one of {UNITS}, got {entry['per']!r}")
-        out.append(Price(entry.get("device"), entry.get("backend"), float(value), entry["per"],
-                         str(entry["source"]), str(entry["date"])))
+        device, backend = entry.get("device"), entry.get("backend")
+        out.append(Price(None if device is None else str(device), None if backend is None else str(backend),
+                         float(value), entry["per"], " ".join(str(entry["source"]).split()),
+                         str(entry["date"])))
     return out
 
 

@@ -79,7 +79,7 @@ def terabyte_stand_in(borrowed: list[prof.PathProfile], cpu_kaggle: list[prof.Pa
 
         out.append(replace(p, latency_ms=scale(p.latency_ms, p.latency_ms[0]),
                            p99_ms=scale(p.p99_ms, p.p99_ms[0]) if p.p99_ms else (), accuracy=None,
-                           reliable=(), display="",
+                           reliable=(), display="", joules_per_sample=(),  # energy is not scaled: unknown
                            source=f"Terabyte stand-in (NOT measured): {p.source}, its growth with size x "
                                   "this CPU's Terabyte/Kaggle latency ratio"))
     return out

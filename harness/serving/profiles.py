@@ -91,13 +91,25 @@ class PathProfile:
         return [self.service_ms(max(1, q)) / 1e3 for q in range(max_size + 1)]
 
     def joules_table(self, max_size: int) -> list[float] | None:
-        """Energy (J) of a call of every size 0..max_size: energy per sample interpolated (held beyond the
-        measured sizes) times the size; None where energy was not measured at every size."""
+        """Energy (J) of a call of every size 0..max_size: a call's energy interpolated between the measured
+        sizes' (energy per sample x size; per-sample energy falls with size, so interpolating it instead
+        would overstate the calls between), below the smallest and above the largest its energy per
+        sample there times the size; None where energy was not measured at every size.
+
+        >>> p = PathProfile("t@cuda", "gpu", 0.8, (1, 64, 1024), (1.0, 1.5, 6.0),
+        ...                 joules_per_sample=(5e-3, 1e-4, 2e-5))
+        >>> [round(j, 5) for j in p.joules_table(2048)[1:65:63]], round(p.joules_table(2048)[2048], 5)
+        ([0.005, 0.0064], 0.04096)
+        """
         jps = self.joules_per_sample
         if len(jps) != len(self.sizes) or not all(v == v and v > 0 for v in jps):
             return None
-        per_sample = np.interp(np.arange(max_size + 1), self.sizes, jps)
-        return (per_sample * np.arange(max_size + 1)).tolist()
+        sizes = np.arange(max_size + 1, dtype=float)
+        energy = np.interp(sizes, self.sizes, np.asarray(jps) * np.asarray(self.sizes))
+        below, above = sizes < self.sizes[0], sizes > self.sizes[-1]
+        energy[below] = jps[0] * sizes[below]
+        energy[above] = jps[-1] * sizes[above]
+        return energy.tolist()
 
     def scaled(self, device: str, factor_per_sample: float, fixed_ms: float, label: str) -> "PathProfile":
         """A stand-in on another device: per-sample time divided by `factor_per_sample`, plus `fixed_ms`."""
@@ -269,7 +281,8 @@ def load(path: str | Path) -> list[PathProfile]:
                 origin(e),
                 reliable=tuple(math.nan if v is None else float(v) for v in e.get("reliable", ())),
                 cores=e.get("cores"),
-                joules_per_sample=tuple(float(v) for v in e.get("joules_per_sample") or ()),
+                joules_per_sample=tuple(math.nan if v is None else float(v)
+                                        for v in e.get("joules_per_sample") or ()),
             )
             for e in entries
         ]

@@ -13,11 +13,10 @@ from typing import Any
 from harness.analysis.runs import join_quality, tidy
 from harness.core import prices
 from harness.core.errors import ConfigError
-from harness.core.paths import PathLabel
 from harness.core.schema import container, typed
 from harness.serving import profiles as prof
 from harness.serving.config import ServingConfig
-from harness.serving.study import plot, run_study, scaled_profiles
+from harness.serving.study import backend_of_path, plot, run_study, scaled_profiles
 from harness.tracking import Store, studies_experiment
 
 
@@ -215,11 +214,11 @@ def per_joule(row) -> str:
 def cost_sentence(cfg: ServingConfig, study) -> str:
     """Where the $ and the joules come from, and why a column is empty."""
     table = prices.load(cfg.prices_file)
-    backend_of = {p.device: PathLabel.parse(p.path).backend for p in study.profiles}
+    backend_of = {p.device: backend_of_path(p.path) for p in study.profiles}
     entries = {d: prices.entry_for(table, d, b) for d, b in sorted(backend_of.items())}
     named = "; ".join(f"{d}: ${e.usd_per_hour:g}/h per {e.per} ({e.source}, {e.date})" if e else
                       f"{d}: no price" for d, e in entries.items())
-    unmeasured = sorted(p.name for p in study.profiles if not p.joules_per_sample)
+    unmeasured = sorted(p.name for p in study.profiles if p.joules_table(1) is None)
     energy = ("Correct predictions per joule: the energy of the calls served, from each path's measured "
               "joules per sample." if not unmeasured else
               "Correct predictions per joule: not measured for " + ", ".join(unmeasured) + " (no readable "

@@ -121,12 +121,18 @@ def run_study(cfg: ServingConfig, profiles: list[PathProfile]) -> Study:
 BATCHED = " +batching"
 
 
+def backend_of_path(path: str) -> str:
+    """The backend of a profile's label, without the host a label measured on two machines carries
+    (`table@cpu (host 1a2b)`: harness/analysis/runs.py separate_hosts)."""
+    return PathLabel.parse(path).backend.split(" ")[0]
+
+
 def device_rates(profiles: list[PathProfile], table: list[prices.Price]) -> dict[str, float | None]:
     """$/hour of each device the profiles run on (a host CPU: per core its paths used, the most of them);
     None where the price table has no entry."""
     rates: dict[str, float | None] = {}
     for p in profiles:
-        rate = prices.rate(table, p.device, PathLabel.parse(p.path).backend, p.cores)
+        rate = prices.rate(table, p.device, backend_of_path(p.path), p.cores)
         known = rates.get(p.device)
         rates[p.device] = rate if known is None else max(known, rate or 0.0)
     return rates
