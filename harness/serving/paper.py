@@ -95,8 +95,8 @@ def serve(cfg: ServingConfig, role: str, workload: str, folder: Path, files: lis
 
 
 def studies_of(cfg: ServingConfig, runs: pd.DataFrame, folder: Path) -> dict[str, dict]:
-    """The serving study of each workload: Kaggle with the scenario's profile files, Terabyte with the
-    same files' stand-ins (or the files themselves where they hold Terabyte profiles: none shipped do)."""
+    """The serving study of each workload: Kaggle with the scenario's profile files (Kaggle profiles),
+    Terabyte with their stand-ins (a measured Terabyte GPU profile is not taken yet: none exists)."""
     roles = workloads_by_role(runs)
     studies: dict[str, dict] = {}
     if "Kaggle" in roles:
