@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -40,6 +41,15 @@ def interleaved(candidates: dict[str, Callable[[int], Any]], repetitions: int = 
         for name, fn in candidates.items():
             blocks[name].append(block_median(fn, block_s, min_iters))
     return {name: {"median_s": statistics.median(b), "blocks_s": b} for name, b in blocks.items()}
+
+
+def timing_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The options every interleaved-timing benchmark takes: repetitions, block length, --tiny (CI)."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n")[0])
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--block-s", type=float, default=0.5)
+    parser.add_argument("--tiny", action="store_true", help="seconds-long run on small shapes (CI)")
+    return parser
 
 
 def write_report(name: str, figures: dict[str, Any]) -> Path:

@@ -18,11 +18,9 @@ Paths (medians of interleaved repetitions):
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from benchmarks.common import interleaved, write_report
+from benchmarks.common import interleaved, timing_parser, write_report
 from benchmarks.representations import kaggle_dhe
 from harness.core.spec import WorkloadSpec
 from harness.workload.representations.table.module import FusedTables
@@ -83,11 +81,7 @@ def dhe_lookups(tables: int, sizes: list[int], gemm_gflops: float, reps: int, bl
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repetitions", type=int, default=5)
-    parser.add_argument("--block-s", type=float, default=0.5)
-    parser.add_argument("--tiny", action="store_true", help="seconds-long run on small shapes (CI)")
-    args = parser.parse_args(argv)
+    args = timing_parser(__doc__).parse_args(argv)
     scale, table_sizes, dhe_sizes, tables, peak_scale = 1.0, [64, 1024, 4096], [64, 1024, 4096], 26, 1.0
     if args.tiny:
         scale, table_sizes, dhe_sizes, tables, peak_scale = 0.001, [64], [64], 2, 0.05

@@ -14,11 +14,9 @@ Figures (medians of interleaved repetitions, one run):
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from benchmarks.common import interleaved, write_report
+from benchmarks.common import interleaved, timing_parser, write_report
 from harness.core.spec import WorkloadSpec
 from harness.workload.representations import dhe, tt
 from harness.workload.representations.dhe.module import DeepHashEmbedding
@@ -108,11 +106,7 @@ def tt_vs_dense(scale: float, query_size: int, reps: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repetitions", type=int, default=5)
-    parser.add_argument("--block-s", type=float, default=0.5)
-    parser.add_argument("--tiny", action="store_true", help="seconds-long run on small shapes (CI)")
-    args = parser.parse_args(argv)
+    args = timing_parser(__doc__).parse_args(argv)
     sizes, tables, tt_scale, gemm_n = [64, 256, 1024, 4096], 26, 1.0, 4096
     if args.tiny:
         sizes, tables, tt_scale, gemm_n, args.repetitions, args.block_s = [64, 1024], 2, 0.001, 512, 5, 0.01

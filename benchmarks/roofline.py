@@ -21,13 +21,12 @@ installed here, and the report says so. Issue 24's targets: >= 0.8 for every tab
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 from typing import Any, Callable
 
 import torch
 
-from benchmarks.common import interleaved, write_report
+from benchmarks.common import interleaved, timing_parser, write_report
 from benchmarks.precision import _batch, _spec, _variant, torch_cpu_capabilities
 from harness.core.host import numeric_flags
 from harness.workload.cost import path_cost
@@ -113,12 +112,15 @@ def rebound(representation: str, scale: float, rows: dict, peaks: dict) -> dict:
     """Each measured p50 against its bound from `peaks`: the bound, the fraction, and whether it is above
     the roof (a fraction over 1: the peaks were measured low; flagged)."""
     print(f"{representation} against its bound:")
+    counts = {}  # label -> (precision, FLOPs and bytes per sample), from the cost model once per variant
+    for label, precision, storage in VARIANTS[representation]:
+        spec = _spec(representation, scale, precision, storage)[1]
+        counts[label] = (precision, path_cost(spec).flops_per_sample,
+                         memory_bytes_per_sample(representation, spec, storage))
     for q, labels in rows.items():
         for label, row in labels.items():
-            _, precision, storage = next(v for v in VARIANTS[representation] if v[0] == label)
-            spec = _spec(representation, scale, precision, storage)[1]
-            moved = memory_bytes_per_sample(representation, spec, storage)
-            row["bound_ms"] = bound_s(path_cost(spec).flops_per_sample, moved, q, precision, peaks) * 1e3
+            precision, flops, moved = counts[label]
+            row["bound_ms"] = bound_s(flops, moved, q, precision, peaks) * 1e3
             row["fraction"] = row["bound_ms"] / row["p50_ms"]
             row["above_roof"] = row["fraction"] > 1.0
         print(f"  q={q:5d} " + "  ".join(
@@ -136,11 +138,7 @@ def reference_note() -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repetitions", type=int, default=5)
-    parser.add_argument("--block-s", type=float, default=0.5)
-    parser.add_argument("--tiny", action="store_true", help="seconds-long run on small shapes (CI)")
-    args = parser.parse_args(argv)
+    args = timing_parser(__doc__).parse_args(argv)
     scale, sizes = 1.0, SIZES
     if args.tiny:
         scale, sizes, args.repetitions, args.block_s = 0.001, (1, 64), 3, 0.01
