@@ -3,10 +3,21 @@
 Synchronization: torch's CPU kernels complete before the op returns (intra-op parallelism joins its
 threads), so `synchronize` has nothing to wait for; the contract is kept so the harness loop is the same
 for every device.
+
+Allocator (`backend.allocator`): torch's CPU tensors come from the C library's malloc. glibc serves a block
+above its mmap threshold (128 KiB, rising to at most 32 MiB as blocks are freed) from fresh pages that the
+kernel must fault in and zero, then unmaps them on free, so a large activation costs its page faults on
+every call: DHE's codes at query size 4096 (436 MB) took 205 ms to encode, of which ~150 ms were faults,
+40 ms with the memory kept (docs/performance.md). `retain` (the default) keeps freed memory in the heap for
+the next call, as a serving process with a caching allocator (jemalloc, tcmalloc) does; `system` leaves
+the C library's thresholds. The cost: the heap keeps its high-water mark (glibc's aligned blocks need a
+few of the largest tensor before calls reuse them). Recorded with the run; process-wide, like the threads.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib.util
 from dataclasses import dataclass
 from importlib import metadata
@@ -25,6 +36,7 @@ from harness.core.host import (
     numeric_flags,
     physical_cores,
 )
+from harness.workload.device import DeviceCapabilities
 
 
 @dataclass
@@ -33,6 +45,7 @@ class CpuConfig(TorchConfig):
     # null: the CPUs a cluster job was given, else torch's default (one per physical core); recorded.
     num_threads: Optional[int] = MISSING
     interop_threads: Optional[int] = MISSING
+    allocator: str = MISSING  # retain (freed memory kept for the next call) or system; see the module doc
 
     def check(self) -> None:
         super().check()
@@ -40,6 +53,32 @@ class CpuConfig(TorchConfig):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ConfigError(key, f"must be >= 1 or null, got {value}")
+        if self.allocator not in ALLOCATORS:
+            raise ConfigError("allocator", f"must be one of {ALLOCATORS}, got {self.allocator!r}")
+
+
+ALLOCATORS = ("retain", "system")
+# glibc's mallopt parameters (malloc.h) and defaults: thresholds of 128 KiB.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _GLIBC_DEFAULT = -1, -3, 128 * 1024
+_RETAIN_BYTES = 1 << 30  # blocks up to 1 GiB from the heap; freed memory kept up to 2 GiB at its top
+_RETAIN_TRIM = (1 << 31) - 1
+_allocator_in_force = "system"
+
+
+def set_allocator(mode: str) -> str:
+    """Put the process's malloc in `mode` (ALLOCATORS); returns the mode in force: `mode`, or "system"
+    where the C library has no glibc mallopt (musl, macOS), which keeps its own behaviour."""
+    global _allocator_in_force
+    if mode == _allocator_in_force:
+        return mode
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return _allocator_in_force
+    mmap_bytes, trim_bytes = (_RETAIN_BYTES, _RETAIN_TRIM) if mode == "retain" else (_GLIBC_DEFAULT,) * 2
+    if mallopt(_M_MMAP_THRESHOLD, mmap_bytes) and mallopt(_M_TRIM_THRESHOLD, trim_bytes):
+        _allocator_in_force = mode
+    return _allocator_in_force
 
 
 class CpuBackend(TorchBackend):
@@ -70,6 +109,12 @@ class CpuBackend(TorchBackend):
                      "bf16": native_cpu_dtype("bf16"), "fp16": native_cpu_dtype("fp16")},
         )
 
+    def capabilities(self) -> DeviceCapabilities:
+        import torch
+
+        # The host CPU's defaults, and oneDNN's fused linear where torch was built with it.
+        return DeviceCapabilities(onednn_linear=torch.backends.mkldnn.is_available())
+
     def threads(self) -> int | None:
         """backend.num_threads, else the CPUs a cluster gave this job (harness.core.host.allocated_cpus),
         else None: torch's default."""
@@ -78,11 +123,13 @@ class CpuBackend(TorchBackend):
     def process_settings(self, precision: str) -> dict[str, Any]:
         default = "torch's default"
         return {"torch intra-op threads": self.threads() or default,
-                "torch inter-op threads": self.config.interop_threads or default}
+                "torch inter-op threads": self.config.interop_threads or default,
+                "allocator": self.config.allocator}
 
     def prepare(self, model, example) -> None:
         import torch
 
+        set_allocator(self.config.allocator)
         threads = self.threads()
         if threads is not None:
             torch.set_num_threads(threads)
@@ -109,4 +156,4 @@ class CpuBackend(TorchBackend):
         import torch
 
         return {"num_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-                "compile": self.config.compile}
+                "allocator": _allocator_in_force, "compile": self.config.compile}

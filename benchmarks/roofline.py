@@ -8,10 +8,10 @@ DLRM forward at query sizes 1, 1024 and 4096, timed interleaved with its fp32 tw
 precision applied as a run applies it): the p50, and the bound the machine allows, from this run's measured
 peaks and the cost model's counts (harness/workload/cost.py):
 
-    bound = FLOPs / GEMM peak of the path's compute precision + bytes read / gather bandwidth at 64-byte rows
+    bound = FLOPs / GEMM peak of the path's compute precision + bytes moved / gather bandwidth at 64-byte rows
 
-with each table row counted as the whole cache line it costs (a random row costs a line whatever its width,
-so the 64-byte-row gather is the table path's limit: an int8 row of 24 bytes counts 64).
+with each table row counted as the gather kernel counts one: the whole cache line it costs read (a random
+row costs a line whatever its width: an int8 row of 24 bytes counts 64) and its vector written.
 The fraction is bound / p50: 1.0 runs at the roof. At q = 1 what matters is the fixed cost: the report
 gives the p50 there beside the bound, and benchmarks.harness_overhead measures the harness's own share.
 The DLRM reference (facebookresearch/dlrm DLRM_Net) is compared where it is importable; it is not
@@ -64,8 +64,10 @@ LINE = 64  # bytes: what a random row costs from memory, however narrow
 
 
 def memory_bytes_per_sample(representation: str, spec, storage: str | None) -> float:
-    """What one sample reads from memory: each table row a whole cache line (int8 rows of 24 bytes cost
-    64, as the 64-byte-row gather that measures the roof counts them); ids and dense features as counted.
+    """What one sample moves, counted as the 64-byte-row gather that measures the roof counts it: each
+    table row its whole cache lines read (an int8 row of 24 bytes costs 64) and the vector it becomes
+    written (D fp32 values: fp32 and int8 rows alike; fp16 rows stay fp16), as the kernel's index_select
+    reads a line and writes it (its GB/s count both); ids and dense features as the cost model counts them.
     The weights read once a query stay cache-resident: left out, which keeps the bound a lower bound."""
     from harness.core.precision import row_bytes
 
@@ -74,7 +76,8 @@ def memory_bytes_per_sample(representation: str, spec, storage: str | None) -> f
         return float(cost.bytes_read_per_sample)
     rows = spec.num_tables * spec.ids_per_lookup
     width = row_bytes(storage or "fp32", spec.embedding_dim)
-    return cost.bytes_read_per_sample - rows * width + rows * LINE * -(-width // LINE)
+    written = spec.embedding_dim * (2 if storage == "fp16" else 4)
+    return cost.bytes_read_per_sample - rows * width + rows * (LINE * -(-width // LINE) + written)
 
 
 def bound_s(flops_per_sample: float, bytes_per_sample: float, q: int, precision: str, peaks: dict) -> float:

@@ -390,3 +390,43 @@ def test_cuda_graphs_capture_once_per_size_replay_and_fall_back_to_eager(run_con
     log.clear()
     adapter.serve(Batch(torch.ones(3, 13), torch.zeros(3, 26, 1)))  # no graph of size 3: eager
     assert log == ["eager"]
+
+
+_FAULTS = """
+import resource, sys, torch
+from backends.cpu import set_allocator
+print(set_allocator(sys.argv[1]))
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(16):  # 64 MiB allocated, touched and freed, as a query's activations are, call after call
+    before = faults()
+    torch.empty(64 << 18).fill_(1.0)
+    print(faults() - before)
+"""
+
+
+def test_the_retained_allocator_serves_a_large_tensor_again_without_page_faults():
+    runs = {}
+    for mode in ("system", "retain"):
+        proc = subprocess.run([sys.executable, "-c", _FAULTS, mode], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        in_force, *faults = proc.stdout.split()
+        runs[mode] = (in_force, [int(f) for f in faults])
+    if runs["retain"][0] != "retain":
+        pytest.skip("no glibc mallopt here: the allocator stays the system's")
+    # 64 MiB is 16k pages of 4 KiB: the system's malloc maps them anew every call, each faulted in on first
+    # touch; the retained heap grows to a working set (glibc's aligned blocks need a few) and then serves
+    # every call from it.
+    assert min(runs["system"][1]) > 4000, runs
+    assert max(runs["retain"][1][-4:]) < 400, runs
+
+
+def test_the_cpu_backend_refuses_an_unknown_allocator_by_key():
+    from backends.cpu import CpuConfig
+    from harness.core.errors import ConfigError
+
+    config = CpuConfig(num_threads=None, interop_threads=None, allocator="jemalloc", compile=False,
+                       compile_mode="default", memory_bytes=None)
+    with pytest.raises(ConfigError, match="allocator.*retain"):
+        config.check()

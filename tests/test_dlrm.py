@@ -79,3 +79,45 @@ def test_same_seed_same_weights():
     a, b = build_model(tiny_spec(), seed=5), build_model(tiny_spec(), seed=5)
     for pa, pb in zip(a.parameters(), b.parameters()):
         assert torch.equal(pa, pb)
+
+
+def test_the_cpu_fast_paths_compute_the_hand_forward():
+    """With a CPU's settings and a query large enough for each fast path (oneDNN linear + ReLU from 32 rows,
+    embedding_bag from 4096 one-id bags, the interaction's gather): the same function as by hand."""
+    from harness.workload.device import DeviceCapabilities, configure_for
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    spec = tiny_spec()
+    model = build_model(spec, seed=1).eval().requires_grad_(False)
+    assert configure_for(model, DeviceCapabilities(onednn_linear=True)).linear_kernel == "onednn"
+    gen = np.random.default_rng(0)
+    dense = gen.random((1500, 13), dtype=np.float32)
+    ids = np.stack([gen.integers(0, r, (1500, 1)) for r in spec.table_rows], axis=1)
+    with torch.profiler.profile() as prof:
+        got = model(torch.from_numpy(dense), torch.from_numpy(ids)).numpy()
+    ran = {event.key for event in prof.key_averages()}
+    assert {"mkldnn::_linear_pointwise", "aten::gather"} <= ran
+    assert any("embedding_bag" in name for name in ran), ran
+    np.testing.assert_allclose(got, _numpy_forward(model, dense, ids), rtol=1e-4, atol=1e-5)
+    small = model(torch.from_numpy(dense[:4]), torch.from_numpy(ids[:4]))  # aten below 32 rows: the same
+    np.testing.assert_allclose(small.numpy(), got[:4], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_the_interaction_gathers_the_same_pairs_in_every_dtype_and_trains(dtype):
+    gen = torch.Generator().manual_seed(0)
+    dense, sparse = torch.randn(64, 4, generator=gen), torch.randn(64, 5, 4, generator=gen)
+    inter = DotInteraction(num_vectors=6)
+    vectors = torch.cat([dense.unsqueeze(1), sparse], 1).to(dtype)
+    gram = torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)
+    expected = torch.cat([dense.to(dtype), gram.index_select(1, inter.pair_index)], 1)
+    assert torch.equal(inter(dense.to(dtype), sparse.to(dtype)), expected)
+    # Training: the gather must stay differentiable (no integer view under autograd).
+    leaf = dense.clone().requires_grad_(True)
+    inter(leaf, sparse).sum().backward()
+    reference = dense.clone().requires_grad_(True)
+    vecs = torch.cat([reference.unsqueeze(1), sparse], 1)
+    torch.cat([reference, torch.bmm(vecs, vecs.transpose(1, 2)).flatten(1).index_select(1, inter.pair_index)],
+              1).sum().backward()
+    assert leaf.grad is not None and torch.allclose(leaf.grad, reference.grad)

@@ -455,7 +455,8 @@ def test_live_paths_with_conflicting_process_settings_are_refused_before_any_is_
     def planned(name, threads, precision="fp32"):
         from backends.cpu import CpuBackend
 
-        adapter = CpuBackend(types.SimpleNamespace(num_threads=threads, interop_threads=None))
+        adapter = CpuBackend(types.SimpleNamespace(num_threads=threads, interop_threads=None,
+                                                 allocator="retain"))
         run = types.SimpleNamespace(precision=types.SimpleNamespace(name=precision))
         return (types.SimpleNamespace(name=name), types.SimpleNamespace(adapter=adapter, run=run), None)
 

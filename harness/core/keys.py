@@ -6,8 +6,9 @@
   dataset, model, training, seed; not the backend nor the precision: training is fp32, and reduced
   precision is applied to the trained weights). Runs with the same quality key share one training.
 
-The default precision (fp32 compute, fp32 tables) and `backend.graphs=false` are left out, so the keys of
-runs recorded before these were choices stay what they were, and those runs still resume.
+The default precision (fp32 compute, fp32 tables), `backend.graphs=false` and `backend.allocator=retain` are
+left out, so the keys of runs recorded before these were choices stay what they were, and those runs still
+resume.
 
 Both take `RunConfig.as_dict()`, so they never depend on how the config was typed.
 """
@@ -37,6 +38,9 @@ def run_key(config: Mapping[str, Any]) -> str:
         del measured["precision"]
     if measured.get("backend", {}).get("graphs") is False:  # added with CUDA graphs; eager runs keep keys
         measured["backend"] = {k: v for k, v in measured["backend"].items() if k != "graphs"}
+    if measured.get("backend", {}).get("allocator") == "retain":
+        # The CPU's default since issue 24, left out as code changes are: runs recorded before keep keys.
+        measured["backend"] = {k: v for k, v in measured["backend"].items() if k != "allocator"}
     measured["representation"] = _without_default_storage(measured["representation"])
     # The stability rules judge a measurement, they do not change what is measured (added in issue 22):
     # runs recorded before them keep their keys; force=true measures again under changed thresholds.

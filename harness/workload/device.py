@@ -2,15 +2,17 @@
 
 An adapter declares its device's `DeviceCapabilities` (backends/base.py: `Backend.capabilities`); it never
 touches the model's modules. `configure_for` turns the capabilities into `ModuleSettings` and hands them
-to every module that takes settings (a `configure(settings)` method: FusedTables, DeepHashEmbedding).
+to every module that takes settings (a `configure(settings)` method: FusedTables, DeepHashEmbedding, MLP).
 
 >>> settings_for(DeviceCapabilities())
-ModuleSettings(hash_method='float64', bag_pooling='bag', quantized_lookup='fbgemm')
+ModuleSettings(hash_method='float64', bag_pooling='bag', quantized_lookup='fbgemm', linear_kernel='aten')
 >>> tpu = DeviceCapabilities(int64=False, float64=False, embedding_bag=False, quantized_bag=False)
 >>> settings_for(tpu)
-ModuleSettings(hash_method='int32', bag_pooling='gather_sum', quantized_lookup='gather')
+ModuleSettings(hash_method='int32', bag_pooling='gather_sum', quantized_lookup='gather', linear_kernel='aten')
 >>> settings_for(DeviceCapabilities(launch_bound=True)).hash_method                      # a GPU
 'int64'
+>>> settings_for(DeviceCapabilities(onednn_linear=True)).linear_kernel                   # a host CPU
+'onednn'
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ class DeviceCapabilities:
     embedding_bag: bool = True  # F.embedding_bag runs on the device (XLA falls back to the host)
     launch_bound: bool = False  # a kernel launch costs more than cache-sized chunks save (GPUs)
     quantized_bag: bool = True  # torch's FBGEMM quantized embedding-bag kernels (int8, int4 rows) run here
+    # torch's oneDNN fused linear (torch.ops.mkldnn._linear_pointwise: GEMM, bias and ReLU in one call) runs
+    # here: host CPUs where torch is built with oneDNN; the CPU adapter says so, the default does not.
+    onednn_linear: bool = False
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class ModuleSettings:
     hash_method: str  # DHE: float64 (chunked, C kernel on CPUs), int64 (one pass) or int32 (limbs)
     bag_pooling: str  # tables' multi-id bags: bag (F.embedding_bag) or gather_sum
     quantized_lookup: str  # int8/int4 tables: fbgemm (one fused quantized kernel) or gather, then dequantize
+    linear_kernel: str = "aten"  # MLPs in inference: onednn (linear, bias, ReLU in one call) or aten
 
 
 def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
@@ -46,7 +52,8 @@ def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
     else:
         hash_method = "float64"  # cache-sized chunks of exact float64, or one C pass
     return ModuleSettings(hash_method=hash_method, bag_pooling="bag" if caps.embedding_bag else "gather_sum",
-                          quantized_lookup="fbgemm" if caps.quantized_bag else "gather")
+                          quantized_lookup="fbgemm" if caps.quantized_bag else "gather",
+                          linear_kernel="onednn" if caps.onednn_linear else "aten")
 
 
 def configure_for(model, caps: DeviceCapabilities) -> ModuleSettings:

@@ -37,6 +37,7 @@ class FusedTables(nn.Module):
 
     # A path's compute precision never casts the rows (harness/workload/precision.py).
     keeps_storage_dtype = True
+    BAG_MIN_LOOKUPS = 4096  # one-id bags from which embedding_bag's kernel beats F.embedding (see forward)
     row_offsets: torch.Tensor  # buffers, declared for the type checker
     packed: torch.Tensor
 
@@ -118,8 +119,14 @@ class FusedTables(nn.Module):
             shifted = ids + self.row_offsets.view(1, tables, 1)
             return fused_sgd.FixedBagsSGD.apply(self.weight, shifted, self.fused_sgd_lr)
         flat = (ids + self.row_offsets.view(1, tables, 1)).view(batch * tables, per_bag)
-        if per_bag == 1:
-            # One id per bag (Criteo): a plain gather; the bag machinery only adds work here.
+        if per_bag == 1 and (flat.shape[0] >= self.BAG_MIN_LOOKUPS and self.storage == "fp32"
+                             and not (torch.is_grad_enabled() and self.weight.requires_grad)):
+            # Many one-id bags in inference: embedding_bag's kernel (FBGEMM's, which prefetches rows)
+            # gathers them 3x faster than F.embedding's index_select (0.75 vs 2.3 ms for 106k rows of a
+            # 2 GB table); a bag of one id is that row, bit for bit.
+            out = F.embedding_bag(flat, self.weight, mode="sum")
+        elif per_bag == 1:
+            # Few ids (its fixed cost is less: 3.7 vs 12 us at 26), or training (the simplest backward).
             out = F.embedding(flat.view(-1), self.weight, sparse=self.sparse_grad)
         elif self.pooling == "gather_sum" or self.storage == "fp16":
             # fp16 rows are pooled in fp32, as int8 rows are: a bag's sum keeps the rows' precision.
