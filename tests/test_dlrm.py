@@ -82,7 +82,7 @@ def test_same_seed_same_weights():
 
 
 def test_the_cpu_fast_paths_compute_the_hand_forward():
-    """With a CPU's settings and a query large enough for each fast path (oneDNN linear + ReLU from 32 rows,
+    """With a CPU's settings and a query large enough for each fast path (oneDNN linear + ReLU from 256 rows,
     embedding_bag from 4096 one-id bags, the interaction's gather): the same function as by hand."""
     from harness.workload.device import DeviceCapabilities, configure_for
 
@@ -100,7 +100,7 @@ def test_the_cpu_fast_paths_compute_the_hand_forward():
     assert {"mkldnn::_linear_pointwise", "aten::gather"} <= ran
     assert any("embedding_bag" in name for name in ran), ran
     np.testing.assert_allclose(got, _numpy_forward(model, dense, ids), rtol=1e-4, atol=1e-5)
-    small = model(torch.from_numpy(dense[:4]), torch.from_numpy(ids[:4]))  # aten below 32 rows: the same
+    small = model(torch.from_numpy(dense[:4]), torch.from_numpy(ids[:4]))  # aten below 256 rows: the same
     np.testing.assert_allclose(small.numpy(), got[:4], rtol=1e-5, atol=1e-6)
 
 

@@ -30,9 +30,9 @@ class MLP(nn.Sequential):
 
     nn.Sequential's keys (`0.weight`, `2.weight`, ...), so weights exchange with the DLRM reference's. In
     inference on a device whose settings say `linear_kernel="onednn"` (host CPUs), each linear and its
-    ReLU run as one oneDNN call: on 2 EPYC cores 1.45x faster than aten's fp32 addmm at the Kaggle top
-    MLP's shapes (5.7 vs 8.8 ms for 4096 x 512 x 256), and the ReLU's pass over memory gone. Its fp32 sums
-    differ from aten's in rounding only (oneDNN's own kernels): ~1e-7 relative.
+    ReLU run as one oneDNN call (from 256 rows): on 2 EPYC cores 1.45x faster than aten's fp32 addmm at
+    the Kaggle top MLP's shapes (5.7 vs 8.8 ms for 4096 x 512 x 256), and the ReLU's pass over memory
+    gone. Its fp32 sums differ from aten's in rounding only (oneDNN's own kernels): ~1e-7 relative.
     """
 
     def __init__(self, layers: list[nn.Module]) -> None:
@@ -50,8 +50,9 @@ class MLP(nn.Sequential):
                 relu = i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU)
                 self.fused.append((layer, "relu" if relu else "none"))
 
-    # Below this many rows aten's call is the cheaper (fp32 at 1 row: 18 vs 27 us per Kaggle layer).
-    ONEDNN_MIN_ROWS = 32
+    # Below this many rows aten's call is the cheaper or no slower (fp32 at 1 row: 18 vs 27 us per Kaggle
+    # layer; the whole Kaggle table path at 64 rows: 0.85 vs 0.75 ms; at 1024 oneDNN's 8.3 vs 9.3 ms).
+    ONEDNN_MIN_ROWS = 256
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Inference only (autograd has no derivative for the oneDNN op; a run's model has no parameter
