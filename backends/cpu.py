@@ -17,7 +17,6 @@ few of the largest tensor before calls reuse them). Recorded with the run; proce
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import importlib.util
 from dataclasses import dataclass
 from importlib import metadata
@@ -72,7 +71,7 @@ def set_allocator(mode: str) -> str:
     if mode == _allocator_in_force:
         return mode
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the interpreter runs on (no ldconfig call)
     except (OSError, AttributeError):
         return _allocator_in_force
     mmap_bytes, trim_bytes = (_RETAIN_BYTES, _RETAIN_TRIM) if mode == "retain" else (_GLIBC_DEFAULT,) * 2

@@ -83,7 +83,7 @@ def test_same_seed_same_weights():
 
 def test_the_cpu_fast_paths_compute_the_hand_forward():
     """With a CPU's settings and a query large enough for each fast path (oneDNN linear + ReLU from 256 rows,
-    embedding_bag from 4096 one-id bags, the interaction's gather): the same function as by hand."""
+    embedding_bag from 4096 one-id bags): the same function as by hand."""
     from harness.workload.device import DeviceCapabilities, configure_for
 
     if not torch.backends.mkldnn.is_available():
@@ -97,7 +97,7 @@ def test_the_cpu_fast_paths_compute_the_hand_forward():
     with torch.profiler.profile() as prof:
         got = model(torch.from_numpy(dense), torch.from_numpy(ids)).numpy()
     ran = {event.key for event in prof.key_averages()}
-    assert {"mkldnn::_linear_pointwise", "aten::gather"} <= ran
+    assert "mkldnn::_linear_pointwise" in ran
     assert any("embedding_bag" in name for name in ran), ran
     np.testing.assert_allclose(got, _numpy_forward(model, dense, ids), rtol=1e-4, atol=1e-5)
     small = model(torch.from_numpy(dense[:4]), torch.from_numpy(ids[:4]))  # aten below 256 rows: the same
@@ -107,12 +107,17 @@ def test_the_cpu_fast_paths_compute_the_hand_forward():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_the_interaction_gathers_the_same_pairs_in_every_dtype_and_trains(dtype):
     gen = torch.Generator().manual_seed(0)
-    dense, sparse = torch.randn(64, 4, generator=gen), torch.randn(64, 5, 4, generator=gen)
+    dense, sparse = torch.randn(80, 4, generator=gen), torch.randn(80, 5, 4, generator=gen)
     inter = DotInteraction(num_vectors=6)
     vectors = torch.cat([dense.unsqueeze(1), sparse], 1).to(dtype)
     gram = torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)
     expected = torch.cat([dense.to(dtype), gram.index_select(1, inter.pair_index)], 1)
-    assert torch.equal(inter(dense.to(dtype), sparse.to(dtype)), expected)
+    with torch.profiler.profile() as prof:
+        got = inter(dense.to(dtype), sparse.to(dtype))
+    assert torch.equal(got, expected)
+    # 16-bit dtypes from 64 rows: the gather on an int16 view (fp32 keeps index_select)
+    gathered = any(event.key == "aten::gather" for event in prof.key_averages())
+    assert gathered == (dtype != torch.float32)
     # Training: the gather must stay differentiable (no integer view under autograd).
     leaf = dense.clone().requires_grad_(True)
     inter(leaf, sparse).sum().backward()

@@ -107,10 +107,12 @@ class DotInteraction(nn.Module):
     """
 
     pair_index: torch.Tensor  # a buffer, declared for the type checker
-    # The gather is a copy, so it may move any dtype's bits as integers of the same width: torch's CPU
-    # gather is 1.4x slower on bf16 than on int16, its index_select along dim 1 8x (3.6 vs 0.43 ms at
-    # q = 4096); only without autograd, which cannot follow a reinterpreting view.
-    _SAME_WIDTH = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
+    # Selecting the pairs is a copy, so it may move a 16-bit dtype's bits as int16: torch's CPU index_select
+    # along dim 1 is vectorized for fp32 only (bf16: 3.6 ms at q = 4096), its gather on int16 takes 0.43 ms
+    # (on bf16 0.61). fp32 keeps index_select, and so do small queries (the gather's extra ops cost ~9 us at
+    # one sample) and autograd, which cannot follow a reinterpreting view.
+    _SAME_WIDTH = {torch.bfloat16: torch.int16, torch.float16: torch.int16}
+    GATHER_MIN_ROWS = 64
 
     def __init__(self, num_vectors: int) -> None:
         super().__init__()
@@ -121,11 +123,12 @@ class DotInteraction(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         vectors = torch.cat([dense.unsqueeze(1), sparse], dim=1)
         gram = torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)
-        index = self.pair_index.expand(gram.shape[0], -1)
-        bits = self._SAME_WIDTH.get(gram.dtype) if not gram.requires_grad else None
+        small = gram.shape[0] < self.GATHER_MIN_ROWS
+        bits = self._SAME_WIDTH.get(gram.dtype) if not (gram.requires_grad or small) else None
         if bits is None:
-            pairs = torch.gather(gram, 1, index)
+            pairs = gram.index_select(1, self.pair_index)
         else:
+            index = self.pair_index.expand(gram.shape[0], -1)
             pairs = torch.gather(gram.view(bits), 1, index).view(gram.dtype)
         return torch.cat([dense, pairs], dim=1)
 
