@@ -30,7 +30,7 @@ def _ratio(value: float, target: str | None = None, note: str = "") -> Ratio:
     meets = None
     if target:
         op, bound = target.split(" ")
-        meets = value >= float(bound) if op == ">=" else value < float(bound)
+        meets = {">=": value >= float(bound), "<=": value <= float(bound), "<": value < float(bound)}[op]
     return {"value": value, "target": target, "meets": meets, "note": note}
 
 
@@ -122,6 +122,9 @@ def _precision(f: dict) -> dict[str, Ratio]:
                 row["decoder_fraction_of_gemm_peak"]["bf16"], ">= 0.6" if big else None)
     out["precision.table.int8_param_bytes_over_fp32"] = _ratio(f["param_bytes"]["int8_over_fp32"], "< 0.3",
                                                                 "Kaggle 1.0; 8 bytes of scale and bias a row")
+    if "int4_over_fp32" in f["param_bytes"]:  # reports written before int4 rows lack it
+        out["precision.table.int4_param_bytes_over_fp32"] = _ratio(
+            f["param_bytes"]["int4_over_fp32"], "<= 0.21", "Kaggle 1.0; 4 bytes of fp16 scale and bias a row")
     for rep, rows in f.get("accuracy", {}).items():
         for label, row in rows.items():
             if label != "fp32":

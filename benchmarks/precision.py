@@ -4,13 +4,15 @@
     python -m benchmarks.precision --tiny          # seconds-long shapes (what the CI test runs)
 
 1. Latency, whole DLRM forward, p50 per query size (1, 64, 1024, 4096), for table (fp32, bf16, int8
-   rows in fp32 and bf16), tt, dhe and hybrid (fp32, bf16): each precision's model is built from the same
-   fp32 weights (precision applied as a run applies it) and timed interleaved with its fp32 twin.
+   rows in fp32 and bf16, int4 rows), tt, dhe and hybrid (fp32, bf16): each precision's model is built
+   from the same fp32 weights (precision applied as a run applies it) and timed interleaved with its fp32
+   twin.
 2. Lookups alone: int8 rows against fp32 rows at 4096 (one call for every table); DHE's whole lookup
    (hashing included) and its decoders alone, fp32 against bf16, with their GFLOP/s against the GEMM
    peaks of each precision measured in the same run (the harness's own peak kernels).
 3. Accuracy: each representation trained in fp32 on synthetic Kaggle data, then evaluated on the same
-   held-out samples in fp32, bf16 and (tables) int8 rows: the deltas a run records as `accuracy_delta`.
+   held-out samples in fp32, bf16 and (tables) int8 and int4 rows: the deltas a run records as
+   `accuracy_delta`.
 
 The CPU's flags (native bf16 or not) are in the report's environment; ratios compare only within it.
 """
@@ -38,7 +40,7 @@ from harness.workload.training import evaluate_model, train
 SIZES = (1, 64, 1024, 4096)
 VARIANTS = {  # representation -> [(label, precision, storage)]
     "table": [("fp32", "fp32", "fp32"), ("bf16", "bf16", "fp32"), ("int8", "fp32", "int8"),
-              ("int8+bf16", "bf16", "int8")],
+              ("int8+bf16", "bf16", "int8"), ("int4", "fp32", "int4")],
     "tt": [("fp32", "fp32", None), ("bf16", "bf16", None)],
     "dhe": [("fp32", "fp32", None), ("bf16", "bf16", None)],
     "hybrid": [("fp32", "fp32", "fp32"), ("bf16", "bf16", "fp32")],
@@ -184,10 +186,10 @@ def param_bytes() -> dict:
     """Kaggle scale 1.0 table model's bytes per storage (the cost model's, which the dry run prints)."""
     from harness.workload.cost import path_cost
 
-    out = {storage: path_cost(_spec("table", 1.0, storage=storage)[1]).param_bytes for storage in ("fp32",
-                                                                                                   "fp16",
-                                                                                                   "int8")}
+    out = {storage: path_cost(_spec("table", 1.0, storage=storage)[1]).param_bytes
+           for storage in ("fp32", "fp16", "int8", "int4")}
     out["int8_over_fp32"] = out["int8"] / out["fp32"]
+    out["int4_over_fp32"] = out["int4"] / out["fp32"]
     return out
 
 

@@ -3,10 +3,10 @@
     python -m benchmarks.roofline           # Kaggle shape at scale 1.0 (2.16 GB of tables), ~5 minutes
     python -m benchmarks.roofline --tiny    # seconds (CI)
 
-Per path and precision (table: fp32, bf16, int8 rows, int8 rows with bf16 MLPs; dhe: fp32, bf16), the whole
-DLRM forward at query sizes 1, 1024 and 4096, timed interleaved with its fp32 twin (the same weights, the
-precision applied as a run applies it): the p50, and the bound the machine allows, from this run's measured
-peaks and the cost model's counts (harness/workload/cost.py):
+Per path and precision (table: fp32, bf16, int8 rows, int8 rows with bf16 MLPs, int4 rows; dhe: fp32,
+bf16), the whole DLRM forward at query sizes 1, 1024 and 4096, timed interleaved with its fp32 twin (the
+same weights, the precision applied as a run applies it): the p50, and the bound the machine allows, from
+this run's measured peaks and the cost model's counts (harness/workload/cost.py):
 
     bound = FLOPs / GEMM peak of the path's compute precision + bytes moved / gather bandwidth at 64-byte rows
 
@@ -37,7 +37,7 @@ SIZES: tuple[int, ...] = (1, 1024, 4096)
 # representation -> [(label, compute precision, table storage)]
 VARIANTS: dict[str, list[tuple[str, str, str | None]]] = {
     "table": [("fp32", "fp32", None), ("bf16", "bf16", None), ("int8", "fp32", "int8"),
-              ("int8+bf16", "bf16", "int8")],
+              ("int8+bf16", "bf16", "int8"), ("int4", "fp32", "int4")],
     "dhe": [("fp32", "fp32", None), ("bf16", "bf16", None)],
 }
 

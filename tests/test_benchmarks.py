@@ -142,12 +142,14 @@ def test_precision_figures(tiny_run):
     )
     assert f["param_bytes"]["int8"] == 33762577 * 24 + 1903940  # rows x (16 + 8) bytes, fp32 MLPs
     assert f["param_bytes"]["int8_over_fp32"] < 0.4 and f["gemm_peak_gflops"]["bf16"] > 0
-    assert set(f["accuracy"]["table"]) == {"fp32", "bf16", "int8", "int8+bf16"}
+    assert f["param_bytes"]["int4"] == 33762577 * 12 + 1903940  # rows x (8 + 4) bytes
+    assert set(f["accuracy"]["table"]) == {"fp32", "bf16", "int8", "int8+bf16", "int4"}
     assert f["accuracy"]["table"]["fp32"]["accuracy_delta"] == 0
     ratios = tiny_run[0]["ratios"]
     assert (
         "precision.table.q64.bf16_speedup" in ratios
         and ratios["precision.table.int8_param_bytes_over_fp32"]["target"]
+        and ratios["precision.table.int4_param_bytes_over_fp32"]["meets"]  # 0.19x: within the 0.21x target
     )
 
 
@@ -157,7 +159,7 @@ def test_roofline_figures(tiny_run):
     peaks = f["peaks"]
     assert peaks["gemm_gflops"] > 0 and peaks["gemm_bf16_gflops"] > 0 and peaks["gather64_gbps"] > 0
     assert isinstance(f["cpu_flags"], list) and all(isinstance(flag, str) for flag in f["cpu_flags"])
-    assert set(f["table"]["1"]) == {"fp32", "bf16", "int8", "int8+bf16"}
+    assert set(f["table"]["1"]) == {"fp32", "bf16", "int8", "int8+bf16", "int4"}
     assert set(f["dhe"]["64"]) == {"fp32", "bf16"}
     for rep in ("table", "dhe"):
         for rows in f[rep].values():
@@ -168,6 +170,7 @@ def test_roofline_figures(tiny_run):
     # differs from fp32's only where the MLPs' precision does)
     table = f["table"]["64"]
     assert table["int8"]["bound_ms"] == pytest.approx(table["fp32"]["bound_ms"], rel=1e-9)
+    assert table["int4"]["bound_ms"] == pytest.approx(table["fp32"]["bound_ms"], rel=1e-9)
     # bf16's bound is below fp32's wherever FLOPs matter: its GEMM roof is the bf16 peak
     dhe = f["dhe"]["64"]
     faster_bf16 = peaks["gemm_bf16_gflops"] > peaks["gemm_gflops"]

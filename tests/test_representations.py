@@ -321,3 +321,31 @@ def test_every_representation_composes_and_runs_in_dlrm(run_config, name):
     model = build_model(spec, seed=0)
     ids = torch.stack([torch.randint(0, r, (2, 1)) for r in spec.table_rows], dim=1)
     assert model(torch.rand(2, 13), ids).shape == (2,)
+
+
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("layers", [[16, 12], [16]])
+def test_dhe_decoders_on_onednn_equal_the_batched_gemms(batch_norm, layers):
+    """A CPU's settings run fp32 first layers table by table through oneDNN from 256 lookups: the same
+    decoder outputs as the batched GEMMs, to fp32 rounding; the ReLU fused only where no norm is between."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("torch built without oneDNN")
+    params = dhe.DheParams(k=16, decoder=layers, m=1000, encoding="uniform", activation="none",
+                           batch_norm=batch_norm and len(layers) > 1, seed=0)
+    module = DeepHashEmbedding(features=[0, 1, 2], params=params, dim=4).eval().requires_grad_(False)
+    if module.norms is not None:
+        for norm in module.norms:
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    codes = module.encode(torch.randint(0, 10**6, (300, 3, 1)))
+    reference = module.decode(codes)
+    configure_for(module, DeviceCapabilities(onednn_linear=True))
+    with torch.profiler.profile() as prof:
+        fused = module.decode(codes)
+    assert any(event.key == "mkldnn::_linear_pointwise" for event in prof.key_averages())
+    torch.testing.assert_close(fused, reference, rtol=1e-5, atol=1e-5)
+    # Fewer lookups: the batched GEMMs again.
+    with torch.profiler.profile() as prof:
+        small = module.decode(codes[:, :100])
+    assert not any(event.key == "mkldnn::_linear_pointwise" for event in prof.key_averages())
+    torch.testing.assert_close(small, reference[:, :100], rtol=1e-6, atol=1e-6)
