@@ -44,12 +44,13 @@ def _table_path(f: dict) -> dict[str, Ratio]:
 
 def _torchrec(f: dict) -> dict[str, Ratio]:
     out = {"torchrec.min_infer_ours_over_ebc": _ratio(f["min_infer_ours_over_ebc"], ">= 1.0"),
-           "torchrec.min_train_ours_over_fused": _ratio(f["min_train_ours_over_fused"], ">= 0.8")}
+           # issue 24 raised the training target from 0.8x to 1.0x
+           "torchrec.min_train_ours_over_fused": _ratio(f["min_train_ours_over_fused"], ">= 1.0")}
     for c in f["cases"]:
         key = f"torchrec.scale{c['scale']:g}.q{c['query_size']}.ids{c['ids_per_feature']}"
         out[f"{key}.infer_over_ebc"] = _ratio(c["infer_ours_over_ebc"], ">= 1.0")
         out[f"{key}.infer_over_fused"] = _ratio(c["infer_ours_over_fused"])
-        out[f"{key}.train_over_fused"] = _ratio(c["train_ours_over_fused"], ">= 0.8")
+        out[f"{key}.train_over_fused"] = _ratio(c["train_ours_over_fused"], ">= 1.0")
     return out
 
 

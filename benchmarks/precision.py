@@ -229,6 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args(argv)
+    from backends.cpu import set_allocator
+
+    set_allocator("retain")  # as a run's CPU adapter does (backend.allocator's default)
     tiny = args.tiny
     scale = 0.0001 if tiny else args.scale
     sizes = (1, 64) if tiny else SIZES

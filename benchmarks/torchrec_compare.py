@@ -12,7 +12,7 @@ timing), 26 Kaggle tables of dim 16, ids uniform over each table's rows (the cac
 - training step (forward, backward, SGD): ours as the harness trains tables, SGD inside the backward
   (harness/workload/representations/table/fused_sgd.py; sparse gradients and torch.optim.SGD where its
   kernel cannot be built) vs TorchRec's fused collection, which also applies SGD inside its backward;
-  target ours >= 0.8x fused.
+  target ours >= 1.0x fused (issue 24; 0.8x before).
 Inputs in each candidate's native form, built before timing: ours a [B, T, 1] id tensor (one id per
 feature, Criteo) or TorchRec's jagged layout (1-16 ids per feature, multi-hot); TorchRec a KeyedJaggedTensor.
 Medians of 5 interleaved repetitions (A B C A B C ...), each the median of a >= 0.5 s block.
@@ -180,7 +180,7 @@ def main(argv: list[str] | None = None) -> dict:
     figures["min_infer_ours_over_ebc"] = min(c["infer_ours_over_ebc"] for c in cases)
     figures["min_train_ours_over_fused"] = min(c["train_ours_over_fused"] for c in cases)
     print(f"worst case: inference {figures['min_infer_ours_over_ebc']:.2f}x EBC (target >= 1.0), training "
-          f"{figures['min_train_ours_over_fused']:.2f}x fused (target >= 0.8)")
+          f"{figures['min_train_ours_over_fused']:.2f}x fused (target >= 1.0)")
     print(f"written: {write_report('torchrec_compare', figures)}")
     return figures
 
