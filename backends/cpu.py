@@ -10,7 +10,9 @@ kernel must fault in and zero, then unmaps them on free, so a large activation c
 every call: DHE's codes at query size 4096 (436 MB) took 205 ms to encode, of which ~150 ms were faults,
 40 ms with the memory kept (docs/performance.md). `retain` (the default) keeps freed memory in the heap for
 the next call, as a serving process with a caching allocator (jemalloc, tcmalloc) does; `system` leaves
-the C library's thresholds. The cost: the heap keeps its high-water mark (glibc's aligned blocks need a
+the C library's thresholds (in a process that retained before, e.g. a multirun's later job with
+isolate=never, glibc's 128 KiB thresholds, fixed: not the dynamic ones a fresh process starts with).
+The cost: the heap keeps its high-water mark (glibc's aligned blocks need a
 few of the largest tensor before calls reuse them). Recorded with the run; process-wide, like the threads.
 """
 

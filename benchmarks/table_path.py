@@ -27,6 +27,7 @@ from harness.core.spec import WorkloadSpec
 from harness.data.pool import build_pool
 from harness.data.synthetic import SyntheticCriteo
 from harness.pipeline.config import load_config
+from harness.pipeline.run import prepare_on
 from harness.pipeline.timing import LadderSettings, time_iterations
 from harness.workload.dlrm import build_model
 from harness.workload.representations.table import Config as TableConfig
@@ -72,7 +73,7 @@ def path_vs_bare(scale: float, query_size: int, pool_batches: int, reps: int, bl
     model = build_model(spec, seed=0)
     backend = cpu_backend()
     generator = SyntheticCriteo(spec.table_rows, seed=0)
-    backend.prepare(model, build_pool(generator, 1, 1)[0])
+    prepare_on(backend, model, build_pool(generator, 1, 1)[0])  # configured for the CPU as a run is
     pool = [backend.place(b) for b in build_pool(generator, query_size, pool_batches)]
     with torch.inference_mode():
         torch.testing.assert_close(bare_forward(model, *pool[0]), backend.run(pool[0]))
@@ -120,7 +121,7 @@ def layouts(scale: float, query_sizes: list[int], reps: int, block_s: float) -> 
         spec = WorkloadSpec.from_shape("kaggle", scale, representation=TableConfig(layout=layout,
                                                                                    storage="fp32"))
         backend = cpu_backend()
-        backend.prepare(build_model(spec, seed=0), None)
+        prepare_on(backend, build_model(spec, seed=0), None)
         backends[layout] = backend
     generator = SyntheticCriteo(spec.table_rows, seed=0)
     out = {}

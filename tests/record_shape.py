@@ -46,7 +46,7 @@ VOLATILE_TAGS = {
     "mprec.create_token",
 }
 VOLATILE_PARAMS = {"tracking.results_dir", "tracking.uri", "backend_resolved.num_threads",
-                   "backend_resolved.interop_threads"}
+                   "backend_resolved.interop_threads", "backend_resolved.allocator"}  # glibc: retain
 ERROR_TAG = "error"  # its first line is compared (the message), not the traceback
 
 

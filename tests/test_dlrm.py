@@ -118,11 +118,26 @@ def test_the_interaction_gathers_the_same_pairs_in_every_dtype_and_trains(dtype)
     # 16-bit dtypes from 64 rows: the gather on an int16 view (fp32 keeps index_select)
     gathered = any(event.key == "aten::gather" for event in prof.key_averages())
     assert gathered == (dtype != torch.float32)
-    # Training: the gather must stay differentiable (no integer view under autograd).
-    leaf = dense.clone().requires_grad_(True)
-    inter(leaf, sparse).sum().backward()
-    reference = dense.clone().requires_grad_(True)
-    vecs = torch.cat([reference.unsqueeze(1), sparse], 1)
+    # Under autograd the pairs must stay differentiable (no integer view), in every dtype.
+    leaf = dense.to(dtype).requires_grad_(True)
+    inter(leaf, sparse.to(dtype)).sum().backward()
+    reference = dense.to(dtype).requires_grad_(True)
+    vecs = torch.cat([reference.unsqueeze(1), sparse.to(dtype)], 1)
     torch.cat([reference, torch.bmm(vecs, vecs.transpose(1, 2)).flatten(1).index_select(1, inter.pair_index)],
               1).sum().backward()
     assert leaf.grad is not None and torch.allclose(leaf.grad, reference.grad)
+
+
+def test_a_model_configured_for_onednn_still_trains_even_with_its_first_layer_frozen():
+    """oneDNN's fused linear has no derivative: wherever any MLP parameter needs a gradient, the MLPs
+    run nn.Linear (a frozen first layer must not hide a trainable second one)."""
+    from harness.workload.device import DeviceCapabilities, configure_for
+
+    model = build_model(tiny_spec(), seed=0)
+    configure_for(model, DeviceCapabilities(onednn_linear=True))
+    model.dense_arch.mlp[0].requires_grad_(False)
+    dense, ids = torch.rand(300, 13), torch.randint(0, 3, (300, 3, 1))
+    model(dense, ids).sum().backward()
+    second = model.dense_arch.mlp[2].weight
+    assert second.grad is not None and second.grad.abs().sum() > 0
+    assert model.dense_arch.mlp[0].weight.grad is None

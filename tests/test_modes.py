@@ -46,12 +46,13 @@ def test_graphs_with_an_mp_cache_is_refused_naming_the_key():
     assert info.value.key == "backend.graphs" and "MP-Cache" in str(info.value)
 
 
-def test_runs_recorded_before_precision_and_graphs_rebuild_as_what_they_measured():
+def test_runs_recorded_before_precision_graphs_and_the_allocator_rebuild_as_what_they_measured():
     from harness.pipeline.config import from_record
 
     for overrides in (["+backend=cuda"], ["+backend=cpu", "representation=tt"], ["representation=hybrid"]):
         config = plan(compose(["dry_run=true", *overrides])).run.as_dict()
-        old = {**config, "backend": {k: v for k, v in config["backend"].items() if k != "graphs"}}
+        old = {**config, "backend": {k: v for k, v in config["backend"].items()
+                                     if k not in ("graphs", "allocator")}}
         del old["precision"]
         old["representation"] = {k: v for k, v in config["representation"].items() if k != "storage"}
         assert plan(from_record(old)).run_key() == plan(config).run_key()

@@ -57,6 +57,8 @@ def from_record(config: dict[str, Any]) -> dict[str, Any]:
     backend = dict(config.get("backend") or {})
     if backend.get("name") == "cuda" and "graphs" not in backend:
         backend["graphs"] = False
+    if backend.get("name") == "cpu" and "allocator" not in backend:
+        backend["allocator"] = "retain"  # the default since issue 24, left out of run keys (core/keys.py)
     config["backend"] = backend
     return config
 

@@ -44,8 +44,9 @@ SECONDS_PER_KERNEL = 1.2  # what the announcement says one kernel takes (its buf
 # Bumped when the kernel set or the entries change (2: gather64, 3: reduced-precision GEMMs, 4: measured
 # under a load probe, with its reading and the library versions; entries before 4 were never checked;
 # 5: GEMMs sized by a probe call, only the precisions a run needs, an entry filled in as runs need more;
-# 6: on a CPU the faster of torch.mm and F.linear, the op an MLP runs).
-KERNELS_VERSION = 6
+# 6: on a CPU the faster of torch.mm and F.linear, the op an MLP runs; 7: and oneDNN's fused linear, which
+# the MLPs and DHE's fp32 decoders run on CPUs since issue 24).
+KERNELS_VERSION = 7
 _METRIC = {"copy": "copy_gbps", "gather": "gather_gbps", "gather64": "gather64_gbps", "gemm": "gemm_gflops",
            "gemm_bf16": "gemm_bf16_gflops", "gemm_fp16": "gemm_fp16_gflops", "gemm_tf32": "gemm_tf32_gflops"}
 BANDWIDTHS = ("copy_gbps", "gather_gbps", "gather64_gbps")

@@ -38,17 +38,25 @@ class MLP(nn.Sequential):
     def __init__(self, layers: list[nn.Module]) -> None:
         super().__init__(*layers)
         self.fused: list[tuple[nn.Linear, str]] = []  # (linear, its activation), set by `configure`
+        self.fused_dtypes: tuple[torch.dtype, ...] = ()
 
     def configure(self, settings) -> None:
         """Take the device's settings (harness/workload/device.py): which kernel runs the linears."""
         self.fused = []
         if settings.linear_kernel != "onednn":
             return
+        # bf16 only where oneDNN runs it natively (capped at AVX2 its bf16 GEMMs ran at 1-3 GFLOP/s)
+        native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        self.fused_dtypes = (torch.float32, torch.bfloat16) if native_bf16 else (torch.float32,)
         modules = list(self)
         for i, layer in enumerate(modules):
             if isinstance(layer, nn.Linear):
                 relu = i + 1 < len(modules) and isinstance(modules[i + 1], nn.ReLU)
                 self.fused.append((layer, "relu" if relu else "none"))
+
+    def _needs_grad(self, x: torch.Tensor) -> bool:
+        layers = (linear for linear, _ in self.fused)
+        return x.requires_grad or any(p.requires_grad for linear in layers for p in linear.parameters())
 
     # Below this many rows aten's call is the cheaper or no slower (fp32 at 1 row: 18 vs 27 us per Kaggle
     # layer; the whole Kaggle table path at 64 rows: 0.85 vs 0.75 ms; at 1024 oneDNN's 8.3 vs 9.3 ms).
@@ -58,8 +66,7 @@ class MLP(nn.Sequential):
         # Inference only (autograd has no derivative for the oneDNN op; a run's model has no parameter
         # that needs one), on the CPU, in the dtypes oneDNN runs natively.
         if (not self.fused or x.shape[0] < self.ONEDNN_MIN_ROWS or x.device.type != "cpu"
-                or x.dtype not in (torch.float32, torch.bfloat16)
-                or torch.is_grad_enabled() and (x.requires_grad or self.fused[0][0].weight.requires_grad)):
+                or x.dtype not in self.fused_dtypes or torch.is_grad_enabled() and self._needs_grad(x)):
             return super().forward(x)
         for linear, activation in self.fused:
             x = torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, activation, [], "")
@@ -123,8 +130,8 @@ class DotInteraction(nn.Module):
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         vectors = torch.cat([dense.unsqueeze(1), sparse], dim=1)
         gram = torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)
-        small = gram.shape[0] < self.GATHER_MIN_ROWS
-        bits = self._SAME_WIDTH.get(gram.dtype) if not (gram.requires_grad or small) else None
+        cpu_only = gram.shape[0] >= self.GATHER_MIN_ROWS and gram.device.type == "cpu"  # why: see above
+        bits = self._SAME_WIDTH.get(gram.dtype) if cpu_only and not gram.requires_grad else None
         if bits is None:
             pairs = gram.index_select(1, self.pair_index)
         else:

@@ -93,7 +93,7 @@ class DeepHashEmbedding(nn.Module):
         self.cache_enabled = False
         self.hash_method = "float64"  # hashing.METHODS; the device's setting, given by `configure`
         self.linear_kernel = "aten"  # the device's setting: onednn runs fp32 first layers per table (decode)
-        self._transposed: tuple[tuple, torch.Tensor] | None = None  # first layer's [T, out, in], by version
+        self._transposed: tuple[tuple, torch.Tensor] | None = None  # first layer's [T, out, in], by source
         split = hashing.limbs(self.hash_a, self.p)
         self.limb_bits = split[1] if split else 0
         if split:  # for the int32 method; not saved: derived from hash_a
@@ -145,10 +145,15 @@ class DeepHashEmbedding(nn.Module):
         Kaggle decoders' [4096, 1024] x [1024, 128] per table at 121 GFLOP/s on 2 EPYC cores, oneDNN at
         182 (153.6 vs 231.4 ms for 26 tables); in bf16 baddbmm is the faster (353 vs 334), and keeps it."""
         weight, bias = self.weights[0], self.biases[0]
-        key = (weight.data_ptr(), weight._version, weight.dtype)
-        if self._transposed is None or self._transposed[0] != key:  # linear's [out, in] layout, made once
-            self._transposed = (key, weight.detach().transpose(1, 2).contiguous())
-        transposed = self._transposed[1]
+        cached = self._transposed
+        # linear's [out, in] layout, made once per weight: the source is kept (a detached view), so its
+        # storage cannot be freed and reused by another weight at the same address; its version moves
+        # when anything writes the weight in place.
+        if (cached is None or cached[0][0].data_ptr() != weight.data_ptr()
+                or cached[0][1] != weight._version or cached[0][0].dtype != weight.dtype):
+            source = weight.detach()
+            cached = self._transposed = ((source, weight._version), source.transpose(1, 2).contiguous())
+        transposed = cached[1]
         out = torch.empty(x.shape[0], x.shape[1], weight.shape[2], dtype=x.dtype)
         activation = "relu" if relu else "none"
         for t in range(x.shape[0]):
