@@ -115,6 +115,8 @@ def test_the_interaction_gathers_the_same_pairs_in_every_dtype_and_trains(dtype)
     with torch.profiler.profile() as prof:
         got = inter(dense.to(dtype), sparse.to(dtype))
     assert torch.equal(got, expected)
+    # fp32 vectors from the tables with a reduced-precision dense vector (a bf16 path): cast on the way in
+    assert torch.equal(inter(dense.to(dtype), sparse), expected)
     # 16-bit dtypes from 64 rows: the gather on an int16 view (fp32 keeps index_select)
     gathered = any(event.key == "aten::gather" for event in prof.key_averages())
     assert gathered == (dtype != torch.float32)
