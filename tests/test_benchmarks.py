@@ -12,6 +12,11 @@ import math
 
 import pytest
 
+# One worker runs this module (its tiny_run fixture once, not once per worker) and the cluster tests, one
+# after the other: a Ray cluster starting beside the benchmarks made one timing of theirs read 16 ms
+# instead of 0.4, and made a fault land after the jobs it was meant to interrupt had finished.
+pytestmark = pytest.mark.xdist_group("timing_and_clusters")
+
 HAS_TORCHREC = (
     importlib.util.find_spec("torchrec") is not None and importlib.util.find_spec("fbgemm_gpu") is not None
 )

@@ -49,6 +49,9 @@ from harness.core.host import ALLOCATED_CPUS_ENV, allocated_cpus
 from harness.core.schema import TrackingConfig
 from harness.tracking import SWEEP_TAG, Store
 
+# With tests/test_benchmarks.py on one worker, never beside it (that module says why).
+pytestmark = pytest.mark.xdist_group("timing_and_clusters")
+
 
 def _server_missing() -> str | None:
     if pg_bin() is None:
