@@ -113,8 +113,8 @@ class CpuBackend(TorchBackend):
     def capabilities(self) -> DeviceCapabilities:
         import torch
 
-        # The host CPU's defaults, and oneDNN's fused linear where torch was built with it.
-        return DeviceCapabilities(onednn_linear=torch.backends.mkldnn.is_available())
+        # The host CPU's defaults, torch's CPU kernels, and oneDNN's fused linear where torch has it.
+        return DeviceCapabilities(onednn_linear=torch.backends.mkldnn.is_available(), cpu_kernels=True)
 
     def threads(self) -> int | None:
         """backend.num_threads, else the CPUs a cluster gave this job (harness.core.host.allocated_cpus),

@@ -144,11 +144,11 @@ def _linear(a, b, c):
 
 def _onednn_linear(a, b, c):
     """a @ b^T through oneDNN's fused linear, which the workload's MLPs and DHE's fp32 decoders run on CPUs
-    (harness/workload/dlrm.py): faster than aten's fp32 GEMM on some CPUs (1.45x at the Kaggle MLPs' shapes
-    on an EPYC), so a roof without it would read below what the paths reach."""
-    import torch
+    (harness/workload/onednn.py): faster than aten's fp32 GEMM on some CPUs (1.45x at the Kaggle MLPs'
+    shapes on an EPYC), so a roof without it would read below what the paths reach."""
+    from harness.workload import onednn
 
-    return torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    return onednn.linear(a, b, None)
 
 
 def _tf32_mm(a, b, c, allow: bool = True):

@@ -144,9 +144,32 @@ def load_round(launcher: str, server: TeamServer, cluster: LocalCluster | None, 
 
 
 def fault_round(cluster: LocalCluster, server: TeamServer, seeds: range, slots: int, work: Path,
-                fault: str = "node") -> dict:
+                fault: str = "node", tries: int = 2) -> dict:
     """A sweep whose node dies (or whose running job is cancelled) once a quarter of its jobs started;
-    then the same command again."""
+    then the same command again.
+
+    A node loss the first sweep came through with every job finished proves nothing (fault_checks says so):
+    seen once in CI with Ray, the killed job's run marked stale and the job run again to the end within
+    the same sweep. Such a try is kept in `missed` (its audit and why each FAILED run failed) and the round
+    is tried again on fresh seeds, up to `tries`; `fault_tries` says how many it took."""
+    missed: list[dict] = []
+    for attempt in range(tries):
+        shifted = range(seeds.start + 1000 * attempt, seeds.stop + 1000 * attempt)
+        out = _fault_once(cluster, server, shifted, slots, work, fault)
+        if fault != "node" or out["not_finished"] >= 1:
+            break
+        missed.append({"seeds": [shifted.start, shifted.stop], "first": out["first"], "after": out["after"],
+                       "failed_why": failed_why(server.uri, shifted)})
+    return {**out, "fault_tries": attempt + 1, "missed": missed}
+
+
+def failed_why(uri: str, seeds: range) -> list[str]:
+    """The error tag of each FAILED run of these jobs (lost by the launcher, or marked stale by a rerun)."""
+    return [r.data.tags.get("error", "")[:200] for r in latency_runs(uri, seeds) if r.info.status == "FAILED"]
+
+
+def _fault_once(cluster: LocalCluster, server: TeamServer, seeds: range, slots: int, work: Path,
+                fault: str) -> dict:
     name = f"{cluster.kind}-{fault}-{seeds.start}"
     cluster.cancel_tries = 0
     # Runs of 8 s or more, so the fault lands mid-run: a cancelled Slurm job has KillWait (5 s) to end

@@ -11,6 +11,15 @@ from typing import Any, Callable
 
 from harness.tracking import environment
 
+
+def torch_cpu_capabilities():
+    """What the CPU adapter declares for this machine: a benchmark's model configured as a CPU run's is."""
+    from backends.cpu import CpuBackend
+    from harness.core.conf import compose
+    from harness.pipeline.config import load_config
+
+    return CpuBackend(load_config(compose(["+backend=cpu"])).backend).capabilities()
+
 RESULTS = Path("results") / "benchmarks"
 
 

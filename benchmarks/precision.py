@@ -27,7 +27,7 @@ import time
 
 import torch
 
-from benchmarks.common import interleaved, write_report
+from benchmarks.common import interleaved, torch_cpu_capabilities, write_report
 from harness.core.conf import compose
 from harness.core.host import native_cpu_dtype, numeric_flags
 from harness.data.sources import open_dataset
@@ -63,12 +63,6 @@ def _variant(model, precision: str, storage: str | None):
     apply_precision(twin, precision, storage or "fp32")
     configure_for(twin, torch_cpu_capabilities())
     return twin.eval().requires_grad_(False)
-
-
-def torch_cpu_capabilities():
-    from backends.cpu import CpuBackend
-
-    return CpuBackend(load_config(compose(["+backend=cpu"])).backend).capabilities()
 
 
 def _batch(spec, size: int, seed: int = 0):

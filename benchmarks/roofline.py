@@ -26,8 +26,8 @@ from typing import Any, Callable
 
 import torch
 
-from benchmarks.common import interleaved, timing_parser, write_report
-from benchmarks.precision import _batch, _spec, _variant, torch_cpu_capabilities
+from benchmarks.common import interleaved, timing_parser, torch_cpu_capabilities, write_report
+from benchmarks.precision import _batch, _spec, _variant
 from harness.core.host import numeric_flags
 from harness.workload.cost import path_cost
 from harness.workload.device import configure_for

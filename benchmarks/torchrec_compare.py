@@ -25,8 +25,9 @@ import gc
 
 import torch
 
-from benchmarks.common import interleaved, write_report
+from benchmarks.common import interleaved, torch_cpu_capabilities, write_report
 from harness.core.spec import WorkloadSpec
+from harness.workload.device import configure_for
 from harness.workload.representations.table.module import FusedTables
 
 DIM = 16
@@ -47,6 +48,7 @@ def build(rows: tuple[int, ...]):
     torchrec, Fused = _torchrec()
     torch.manual_seed(0)
     ours = FusedTables(rows, DIM)
+    configure_for(ours, torch_cpu_capabilities())  # the kernels a CPU run's tables take
     configs = [torchrec.EmbeddingBagConfig(name=f"t{t}", embedding_dim=DIM, num_embeddings=r,
                                            feature_names=[f"f{t}"], pooling=torchrec.PoolingType.SUM)
                for t, r in enumerate(rows)]

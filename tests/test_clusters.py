@@ -109,11 +109,17 @@ def _through(kind: str, team_server, faults: tuple[str, ...]) -> None:
         seed, jobs = 100, 4  # 4 jobs, 2 at a time: the fault lands after the first has begun
         for fault in faults:
             lost = fault_round(cluster, server, range(seed, seed + jobs), 2, work, fault=fault)
+            print(json.dumps(lost, indent=1, default=str))  # whole, where a failed assert shortens it
             assert lost["first"]["exit"] == 1, lost
             # The fault landed, every unfinished job is recorded failed (node lost) or killed (cancelled),
             # none RUNNING, no run key twice, and the same command again ran exactly those
             # (benchmarks/clusters.py fault_checks, which the figures are held to as well)
             assert lost["failed_checks"] == [], lost
+            # A try the cluster came through with every job finished (tried again on fresh seeds) still
+            # left nothing RUNNING and no run key twice
+            for try_ in lost["missed"]:
+                assert (try_["after"]["running"], try_["after"]["duplicated_keys"], try_["after"]["lost"]) \
+                    == (0, 0, 0), try_
             seed += jobs
     finally:
         cluster.stop()
@@ -232,6 +238,28 @@ def test_a_fault_round_whose_fault_missed_is_flagged_not_passed():
     assert fault_checks(landed, 4) == []
     assert fault_checks({**landed, "rerun_ran": 2, "rerun_skipped": 2}, 4) \
         == ["the rerun ran exactly the unfinished jobs"]
+
+
+def test_a_node_loss_the_cluster_came_through_is_tried_again_on_fresh_seeds(monkeypatch):
+    import benchmarks.clusters as clusters
+
+    tried: list[range] = []
+
+    def once(cluster, server, seeds, slots, work, fault):
+        tried.append(seeds)
+        landed = len(tried) > 1  # the first try: every job finished after the node loss
+        return {"not_finished": int(landed), "first": {"exit": int(landed)}, "after": {"running": 0}}
+
+    monkeypatch.setattr(clusters, "_fault_once", once)
+    monkeypatch.setattr(clusters, "failed_why", lambda uri, seeds: ["stale: ..."])
+    server = SimpleNamespace(uri="sqlite://")
+    out = clusters.fault_round(None, server, range(100, 104), 2, Path("."), fault="node")
+    assert tried == [range(100, 104), range(1100, 1104)]
+    assert (out["fault_tries"], out["first"]["exit"]) == (2, 1)
+    assert out["missed"] == [{"seeds": [100, 104], "first": {"exit": 0}, "after": {"running": 0},
+                              "failed_why": ["stale: ..."]}]
+    tried.clear()  # a cancelled job's round has its own tries (cancel_one_running): never repeated here
+    assert clusters.fault_round(None, server, range(7, 9), 2, Path("."), fault="scancel")["fault_tries"] == 1
 
 
 def _fake_scontrol(folder: Path, script: str) -> dict[str, str]:

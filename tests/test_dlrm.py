@@ -90,7 +90,8 @@ def test_the_cpu_fast_paths_compute_the_hand_forward():
         pytest.skip("torch built without oneDNN")
     spec = tiny_spec()
     model = build_model(spec, seed=1).eval().requires_grad_(False)
-    assert configure_for(model, DeviceCapabilities(onednn_linear=True)).linear_kernel == "onednn"
+    settings = configure_for(model, DeviceCapabilities(onednn_linear=True, cpu_kernels=True))
+    assert (settings.linear_kernel, settings.one_id_lookup) == ("onednn", "embedding_bag")
     gen = np.random.default_rng(0)
     dense = gen.random((1500, 13), dtype=np.float32)
     ids = np.stack([gen.integers(0, r, (1500, 1)) for r in spec.table_rows], axis=1)
@@ -108,7 +109,10 @@ def test_the_cpu_fast_paths_compute_the_hand_forward():
 def test_the_interaction_gathers_the_same_pairs_in_every_dtype_and_trains(dtype):
     gen = torch.Generator().manual_seed(0)
     dense, sparse = torch.randn(80, 4, generator=gen), torch.randn(80, 5, 4, generator=gen)
+    from harness.workload.device import DeviceCapabilities, settings_for
+
     inter = DotInteraction(num_vectors=6)
+    inter.configure(settings_for(DeviceCapabilities(cpu_kernels=True)))  # a host CPU's kernels
     vectors = torch.cat([dense.unsqueeze(1), sparse], 1).to(dtype)
     gram = torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)
     expected = torch.cat([dense.to(dtype), gram.index_select(1, inter.pair_index)], 1)
@@ -120,6 +124,11 @@ def test_the_interaction_gathers_the_same_pairs_in_every_dtype_and_trains(dtype)
     # 16-bit dtypes from 64 rows: the gather on an int16 view (fp32 keeps index_select)
     gathered = any(event.key == "aten::gather" for event in prof.key_averages())
     assert gathered == (dtype != torch.float32)
+    # A device without torch's CPU kernels (the default settings) selects them as index_select, the same
+    reference = DotInteraction(num_vectors=6)
+    with torch.profiler.profile() as prof:
+        assert torch.equal(reference(dense.to(dtype), sparse.to(dtype)), expected)
+    assert not any(event.key == "aten::gather" for event in prof.key_averages())
     # Under autograd the pairs must stay differentiable (no integer view), in every dtype.
     leaf = dense.to(dtype).requires_grad_(True)
     inter(leaf, sparse.to(dtype)).sum().backward()

@@ -5,14 +5,16 @@ touches the model's modules. `configure_for` turns the capabilities into `Module
 to every module that takes settings (a `configure(settings)` method: FusedTables, DeepHashEmbedding, MLP).
 
 >>> settings_for(DeviceCapabilities())
-ModuleSettings(hash_method='float64', bag_pooling='bag', quantized_lookup='fbgemm', linear_kernel='aten')
+ModuleSettings(hash_method='float64', bag_pooling='bag', quantized_lookup='fbgemm', linear_kernel='aten', \
+pair_select='index_select', one_id_lookup='embedding')
 >>> tpu = DeviceCapabilities(int64=False, float64=False, embedding_bag=False, quantized_bag=False)
->>> settings_for(tpu)
-ModuleSettings(hash_method='int32', bag_pooling='gather_sum', quantized_lookup='gather', linear_kernel='aten')
+>>> settings_for(tpu).hash_method, settings_for(tpu).bag_pooling, settings_for(tpu).quantized_lookup
+('int32', 'gather_sum', 'gather')
 >>> settings_for(DeviceCapabilities(launch_bound=True)).hash_method                      # a GPU
 'int64'
->>> settings_for(DeviceCapabilities(onednn_linear=True)).linear_kernel                   # a host CPU
-'onednn'
+>>> cpu = settings_for(DeviceCapabilities(onednn_linear=True, cpu_kernels=True))         # a host CPU
+>>> cpu.linear_kernel, cpu.pair_select, cpu.one_id_lookup
+('onednn', 'int16_gather', 'embedding_bag')
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class DeviceCapabilities:
     # torch's oneDNN fused linear (torch.ops.mkldnn._linear_pointwise: GEMM, bias and ReLU in one call) runs
     # here: host CPUs where torch is built with oneDNN; the CPU adapter says so, the default does not.
     onednn_linear: bool = False
+    # torch's CPU kernels (ATen's, FBGEMM's) run the model's ops, with their particular speeds: index_select
+    # vectorized for fp32 only, embedding_bag's row prefetch. The CPU adapter says so, the default does not.
+    cpu_kernels: bool = False
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,12 @@ class ModuleSettings:
     bag_pooling: str  # tables' multi-id bags: bag (F.embedding_bag) or gather_sum
     quantized_lookup: str  # int8/int4 tables: fbgemm (one fused quantized kernel) or gather, then dequantize
     linear_kernel: str = "aten"  # MLPs in inference: onednn (linear, bias, ReLU in one call) or aten
+    # The interaction's pairs in 16-bit dtypes, large queries, no autograd: int16_gather (moved as int16
+    # by torch.gather, which CPUs vectorize where their 16-bit index_select is not) or index_select
+    pair_select: str = "index_select"
+    # Tables' one-id bags in large inference queries: embedding_bag (FBGEMM's CPU kernel prefetches rows:
+    # 3x F.embedding's index_select) or embedding
+    one_id_lookup: str = "embedding"
 
 
 def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
@@ -53,7 +64,10 @@ def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
         hash_method = "float64"  # cache-sized chunks of exact float64, or one C pass
     return ModuleSettings(hash_method=hash_method, bag_pooling="bag" if caps.embedding_bag else "gather_sum",
                           quantized_lookup="fbgemm" if caps.quantized_bag else "gather",
-                          linear_kernel="onednn" if caps.onednn_linear else "aten")
+                          linear_kernel="onednn" if caps.onednn_linear else "aten",
+                          pair_select="int16_gather" if caps.cpu_kernels else "index_select",
+                          one_id_lookup="embedding_bag" if caps.cpu_kernels and caps.embedding_bag
+                          else "embedding")
 
 
 def configure_for(model, caps: DeviceCapabilities) -> ModuleSettings:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from harness.core.spec import WorkloadSpec, interaction_width
-from harness.workload import representations
+from harness.workload import onednn, representations
 
 
 class MLP(nn.Sequential):
@@ -30,9 +30,10 @@ class MLP(nn.Sequential):
 
     nn.Sequential's keys (`0.weight`, `2.weight`, ...), so weights exchange with the DLRM reference's. In
     inference on a device whose settings say `linear_kernel="onednn"` (host CPUs), each linear and its
-    ReLU run as one oneDNN call (from 256 rows): on 2 EPYC cores 1.45x faster than aten's fp32 addmm at
-    the Kaggle top MLP's shapes (5.7 vs 8.8 ms for 4096 x 512 x 256), and the ReLU's pass over memory
-    gone. Its fp32 sums differ from aten's in rounding only (oneDNN's own kernels): ~1e-7 relative.
+    ReLU run as one oneDNN call (harness/workload/onednn.py, from 256 rows): on 2 EPYC cores 1.45x faster
+    than aten's fp32 addmm at the Kaggle top MLP's shapes (5.7 vs 8.8 ms for 4096 x 512 x 256), and the
+    ReLU's pass over memory gone. Its fp32 sums differ from aten's in rounding only (oneDNN's own
+    kernels): ~1e-7 relative.
     """
 
     def __init__(self, layers: list[nn.Module]) -> None:
@@ -45,9 +46,7 @@ class MLP(nn.Sequential):
         self.fused = []
         if settings.linear_kernel != "onednn":
             return
-        # bf16 only where oneDNN runs it natively (capped at AVX2 its bf16 GEMMs ran at 1-3 GFLOP/s)
-        native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
-        self.fused_dtypes = (torch.float32, torch.bfloat16) if native_bf16 else (torch.float32,)
+        self.fused_dtypes = onednn.native_dtypes()
         modules = list(self)
         for i, layer in enumerate(modules):
             if isinstance(layer, nn.Linear):
@@ -58,18 +57,14 @@ class MLP(nn.Sequential):
         layers = (linear for linear, _ in self.fused)
         return x.requires_grad or any(p.requires_grad for linear in layers for p in linear.parameters())
 
-    # Below this many rows aten's call is the cheaper or no slower (fp32 at 1 row: 18 vs 27 us per Kaggle
-    # layer; the whole Kaggle table path at 64 rows: 0.85 vs 0.75 ms; at 1024 oneDNN's 8.3 vs 9.3 ms).
-    ONEDNN_MIN_ROWS = 256
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Inference only (autograd has no derivative for the oneDNN op; a run's model has no parameter
-        # that needs one), on the CPU, in the dtypes oneDNN runs natively.
-        if (not self.fused or x.shape[0] < self.ONEDNN_MIN_ROWS or x.device.type != "cpu"
-                or x.dtype not in self.fused_dtypes or torch.is_grad_enabled() and self._needs_grad(x)):
+        # that needs one), in the dtypes oneDNN runs natively; `fused` is set for host CPUs only.
+        if (not self.fused or x.shape[0] < onednn.MIN_ROWS or x.dtype not in self.fused_dtypes
+                or torch.is_grad_enabled() and self._needs_grad(x)):
             return super().forward(x)
         for linear, activation in self.fused:
-            x = torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, activation, [], "")
+            x = onednn.linear(x, linear.weight, linear.bias, activation)
         return x
 
 
@@ -115,11 +110,11 @@ class DotInteraction(nn.Module):
     """
 
     pair_index: torch.Tensor  # a buffer, declared for the type checker
-    # Selecting the pairs is a copy, so it may move a 16-bit dtype's bits as int16: torch's CPU index_select
-    # along dim 1 is vectorized for fp32 only (bf16: 3.6 ms at q = 4096), its gather on int16 takes 0.43 ms
-    # (on bf16 0.61). fp32 keeps index_select, and so do small queries (the gather's extra ops cost ~9 us at
-    # one sample) and autograd, which cannot follow a reinterpreting view.
-    _SAME_WIDTH = {torch.bfloat16: torch.int16, torch.float16: torch.int16}
+    # Selecting the pairs is a copy, so it may move a 16-bit dtype's bits as int16 (the device setting
+    # pair_select="int16_gather", host CPUs): torch's CPU index_select along dim 1 is vectorized for fp32
+    # only (bf16: 3.6 ms at q = 4096), its gather on int16 takes 0.43 ms (on bf16 0.61). fp32 keeps
+    # index_select, and so do small queries (the gather's extra ops cost ~9 us at one sample) and autograd,
+    # which cannot follow a reinterpreting view.
     GATHER_MIN_ROWS = 64
 
     def __init__(self, num_vectors: int) -> None:
@@ -127,29 +122,34 @@ class DotInteraction(nn.Module):
         rows, cols = torch.tril_indices(num_vectors, num_vectors, offset=-1)
         self.num_vectors = num_vectors
         self.register_buffer("pair_index", rows * num_vectors + cols, persistent=False)
+        self.pair_select = "index_select"  # a device setting, given by `configure`
+
+    def configure(self, settings) -> None:
+        """Take the device's settings (harness/workload/device.py): how the pairs are selected."""
+        self.pair_select = settings.pair_select
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        cpu_only = dense.shape[0] >= self.GATHER_MIN_ROWS and dense.device.type == "cpu"  # why: see above
-        bits = self._SAME_WIDTH.get(dense.dtype) if cpu_only else None
-        if bits is not None and not (dense.requires_grad or sparse.requires_grad):
-            return self._forward_16bit(dense, sparse, bits)
+        sixteen_bit = dense.element_size() == 2 and dense.is_floating_point()
+        if (self.pair_select == "int16_gather" and sixteen_bit and dense.shape[0] >= self.GATHER_MIN_ROWS
+                and not (dense.requires_grad or sparse.requires_grad)):
+            return self._forward_16bit(dense, sparse)
         vectors = torch.cat([dense.unsqueeze(1), sparse.to(dense.dtype)], dim=1)
         gram = torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)
         return torch.cat([dense, gram.index_select(1, self.pair_index)], dim=1)
 
-    def _forward_16bit(self, dense: torch.Tensor, sparse: torch.Tensor, bits: torch.dtype) -> torch.Tensor:
+    def _forward_16bit(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         """The same, for bf16/fp16 on CPUs without autograd: the vectors and the output filled in place
         (the tables' fp32 vectors cast as they are copied in, no torch.cat: bf16 at q = 4096 2.2 against
         2.9 ms), the pairs gathered as int16 straight into the output."""
         batch, width = dense.shape
-        vectors = torch.empty(batch, self.num_vectors, width, dtype=dense.dtype)
+        vectors = torch.empty(batch, self.num_vectors, width, dtype=dense.dtype, device=dense.device)
         vectors[:, 0] = dense
         vectors[:, 1:] = sparse
         gram = torch.bmm(vectors, vectors.transpose(1, 2)).flatten(1)
-        out = torch.empty(batch, width + self.pair_index.numel(), dtype=dense.dtype)
+        out = torch.empty(batch, width + self.pair_index.numel(), dtype=dense.dtype, device=dense.device)
         out[:, :width] = dense
         index = self.pair_index.expand(batch, -1)
-        torch.gather(gram.view(bits), 1, index, out=out[:, width:].view(bits))
+        torch.gather(gram.view(torch.int16), 1, index, out=out[:, width:].view(torch.int16))
         return out
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness.core.errors import ConfigError
+from harness.workload import onednn
 from harness.workload.representations.dhe import DheParams, first_prime_above, hash_coefficients, hashing
 
 if TYPE_CHECKING:
@@ -137,9 +138,6 @@ class DeepHashEmbedding(nn.Module):
             return F.mish(x)
         return x
 
-    # fp32 first layers from this many lookups per table go through oneDNN (see `_first_layer_onednn`).
-    ONEDNN_MIN_ROWS = 256
-
     def _first_layer_onednn(self, x: torch.Tensor, relu: bool) -> torch.Tensor:
         """The first layer, table by table, as oneDNN's fused linear (and ReLU): aten's fp32 baddbmm ran the
         Kaggle decoders' [4096, 1024] x [1024, 128] per table at 121 GFLOP/s on 2 EPYC cores, oneDNN at
@@ -157,12 +155,14 @@ class DeepHashEmbedding(nn.Module):
         out = torch.empty(x.shape[0], x.shape[1], weight.shape[2], dtype=x.dtype)
         activation = "relu" if relu else "none"
         for t in range(x.shape[0]):
-            out[t] = torch.ops.mkldnn._linear_pointwise(x[t], transposed[t], bias[t, 0], activation, [], "")
+            out[t] = onednn.linear(x[t], transposed[t], bias[t, 0], activation)
         return out
 
     def _onednn_fits(self, x: torch.Tensor) -> bool:
+        # fp32 only: in bf16 baddbmm is the faster (see `_first_layer_onednn`); `linear_kernel` is "onednn"
+        # on host CPUs only (harness/workload/device.py)
         return (self.linear_kernel == "onednn" and not self.training and x.dtype == torch.float32
-                and x.device.type == "cpu" and x.shape[1] >= self.ONEDNN_MIN_ROWS
+                and x.shape[1] >= onednn.MIN_ROWS
                 and not (torch.is_grad_enabled() and (x.requires_grad or self.weights[0].requires_grad)))
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

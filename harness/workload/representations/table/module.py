@@ -59,13 +59,16 @@ class FusedTables(nn.Module):
         self.fused_sgd_lr: float | None = None  # set by enable_fused_sgd: SGD inside the backward
         self.storage = "fp32"
         self.quantized_lookup = "fbgemm"  # device setting: fbgemm (fused quantized kernel) or gather
+        self.one_id_lookup = "embedding"  # device setting: embedding_bag for large one-id queries on CPUs
         for start, rows in zip(starts, self.table_rows):
             _dlrm_init_(self.weight[start : start + rows], rows)
 
     def configure(self, settings) -> None:
-        """Take the device's settings (harness/workload/device.py): bags' pooling, quantized rows' lookup."""
+        """Take the device's settings (harness/workload/device.py): bags' pooling, quantized rows' lookup,
+        large one-id queries' kernel."""
         self.pooling = settings.bag_pooling
         self.quantized_lookup = settings.quantized_lookup
+        self.one_id_lookup = settings.one_id_lookup
 
     def store_as(self, storage: str) -> None:
         """Store the rows as `storage` from now on (inference only): fp16; int8 in FBGEMM's row-wise
@@ -119,12 +122,12 @@ class FusedTables(nn.Module):
             shifted = ids + self.row_offsets.view(1, tables, 1)
             return fused_sgd.FixedBagsSGD.apply(self.weight, shifted, self.fused_sgd_lr)
         flat = (ids + self.row_offsets.view(1, tables, 1)).view(batch * tables, per_bag)
-        if per_bag == 1 and (flat.shape[0] >= self.BAG_MIN_LOOKUPS and self.storage == "fp32"
-                             and self.pooling == "bag" and flat.device.type == "cpu"
+        if per_bag == 1 and (self.one_id_lookup == "embedding_bag" and flat.shape[0] >= self.BAG_MIN_LOOKUPS
+                             and self.storage == "fp32"
                              and not (torch.is_grad_enabled() and self.weight.requires_grad)):
-            # Many one-id bags in CPU inference: embedding_bag's kernel (FBGEMM's, which prefetches rows)
-            # gathers them 3x faster than F.embedding's index_select (0.75 vs 2.3 ms for 106k rows of a
-            # 2 GB table); a bag of one id is that row, bit for bit.
+            # Many one-id bags in CPU inference (the device setting one_id_lookup): embedding_bag's kernel
+            # (FBGEMM's, which prefetches rows) gathers them 3x faster than F.embedding's index_select
+            # (0.75 vs 2.3 ms for 106k rows of a 2 GB table); a bag of one id is that row, bit for bit.
             out = F.embedding_bag(flat, self.weight, mode="sum")
         elif per_bag == 1:
             # Few ids (its fixed cost is less: 3.7 vs 12 us at 26), or training (the simplest backward).
