@@ -145,8 +145,13 @@ def _roofline(f: dict) -> dict[str, Ratio]:
         for q, labels in rows.items():
             big = int(q) >= 1024 if rep == "dhe" else int(q) == largest and largest >= 1024
             for label, row in labels.items():
+                if label == "dlrm_reference":
+                    continue  # not a path of ours: its ratio to each path is recorded below
                 out[f"roofline.{rep}.q{q}.{label}.fraction_of_bound"] = _ratio(
                     row["fraction"], f">= {floor}" if big else None, "bound / p50, whole DLRM forward")
+                if "reference_over_this" in row:  # where facebookresearch/dlrm was installed
+                    out[f"roofline.{rep}.q{q}.{label}.dlrm_reference_over_this"] = _ratio(
+                        row["reference_over_this"], None, "DLRM_Net fp32 p50 / this p50 (> 1: ours faster)")
     return out
 
 

@@ -14,18 +14,20 @@ with each table row counted as the gather kernel counts one: the whole cache lin
 row costs a line whatever its width: an int8 row of 24 bytes counts 64) and its vector written.
 The fraction is bound / p50: 1.0 runs at the roof. At q = 1 what matters is the fixed cost: the report
 gives the p50 there beside the bound, and benchmarks.harness_overhead measures the harness's own share.
-The DLRM reference (facebookresearch/dlrm DLRM_Net) is compared where it is importable; it is not
-installed here, and the report says so. Issue 24's targets: >= 0.8 for every table precision at 4096,
+The DLRM reference (facebookresearch/dlrm's DLRM_Net, fp32, on the fp32 model's weights; checked to compute
+the same function first) is timed among the table rows where it is installed (`--dlrm-reference DIR`:
+benchmarks/dlrm_reference.py says what it needs), and each row gets its ratio to it; elsewhere the report
+says why not. Issue 24's targets: >= 0.8 for every table precision at 4096,
 >= 0.7 for DHE at >= 1024.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, Callable
 
 import torch
 
+from benchmarks import dlrm_reference
 from benchmarks.common import interleaved, timing_parser, torch_cpu_capabilities, write_report
 from benchmarks.precision import _batch, _spec, _variant
 from harness.core.host import numeric_flags
@@ -60,6 +62,7 @@ def machine_peaks(tiny: bool) -> dict:
     return {**peaks, "disturbed": disturbed}
 
 
+REFERENCE = "dlrm_reference"  # the row of facebookresearch/dlrm's DLRM_Net (fp32), where it is installed
 LINE = 64  # bytes: what a random row costs from memory, however narrow
 
 
@@ -89,23 +92,38 @@ def forward(model: torch.nn.Module, dense: torch.Tensor, ids: torch.Tensor) -> C
     return lambda i: model(dense, ids)
 
 
+def forward_reference(ref: torch.nn.Module, inputs: tuple) -> Callable[[int], Any]:
+    return lambda i: ref(*inputs)
+
+
 def representation_rows(representation: str, scale: float, sizes: tuple[int, ...], repetitions: int,
-                        block_s: float) -> dict:
-    """Each precision of one representation at each size, interleaved: the p50 and the ratio to fp32."""
+                        block_s: float, reference=None) -> dict:
+    """Each precision of one representation at each size, interleaved: the p50 and the ratio to fp32; with
+    `reference` (benchmarks/dlrm_reference.py's module) the DLRM reference on the fp32 model's weights is
+    timed among them, and each row gets its ratio to it (`reference_over_this`: above 1, ours is faster)."""
     _, spec = _spec(representation, scale)
     model = build_model(spec, seed=0).eval().requires_grad_(False)
     configure_for(model, torch_cpu_capabilities())
     models = {label: model if label == "fp32" else _variant(model, precision, storage)
               for label, precision, storage in VARIANTS[representation]}
+    ref = dlrm_reference.build(reference, model) if reference is not None else None
     rows: dict = {}
     for q in sizes:
         dense, ids = _batch(spec, q)
         with torch.inference_mode():
             calls = {label: forward(m, dense, ids) for label, m in models.items()}
+            if ref is not None:
+                disagree = dlrm_reference.agreement(ref, model, dense, ids)
+                if disagree > 1e-4:  # never a ratio between two different functions
+                    raise RuntimeError(f"the DLRM reference and the model differ by {disagree:.2e} at q={q}")
+                calls[REFERENCE] = forward_reference(ref, dlrm_reference.inputs(dense, ids))
             timed = interleaved(calls, repetitions=repetitions, block_s=block_s, min_iters=3, warmup=2)
         rows[q] = {label: {"p50_ms": t["median_s"] * 1e3, "blocks_s": t["blocks_s"],
                            "fp32_over_this": timed["fp32"]["median_s"] / t["median_s"]}
                    for label, t in timed.items()}
+        if ref is not None:
+            for row in rows[q].values():
+                row["reference_over_this"] = rows[q][REFERENCE]["p50_ms"] / row["p50_ms"]
         print(f"{representation:6s} q={q:5d} " + "  ".join(f"{label} {r['p50_ms']:.2f} ms"
                                                          for label, r in rows[q].items()), flush=True)
     return rows
@@ -120,6 +138,7 @@ def rebound(representation: str, scale: float, rows: dict, peaks: dict) -> dict:
         spec = _spec(representation, scale, precision, storage)[1]
         counts[label] = (precision, path_cost(spec).flops_per_sample,
                          memory_bytes_per_sample(representation, spec, storage))
+    counts[REFERENCE] = counts["fp32"]  # the reference's row: the same fp32 work
     for q, labels in rows.items():
         for label, row in labels.items():
             precision, flops, moved = counts[label]
@@ -133,15 +152,11 @@ def rebound(representation: str, scale: float, rows: dict, peaks: dict) -> dict:
     return rows
 
 
-def reference_note() -> str:
-    """Whether the DLRM reference can be compared here."""
-    if importlib.util.find_spec("dlrm_s_pytorch") is None:
-        return "not installed (facebookresearch/dlrm's dlrm_s_pytorch): no reference ratio in this run"
-    return "installed, not yet compared by this benchmark"
-
-
 def main(argv: list[str] | None = None) -> dict:
-    args = timing_parser(__doc__).parse_args(argv)
+    parser = timing_parser(__doc__)
+    parser.add_argument("--dlrm-reference", metavar="DIR", help="a checkout of facebookresearch/dlrm (else "
+                        f"${dlrm_reference.ENV}, else dlrm_s_pytorch on the import path)")
+    args = parser.parse_args(argv)
     scale, sizes = 1.0, SIZES
     if args.tiny:
         scale, sizes, args.repetitions, args.block_s = 0.001, (1, 64), 3, 0.01
@@ -149,24 +164,36 @@ def main(argv: list[str] | None = None) -> dict:
     # A path cannot beat its roof: the paths are timed between two readings of the peaks and measured
     # against the higher of each (a kernel timed low once, by a frequency dip or a neighbour, would
     # otherwise put a path above 100 %); a fraction still above 1 is flagged, never handed on silently.
+    reference, reference_note = dlrm_reference.load(args.dlrm_reference)
+    print(f"DLRM reference: {reference_note}", flush=True)
     first = machine_peaks(args.tiny)
-    rows = {representation: representation_rows(representation, scale, sizes, args.repetitions, args.block_s)
+    rows = {representation: representation_rows(representation, scale, sizes, args.repetitions, args.block_s,
+                                                reference if representation == "table" else None)
             for representation in VARIANTS}
     second = machine_peaks(args.tiny)
     peaks = {k: max(first[k], second[k]) for k in ("gemm_gflops", "gemm_bf16_gflops", "gather64_gbps")}
     peaks["disturbed"] = sorted(set(first["disturbed"]) | set(second["disturbed"]))
     figures: dict[str, Any] = {"threads": torch.get_num_threads(), "cpu_flags": flags, "scale": scale,
                                "peaks": peaks, "peaks_before": first, "peaks_after": second,
-                               "reference": reference_note()}
+                               "reference": reference_note}
     print(f"peaks ({figures['threads']} threads; flags {', '.join(flags)}), the higher of before and after: "
           f"GEMM fp32 {peaks['gemm_gflops']:.0f} ({first['gemm_gflops']:.0f}, {second['gemm_gflops']:.0f}), "
           f"bf16 {peaks['gemm_bf16_gflops']:.0f} GFLOP/s; 64-B-row gather {peaks['gather64_gbps']:.2f} GB/s"
           + (f"; disturbed: {peaks['disturbed']}" if peaks["disturbed"] else ""), flush=True)
     for representation, by_size in rows.items():
         figures[representation] = rebound(representation, scale, by_size, peaks)
-    print(f"DLRM reference: {figures['reference']}")
+    _print_reference(figures["table"])
     print(f"written: {write_report('roofline', figures)}")
     return figures
+
+
+def _print_reference(rows: dict) -> None:
+    for q, labels in rows.items():
+        if REFERENCE in labels:
+            ratios = (f"{label} {row['reference_over_this']:.2f}x" for label, row in labels.items()
+                      if label != REFERENCE)
+            print(f"  q={q:5d} against the DLRM reference (its p50 / ours; above 1: ours faster): "
+                  + "  ".join(ratios))
 
 
 if __name__ == "__main__":

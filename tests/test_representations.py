@@ -154,6 +154,41 @@ def test_dhe_c_kernel_codes_are_bit_identical_to_torch(tables, threads, monkeypa
                                                       "uniform", use_kernel=False))
 
 
+@pytest.mark.parametrize("m", [7, 1_000_000, 1 << 26])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dhe_c_kernel_variants_write_the_same_bits_edge_ids_included(m, dtype):
+    """The AVX2 + FMA kernel (fused where exact, selecting on the sign bit), its AVX512-BF16 conversion for
+    bf16 codes, and the plain C one: the same codes bit for bit, in float32 and bfloat16, on ids whose
+    hashes land on the reductions' edges (0, 1, p - 1, m mod p), with k = 42 leaving a remainder after the
+    vector loops; all equal the definition."""
+    from harness.workload.representations.dhe import kernels
+
+    if not kernels.available()[0]:
+        pytest.skip(kernels.available()[1])
+    runs = kernels.variants(dtype)
+    if len(runs) < 2:
+        pytest.skip("this CPU has no AVX2 with FMA: the plain kernel alone runs (tested above)")
+    module = DeepHashEmbedding(range(3), small_dhe(k=42, decoder=[42, 6], m=m), dim=4)
+    flat = torch.randint(0, 2**62, (3, 777), generator=torch.Generator().manual_seed(m))
+    p = module.p
+    for t in range(3):
+        for j in (0, 5, 41):  # hashes in the vector body and in the remainder
+            a, b = int(module.hash_a[t, 0, j]), int(module.hash_b[t, 0, j])
+            edges = [((target - b) * pow(a, -1, p)) % p + i * p for target in (0, 1, p - 1, m % p)
+                     for i in (0, 7)]
+            flat[t, 10 * j: 10 * j + len(edges)] = torch.tensor(edges)
+    args = (flat, module.hash_a, module.hash_b, p, module.m, dtype)
+    plain = kernels.encode_uniform(*args, variant="plain")
+    bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    for variant in runs[1:]:  # fma; for bf16 codes also avx512bf16 where the CPU has it
+        codes = kernels.encode_uniform(*args, variant=variant)
+        assert torch.equal(codes.view(bits), plain.view(bits)), variant
+    assert torch.equal(plain, hashing.code(module.hash(flat), "uniform", module.m).to(dtype))
+    assert torch.equal(kernels.encode_uniform(*args).view(bits), plain.view(bits))  # the CPU's choice
+    with pytest.raises(ValueError, match="variant 'avx9'"):
+        kernels.encode_uniform(*args, variant="avx9")
+
+
 def test_dhe_without_a_compiler_keeps_the_torch_hash(monkeypatch, tmp_path):
     from harness.workload import ckernels
     from harness.workload.representations.dhe import kernels

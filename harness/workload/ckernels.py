@@ -27,8 +27,10 @@ import torch
 log = logging.getLogger(__name__)
 
 # -fno-trapping-math lets compares become vector masks (results are unchanged: no NaNs arise); no
-# -ffast-math, which could reassociate the exact float64 arithmetic the DHE kernel relies on.
-_FLAGS = ["-O3", "-fno-trapping-math", "-shared", "-fPIC"]
+# -ffast-math, which could reassociate the exact float64 arithmetic the DHE kernel relies on, and
+# -ffp-contract=off: a kernel built for FMA fuses only where its source says so (a fused multiply-add
+# rounds once, which changes results' last bits wherever an intermediate was not exact).
+_FLAGS = ["-O3", "-fno-trapping-math", "-ffp-contract=off", "-shared", "-fPIC"]
 _loaded: dict[str, ctypes.CDLL | str] = {}  # name -> library, or why it is unavailable
 _pools: dict[str, ThreadPoolExecutor] = {}
 

@@ -32,49 +32,190 @@ static inline float dhe_code(double a, double b, double x, double p, double inv_
     return (float) (v * scale - 1.0);
 }
 
-/* codes[t, n, j] for tables [t0, t1), as float32. */
+/* bf16 bits of a float32 code, rounded to nearest even as torch's float -> bfloat16 conversion (codes are
+   finite): codes written as bf16 equal the float32 codes .to(torch.bfloat16) bit for bit. */
+static inline uint16_t dhe_bf16(float f) {
+    union { float f; uint32_t u; } code = { f };
+    return (uint16_t) ((code.u + 0x7FFFu + ((code.u >> 16) & 1u)) >> 16);
+}
+
+/* One id's k codes (a row of the output) from column j on, one at a time. */
+typedef struct { const double *a, *b; double x, p, inv_p, m, scale; int64_t k; } dhe_row;
+
+static inline void dhe_tail(const dhe_row *r, int64_t j, void *out, int bf16) {
+    for (; j < r->k; ++j) {
+        const float code = dhe_code(r->a[j], r->b[j], r->x, r->p, r->inv_p, r->m, r->scale);
+        if (bf16) ((uint16_t *) out)[j] = dhe_bf16(code);
+        else ((float *) out)[j] = code;
+    }
+}
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 __attribute__((target_clones("avx2", "default")))
 #endif
-void dhe_uniform(const int64_t *y, const double *a, const double *b, int64_t lookups, int64_t k,
-                 double p, double m, double scale, int64_t t0, int64_t t1, float *codes) {
-    const double inv_p = 1.0 / p;
+static void dhe_row_plain(const dhe_row *r, void *out) { dhe_tail(r, 0, out, 0); }
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+__attribute__((target_clones("avx2", "default")))
+#endif
+static void dhe_row_bf16_plain(const dhe_row *r, void *out) { dhe_tail(r, 0, out, 1); }
+
+typedef void (*dhe_row_fn)(const dhe_row *, void *);
+
+/* codes[t, n, :] for tables [t0, t1) and every lookup n, `size` bytes a code, a row at a time. */
+static void dhe_rows(dhe_row_fn fill, int64_t size, const int64_t *y, const double *a, const double *b,
+                     int64_t lookups, int64_t k, double p, double m, double scale, int64_t t0, int64_t t1,
+                     void *codes) {
+    dhe_row r = { 0, 0, 0.0, p, 1.0 / p, m, scale, k };
     for (int64_t t = t0; t < t1; ++t) {
-        const double *at = a + t * k, *bt = b + t * k;
+        r.a = a + t * k;
+        r.b = b + t * k;
         for (int64_t n = 0; n < lookups; ++n) {
-            const double x = (double) y[t * lookups + n];
-            float *out = codes + (t * lookups + n) * k;
-            for (int64_t j = 0; j < k; ++j)
-                out[j] = dhe_code(at[j], bt[j], x, p, inv_p, m, scale);
+            r.x = (double) y[t * lookups + n];
+            fill(&r, (char *) codes + (t * lookups + n) * k * size);
         }
     }
 }
 
-/* The same codes written as bfloat16 (for decoders in bf16): the float32 code rounded to nearest even,
-   as torch's float -> bfloat16 conversion does (codes are finite), so the result equals
-   dhe_uniform's codes .to(torch.bfloat16) bit for bit, without a float32 pass through memory. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-void dhe_uniform_bf16(const int64_t *y, const double *a, const double *b, int64_t lookups, int64_t k,
-                      double p, double m, double scale, int64_t t0, int64_t t1, uint16_t *codes) {
-    const double inv_p = 1.0 / p;
-    for (int64_t t = t0; t < t1; ++t) {
-        const double *at = a + t * k, *bt = b + t * k;
-        for (int64_t n = 0; n < lookups; ++n) {
-            const double x = (double) y[t * lookups + n];
-            uint16_t *out = codes + (t * lookups + n) * k;
-            for (int64_t j = 0; j < k; ++j) {
-                union { float f; uint32_t u; } code = { dhe_code(at[j], bt[j], x, p, inv_p, m, scale) };
-                out[j] = (uint16_t) ((code.u + 0x7FFFu + ((code.u >> 16) & 1u)) >> 16);
-            }
-        }
-    }
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define DHE_FMA __attribute__((target("avx2,fma")))
+#define DHE_AVX512 __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bf16")))
+
+/* Four codes of one id in AVX2 with FMA, the same bits as dhe_code: a x + b and v - q p are exact integers
+   whether fused or not; q = v / p rounded once (fused) instead of twice is still within one of v / p,
+   which the corrections allow. The corrections select on the sign bit (v - q p is never -0: an exact zero
+   sum of opposite signs is +0), and the code's own multiply and subtract stay two roundings: the library
+   is built with -ffp-contract=off, so the compiler fuses nothing itself. */
+typedef struct { __m256d x, p, inv_p, m, scale; } dhe_vec4;  /* a row's constants, in registers */
+
+DHE_FMA static inline dhe_vec4 dhe_broadcast4(const dhe_row *r) {
+    return (dhe_vec4) { _mm256_set1_pd(r->x), _mm256_set1_pd(r->p), _mm256_set1_pd(r->inv_p),
+                        _mm256_set1_pd(r->m), _mm256_set1_pd(r->scale) };
 }
+
+DHE_FMA static inline __m256d dhe_code4(const double *a, const double *b, dhe_vec4 c) {
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
+    __m256d v = _mm256_fmadd_pd(_mm256_loadu_pd(a), c.x, _mm256_loadu_pd(b));
+    const __m256d q = _mm256_sub_pd(_mm256_fmadd_pd(v, c.inv_p, magic), magic);
+    v = _mm256_fnmadd_pd(q, c.p, v);
+    v = _mm256_blendv_pd(v, _mm256_add_pd(v, c.p), v);  /* below 0: + p */
+    const __m256d w = _mm256_sub_pd(v, c.m);
+    v = _mm256_blendv_pd(w, v, w);                       /* below m: v as it is */
+    return _mm256_sub_pd(_mm256_mul_pd(v, c.scale), _mm256_set1_pd(1.0));
+}
+
+DHE_FMA static void dhe_row_fma(const dhe_row *r, void *out) {
+    const dhe_vec4 c = dhe_broadcast4(r);
+    const double *a = r->a, *b = r->b;
+    float *codes = out;
+    int64_t j = 0;
+    for (; j + 4 <= r->k; j += 4)
+        _mm_storeu_ps(codes + j, _mm256_cvtpd_ps(dhe_code4(a + j, b + j, c)));
+    dhe_tail(r, j, out, 0);
+}
+
+/* bf16 from eight float32 codes: round to nearest even on the bits, as dhe_bf16. */
+DHE_FMA static void dhe_row_bf16_fma(const dhe_row *r, void *out) {
+    const dhe_vec4 c = dhe_broadcast4(r);
+    const double *a = r->a, *b = r->b;
+    int64_t j = 0;
+    for (; j + 8 <= r->k; j += 8) {
+        const __m128 lo = _mm256_cvtpd_ps(dhe_code4(a + j, b + j, c)),
+                     hi = _mm256_cvtpd_ps(dhe_code4(a + j + 4, b + j + 4, c));
+        const __m256i u = _mm256_castps_si256(_mm256_insertf128_ps(_mm256_castps128_ps256(lo), hi, 1));
+        const __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+        const __m256i rounded = _mm256_add_epi32(_mm256_add_epi32(u, _mm256_set1_epi32(0x7FFF)), odd);
+        const __m256i bits = _mm256_srli_epi32(rounded, 16);
+        const __m256i packed = _mm256_packus_epi32(bits, bits);  /* per half: b0..b3 b0..b3 | b4..b7 b4..b7 */
+        _mm_storeu_si128((__m128i *) ((uint16_t *) out + j),
+                         _mm256_castsi256_si128(_mm256_permute4x64_epi64(packed, 0x08)));
+    }
+    dhe_tail(r, j, out, 1);
+}
+
+/* Eight codes at once in AVX-512, the corrections as masked adds: the same bits again. bf16 is written by
+   AVX512-BF16's conversion (round to nearest even; it would flush a subnormal to zero, and a code is never
+   one: |code| is 0 or at least 1 / (m - 1)). On 2 EPYC (Zen 4) cores 1.5x the plain kernel's speed. */
+typedef struct { __m512d x, p, inv_p, m, scale; } dhe_vec8;
+
+DHE_AVX512 static inline dhe_vec8 dhe_broadcast8(const dhe_row *r) {
+    return (dhe_vec8) { _mm512_set1_pd(r->x), _mm512_set1_pd(r->p), _mm512_set1_pd(r->inv_p),
+                        _mm512_set1_pd(r->m), _mm512_set1_pd(r->scale) };
+}
+
+DHE_AVX512 static inline __m256 dhe_code8(const double *a, const double *b, dhe_vec8 c) {
+    const __m512d magic = _mm512_set1_pd(6755399441055744.0);
+    __m512d v = _mm512_fmadd_pd(_mm512_loadu_pd(a), c.x, _mm512_loadu_pd(b));
+    const __m512d q = _mm512_sub_pd(_mm512_fmadd_pd(v, c.inv_p, magic), magic);
+    v = _mm512_fnmadd_pd(q, c.p, v);
+    v = _mm512_mask_add_pd(v, _mm512_cmp_pd_mask(v, _mm512_setzero_pd(), _CMP_LT_OQ), v, c.p);
+    v = _mm512_mask_sub_pd(v, _mm512_cmp_pd_mask(v, c.m, _CMP_GE_OQ), v, c.m);
+    return _mm512_cvtpd_ps(_mm512_sub_pd(_mm512_mul_pd(v, c.scale), _mm512_set1_pd(1.0)));
+}
+
+DHE_AVX512 static void dhe_row_avx512(const dhe_row *r, void *out) {
+    const dhe_vec8 c = dhe_broadcast8(r);
+    const double *a = r->a, *b = r->b;
+    float *codes = out;
+    int64_t j = 0;
+    for (; j + 8 <= r->k; j += 8)
+        _mm256_storeu_ps(codes + j, dhe_code8(a + j, b + j, c));
+    dhe_tail(r, j, out, 0);
+}
+
+DHE_AVX512 static void dhe_row_bf16_avx512(const dhe_row *r, void *out) {
+    const dhe_vec8 c = dhe_broadcast8(r);
+    const double *a = r->a, *b = r->b;
+    uint16_t *codes = out;
+    int64_t j = 0;
+    for (; j + 8 <= r->k; j += 8)
+        _mm_storeu_si128((__m128i *) (codes + j), (__m128i) _mm256_cvtneps_pbh(dhe_code8(a + j, b + j, c)));
+    dhe_tail(r, j, out, 1);
+}
+
+/* What this CPU runs: 0 the plain rows only, 1 also the _fma ones (AVX2 and FMA), 2 also the _avx512 ones
+   (AVX-512 F, VL and BF16). A variant above the level must not be called. */
+int dhe_level(void) {
+    __builtin_cpu_init();
+    if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
+        return 0;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+           && __builtin_cpu_supports("avx512bf16") ? 2 : 1;
+}
+#define DHE_VECTOR_ROWS 1
+#else
+int dhe_level(void) { return 0; }
+#endif
+
+/* The entry points: codes[t, n, j] for tables [t0, t1), as float32 or (_bf16) bfloat16, by variant. */
+#define DHE_ENTRY(NAME, ROW, SIZE, OUT_T)                                                                   \
+    void NAME(const int64_t *y, const double *a, const double *b, int64_t lookups, int64_t k, double p,     \
+              double m, double scale, int64_t t0, int64_t t1, OUT_T *codes) {                               \
+        dhe_rows(ROW, SIZE, y, a, b, lookups, k, p, m, scale, t0, t1, codes);                              \
+    }
+DHE_ENTRY(dhe_uniform_plain, dhe_row_plain, 4, float)
+DHE_ENTRY(dhe_uniform_bf16_plain, dhe_row_bf16_plain, 2, uint16_t)
+#ifdef DHE_VECTOR_ROWS
+DHE_ENTRY(dhe_uniform_fma, dhe_row_fma, 4, float)
+DHE_ENTRY(dhe_uniform_bf16_fma, dhe_row_bf16_fma, 2, uint16_t)
+DHE_ENTRY(dhe_uniform_avx512, dhe_row_avx512, 4, float)
+DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_avx512, 2, uint16_t)
+#else  /* never called where dhe_level() is 0; present so that every build has the names */
+DHE_ENTRY(dhe_uniform_fma, dhe_row_plain, 4, float)
+DHE_ENTRY(dhe_uniform_bf16_fma, dhe_row_bf16_plain, 2, uint16_t)
+DHE_ENTRY(dhe_uniform_avx512, dhe_row_plain, 4, float)
+DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_plain, 2, uint16_t)
+#endif
 """
 _I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
-_SIGNATURES = {"dhe_uniform": [_PTR, _PTR, _PTR, _I64, _I64, _F64, _F64, _F64, _I64, _I64, _PTR],
-               "dhe_uniform_bf16": [_PTR, _PTR, _PTR, _I64, _I64, _F64, _F64, _F64, _I64, _I64, _PTR]}
+# The same codes, bit for bit, by the CPU level (dhe_level) each needs: plain C (AVX2 clones), AVX2 with FMA,
+# and for bf16 codes AVX512-BF16's conversion
+VARIANTS = {"plain": 0, "fma": 1, "avx512": 2}
+_ARGS = [_PTR, _PTR, _PTR, _I64, _I64, _F64, _F64, _F64, _I64, _I64, _PTR]
+_SIGNATURES = {f"dhe_uniform{out}_{variant}": _ARGS for out in ("", "_bf16") for variant in VARIANTS
+               if (out, variant) != ("", "avx512bf16")}
+_SIGNATURES["dhe_level"] = []
 _OUTPUTS = {torch.float32: "dhe_uniform", torch.bfloat16: "dhe_uniform_bf16"}  # codes' dtype -> function
 _PARALLEL_MIN_CODES = 1 << 18
 
@@ -84,14 +225,28 @@ def available() -> tuple[bool, str]:
     return lib is not None, why
 
 
+def variants(dtype: torch.dtype = torch.float32) -> list[str]:
+    """The variants this CPU runs for codes in `dtype`, fastest last; none without the kernel."""
+    lib, _ = ckernels.load("dhe_hash", _SOURCE, _SIGNATURES)
+    if lib is None:
+        return []
+    level = lib.dhe_level()
+    return [name for name, needs in VARIANTS.items()
+            if needs <= level and f"{_OUTPUTS.get(dtype, '')}_{name}" in _SIGNATURES]
+
+
 def encode_uniform(flat: torch.Tensor, hash_a: torch.Tensor, hash_b: torch.Tensor, p: int, m: int,
-                   dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+                   dtype: torch.dtype = torch.float32, variant: str | None = None) -> torch.Tensor | None:
     """[T, N] ids -> [T, N, k] uniform codes in `dtype` (float32 or bfloat16), or None where the kernel
-    is unavailable or has no such output."""
+    is unavailable or has no such output. `variant`: the CPU's best unless named (tests compare them)."""
     lib, _ = ckernels.load("dhe_hash", _SOURCE, _SIGNATURES)
     if lib is None or flat.device.type != "cpu" or dtype not in _OUTPUTS:
         return None
-    encode = getattr(lib, _OUTPUTS[dtype])
+    runs = variants(dtype)
+    variant = variant or runs[-1]
+    if variant not in runs:
+        raise ValueError(f"DHE hash variant {variant!r} for {dtype} codes: this CPU runs {runs}")
+    encode = getattr(lib, f"{_OUTPUTS[dtype]}_{variant}")
     tables, lookups = flat.shape
     k = hash_a.shape[-1]
     y = torch.remainder(flat, p).contiguous()
