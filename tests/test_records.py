@@ -67,6 +67,16 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
     # Issue 38: the planted look at the machine; what was not measured again and why (only on a busy machine)
     assert now["params"].pop("debug.machine_load") == "null"
     now["tags"].pop("remeasured", None)
+    # Issue 24: how the model computes where it runs: the device's module settings (a CPU's), and the DHE
+    # hash's kernel (its C variant depends on the CPU's vector extensions)
+    settings = {k.split(".", 1)[1]: now["params"].pop(k) for k in list(now["params"])
+                if k.startswith("module_settings.")}
+    if settings:  # recorded once the model is prepared (a run that fails before has none)
+        assert (settings["hash_method"], settings["pair_select"], settings["one_id_lookup"]) \
+            == ("float64", "int16_gather", "embedding_bag")
+        dhe = settings.pop("dhe_hash", None)
+        assert (dhe is not None) == case.startswith("dhe")
+        assert dhe is None or dhe.startswith(("C ", "torch float64"))
     # Issue 23: the sweep's analysis scope; a label naming the settings that differ from the defaults.
     assert now["params"].pop("analysis_scope") == "sweep"
     variant = {"dhe_cache_trained": "dhe[k=16,decoder=16-8,cache.rows=8]+cache@cpu"}.get(case)

@@ -189,6 +189,22 @@ def test_dhe_c_kernel_variants_write_the_same_bits_edge_ids_included(m, dtype):
         kernels.encode_uniform(*args, variant="avx9")
 
 
+def test_a_run_records_the_settings_and_the_hash_kernel_its_model_computes_with():
+    from harness.workload.device import recorded, settings_for
+    from harness.workload.representations.dhe import kernels
+
+    module = DeepHashEmbedding(range(2), small_dhe(k=16, decoder=[16, 6], m=1000), dim=4)
+    cpu = configure_for(module, DeviceCapabilities(onednn_linear=True, cpu_kernels=True))
+    runs = kernels.variants(torch.float32)
+    record = recorded(module, cpu)
+    assert record["hash_method"] == "float64" and record["linear_kernel"] == "onednn"
+    assert record["dhe_hash"] == (f"C {runs[-1]}" if runs else f"torch float64 ({kernels.available()[1]})")
+    gpu = configure_for(module, DeviceCapabilities(launch_bound=True))
+    assert recorded(module, gpu)["dhe_hash"] == "torch int64"
+    assert set(recorded(torch.nn.Linear(2, 2), settings_for(DeviceCapabilities()))) == set(
+        cpu.__dataclass_fields__)  # no DHE, no hash kernel
+
+
 def test_dhe_without_a_compiler_keeps_the_torch_hash(monkeypatch, tmp_path):
     from harness.workload import ckernels
     from harness.workload.representations.dhe import kernels

@@ -35,7 +35,7 @@ from harness.pipeline.quality import into_precision, train_or_reuse
 from harness.pipeline.stability import Ceiling, Judge, Reasons, measure_reliably
 from harness.pipeline.timing import SILENT, LadderSettings, QuerySizeResult, Reporter, run_ladder
 from harness.tracking import RunRecorder, Store
-from harness.workload.device import configure_for
+from harness.workload.device import ModuleSettings, configure_for, recorded
 from harness.workload.dlrm import build_model
 
 log = logging.getLogger(__name__)
@@ -143,21 +143,24 @@ def build(p: Plan):
     return model, time.perf_counter() - t0
 
 
-def prepare_on(adapter: Backend, model, example, precision: str = "fp32") -> None:
+def prepare_on(adapter: Backend, model, example, precision: str = "fp32") -> ModuleSettings:
     """The model configured for the adapter's device (harness/workload/device.py) and its precision's
-    device-wide switches set (the model's dtypes are already the path's), then handed to it."""
+    device-wide switches set (the model's dtypes are already the path's), then handed to it; the settings
+    it was configured with."""
     adapter.check_precision(precision)
-    configure_for(model, adapter.capabilities())
+    settings = configure_for(model, adapter.capabilities())
     adapter.use_precision(precision)
     adapter.prepare(model, example)
+    return settings
 
 
 def prepare(p: Plan, model, pools: Pools, device: DeviceInfo, build_s: float, recorder: RunRecorder) -> None:
     """Hand the model to the adapter (placement, compilation), timed apart from the steady state."""
     t0 = time.perf_counter()
-    prepare_on(p.adapter, model, pools(1)[0], p.run.precision.name)
+    settings = prepare_on(p.adapter, model, pools(1)[0], p.run.precision.name)
     prepare_s = time.perf_counter() - t0
-    recorder.log_params({"backend_resolved": p.adapter.run_params()})
+    recorder.log_params({"backend_resolved": p.adapter.run_params(),
+                         "module_settings": recorded(model, settings)})
     recorder.log_metrics({"build_s": build_s, "prepare_s": prepare_s,
                           "device_memory_bytes": device.memory_bytes, **p.adapter.prepare_metrics()})
 

@@ -19,7 +19,7 @@ pair_select='index_select', one_id_lookup='embedding')
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,18 @@ def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
                           pair_select="int16_gather" if caps.cpu_kernels else "index_select",
                           one_id_lookup="embedding_bag" if caps.cpu_kernels and caps.embedding_bag
                           else "embedding")
+
+
+def recorded(model, settings: ModuleSettings) -> dict[str, str]:
+    """What a run records of how its model computes: the settings, and the kernel each module that has a
+    choice of its own takes where it runs (`kernel_choices()`: the DHE hash's C variant, which depends on
+    the CPU's vector extensions and changes the hash's speed 1.5x)."""
+    out = {name: str(value) for name, value in asdict(settings).items()}
+    for module in model.modules():
+        choices = getattr(module, "kernel_choices", None)
+        if callable(choices):
+            out.update(choices())
+    return out
 
 
 def configure_for(model, caps: DeviceCapabilities) -> ModuleSettings:

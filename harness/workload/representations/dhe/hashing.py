@@ -100,6 +100,17 @@ def _reduce_large(t: torch.Tensor, scratch: torch.Tensor, modulus: int) -> None:
     _reduce_small(t, scratch, modulus)
 
 
+def hash_kernel(method: str, encoding: str, dtype: torch.dtype) -> str:
+    """What computes the codes for `method` on a CPU: the C kernel's variant ("C avx512"), or torch."""
+    if method != "float64" or encoding != "uniform":
+        return f"torch {method}"
+    runs = kernels.variants(dtype)
+    if runs:
+        return f"C {runs[-1]}"
+    available, why = kernels.available()
+    return "torch float64" + ("" if available else f" ({why})")
+
+
 def codes_float64(flat: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: int, m: int, encoding: str,
                   chunk_elements: int = CHUNK_ELEMENTS, use_kernel: bool = True,
                   dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -109,6 +109,10 @@ class DeepHashEmbedding(nn.Module):
         self.hash_method = settings.hash_method
         self.linear_kernel = settings.linear_kernel
 
+    def kernel_choices(self) -> dict[str, str]:
+        """Which code hashes here (recorded with the run: harness/workload/device.py `recorded`)."""
+        return {"dhe_hash": hashing.hash_kernel(self.hash_method, self.encoding, self.weights[0].dtype)}
+
     def hash(self, ids: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
         """[T, N] int64 ids -> [T, N, k] int64 buckets: the definition every method equals.
 
