@@ -152,14 +152,17 @@ def fault_round(cluster: LocalCluster, server: TeamServer, seeds: range, slots: 
     seen once in CI with Ray, the killed job's run marked stale and the job run again to the end within
     the same sweep. Such a try is kept in `missed` (its audit and why each FAILED run failed) and the round
     is tried again on fresh seeds, up to `tries`; `fault_tries` says how many it took."""
+    if tries < 1:
+        raise ValueError(f"a fault round needs at least one try, got {tries}")
     missed: list[dict] = []
+    attempt = 0
     for attempt in range(tries):
         shifted = range(seeds.start + 1000 * attempt, seeds.stop + 1000 * attempt)
         out = _fault_once(cluster, server, shifted, slots, work, fault)
         if fault != "node" or out["not_finished"] >= 1:
             break
-        missed.append({"seeds": [shifted.start, shifted.stop], "first": out["first"], "after": out["after"],
-                       "failed_why": failed_why(server.uri, shifted)})
+        missed.append({"seeds": f"{shifted.start}-{shifted.stop - 1}", "first": out["first"],
+                       "after": out["after"], "failed_why": failed_why(server.uri, shifted)})
     return {**out, "fault_tries": attempt + 1, "missed": missed}
 
 

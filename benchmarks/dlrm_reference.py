@@ -35,17 +35,19 @@ def load(directory: str | None = None) -> tuple[ModuleType | None, str]:
         if not os.path.isfile(os.path.join(directory, "dlrm_s_pytorch.py")):
             return None, f"{directory} holds no dlrm_s_pytorch.py: it must be {INSTALL.split(' named')[0]}"
         if directory not in sys.path:
+            # as installed: the checkout's own modules (optim, tricks, data_utils) import each other by name
             sys.path.insert(0, directory)
-    argv = sys.argv
     try:
-        sys.argv = argv[:1]  # the module reads no arguments at import, but its helpers may
-        return importlib.import_module("dlrm_s_pytorch"), "installed"
+        module = importlib.import_module("dlrm_s_pytorch")
     except ModuleNotFoundError as exc:
         if exc.name == "dlrm_s_pytorch":
             return None, f"not installed: {INSTALL}"
         return None, f"dlrm_s_pytorch found, but its import of {exc.name} failed: {INSTALL}"
-    finally:
-        sys.argv = argv
+    except Exception as exc:  # a checkout this code does not fit: said, never a crash before the paths run
+        return None, f"dlrm_s_pytorch could not be imported ({type(exc).__name__}: {exc})"
+    if not hasattr(module, "DLRM_Net"):
+        return None, f"{module.__file__} has no DLRM_Net: not facebookresearch/dlrm's dlrm_s_pytorch"
+    return module, f"installed ({module.__file__})"
 
 
 def _mlp_widths(mlp: nn.Sequential) -> list[int]:

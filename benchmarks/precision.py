@@ -127,6 +127,7 @@ def table_lookup(scale: float, repetitions: int, block_s: float, size: int) -> d
     """fp32 rows against int8 rows, the lookup alone, side by side."""
     _, spec = _spec("table", scale)
     tables = build_model(spec, seed=0).sparse_arch.eval().requires_grad_(False)
+    configure_for(tables, torch_cpu_capabilities())  # both as a CPU run's tables: the fp32 rows' kernel too
     int8 = copy.deepcopy(tables, memo={id(tables.weight): tables.weight})
     int8.store_as("int8")
     _, ids = _batch(spec, size)

@@ -71,6 +71,7 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
     # hash's kernel (its C variant depends on the CPU's vector extensions)
     settings = {k.split(".", 1)[1]: now["params"].pop(k) for k in list(now["params"])
                 if k.startswith("module_settings.")}
+    assert settings or case == "failed", "module_settings.* not recorded"
     if settings:  # recorded once the model is prepared (a run that fails before has none)
         assert (settings["hash_method"], settings["pair_select"], settings["one_id_lookup"]) \
             == ("float64", "int16_gather", "embedding_bag")

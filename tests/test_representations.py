@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -180,7 +182,7 @@ def test_dhe_c_kernel_variants_write_the_same_bits_edge_ids_included(m, dtype):
     args = (flat, module.hash_a, module.hash_b, p, module.m, dtype)
     plain = kernels.encode_uniform(*args, variant="plain")
     bits = torch.int16 if dtype == torch.bfloat16 else torch.int32
-    for variant in runs[1:]:  # fma; for bf16 codes also avx512bf16 where the CPU has it
+    for variant in runs[1:]:  # fma, and avx512 where the CPU has it
         codes = kernels.encode_uniform(*args, variant=variant)
         assert torch.equal(codes.view(bits), plain.view(bits)), variant
     assert torch.equal(plain, hashing.code(module.hash(flat), "uniform", module.m).to(dtype))
@@ -189,16 +191,46 @@ def test_dhe_c_kernel_variants_write_the_same_bits_edge_ids_included(m, dtype):
         kernels.encode_uniform(*args, variant="avx9")
 
 
+def _cpu_variants(dtype: torch.dtype) -> list[str]:
+    """The hash variants this machine's CPU flags (/proc/cpuinfo) and C compiler call for."""
+    import platform
+    import shutil
+
+    flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").is_file() else set()
+    out = ["plain"]
+    if platform.machine() != "x86_64" or not {"avx2", "fma"} <= flags:
+        return out
+    out.append("fma")
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    version = subprocess.run([compiler, "-dumpversion"], capture_output=True, text=True).stdout
+    new_enough = int(version.split(".")[0] or 0) >= (12 if "clang" in compiler else 11)
+    needs = {"avx512f"} | ({"avx512vl", "avx512_bf16"} if dtype == torch.bfloat16 else set())
+    return out + ["avx512"] if new_enough and needs <= flags else out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_hash_kernel_offers_the_variants_this_cpu_has(dtype):
+    # A build that lost its vector rows (or a dispatch that never offers them) would pass every bit test
+    from harness.workload.representations.dhe import kernels
+
+    if not kernels.available()[0]:
+        pytest.skip(kernels.available()[1])
+    assert kernels.variants(dtype) == _cpu_variants(dtype)
+    assert kernels.variants(torch.float16) == []  # no fp16 codes: the torch path casts
+
+
 def test_a_run_records_the_settings_and_the_hash_kernel_its_model_computes_with():
     from harness.workload.device import recorded, settings_for
     from harness.workload.representations.dhe import kernels
 
     module = DeepHashEmbedding(range(2), small_dhe(k=16, decoder=[16, 6], m=1000), dim=4)
     cpu = configure_for(module, DeviceCapabilities(onednn_linear=True, cpu_kernels=True))
-    runs = kernels.variants(torch.float32)
     record = recorded(module, cpu)
     assert record["hash_method"] == "float64" and record["linear_kernel"] == "onednn"
-    assert record["dhe_hash"] == (f"C {runs[-1]}" if runs else f"torch float64 ({kernels.available()[1]})")
+    if kernels.available()[0]:
+        assert record["dhe_hash"] == f"C {_cpu_variants(torch.float32)[-1]}"
+    else:
+        assert record["dhe_hash"].startswith("torch float64 (C kernel dhe_hash unavailable")
     gpu = configure_for(module, DeviceCapabilities(launch_bound=True))
     assert recorded(module, gpu)["dhe_hash"] == "torch int64"
     assert set(recorded(torch.nn.Linear(2, 2), settings_for(DeviceCapabilities()))) == set(

@@ -85,7 +85,13 @@ static void dhe_rows(dhe_row_fn fill, int64_t size, const int64_t *y, const doub
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define DHE_FMA __attribute__((target("avx2,fma")))
-#define DHE_AVX512 __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bf16")))
+/* AVX512-BF16 needs GCC 11 or clang 12 (its target name and __builtin_cpu_supports); an older compiler
+   builds the rest, and the AVX-512 variant is then not offered (dhe_level caps at 1). */
+#if defined(__clang__) ? __clang_major__ >= 12 : __GNUC__ >= 11
+#define DHE_AVX512_OK 1
+#define DHE_AVX512 __attribute__((target("avx2,fma,avx512f")))
+#define DHE_AVX512BF16 __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bf16")))
+#endif
 
 /* Four codes of one id in AVX2 with FMA, the same bits as dhe_code: a x + b and v - q p are exact integers
    whether fused or not; q = v / p rounded once (fused) instead of twice is still within one of v / p,
@@ -139,9 +145,11 @@ DHE_FMA static void dhe_row_bf16_fma(const dhe_row *r, void *out) {
     dhe_tail(r, j, out, 1);
 }
 
+#ifdef DHE_AVX512_OK
 /* Eight codes at once in AVX-512, the corrections as masked adds: the same bits again. bf16 is written by
-   AVX512-BF16's conversion (round to nearest even; it would flush a subnormal to zero, and a code is never
-   one: |code| is 0 or at least 1 / (m - 1)). On 2 EPYC (Zen 4) cores 1.5x the plain kernel's speed. */
+   AVX512-BF16's conversion (round to nearest even; it would flush a float32 subnormal to zero, and no code
+   is one: v * scale - 1 is 0 or at least 2^-53 in magnitude, far above 2^-126). On 2 EPYC (Zen 4) cores
+   1.5x the plain kernel's speed. */
 typedef struct { __m512d x, p, inv_p, m, scale; } dhe_vec8;
 
 DHE_AVX512 static inline dhe_vec8 dhe_broadcast8(const dhe_row *r) {
@@ -169,7 +177,7 @@ DHE_AVX512 static void dhe_row_avx512(const dhe_row *r, void *out) {
     dhe_tail(r, j, out, 0);
 }
 
-DHE_AVX512 static void dhe_row_bf16_avx512(const dhe_row *r, void *out) {
+DHE_AVX512BF16 static void dhe_row_bf16_avx512(const dhe_row *r, void *out) {
     const dhe_vec8 c = dhe_broadcast8(r);
     const double *a = r->a, *b = r->b;
     uint16_t *codes = out;
@@ -179,14 +187,22 @@ DHE_AVX512 static void dhe_row_bf16_avx512(const dhe_row *r, void *out) {
     dhe_tail(r, j, out, 1);
 }
 
-/* What this CPU runs: 0 the plain rows only, 1 also the _fma ones (AVX2 and FMA), 2 also the _avx512 ones
-   (AVX-512 F, VL and BF16). A variant above the level must not be called. */
+#endif
+
+/* What this build runs on this CPU: 0 the plain rows only; 1 also the _fma ones (AVX2 and FMA); 2 also
+   dhe_uniform_avx512 (AVX-512 F); 3 also dhe_uniform_bf16_avx512 (AVX-512 VL and BF16 too). A variant above
+   the level must not be called. */
 int dhe_level(void) {
     __builtin_cpu_init();
     if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
         return 0;
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
-           && __builtin_cpu_supports("avx512bf16") ? 2 : 1;
+#ifdef DHE_AVX512_OK
+    if (!__builtin_cpu_supports("avx512f"))
+        return 1;
+    return __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16") ? 3 : 2;
+#else
+    return 1;
+#endif
 }
 #define DHE_VECTOR_ROWS 1
 #else
@@ -204,8 +220,13 @@ DHE_ENTRY(dhe_uniform_bf16_plain, dhe_row_bf16_plain, 2, uint16_t)
 #ifdef DHE_VECTOR_ROWS
 DHE_ENTRY(dhe_uniform_fma, dhe_row_fma, 4, float)
 DHE_ENTRY(dhe_uniform_bf16_fma, dhe_row_bf16_fma, 2, uint16_t)
+#ifdef DHE_AVX512_OK
 DHE_ENTRY(dhe_uniform_avx512, dhe_row_avx512, 4, float)
 DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_avx512, 2, uint16_t)
+#else  /* never called where dhe_level() is below 2; present so that every build has the names */
+DHE_ENTRY(dhe_uniform_avx512, dhe_row_fma, 4, float)
+DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_fma, 2, uint16_t)
+#endif
 #else  /* never called where dhe_level() is 0; present so that every build has the names */
 DHE_ENTRY(dhe_uniform_fma, dhe_row_plain, 4, float)
 DHE_ENTRY(dhe_uniform_bf16_fma, dhe_row_bf16_plain, 2, uint16_t)
@@ -214,12 +235,11 @@ DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_plain, 2, uint16_t)
 #endif
 """
 _I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
-# The same codes, bit for bit, by the CPU level (dhe_level) each needs: plain C (AVX2 clones), AVX2 with FMA,
-# and for bf16 codes AVX512-BF16's conversion
-VARIANTS = {"plain": 0, "fma": 1, "avx512": 2}
+# The same codes, bit for bit, by the level (dhe_level) each needs for (float32, bfloat16) codes: plain C
+# (AVX2 clones), AVX2 with FMA, AVX-512 (F; VL and BF16 too for bf16 codes)
+VARIANTS = {"plain": (0, 0), "fma": (1, 1), "avx512": (2, 3)}
 _ARGS = [_PTR, _PTR, _PTR, _I64, _I64, _F64, _F64, _F64, _I64, _I64, _PTR]
-_SIGNATURES = {f"dhe_uniform{out}_{variant}": _ARGS for out in ("", "_bf16") for variant in VARIANTS
-               if (out, variant) != ("", "avx512bf16")}
+_SIGNATURES = {f"dhe_uniform{out}_{variant}": _ARGS for out in ("", "_bf16") for variant in VARIANTS}
 _SIGNATURES["dhe_level"] = []
 _OUTPUTS = {torch.float32: "dhe_uniform", torch.bfloat16: "dhe_uniform_bf16"}  # codes' dtype -> function
 _PARALLEL_MIN_CODES = 1 << 18
@@ -235,9 +255,10 @@ def variants(dtype: torch.dtype = torch.float32) -> list[str]:
     lib, _ = ckernels.load("dhe_hash", _SOURCE, _SIGNATURES)
     if lib is None:
         return []
+    if dtype not in _OUTPUTS:
+        return []
     level = lib.dhe_level()
-    return [name for name, needs in VARIANTS.items()
-            if needs <= level and f"{_OUTPUTS.get(dtype, '')}_{name}" in _SIGNATURES]
+    return [name for name, needs in VARIANTS.items() if needs[dtype == torch.bfloat16] <= level]
 
 
 def encode_uniform(flat: torch.Tensor, hash_a: torch.Tensor, hash_b: torch.Tensor, p: int, m: int,

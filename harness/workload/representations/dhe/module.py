@@ -111,7 +111,10 @@ class DeepHashEmbedding(nn.Module):
 
     def kernel_choices(self) -> dict[str, str]:
         """Which code hashes here (recorded with the run: harness/workload/device.py `recorded`)."""
-        return {"dhe_hash": hashing.hash_kernel(self.hash_method, self.encoding, self.weights[0].dtype)}
+        method = self.hash_method
+        if method == "float64" and self.hash_a.device.type != "cpu":  # the C kernel hashes CPU tensors only
+            return {"dhe_hash": "torch float64"}
+        return {"dhe_hash": hashing.hash_kernel(method, self.encoding, self.weights[0].dtype)}
 
     def hash(self, ids: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
         """[T, N] int64 ids -> [T, N, k] int64 buckets: the definition every method equals.
