@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -120,6 +121,10 @@ def _through(kind: str, team_server, faults: tuple[str, ...]) -> None:
             for try_ in lost["missed"]:
                 assert (try_["after"]["running"], try_["after"]["duplicated_keys"], try_["after"]["lost"]) \
                     == (0, 0, 0), try_
+                # Said in CI's summary, not only when the test fails: the miss is not understood yet (a killed
+                # job run again to the end in the same sweep is what _first_attempt should have refused)
+                warnings.warn(f"{kind} {fault}: a try's fault missed and was tried again: {json.dumps(try_)}",
+                              stacklevel=1)
             seed += jobs
     finally:
         cluster.stop()
