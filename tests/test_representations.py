@@ -237,6 +237,38 @@ def test_a_run_records_the_settings_and_the_hash_kernel_its_model_computes_with(
         cpu.__dataclass_fields__)  # no DHE, no hash kernel
 
 
+def test_a_compiler_without_openmp_builds_the_hash_threaded_by_the_caller(monkeypatch, tmp_path):
+    """Where -fopenmp is refused the kernel is built without it (one thread a call) and encode_uniform
+    splits tables, or one table's lookups, across its own threads: the same codes."""
+    import shutil
+
+    from harness.workload import ckernels
+    from harness.workload.representations.dhe import kernels
+
+    real = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if real is None:
+        pytest.skip("no C compiler")
+    wrapper = tmp_path / "cc"
+    refuse = 'for a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done'
+    wrapper.write_text(f'#!/bin/sh\n{refuse}\nexec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("CC", str(wrapper))
+    monkeypatch.setenv("MPREC_KERNEL_DIR", str(tmp_path / "kernels"))
+    monkeypatch.setattr(ckernels, "threads_for", lambda work, minimum: 2)
+    ckernels.forget("dhe_hash")
+    try:
+        lib, why = kernels._load()
+        assert lib is not None, why
+        assert lib.dhe_openmp() == 0
+        for tables in (3, 1):
+            module = DeepHashEmbedding(range(tables), small_dhe(k=40, decoder=[40, 6], m=1_000_000), dim=4)
+            flat = torch.randint(0, 2**62, (tables, 999), generator=torch.Generator().manual_seed(tables))
+            codes = kernels.encode_uniform(flat, module.hash_a, module.hash_b, module.p, module.m)
+            assert torch.equal(codes, hashing.code(module.hash(flat), "uniform", module.m))
+    finally:
+        ckernels.forget("dhe_hash")
+
+
 def test_dhe_without_a_compiler_keeps_the_torch_hash(monkeypatch, tmp_path):
     from harness.workload import ckernels
     from harness.workload.representations.dhe import kernels

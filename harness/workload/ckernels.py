@@ -35,8 +35,9 @@ _loaded: dict[str, ctypes.CDLL | str] = {}  # name -> library, or why it is unav
 _pools: dict[str, ThreadPoolExecutor] = {}
 
 
-def _compile(name: str, source: str) -> ctypes.CDLL:
-    digest = hashlib.sha256((source + " ".join(_FLAGS) + platform.machine()).encode()).hexdigest()[:16]
+def _compile(name: str, source: str, extra: tuple[str, ...] = ()) -> ctypes.CDLL:
+    flags = [*_FLAGS, *extra]
+    digest = hashlib.sha256((source + " ".join(flags) + platform.machine()).encode()).hexdigest()[:16]
     folder = Path(os.environ.get("MPREC_KERNEL_DIR") or Path.home() / ".cache" / "mprec-harness")
     target = folder / f"{name}_{digest}.so"
     if not target.is_file():
@@ -48,7 +49,7 @@ def _compile(name: str, source: str) -> ctypes.CDLL:
             src = Path(tmp) / f"{name}.c"
             src.write_text(source)
             built = Path(tmp) / target.name
-            proc = subprocess.run([compiler, *_FLAGS, "-o", str(built), str(src)],
+            proc = subprocess.run([compiler, *flags, "-o", str(built), str(src)],
                                   capture_output=True, text=True, timeout=120)
             if proc.returncode != 0:
                 raise RuntimeError(f"{compiler} failed: {proc.stderr.strip()[-500:]}")
@@ -56,11 +57,14 @@ def _compile(name: str, source: str) -> ctypes.CDLL:
     return ctypes.CDLL(str(target))
 
 
-def load(name: str, source: str, signatures: dict[str, list]) -> tuple[ctypes.CDLL | None, str]:
-    """(library, "compiled C kernel") or (None, why not); built once per process, cached on disk."""
+def load(name: str, source: str, signatures: dict[str, list],
+         optional_flags: tuple[str, ...] = ()) -> tuple[ctypes.CDLL | None, str]:
+    """(library, "compiled C kernel") or (None, why not); built once per process, cached on disk.
+    `optional_flags` (-fopenmp) are tried first; where the compiler refuses them the kernel is built
+    without (its source must build either way)."""
     if name not in _loaded:
         try:
-            lib = _compile(name, source)
+            lib = _compile_with(name, source, optional_flags)
             for function, argtypes in signatures.items():
                 getattr(lib, function).argtypes = argtypes
             _loaded[name] = lib
@@ -69,6 +73,15 @@ def load(name: str, source: str, signatures: dict[str, list]) -> tuple[ctypes.CD
             log.info("%s; using the torch implementation", _loaded[name])
     entry = _loaded[name]
     return (entry, "compiled C kernel") if isinstance(entry, ctypes.CDLL) else (None, entry)
+
+
+def _compile_with(name: str, source: str, optional_flags: tuple[str, ...]) -> ctypes.CDLL:
+    if optional_flags:
+        try:
+            return _compile(name, source, optional_flags)
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            log.info("C kernel %s: %s refused (%s); building it without", name, " ".join(optional_flags), exc)
+    return _compile(name, source)
 
 
 def forget(name: str) -> None:

@@ -67,19 +67,29 @@ static void dhe_row_bf16_plain(const dhe_row *r, void *out) { dhe_tail(r, 0, out
 
 typedef void (*dhe_row_fn)(const dhe_row *, void *);
 
-/* codes[t, n, :] for tables [t0, t1) and every lookup n, `size` bytes a code, a row at a time. */
+/* codes[t, n, :] for tables [t0, t1) and every lookup n, `size` bytes a code, a row at a time. Built with
+   OpenMP (-fopenmp), the rows are shared among the threads of the OpenMP runtime torch has loaded (the
+   library's libgomp.so.1 is torch's, already in the process): torch's intra-op threads, so no idle
+   OpenMP worker spins on a core the hash needs; without it, one thread (the caller splits the work). */
+#define DHE_PARALLEL_MIN_CODES (1 << 18)
 static void dhe_rows(dhe_row_fn fill, int64_t size, const int64_t *y, const double *a, const double *b,
                      int64_t lookups, int64_t k, double p, double m, double scale, int64_t t0, int64_t t1,
                      void *codes) {
-    dhe_row r = { 0, 0, 0.0, p, 1.0 / p, m, scale, k };
-    for (int64_t t = t0; t < t1; ++t) {
-        r.a = a + t * k;
-        r.b = b + t * k;
-        for (int64_t n = 0; n < lookups; ++n) {
-            r.x = (double) y[t * lookups + n];
-            fill(&r, (char *) codes + (t * lookups + n) * k * size);
-        }
+    const int64_t first = t0 * lookups, last = t1 * lookups;
+#pragma omp parallel for schedule(static) if ((last - first) * k >= DHE_PARALLEL_MIN_CODES)
+    for (int64_t i = first; i < last; ++i) {
+        const int64_t t = i / lookups;
+        const dhe_row r = { a + t * k, b + t * k, (double) y[i], p, 1.0 / p, m, scale, k };
+        fill(&r, (char *) codes + i * k * size);
     }
+}
+
+int dhe_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -240,19 +250,24 @@ _I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 VARIANTS = {"plain": (0, 0), "fma": (1, 1), "avx512": (2, 3)}
 _ARGS = [_PTR, _PTR, _PTR, _I64, _I64, _F64, _F64, _F64, _I64, _I64, _PTR]
 _SIGNATURES = {f"dhe_uniform{out}_{variant}": _ARGS for out in ("", "_bf16") for variant in VARIANTS}
-_SIGNATURES["dhe_level"] = []
+_SIGNATURES["dhe_level"] = _SIGNATURES["dhe_openmp"] = []
 _OUTPUTS = {torch.float32: "dhe_uniform", torch.bfloat16: "dhe_uniform_bf16"}  # codes' dtype -> function
 _PARALLEL_MIN_CODES = 1 << 18
 
 
+def _load():
+    # OpenMP where the compiler has it: the rows on torch's own OpenMP threads (dhe_rows says why)
+    return ckernels.load("dhe_hash", _SOURCE, _SIGNATURES, optional_flags=("-fopenmp",))
+
+
 def available() -> tuple[bool, str]:
-    lib, why = ckernels.load("dhe_hash", _SOURCE, _SIGNATURES)
+    lib, why = _load()
     return lib is not None, why
 
 
 def variants(dtype: torch.dtype = torch.float32) -> list[str]:
     """The variants this CPU runs for codes in `dtype`, fastest last; none without the kernel."""
-    lib, _ = ckernels.load("dhe_hash", _SOURCE, _SIGNATURES)
+    lib, _ = _load()
     if lib is None:
         return []
     if dtype not in _OUTPUTS:
@@ -265,7 +280,7 @@ def encode_uniform(flat: torch.Tensor, hash_a: torch.Tensor, hash_b: torch.Tenso
                    dtype: torch.dtype = torch.float32, variant: str | None = None) -> torch.Tensor | None:
     """[T, N] ids -> [T, N, k] uniform codes in `dtype` (float32 or bfloat16), or None where the kernel
     is unavailable or has no such output. `variant`: the CPU's best unless named (tests compare them)."""
-    lib, _ = ckernels.load("dhe_hash", _SOURCE, _SIGNATURES)
+    lib, _ = _load()
     if lib is None or flat.device.type != "cpu" or dtype not in _OUTPUTS:
         return None
     runs = variants(dtype)
@@ -280,6 +295,10 @@ def encode_uniform(flat: torch.Tensor, hash_a: torch.Tensor, hash_b: torch.Tenso
     b = hash_b.reshape(tables, k).to(torch.float64).contiguous()
     codes = torch.empty(tables, lookups, k, dtype=dtype)
     scale = 2.0 / (m - 1)
+    if lib.dhe_openmp():  # one call: its rows shared among torch's OpenMP threads inside
+        encode(y.data_ptr(), a.data_ptr(), b.data_ptr(), lookups, k, float(p), float(m), scale, 0, tables,
+               codes.data_ptr())
+        return codes
     parts = ckernels.threads_for(tables * lookups * k, _PARALLEL_MIN_CODES)
 
     def call(t0: int, t1: int, lo: int, hi: int):
