@@ -237,6 +237,19 @@ def test_a_run_records_the_settings_and_the_hash_kernel_its_model_computes_with(
         cpu.__dataclass_fields__)  # no DHE, no hash kernel
 
 
+def test_the_openmp_hash_runs_on_torchs_openmp_runtime_not_a_second_one():
+    """Two OpenMP runtimes in one process would bring back two thread pools on the same cores: the kernel's
+    libgomp must be the one torch loaded (matched by soname), the only one mapped after it is loaded."""
+    from harness.workload.representations.dhe import kernels
+
+    lib, why = kernels._load()
+    if lib is None or not lib.dhe_openmp():
+        pytest.skip(why if lib is None else "the kernel was built without OpenMP here")
+    maps = Path(f"/proc/{os.getpid()}/maps").read_text().splitlines()
+    runtimes = {line.split()[-1] for line in maps if "libgomp" in line or "libiomp" in line}
+    assert len(runtimes) == 1, runtimes
+
+
 def test_a_compiler_without_openmp_builds_the_hash_threaded_by_the_caller(monkeypatch, tmp_path):
     """Where -fopenmp is refused the kernel is built without it (one thread a call) and encode_uniform
     splits tables, or one table's lookups, across its own threads: the same codes."""
