@@ -26,7 +26,9 @@ def _finite_positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-@pytest.fixture(scope="module")
+# Session-scoped: a module fixture is torn down whenever the worker moves to another module's test, and
+# xdist hands this group's tests (these and tests/test_clusters.py) out interleaved: fresh-ci ran it twice.
+@pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     """One `python -m benchmarks --tiny` (TorchRec's comparison where scripts/install_bench.sh ran)."""
     from benchmarks import __main__ as suite
