@@ -100,7 +100,9 @@ def _int8_and_reference(per_bag: int, lookup: str, storage: str = "int8"):
     model = build_model(spec, seed=0).eval()
     reference = copy.deepcopy(model)
     apply_precision(model, "fp32", storage)
-    configure_for(model, DeviceCapabilities(quantized_bag=lookup == "fbgemm"))
+    # c_kernel: a CPU's settings, small int8 queries (64 x 26 ids here) in one C call (table/kernels.py)
+    configure_for(model, DeviceCapabilities(quantized_bag=lookup != "gather",
+                                            cpu_kernels=lookup == "c_kernel"))
     with torch.no_grad():  # the reference: fp32 tables holding exactly the rows the lookup sees
         reference.sparse_arch.weight.copy_(model.sparse_arch.dequantized())
     gen = torch.Generator().manual_seed(3)
@@ -112,7 +114,7 @@ def _int8_and_reference(per_bag: int, lookup: str, storage: str = "int8"):
 
 
 @pytest.mark.parametrize("storage, row_bytes", [("int8", 16 + 8), ("int4", 8 + 4)])
-@pytest.mark.parametrize("lookup", ["fbgemm", "gather"])
+@pytest.mark.parametrize("lookup", ["fbgemm", "gather", "c_kernel"])
 def test_quantized_tables_equal_their_dequantized_fp32_reference_exactly(lookup, storage, row_bytes):
     model, out, expected, ref_rows, rows = _int8_and_reference(1, lookup, storage)
     assert model.sparse_arch.packed.dtype == torch.uint8 and model.sparse_arch.weight is None
@@ -130,7 +132,7 @@ def test_int4_rows_are_read_as_torchs_own_unpack_reads_them():
 
 
 @pytest.mark.parametrize("storage", ["int8", "int4"])
-@pytest.mark.parametrize("lookup", ["fbgemm", "gather"])
+@pytest.mark.parametrize("lookup", ["fbgemm", "gather", "c_kernel"])
 def test_quantized_bags_equal_the_reference_to_fp32_summation_rounding(lookup, storage):
     _, out, expected, ref_rows, rows = _int8_and_reference(3, lookup, storage)
     torch.testing.assert_close(rows, ref_rows, rtol=0, atol=4e-6)  # 3 adds of values below ~1

@@ -6,15 +6,15 @@ to every module that takes settings (a `configure(settings)` method: FusedTables
 
 >>> settings_for(DeviceCapabilities())
 ModuleSettings(hash_method='float64', bag_pooling='bag', quantized_lookup='fbgemm', linear_kernel='aten', \
-pair_select='index_select', one_id_lookup='embedding')
+pair_select='index_select', one_id_lookup='embedding', small_int8_lookup='quantized_lookup')
 >>> tpu = DeviceCapabilities(int64=False, float64=False, embedding_bag=False, quantized_bag=False)
 >>> settings_for(tpu).hash_method, settings_for(tpu).bag_pooling, settings_for(tpu).quantized_lookup
 ('int32', 'gather_sum', 'gather')
 >>> settings_for(DeviceCapabilities(launch_bound=True)).hash_method                      # a GPU
 'int64'
 >>> cpu = settings_for(DeviceCapabilities(onednn_linear=True, cpu_kernels=True))         # a host CPU
->>> cpu.linear_kernel, cpu.pair_select, cpu.one_id_lookup
-('onednn', 'int16_gather', 'embedding_bag')
+>>> cpu.linear_kernel, cpu.pair_select, cpu.one_id_lookup, cpu.small_int8_lookup
+('onednn', 'int16_gather', 'embedding_bag', 'c_kernel')
 """
 
 from __future__ import annotations
@@ -52,6 +52,9 @@ class ModuleSettings:
     # Tables' one-id bags in large inference queries: embedding_bag (FBGEMM's CPU kernel prefetches rows:
     # 3x F.embedding's index_select) or embedding
     one_id_lookup: str = "embedding"
+    # int8 tables' small queries (table/kernels.py: SMALL_MAX_LOOKUPS ids): c_kernel (one C gather and
+    # dequantize, FBGEMM's sums bit for bit without its ~5 us call) or quantized_lookup (as large ones)
+    small_int8_lookup: str = "quantized_lookup"
 
 
 def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
@@ -67,7 +70,8 @@ def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
                           linear_kernel="onednn" if caps.onednn_linear else "aten",
                           pair_select="int16_gather" if caps.cpu_kernels else "index_select",
                           one_id_lookup="embedding_bag" if caps.cpu_kernels and caps.embedding_bag
-                          else "embedding")
+                          else "embedding",
+                          small_int8_lookup="c_kernel" if caps.cpu_kernels else "quantized_lookup")
 
 
 def recorded(model, settings: ModuleSettings) -> dict[str, str]:

@@ -17,7 +17,7 @@ from torch import nn
 
 from harness.core.errors import ConfigError
 from harness.core.precision import QUANTIZED, row_bytes
-from harness.workload.representations.table import fused_sgd
+from harness.workload.representations.table import fused_sgd, kernels
 
 
 def _dlrm_init_(weight: torch.Tensor, rows: int) -> None:
@@ -39,6 +39,7 @@ class FusedTables(nn.Module):
     keeps_storage_dtype = True
     BAG_MIN_LOOKUPS = 4096  # one-id bags from which embedding_bag's kernel beats F.embedding (see forward)
     row_offsets: torch.Tensor  # buffers, declared for the type checker
+    table_sizes: torch.Tensor
     packed: torch.Tensor
 
     def __init__(self, table_rows: tuple[int, ...], dim: int, sparse_grad: bool = False) -> None:
@@ -55,20 +56,33 @@ class FusedTables(nn.Module):
         for rows in self.table_rows[:-1]:
             starts.append(starts[-1] + rows)
         self.register_buffer("row_offsets", torch.tensor(starts, dtype=torch.int64), persistent=False)
+        self.register_buffer("table_sizes", torch.tensor(self.table_rows, dtype=torch.int64),
+                             persistent=False)
         self._starts = starts
         self.fused_sgd_lr: float | None = None  # set by enable_fused_sgd: SGD inside the backward
         self.storage = "fp32"
         self.quantized_lookup = "fbgemm"  # device setting: fbgemm (fused quantized kernel) or gather
         self.one_id_lookup = "embedding"  # device setting: embedding_bag for large one-id queries on CPUs
+        self.small_int8_lookup = "quantized_lookup"  # device setting: c_kernel for small int8 queries on CPUs
         for start, rows in zip(starts, self.table_rows):
             _dlrm_init_(self.weight[start : start + rows], rows)
 
     def configure(self, settings) -> None:
-        """Take the device's settings (harness/workload/device.py): bags' pooling, quantized rows' lookup,
-        large one-id queries' kernel."""
+        """Take the device's settings (harness/workload/device.py): bags' pooling, quantized rows' lookup
+        (small int8 queries' apart), large one-id queries' kernel."""
         self.pooling = settings.bag_pooling
         self.quantized_lookup = settings.quantized_lookup
         self.one_id_lookup = settings.one_id_lookup
+        self.small_int8_lookup = settings.small_int8_lookup
+
+    def kernel_choices(self) -> dict[str, str]:
+        """Which code looks up small int8 queries (recorded with the run: harness/workload/device.py)."""
+        if self.storage != "int8" or self.small_int8_lookup != "c_kernel":
+            return {}
+        ok, why = kernels.available()
+        if self.packed.device.type != "cpu":
+            ok, why = False, f"the rows are on {self.packed.device.type}"
+        return {"int8_small_lookup": "C kernel" if ok else f"{self.quantized_lookup} ({why})"}
 
     def store_as(self, storage: str) -> None:
         """Store the rows as `storage` from now on (inference only): fp16; int8 in FBGEMM's row-wise
@@ -115,6 +129,13 @@ class FusedTables(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         batch, tables, per_bag = ids.shape
+        if (self.storage == "int8" and self.small_int8_lookup == "c_kernel"
+                and ids.numel() < kernels.SMALL_MAX_LOOKUPS):
+            # FBGEMM's call costs more than a few rows do (table/kernels.py): the same sums, bit for bit, the
+            # row offsets added in the same C call
+            out = kernels.int8_bags(self.packed, ids, self.row_offsets, self.table_sizes, self.dim)
+            if out is not None:
+                return out
         if self.storage in QUANTIZED:
             flat = (ids + self.row_offsets.view(1, tables, 1)).reshape(-1)
             return self._quantized_bags(flat, per_bag).view(batch, tables, self.dim)
