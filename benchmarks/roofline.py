@@ -3,10 +3,11 @@
     python -m benchmarks.roofline           # Kaggle shape at scale 1.0 (2.16 GB of tables), ~5 minutes
     python -m benchmarks.roofline --tiny    # seconds (CI)
 
-Per path and precision (table: fp32, bf16, int8 rows, int8 rows with bf16 MLPs, int4 rows; dhe: fp32,
-bf16), the whole DLRM forward at query sizes 1, 1024 and 4096, timed interleaved with its fp32 twin (the
-same weights, the precision applied as a run applies it): the p50, and the bound the machine allows, from
-this run's measured peaks and the cost model's counts (harness/workload/cost.py):
+Per path and precision (table: fp32, bf16, fp16 where the CPU computes it natively, int8 rows, int8 rows
+with bf16 MLPs, int4 rows; dhe: fp32, bf16), the whole DLRM forward at query sizes 1, 1024 and 4096, timed
+interleaved with its fp32 twin (the same weights, the precision applied as a run applies it): the p50,
+and the bound the machine allows, from this run's measured peaks and the cost model's counts
+(harness/workload/cost.py):
 
     bound = FLOPs / GEMM peak of the path's compute precision + bytes moved / gather bandwidth at 64-byte rows
 
@@ -17,8 +18,10 @@ gives the p50 there beside the bound, and benchmarks.harness_overhead measures t
 The DLRM reference (facebookresearch/dlrm's DLRM_Net, fp32, on the fp32 model's weights; checked to compute
 the same function first) is timed among the table rows where it is installed (`--dlrm-reference DIR`:
 benchmarks/dlrm_reference.py says what it needs), and each row gets its ratio to it; elsewhere the report
-says why not. Issue 24's targets: >= 0.8 for every table precision at 4096,
->= 0.7 for DHE at >= 1024.
+says why not. fp16 runs only where the CPU computes it natively (else the report says so). Issue 24's
+targets: >= 0.8 for every table precision at 4096, >= 0.7 for DHE at >= 1024; int8 rows never slower than
+fp32 rows, and int8 rows with bf16 MLPs the fastest table path from 1024 where bf16 is native (ratios.json,
+benchmarks/__main__.py).
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import torch
 from benchmarks import dlrm_reference
 from benchmarks.common import interleaved, timing_parser, torch_cpu_capabilities, write_report
 from benchmarks.precision import _batch, _spec, _variant
-from harness.core.host import numeric_flags
+from harness.core.host import native_cpu_dtype, numeric_flags
+from harness.core.precision import gemm_peak_metric
 from harness.workload.cost import path_cost
 from harness.workload.device import configure_for
 from harness.workload.dlrm import build_model
@@ -42,6 +46,21 @@ VARIANTS: dict[str, list[tuple[str, str, str | None]]] = {
               ("int8+bf16", "bf16", "int8"), ("int4", "fp32", "int4")],
     "dhe": [("fp32", "fp32", None), ("bf16", "bf16", None)],
 }
+# Where the CPU has fp16 instructions (avx512_fp16, amx_fp16), the table path in fp16 as well: elsewhere
+# torch emulates it, no roof of this machine's to hold it to (the report says why it did not run).
+NATIVE_ONLY: dict[str, list[tuple[str, str, str | None]]] = {"table": [("fp16", "fp16", None)]}
+
+
+def paths(representation: str) -> list[tuple[str, str, str | None]]:
+    """The (label, compute precision, table storage) of `representation` this CPU runs."""
+    native = [v for v in NATIVE_ONLY.get(representation, []) if native_cpu_dtype(v[1]).startswith("native")]
+    return VARIANTS[representation] + native
+
+
+def peak_metrics() -> tuple[str, ...]:
+    """The GEMM peaks every path run here is held to, and the gather's."""
+    precisions = {precision for rep in VARIANTS for _, precision, _ in paths(rep)}
+    return (*sorted({gemm_peak_metric(p) for p in precisions}), "gather64_gbps")
 
 
 def machine_peaks(tiny: bool) -> dict:
@@ -54,8 +73,7 @@ def machine_peaks(tiny: bool) -> dict:
 
     adapter = CpuBackend(load_config(compose(["+backend=cpu"])).backend)
     adapter.prepare(torch.nn.Identity(), None)
-    peaks, readings = measure_peaks(adapter, 0.05 if tiny else 1.0,
-                                    only=("gemm_gflops", "gemm_bf16_gflops", "gather64_gbps"))
+    peaks, readings = measure_peaks(adapter, 0.05 if tiny else 1.0, only=peak_metrics())
     disturbed = sorted(m for m, r in readings.items()  # the rule benchmarks.limits applies
                        if r.load.other_cores is not None
                        and r.load.other_cores > 0.1 + r.load.resolution_cores)
@@ -84,7 +102,7 @@ def memory_bytes_per_sample(representation: str, spec, storage: str | None) -> f
 
 
 def bound_s(flops_per_sample: float, bytes_per_sample: float, q: int, precision: str, peaks: dict) -> float:
-    gemm = peaks["gemm_bf16_gflops" if precision == "bf16" else "gemm_gflops"]
+    gemm = peaks[gemm_peak_metric(precision)]
     return q * flops_per_sample / (gemm * 1e9) + q * bytes_per_sample / (peaks["gather64_gbps"] * 1e9)
 
 
@@ -105,7 +123,7 @@ def representation_rows(representation: str, scale: float, sizes: tuple[int, ...
     model = build_model(spec, seed=0).eval().requires_grad_(False)
     configure_for(model, torch_cpu_capabilities())
     models = {label: model if label == "fp32" else _variant(model, precision, storage)
-              for label, precision, storage in VARIANTS[representation]}
+              for label, precision, storage in paths(representation)}
     ref = dlrm_reference.build(reference, model) if reference is not None else None
     rows: dict = {}
     for q in sizes:
@@ -134,7 +152,7 @@ def rebound(representation: str, scale: float, rows: dict, peaks: dict) -> dict:
     the roof (a fraction over 1: the peaks were measured low; flagged)."""
     print(f"{representation} against its bound:")
     counts = {}  # label -> (precision, FLOPs and bytes per sample), from the cost model once per variant
-    for label, precision, storage in VARIANTS[representation]:
+    for label, precision, storage in paths(representation):
         spec = _spec(representation, scale, precision, storage)[1]
         counts[label] = (precision, path_cost(spec).flops_per_sample,
                          memory_bytes_per_sample(representation, spec, storage))
@@ -171,15 +189,19 @@ def main(argv: list[str] | None = None) -> dict:
                                                 reference if representation == "table" else None)
             for representation in VARIANTS}
     second = machine_peaks(args.tiny)
-    peaks = {k: max(first[k], second[k]) for k in ("gemm_gflops", "gemm_bf16_gflops", "gather64_gbps")}
+    peaks = {k: max(first[k], second[k]) for k in peak_metrics()}
     peaks["disturbed"] = sorted(set(first["disturbed"]) | set(second["disturbed"]))
     figures: dict[str, Any] = {"threads": torch.get_num_threads(), "cpu_flags": flags, "scale": scale,
                                "peaks": peaks, "peaks_before": first, "peaks_after": second,
-                               "reference": reference_note}
+                               "reference": reference_note, "fp16": native_cpu_dtype("fp16")}
     print(f"peaks ({figures['threads']} threads; flags {', '.join(flags)}), the higher of before and after: "
           f"GEMM fp32 {peaks['gemm_gflops']:.0f} ({first['gemm_gflops']:.0f}, {second['gemm_gflops']:.0f}), "
-          f"bf16 {peaks['gemm_bf16_gflops']:.0f} GFLOP/s; 64-B-row gather {peaks['gather64_gbps']:.2f} GB/s"
+          f"bf16 {peaks['gemm_bf16_gflops']:.0f}"
+          + (f", fp16 {peaks['gemm_fp16_gflops']:.0f}" if "gemm_fp16_gflops" in peaks else "")
+          + f" GFLOP/s; 64-B-row gather {peaks['gather64_gbps']:.2f} GB/s"
           + (f"; disturbed: {peaks['disturbed']}" if peaks["disturbed"] else ""), flush=True)
+    if "gemm_fp16_gflops" not in peaks:
+        print(f"table fp16: not run, {figures['fp16']} on this CPU (no amx_fp16 or avx512_fp16 flag)")
     for representation, by_size in rows.items():
         figures[representation] = rebound(representation, scale, by_size, peaks)
     _print_reference(figures["table"])

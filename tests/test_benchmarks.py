@@ -166,7 +166,8 @@ def test_roofline_figures(tiny_run):
     peaks = f["peaks"]
     assert peaks["gemm_gflops"] > 0 and peaks["gemm_bf16_gflops"] > 0 and peaks["gather64_gbps"] > 0
     assert isinstance(f["cpu_flags"], list) and all(isinstance(flag, str) for flag in f["cpu_flags"])
-    assert set(f["table"]["1"]) == {"fp32", "bf16", "int8", "int8+bf16", "int4"}
+    native_fp16 = {"fp16"} if f["fp16"].startswith("native") else set()  # emulated here: not run
+    assert set(f["table"]["1"]) == {"fp32", "bf16", "int8", "int8+bf16", "int4"} | native_fp16
     assert set(f["dhe"]["64"]) == {"fp32", "bf16"}
     for rep in ("table", "dhe"):
         for rows in f[rep].values():
@@ -182,3 +183,39 @@ def test_roofline_figures(tiny_run):
     dhe = f["dhe"]["64"]
     faster_bf16 = peaks["gemm_bf16_gflops"] > peaks["gemm_gflops"]
     assert (dhe["bf16"]["bound_ms"] < dhe["fp32"]["bound_ms"]) == faster_bf16
+
+
+def test_the_roofline_runs_fp16_only_where_the_cpu_computes_it(monkeypatch):
+    from benchmarks import roofline
+
+    monkeypatch.setattr(roofline, "native_cpu_dtype", lambda p: "emulated")
+    assert [label for label, _, _ in roofline.paths("table")] == ["fp32", "bf16", "int8", "int8+bf16", "int4"]
+    assert "gemm_fp16_gflops" not in roofline.peak_metrics()
+    # A CPU with avx512_fp16 (torch emulates it here: slow, but the same code path)
+    monkeypatch.setattr(roofline, "native_cpu_dtype", lambda p: "native (avx512_fp16)")
+    assert roofline.paths("table")[-1] == ("fp16", "fp16", None) and roofline.paths("dhe")[-1][0] == "bf16"
+    assert roofline.peak_metrics() == ("gemm_bf16_gflops", "gemm_fp16_gflops", "gemm_gflops", "gather64_gbps")
+    rows = roofline.representation_rows("table", 0.001, (8,), repetitions=2, block_s=0.005)
+    peaks = {"gemm_gflops": 100.0, "gemm_bf16_gflops": 200.0, "gemm_fp16_gflops": 400.0, "gather64_gbps": 5.0}
+    row = roofline.rebound("table", 0.001, rows, peaks)[8]
+    assert row["fp16"]["p50_ms"] > 0  # each path's bound: its own GEMM peak, the same bytes
+    assert row["fp16"]["bound_ms"] < row["bf16"]["bound_ms"] < row["fp32"]["bound_ms"]
+
+
+def test_the_int8_targets_are_held_to_the_spread_of_two_equal_models():
+    from benchmarks.__main__ import SPREAD, _int8_never_slower
+
+    def rows(int8_ms: float, mixed_ms: float) -> dict:
+        p50 = {"fp32": 10.0, "bf16": 5.0, "int8": int8_ms, "int8+bf16": mixed_ms, "dlrm_reference": 1.0}
+        return {label: {"p50_ms": ms, "fp32_over_this": 10.0 / ms} for label, ms in p50.items()}
+
+    f = {"cpu_flags": ["avx2", "avx512_bf16"], "table": {"1": rows(10.5, 20.0), "1024": rows(10.1, 4.9)}}
+    ratios = _int8_never_slower(f)
+    assert not ratios["roofline.table.q1.int8.fp32_over_this"]["meets"]  # 0.95x
+    assert ratios["roofline.table.q1024.int8.fp32_over_this"]["meets"] and 10 / 10.1 < 1  # within the spread
+    assert ratios["roofline.table.q1.int8+bf16.fastest_other_over_this"]["target"] is None  # only from 1024
+    fastest = ratios["roofline.table.q1024.int8+bf16.fastest_other_over_this"]
+    assert fastest["meets"] and fastest["value"] == pytest.approx(5.0 / 4.9)  # bf16's, not the reference's
+    assert fastest["target"] == f">= {SPREAD}"
+    emulated = _int8_never_slower({**f, "cpu_flags": ["avx2"]})  # no native bf16: no such target
+    assert emulated["roofline.table.q1024.int8+bf16.fastest_other_over_this"]["target"] is None
