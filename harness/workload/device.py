@@ -6,15 +6,16 @@ to every module that takes settings (a `configure(settings)` method: FusedTables
 
 >>> settings_for(DeviceCapabilities())
 ModuleSettings(hash_method='float64', bag_pooling='bag', quantized_lookup='fbgemm', linear_kernel='aten', \
-pair_select='index_select', one_id_lookup='embedding', small_int8_lookup='quantized_lookup')
+pair_select='index_select', one_id_lookup='embedding', small_int8_lookup='quantized_lookup', \
+interaction_kernel='torch')
 >>> tpu = DeviceCapabilities(int64=False, float64=False, embedding_bag=False, quantized_bag=False)
 >>> settings_for(tpu).hash_method, settings_for(tpu).bag_pooling, settings_for(tpu).quantized_lookup
 ('int32', 'gather_sum', 'gather')
 >>> settings_for(DeviceCapabilities(launch_bound=True)).hash_method                      # a GPU
 'int64'
 >>> cpu = settings_for(DeviceCapabilities(onednn_linear=True, cpu_kernels=True))         # a host CPU
->>> cpu.linear_kernel, cpu.pair_select, cpu.one_id_lookup, cpu.small_int8_lookup
-('onednn', 'int16_gather', 'embedding_bag', 'c_kernel')
+>>> cpu.linear_kernel, cpu.pair_select, cpu.one_id_lookup, cpu.small_int8_lookup, cpu.interaction_kernel
+('onednn', 'int16_gather', 'embedding_bag', 'c_kernel', 'c_kernel')
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ class ModuleSettings:
     # int8 tables' small queries (table/kernels.py: SMALL_MAX_LOOKUPS ids): c_kernel (one C gather and
     # dequantize, FBGEMM's sums bit for bit without its ~5 us call) or quantized_lookup (as large ones)
     small_int8_lookup: str = "quantized_lookup"
+    # The bf16 dot interaction without autograd: c_kernel (one C pass, AVX-512 CPUs: harness/workload/
+    # interaction.py; elsewhere torch's) or torch (cast, batched GEMM, pair gather)
+    interaction_kernel: str = "torch"
 
 
 def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
@@ -71,7 +75,8 @@ def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
                           pair_select="int16_gather" if caps.cpu_kernels else "index_select",
                           one_id_lookup="embedding_bag" if caps.cpu_kernels and caps.embedding_bag
                           else "embedding",
-                          small_int8_lookup="c_kernel" if caps.cpu_kernels else "quantized_lookup")
+                          small_int8_lookup="c_kernel" if caps.cpu_kernels else "quantized_lookup",
+                          interaction_kernel="c_kernel" if caps.cpu_kernels else "torch")
 
 
 def recorded(model, settings: ModuleSettings) -> dict[str, str]:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from harness.core.spec import WorkloadSpec, interaction_width
-from harness.workload import onednn, representations
+from harness.workload import interaction, onednn, representations
 
 
 class MLP(nn.Sequential):
@@ -122,14 +122,28 @@ class DotInteraction(nn.Module):
         rows, cols = torch.tril_indices(num_vectors, num_vectors, offset=-1)
         self.num_vectors = num_vectors
         self.register_buffer("pair_index", rows * num_vectors + cols, persistent=False)
-        self.pair_select = "index_select"  # a device setting, given by `configure`
+        self.pair_select = "index_select"  # device settings, given by `configure`
+        self.kernel = "torch"
 
     def configure(self, settings) -> None:
-        """Take the device's settings (harness/workload/device.py): how the pairs are selected."""
+        """Take the device's settings (harness/workload/device.py): how the pairs are selected, and whether a
+        bf16 interaction runs as one C pass (harness/workload/interaction.py)."""
         self.pair_select = settings.pair_select
+        self.kernel = settings.interaction_kernel
+
+    def kernel_choices(self) -> dict[str, str]:
+        """What computes a bf16 interaction here (recorded with the run: harness/workload/device.py)."""
+        if self.kernel != "c_kernel":
+            return {}
+        ok, why = interaction.available()
+        return {"bf16_interaction": "C kernel" if ok else f"torch ({why})"}
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         sixteen_bit = dense.element_size() == 2 and dense.is_floating_point()
+        if self.kernel == "c_kernel" and dense.dtype == torch.bfloat16:
+            out = interaction.dot_interaction(dense, sparse)  # None where it does not fit: torch below
+            if out is not None:
+                return out
         if (self.pair_select == "int16_gather" and sixteen_bit and dense.shape[0] >= self.GATHER_MIN_ROWS
                 and not (dense.requires_grad or sparse.requires_grad)):
             return self._forward_16bit(dense, sparse)
