@@ -84,6 +84,9 @@ static void dhe_rows(dhe_row_fn fill, int64_t size, const int64_t *y, const doub
     }
 }
 
+/* The threshold, for the caller that splits the work itself where the kernel is built without OpenMP. */
+int64_t dhe_parallel_min_codes(void) { return DHE_PARALLEL_MIN_CODES; }
+
 int dhe_openmp(void) {
 #ifdef _OPENMP
     return 1;
@@ -250,14 +253,16 @@ _I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 VARIANTS = {"plain": (0, 0), "fma": (1, 1), "avx512": (2, 3)}
 _ARGS = [_PTR, _PTR, _PTR, _I64, _I64, _F64, _F64, _F64, _I64, _I64, _PTR]
 _SIGNATURES = {f"dhe_uniform{out}_{variant}": _ARGS for out in ("", "_bf16") for variant in VARIANTS}
-_SIGNATURES["dhe_level"] = _SIGNATURES["dhe_openmp"] = []
+_SIGNATURES["dhe_level"] = _SIGNATURES["dhe_openmp"] = _SIGNATURES["dhe_parallel_min_codes"] = []
 _OUTPUTS = {torch.float32: "dhe_uniform", torch.bfloat16: "dhe_uniform_bf16"}  # codes' dtype -> function
-_PARALLEL_MIN_CODES = 1 << 18
 
 
 def _load():
     # OpenMP where the compiler has it: the rows on torch's own OpenMP threads (dhe_rows says why)
-    return ckernels.load("dhe_hash", _SOURCE, _SIGNATURES, optional_flags=("-fopenmp",))
+    lib, why = ckernels.load("dhe_hash", _SOURCE, _SIGNATURES, optional_flags=("-fopenmp",))
+    if lib is not None:
+        lib.dhe_parallel_min_codes.restype = ctypes.c_int64  # ctypes reads a C int otherwise
+    return lib, why
 
 
 def available() -> tuple[bool, str]:
@@ -299,7 +304,7 @@ def encode_uniform(flat: torch.Tensor, hash_a: torch.Tensor, hash_b: torch.Tenso
         encode(y.data_ptr(), a.data_ptr(), b.data_ptr(), lookups, k, float(p), float(m), scale, 0, tables,
                codes.data_ptr())
         return codes
-    parts = ckernels.threads_for(tables * lookups * k, _PARALLEL_MIN_CODES)
+    parts = ckernels.threads_for(tables * lookups * k, lib.dhe_parallel_min_codes())  # OpenMP's own threshold
 
     def call(t0: int, t1: int, lo: int, hi: int):
         # Tables [t0, t1), or lookups [lo, hi) of a single table (t0 = 0, t1 = 1): pointers moved to lo.
