@@ -32,7 +32,8 @@ def _inputs(batch: int, vectors: int, width: int, sparse_dtype: torch.dtype, see
 
 
 @runs_here
-@pytest.mark.parametrize("vectors, width", [(27, 16), (2, 16), (16, 16), (17, 32), (33, 16), (40, 64)])
+@pytest.mark.parametrize("vectors, width", [(27, 16), (2, 16), (16, 16), (17, 32), (33, 16), (40, 64),
+                                            (interaction.MAX_VECTORS, interaction.MAX_WIDTH)])
 @pytest.mark.parametrize("sparse_dtype", [torch.float32, torch.bfloat16])
 def test_the_kernel_equals_float32_sums_in_ascending_k_bit_for_bit(vectors, width, sparse_dtype):
     # 16, 17, 33: one column block full, one more begun, three blocks (the transposed gathers' edges);
@@ -45,6 +46,15 @@ def test_the_kernel_equals_float32_sums_in_ascending_k_bit_for_bit(vectors, widt
 
 
 @runs_here
+def test_strided_vectors_are_read_where_they_are():
+    # DHE's lookup returns [T, B, D] transposed to [B, T, D]: samples and vectors strided, D contiguous
+    dense, sparse = _inputs(70, 27, 16, torch.float32, seed=3)
+    transposed = sparse.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not transposed.is_contiguous() and interaction.fits(dense, transposed)
+    assert torch.equal(interaction.dot_interaction(dense, transposed), _ascending_k(dense, sparse))
+
+
+@runs_here
 def test_special_values_round_as_torch_rounds_them():
     dense, sparse = _inputs(4, 27, 16, torch.float32)
     sparse[0, 0, :4] = torch.tensor([float("nan"), float("inf"), -0.0, 1e-39])  # 1e-39: a float32 subnormal
@@ -53,7 +63,7 @@ def test_special_values_round_as_torch_rounds_them():
     sparse[3, 2, :] = 1.0 + 3 * 2.0 ** -9  # not a tie: up
     out = interaction.dot_interaction(dense, sparse)
     expected = _ascending_k(dense, sparse)
-    assert torch.equal(out.isnan(), expected.isnan()) and out.isnan().any()
+    assert torch.equal(out.isnan(), expected.isnan()) and out.isnan().any()  # a NaN's bits: see the module
     assert torch.equal(out.nan_to_num(), expected.nan_to_num())
 
 
@@ -76,6 +86,10 @@ def test_inputs_it_does_not_take_go_back_to_torch():
     assert not interaction.fits(dense.float(), sparse)  # an fp32 path: torch's
     assert not interaction.fits(dense.half(), sparse)
     assert not interaction.fits(dense[:, :8], sparse[..., :8])  # D not a multiple of 16
+    assert not interaction.fits(dense[:2], sparse)  # batches differ
+    assert not interaction.fits(torch.cat([dense, dense], 1), sparse)  # widths differ
+    assert not interaction.fits(dense, sparse[:, 0])  # not [B, F - 1, D]
+    assert not interaction.fits(dense, sparse.transpose(1, 2).contiguous().transpose(1, 2))  # D strided
     assert not interaction.fits(dense.requires_grad_(), sparse)  # autograd: torch's
     wide = _inputs(2, interaction.MAX_VECTORS + 1, 16, torch.float32)
     assert not interaction.fits(*wide) and interaction.dot_interaction(*wide) is None
@@ -103,9 +117,9 @@ def test_a_cpu_runs_its_bf16_interaction_as_the_kernel(monkeypatch):
 
 
 def test_without_avx512_torch_computes_it_and_the_run_records_why(monkeypatch):
-    monkeypatch.setattr(interaction, "_supported", {id(interaction._load()[0]): False})
     if interaction._load()[0] is None:
         pytest.skip("no C compiler")
+    monkeypatch.setattr(interaction, "_supported", {interaction._load()[0]: False})
     module = _configured(DeviceCapabilities(cpu_kernels=True))
     why = "torch (the C dot interaction needs AVX-512 (F, BW, VL))"
     assert module.kernel_choices() == {"bf16_interaction": why}
@@ -117,7 +131,7 @@ def test_without_avx512_torch_computes_it_and_the_run_records_why(monkeypatch):
 
 @runs_here
 def test_built_without_openmp_it_keeps_to_the_batches_one_thread_wins(monkeypatch):
-    monkeypatch.setattr(interaction, "_threaded", {id(interaction._load()[0]): False})
+    monkeypatch.setattr(interaction, "_threaded", {interaction._load()[0]: False})
     small = _inputs(interaction.SERIAL_MAX_BATCH, 27, 16, torch.float32)
     assert torch.equal(interaction.dot_interaction(*small), _ascending_k(*small))
     large = _inputs(interaction.SERIAL_MAX_BATCH + 1, 27, 16, torch.float32)

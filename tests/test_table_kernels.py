@@ -64,6 +64,12 @@ def test_ids_it_cannot_take_go_back_to_the_caller():
     packed = _rows(16)
     ids = torch.tensor([[[1], [2]]])
     assert _lookup(packed, ids.to(torch.int32), 16) is None
+    assert _lookup(packed, ids[:, :1], 16) is None  # one table's ids for two tables: torch's path raises
+    assert _lookup(packed, torch.tensor([[[1], [2], [3]]]), 16) is None  # three: it would read past `rows`
+    assert _lookup(packed, ids[0], 16) is None  # not [B, T, L]
+    assert _lookup(packed, ids, 8) is None  # rows are dim + 8 bytes: not these
+    wide = torch.cat([packed, packed], 1)[:, : packed.shape[1]]  # the same bytes, not contiguous
+    assert not wide.is_contiguous() and _lookup(wide, ids, 16) is None
     strided = torch.tensor([[[1, 9], [2, 9]]])[..., ::2]  # not contiguous: copied, same sums
     assert torch.equal(_lookup(packed, strided, 16), _lookup(packed, ids, 16))
 
@@ -74,6 +80,12 @@ def _int8_tables(caps: DeviceCapabilities) -> FusedTables:
     tables.store_as("int8")
     configure_for(tables, caps)
     return tables
+
+
+def test_the_kernel_is_chosen_only_where_fbgemm_takes_the_large_queries():
+    # its sums are FBGEMM's bits: a device without FBGEMM's kernels gathers at every size, as one
+    assert _int8_tables(DeviceCapabilities(cpu_kernels=True, quantized_bag=False)).small_int8_lookup \
+        == "quantized_lookup"
 
 
 def test_small_queries_take_the_kernel_and_large_ones_fbgemm(monkeypatch):

@@ -75,7 +75,9 @@ def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
                           pair_select="int16_gather" if caps.cpu_kernels else "index_select",
                           one_id_lookup="embedding_bag" if caps.cpu_kernels and caps.embedding_bag
                           else "embedding",
-                          small_int8_lookup="c_kernel" if caps.cpu_kernels else "quantized_lookup",
+                          # FBGEMM's sums, bit for bit: only where FBGEMM takes the large queries
+                          small_int8_lookup="c_kernel" if caps.cpu_kernels and caps.quantized_bag
+                          else "quantized_lookup",
                           interaction_kernel="c_kernel" if caps.cpu_kernels else "torch")
 
 

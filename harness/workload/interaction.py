@@ -11,7 +11,8 @@ On 2 EPYC (Zen 4) cores, Kaggle shape (27 vectors of 16): 6.4 against 36 us at o
 0.35 ms at 1024, 1.0 against 1.4-1.6 ms at 4096. The whole bf16 table model, the two timed interleaved
 in one process (medians of 7): 0.89x the time at query size 1, 0.87x at 64, 0.96x at 4096, level at 1024.
 
-The values: the vectors are rounded to bf16 as torch rounds them (to nearest even; NaN stays NaN), so each
+The values: the vectors are rounded to bf16 as torch rounds them (to nearest even; a NaN stays a NaN, its
+bits 0x7FC0 where torch's vectorized conversion writes 0xFFFF), so each
 product of two is exact in float32 (unless it underflows, below ~1e-38); the dot products accumulate in
 float32 in ascending k (fused multiply-adds, the same as separate ones on exact products) and are rounded
 to bf16 once. torch's bf16 batched GEMM also accumulates in float32 but in its own order: the two agree to
@@ -42,7 +43,8 @@ _SOURCE = r"""
 #define DOT_ROWS 4
 
 /* bf16 bits (in the low half of each lane) of 16 float32 values, rounded to nearest even as torch rounds
-   them; a NaN becomes torch's 0x7FC0. */
+   them; a NaN becomes 0x7FC0 (c10's scalar conversion; its vectorized one writes 0xFFFF: a NaN either
+   way). */
 DOT_AVX512 static inline __m512i dot_bf16_bits(__m512 x) {
     const __m512i u = _mm512_castps_si512(x);
     const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
@@ -63,15 +65,16 @@ DOT_AVX512 static inline __m512 dot_rounded(const float *fp32) {
 }
 
 /* One sample: out = [dense (width), pairs (i, j < i) in row order], bf16. rows[j][k]: vector j (0 dense, then
-   the tables'); cols[k][j]: the same transposed, F padded to blocks of 16 with zeros. */
-DOT_AVX512 static void dot_sample(const uint16_t *dense, const void *sparse, int sparse_bf16, int64_t vectors,
-                                  int64_t width, uint16_t *out) {
+   the tables', `stride` values apart in `sparse`); cols[k][j]: the same transposed, F padded to blocks of
+   16 with zeros. */
+DOT_AVX512 static void dot_sample(const uint16_t *dense, const void *sparse, int sparse_bf16, int64_t stride,
+                                  int64_t vectors, int64_t width, uint16_t *out) {
     float rows[DOT_MAX * DOT_MAX], cols[DOT_MAX * DOT_MAX];
     const int64_t blocks = (vectors + 15) / 16;
     for (int64_t k = 0; k < width; k += 16) {
         _mm512_storeu_ps(rows + k, dot_widen(dense + k));
         for (int64_t j = 1; j < vectors; ++j) {
-            const int64_t at = (j - 1) * width + k;
+            const int64_t at = (j - 1) * stride + k;
             _mm512_storeu_ps(rows + j * width + k, sparse_bf16 ? dot_widen((const uint16_t *) sparse + at)
                                                                 : dot_rounded((const float *) sparse + at));
         }
@@ -112,15 +115,18 @@ DOT_AVX512 static void dot_sample(const uint16_t *dense, const void *sparse, int
 }
 
 /* out [batch, width + F (F - 1) / 2] bf16 from dense [batch, width] bf16 and sparse [batch, F - 1, width]
-   (float32, or bf16 where sparse_bf16), the samples shared among torch's OpenMP threads where built with
-   -fopenmp. */
+   (float32, or bf16 where sparse_bf16; its strides in values, the last dimension's 1). Built with -fopenmp
+   the samples are shared among the threads of the OpenMP runtime already in the process: torch's own
+   where torch's is the system's libgomp.so.1 (the loader matches the soname); a torch built with another
+   runtime (libiomp) would leave this kernel a pool of its own. */
 DOT_AVX512 void dot_interaction(const uint16_t *dense, const void *sparse, int64_t sparse_bf16,
-                                int64_t batch, int64_t vectors, int64_t width, uint16_t *out) {
+                                int64_t sample_stride, int64_t vector_stride, int64_t batch, int64_t vectors,
+                                int64_t width, uint16_t *out) {
     const int64_t out_width = width + vectors * (vectors - 1) / 2, item = sparse_bf16 ? 2 : 4;
 #pragma omp parallel for schedule(static) if (batch >= 64)
     for (int64_t s = 0; s < batch; ++s)
-        dot_sample(dense + s * width, (const char *) sparse + s * (vectors - 1) * width * item,
-                   (int) sparse_bf16, vectors, width, out + s * out_width);
+        dot_sample(dense + s * width, (const char *) sparse + s * sample_stride * item, (int) sparse_bf16,
+                   vector_stride, vectors, width, out + s * out_width);
 }
 
 int dot_supported(void) {
@@ -129,8 +135,8 @@ int dot_supported(void) {
            && __builtin_cpu_supports("avx512vl");
 }
 #else  /* never called: dot_supported() is 0 */
-void dot_interaction(const uint16_t *dense, const void *sparse, int64_t sparse_bf16, int64_t batch,
-                     int64_t vectors, int64_t width, uint16_t *out) {}
+void dot_interaction(const uint16_t *dense, const void *sparse, int64_t sparse_bf16, int64_t sample_stride,
+                     int64_t vector_stride, int64_t batch, int64_t vectors, int64_t width, uint16_t *out) {}
 int dot_supported(void) { return 0; }
 #endif
 
@@ -143,7 +149,8 @@ int dot_openmp(void) {
 }
 """
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
-_SIGNATURES = {"dot_interaction": [_PTR, _PTR, _I64, _I64, _I64, _I64, _PTR], "dot_supported": [],
+_SIGNATURES = {"dot_interaction": [_PTR, _PTR, _I64, _I64, _I64, _I64, _I64, _I64, _PTR],
+               "dot_supported": [],
                "dot_openmp": []}
 # Built without OpenMP the kernel runs on one thread: slower than torch's two from here (0.46 against
 # 0.35 ms at 1024 samples)
@@ -154,8 +161,8 @@ def _load():
     return ckernels.load("dot_interaction", _SOURCE, _SIGNATURES, optional_flags=("-fopenmp",))
 
 
-_supported: dict[int, bool] = {}  # id(library) -> whether this CPU runs it (asked once)
-_threaded: dict[int, bool] = {}  # id(library) -> whether it was built with OpenMP
+_supported: dict[ctypes.CDLL, bool] = {}  # library -> whether this CPU runs it (asked once)
+_threaded: dict[ctypes.CDLL, bool] = {}  # library -> whether it was built with OpenMP
 
 
 def available() -> tuple[bool, str]:
@@ -163,16 +170,19 @@ def available() -> tuple[bool, str]:
     lib, why = _load()
     if lib is None:
         return False, why
-    if id(lib) not in _supported:
-        _supported[id(lib)] = bool(lib.dot_supported())
-    if not _supported[id(lib)]:
+    if lib not in _supported:
+        _supported[lib] = bool(lib.dot_supported())
+    if not _supported[lib]:
         return False, "the C dot interaction needs AVX-512 (F, BW, VL)"
     return True, why
 
 
 def fits(dense: torch.Tensor, sparse: torch.Tensor) -> bool:
-    """Whether the kernel takes these inputs: CPU, dense bf16, tables' vectors fp32 or bf16, D a multiple of
-    16, within its buffers, no autograd."""
+    """Whether the kernel takes these inputs: CPU, dense bf16 [B, D], tables' vectors [B, F - 1, D] fp32 or
+    bf16 (any strides but the last, 1), D a multiple of 16, within its buffers, no autograd."""
+    if dense.dim() != 2 or sparse.dim() != 3 or sparse.shape[0] != dense.shape[0] \
+            or sparse.shape[2] != dense.shape[1] or sparse.stride(2) != 1:
+        return False
     vectors, width = sparse.shape[1] + 1, dense.shape[1]
     return (dense.device.type == "cpu" and sparse.device.type == "cpu" and dense.dtype == torch.bfloat16
             and sparse.dtype in (torch.float32, torch.bfloat16) and width % 16 == 0
@@ -186,14 +196,14 @@ def dot_interaction(dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor |
     if not fits(dense, sparse) or not available()[0]:
         return None
     lib, _ = _load()
-    if id(lib) not in _threaded:
-        _threaded[id(lib)] = bool(lib.dot_openmp())
-    if not _threaded[id(lib)] and dense.shape[0] > SERIAL_MAX_BATCH:
+    if lib not in _threaded:
+        _threaded[lib] = bool(lib.dot_openmp())
+    if not _threaded[lib] and dense.shape[0] > SERIAL_MAX_BATCH:
         return None
-    dense, sparse = dense.contiguous(), sparse.contiguous()
+    dense = dense.contiguous()  # [B, D]: an MLP's output, contiguous; the tables' vectors keep their strides
     batch, width = dense.shape
     vectors = sparse.shape[1] + 1
-    out = torch.empty(batch, width + vectors * (vectors - 1) // 2, dtype=torch.bfloat16)
-    lib.dot_interaction(dense.data_ptr(), sparse.data_ptr(), int(sparse.dtype == torch.bfloat16), batch,
-                        vectors, width, out.data_ptr())
+    out = torch.empty(batch, width + vectors * (vectors - 1) // 2, dtype=torch.bfloat16, device="cpu")
+    lib.dot_interaction(dense.data_ptr(), sparse.data_ptr(), int(sparse.dtype == torch.bfloat16),
+                        sparse.stride(0), sparse.stride(1), batch, vectors, width, out.data_ptr())
     return out

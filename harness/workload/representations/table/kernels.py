@@ -87,17 +87,23 @@ __attribute__((target("avx2,fma"))) static void int8_sums_fma(const uint8_t *res
         }
 }
 
-static int int8_has_fma(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-}
 #endif
 
+/* Whether int8_bags may take the AVX2 and FMA loop (asked once, by the caller). */
+int int8_fma(void) {
+#if defined(__x86_64__) && defined(__GNUC__)
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+    return 0;
+#endif
+}
+
 /* out [batch, tables, dim]. Returns -1 where every id lies in its own table (0 <= id < rows[t]), else the
-   flat position of the first that does not; then nothing is read. */
+   flat position of the first that does not; then nothing is read. use_fma: int8_fma()'s answer. */
 int64_t int8_bags(const uint8_t *packed, int64_t row_bytes, const int64_t *ids, const int64_t *offsets,
                   const int64_t *rows, int64_t batch, int64_t tables, int64_t per_bag, int64_t dim,
-                  float *out) {
+                  float *out, int64_t use_fma) {
     for (int64_t b = 0; b < batch; ++b)
         for (int64_t t = 0; t < tables; ++t)
             for (int64_t l = 0; l < per_bag; ++l) {
@@ -106,10 +112,7 @@ int64_t int8_bags(const uint8_t *packed, int64_t row_bytes, const int64_t *ids, 
                     return n;
             }
 #if defined(__x86_64__) && defined(__GNUC__)
-    static int fma = -1;  /* a benign race: every thread stores the same answer */
-    if (fma < 0)
-        fma = int8_has_fma();
-    if (fma && dim % 8 == 0) {
+    if (use_fma && dim % 8 == 0) {
         int8_sums_fma(packed, row_bytes, ids, offsets, batch, tables, per_bag, dim, out);
         return -1;
     }
@@ -119,13 +122,17 @@ int64_t int8_bags(const uint8_t *packed, int64_t row_bytes, const int64_t *ids, 
 }
 """
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
-_SIGNATURES = {"int8_bags": [_PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR]}
+_SIGNATURES = {"int8_bags": [_PTR, _I64, _PTR, _PTR, _PTR, _I64, _I64, _I64, _I64, _PTR, _I64],
+               "int8_fma": []}
+_fma: dict[ctypes.CDLL, bool] = {}  # library -> whether this CPU takes its FMA loop (asked once)
 
 
 def _load():
     lib, why = ckernels.load("int8_bags", _SOURCE, _SIGNATURES)
     if lib is not None:
         lib.int8_bags.restype = _I64  # ctypes reads a C int otherwise
+        if lib not in _fma:
+            _fma[lib] = bool(lib.int8_fma())
     return lib, why
 
 
@@ -138,16 +145,23 @@ def int8_bags(packed: torch.Tensor, ids: torch.Tensor, offsets: torch.Tensor, ro
               dim: int) -> torch.Tensor | None:
     """ids [B, T, L] (int64, each table's own) -> bag sums [B, T, dim] in fp32 from FBGEMM-layout int8 rows
     `packed` [sum(rows), dim + 8], table t's rows from offsets[t]; None where the kernel cannot take them
-    (no compiler, not CPU tensors, not int64 ids): the caller's torch path computes the same sums. An id
-    outside its own table raises IndexError, naming it (the fused layout would read another table's row)."""
+    (no compiler, not CPU tensors, not int64 ids of T tables, rows not in that layout): the caller's torch
+    path computes the same sums, or raises. An id outside its own table raises IndexError, naming it (the
+    fused layout would read another table's row; torch's paths check ids against all the rows only)."""
     lib, _ = _load()
-    if lib is None or packed.device.type != "cpu" or ids.dtype != torch.int64:
+    tables = rows.numel()
+    # is_cpu, not device.type: this runs per query, and a generator over devices cost 1.7 us of 8 at q = 1
+    if (lib is None or ids.dtype != torch.int64 or ids.dim() != 3 or ids.shape[1] != tables
+            or not (packed.is_cpu and ids.is_cpu and offsets.is_cpu and rows.is_cpu)
+            or packed.dtype != torch.uint8 or packed.dim() != 2 or packed.shape[1] != dim + 8
+            or not packed.is_contiguous() or offsets.dtype != torch.int64 or rows.dtype != torch.int64
+            or offsets.numel() != tables or not (offsets.is_contiguous() and rows.is_contiguous())):
         return None
     ids = ids.contiguous()
-    batch, tables, per_bag = ids.shape
-    out = torch.empty(batch, tables, dim)
+    batch, _, per_bag = ids.shape
+    out = torch.empty(batch, tables, dim, dtype=torch.float32, device="cpu")
     bad = lib.int8_bags(packed.data_ptr(), packed.shape[1], ids.data_ptr(), offsets.data_ptr(),
-                        rows.data_ptr(), batch, tables, per_bag, dim, out.data_ptr())
+                        rows.data_ptr(), batch, tables, per_bag, dim, out.data_ptr(), int(_fma[lib]))
     if bad >= 0:
         sample, rest = divmod(bad, tables * per_bag)
         table = rest // per_bag
