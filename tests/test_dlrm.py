@@ -152,3 +152,54 @@ def test_a_model_configured_for_onednn_still_trains_even_with_its_first_layer_fr
     second = model.dense_arch.mlp[2].weight
     assert second.grad is not None and second.grad.abs().sum() > 0
     assert model.dense_arch.mlp[0].weight.grad is None
+
+
+def _bf16_mlps():
+    from harness.workload.device import DeviceCapabilities, configure_for
+    from harness.workload.dlrm import _mlp
+
+    torch.manual_seed(0)
+    cpu = _mlp((367, 512, 256, 1), relu_last=False).eval().to(torch.bfloat16)
+    aten = _mlp((367, 512, 256, 1), relu_last=False).eval().to(torch.bfloat16)
+    aten.load_state_dict(cpu.state_dict())
+    configure_for(cpu, DeviceCapabilities(onednn_linear=True, cpu_kernels=True))  # aten's stays unconfigured
+    return cpu, aten
+
+
+@pytest.mark.parametrize("rows", [1, 8, 64, 300])  # fp32 copies: every layer / the 1-wide one / neither
+def test_a_cpus_bf16_mlp_computes_what_a_bf16_gemm_computes(rows):
+    from harness.workload import onednn
+
+    cpu, aten = _bf16_mlps()
+    x = torch.randn(rows, 367, generator=torch.Generator().manual_seed(rows)).to(torch.bfloat16)
+    with torch.inference_mode():
+        ulps = (cpu(x).view(torch.int16).int() - aten(x).view(torch.int16).int()).abs()
+    assert ulps.max() <= 1  # the same products, fp32 sums in another order at most
+    native = torch.bfloat16 in onednn.native_dtypes()
+    copied = sorted(cpu._fp32_copies)  # which layers ran in fp32 on fp32 copies of their bf16 weights
+    assert copied == [i for i, (layer, _) in enumerate(cpu.fused)
+                      if onednn.bf16_in_fp32(rows, layer.out_features, native)]
+    assert (copied == [0, 1, 2]) == (rows < onednn.BF16_MIN_ROWS or not native)
+
+
+def test_the_fp32_copies_follow_the_weights():
+    cpu, aten = _bf16_mlps()
+    x = torch.randn(2, 367).to(torch.bfloat16)
+    with torch.inference_mode():
+        before = cpu(x)
+    with torch.no_grad():
+        for model in (cpu, aten):
+            model[0].weight.mul_(2)  # in place: the version moves
+            model[2].bias.add_(1)
+    with torch.inference_mode():
+        after = cpu(x)
+        assert not torch.equal(before, after) and (after.float() - aten(x).float()).abs().max() < 0.05
+
+
+def test_without_native_bf16_every_bf16_layer_runs_on_fp32_copies(monkeypatch):
+    cpu, aten = _bf16_mlps()
+    monkeypatch.setattr(cpu, "fused_dtypes", (torch.float32,))  # an AVX2 CPU: oneDNN's bf16 is emulated
+    x = torch.randn(300, 367).to(torch.bfloat16)
+    with torch.inference_mode():
+        assert (cpu(x).view(torch.int16).int() - aten(x).view(torch.int16).int()).abs().max() <= 1
+    assert sorted(cpu._fp32_copies) == [0, 1, 2]

@@ -21,6 +21,21 @@ import torch
 MIN_ROWS = 256
 
 
+# bf16 (where native) is another matter: oneDNN's bf16 call beats aten's at every size measured (the Kaggle
+# top MLP's 367 x 512 layer at 16 rows: 53.7 vs 61.1 us), but below 16 rows, and for layers under 16 wide
+# below 256 rows, both are slower than the layer in fp32 on fp32 copies of the bf16 weights (at 1 row:
+# 21.8 against 39.5 us; 256 x 1 at 64 rows: 8.0 against 27.6): `bf16_in_fp32`.
+BF16_MIN_ROWS = 16
+NARROW_OUT, NARROW_MAX_ROWS = 16, 256
+
+
+def bf16_in_fp32(rows: int, out_features: int, native: bool) -> bool:
+    """Whether a bf16 linear of `rows` rows runs faster in fp32 on a CPU (on bf16 values: the same products,
+    exact in fp32, summed in fp32 as a bf16 GEMM sums them); every size where bf16 is not native."""
+    return (not native or rows < BF16_MIN_ROWS
+            or (out_features < NARROW_OUT and rows < NARROW_MAX_ROWS))
+
+
 @functools.cache
 def native_dtypes() -> tuple[torch.dtype, ...]:
     """fp32, and bf16 only where oneDNN runs it natively (its AVX2 bf16 GEMMs ran at 1-3 GFLOP/s)."""
