@@ -6,7 +6,7 @@ to every module that takes settings (a `configure(settings)` method: FusedTables
 
 >>> settings_for(DeviceCapabilities())
 ModuleSettings(hash_method='float64', bag_pooling='bag', quantized_lookup='fbgemm', linear_kernel='aten', \
-pair_select='index_select', one_id_lookup='embedding', small_int8_lookup='quantized_lookup', \
+pair_select='index_select', one_id_lookup='embedding', small_quantized_lookup='quantized_lookup', \
 interaction_kernel='torch')
 >>> tpu = DeviceCapabilities(int64=False, float64=False, embedding_bag=False, quantized_bag=False)
 >>> settings_for(tpu).hash_method, settings_for(tpu).bag_pooling, settings_for(tpu).quantized_lookup
@@ -14,7 +14,7 @@ interaction_kernel='torch')
 >>> settings_for(DeviceCapabilities(launch_bound=True)).hash_method                      # a GPU
 'int64'
 >>> cpu = settings_for(DeviceCapabilities(onednn_linear=True, cpu_kernels=True))         # a host CPU
->>> cpu.linear_kernel, cpu.pair_select, cpu.one_id_lookup, cpu.small_int8_lookup, cpu.interaction_kernel
+>>> cpu.linear_kernel, cpu.pair_select, cpu.one_id_lookup, cpu.small_quantized_lookup, cpu.interaction_kernel
 ('onednn', 'int16_gather', 'embedding_bag', 'c_kernel', 'c_kernel')
 """
 
@@ -53,9 +53,9 @@ class ModuleSettings:
     # Tables' one-id bags in large inference queries: embedding_bag (FBGEMM's CPU kernel prefetches rows:
     # 3x F.embedding's index_select) or embedding
     one_id_lookup: str = "embedding"
-    # int8 tables' small queries (table/kernels.py: SMALL_MAX_LOOKUPS ids): c_kernel (one C gather and
+    # int8 and int4 tables' small queries (table/kernels.py, SMALL_MAX_LOOKUPS): c_kernel (one C gather and
     # dequantize, FBGEMM's sums bit for bit without its ~5 us call) or quantized_lookup (as large ones)
-    small_int8_lookup: str = "quantized_lookup"
+    small_quantized_lookup: str = "quantized_lookup"
     # The bf16 dot interaction without autograd: c_kernel (one C pass, AVX-512 CPUs: harness/workload/
     # interaction.py; elsewhere torch's) or torch (cast, batched GEMM, pair gather)
     interaction_kernel: str = "torch"
@@ -76,7 +76,7 @@ def settings_for(caps: DeviceCapabilities) -> ModuleSettings:
                           one_id_lookup="embedding_bag" if caps.cpu_kernels and caps.embedding_bag
                           else "embedding",
                           # FBGEMM's sums, bit for bit: only where FBGEMM takes the large queries
-                          small_int8_lookup="c_kernel" if caps.cpu_kernels and caps.quantized_bag
+                          small_quantized_lookup="c_kernel" if caps.cpu_kernels and caps.quantized_bag
                           else "quantized_lookup",
                           interaction_kernel="c_kernel" if caps.cpu_kernels else "torch")
 

@@ -63,7 +63,7 @@ class FusedTables(nn.Module):
         self.storage = "fp32"
         self.quantized_lookup = "fbgemm"  # device setting: fbgemm (fused quantized kernel) or gather
         self.one_id_lookup = "embedding"  # device setting: embedding_bag for large one-id queries on CPUs
-        self.small_int8_lookup = "quantized_lookup"  # device setting: c_kernel for small int8 queries on CPUs
+        self.small_quantized_lookup = "quantized_lookup"  # device setting: c_kernel, small int8/int4 queries
         for start, rows in zip(starts, self.table_rows):
             _dlrm_init_(self.weight[start : start + rows], rows)
 
@@ -73,16 +73,16 @@ class FusedTables(nn.Module):
         self.pooling = settings.bag_pooling
         self.quantized_lookup = settings.quantized_lookup
         self.one_id_lookup = settings.one_id_lookup
-        self.small_int8_lookup = settings.small_int8_lookup
+        self.small_quantized_lookup = settings.small_quantized_lookup
 
     def kernel_choices(self) -> dict[str, str]:
-        """Which code looks up small int8 queries (recorded with the run: harness/workload/device.py)."""
-        if self.storage != "int8" or self.small_int8_lookup != "c_kernel":
+        """Which code looks up small int8 or int4 queries (recorded with the run: workload/device.py)."""
+        if self.storage not in kernels.BITS or self.small_quantized_lookup != "c_kernel":
             return {}
         ok, why = kernels.available()
         if self.packed.device.type != "cpu":
             ok, why = False, f"the rows are on {self.packed.device.type}"
-        return {"int8_small_lookup": "C kernel" if ok else f"{self.quantized_lookup} ({why})"}
+        return {"quantized_small_lookup": "C kernel" if ok else f"{self.quantized_lookup} ({why})"}
 
     def store_as(self, storage: str) -> None:
         """Store the rows as `storage` from now on (inference only): fp16; int8 in FBGEMM's row-wise
@@ -129,11 +129,12 @@ class FusedTables(nn.Module):
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         batch, tables, per_bag = ids.shape
-        if (self.storage == "int8" and self.small_int8_lookup == "c_kernel"
-                and ids.numel() < kernels.SMALL_MAX_LOOKUPS):
+        if (self.storage in kernels.BITS and self.small_quantized_lookup == "c_kernel"
+                and ids.numel() < kernels.SMALL_MAX_LOOKUPS[self.storage]):
             # FBGEMM's call costs more than a few rows do (table/kernels.py): the same sums, bit for bit, the
             # row offsets added in the same C call
-            out = kernels.int8_bags(self.packed, ids, self.row_offsets, self.table_sizes, self.dim)
+            out = kernels.quantized_bags(self.packed, ids, self.row_offsets, self.table_sizes, self.dim,
+                                         self.storage)
             if out is not None:
                 return out
         if self.storage in QUANTIZED:
