@@ -24,6 +24,7 @@ from torch import nn
 
 from harness.core.spec import WorkloadSpec, interaction_width
 from harness.workload import interaction, onednn, representations
+from harness.workload.derived import Derived
 
 
 class MLP(nn.Sequential):
@@ -45,10 +46,7 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
         self.fused: list[tuple[nn.Linear, str]] = []  # (linear, its activation), set by `configure`
         self.fused_dtypes: tuple[torch.dtype, ...] = ()
-        # fp32 copies of bf16 layers, made on first use: layer index -> (the source weight and its versions,
-        # weight, bias); the source is kept (a detached view), so its storage cannot be freed and reused by
-        # another weight at the same address
-        self._fp32_copies: dict[int, tuple[tuple, torch.Tensor, torch.Tensor | None]] = {}
+        self._fp32_copies: dict[int, Derived] = {}  # layer index -> its weight and bias as fp32, on first use
 
     def configure(self, settings) -> None:
         """Take the device's settings (harness/workload/device.py): which kernel runs the linears."""
@@ -85,22 +83,16 @@ class MLP(nn.Sequential):
             if not onednn.bf16_in_fp32(x.shape[0], linear.out_features, native):
                 x = onednn.linear(x, linear.weight, linear.bias, activation)
                 continue
-            weight, bias = self._fp32_copy(i, linear)
+            copy = self._fp32_copies.setdefault(i, Derived(_as_fp32))
+            weight, bias = copy.get(linear.weight, linear.bias)  # exactly their bf16 values
             y = F.linear(x.float(), weight, bias)
             x = (y.relu_() if activation == "relu" else y).to(torch.bfloat16)
         return x
 
-    def _fp32_copy(self, i: int, linear: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Layer i's weights as fp32 (exactly their bf16 values), made again whenever they change."""
-        bias = linear.bias
-        versions = (linear.weight.data_ptr(), linear.weight._version, linear.weight.dtype,
-                    None if bias is None else (bias.data_ptr(), bias._version))
-        cached = self._fp32_copies.get(i)
-        if cached is None or cached[0][1:] != versions:
-            key = (linear.weight.detach(), *versions)
-            cached = (key, linear.weight.detach().float(), None if bias is None else bias.detach().float())
-            self._fp32_copies[i] = cached
-        return cached[1], cached[2]
+
+
+def _as_fp32(weight: torch.Tensor, bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return weight.float(), None if bias is None else bias.float()
 
 
 def _mlp(widths: tuple[int, ...], relu_last: bool) -> MLP:

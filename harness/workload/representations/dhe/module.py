@@ -25,6 +25,7 @@ from torch import nn
 
 from harness.core.errors import ConfigError
 from harness.workload import onednn
+from harness.workload.derived import Derived
 from harness.workload.representations.dhe import DheParams, first_prime_above, hash_coefficients, hashing
 
 if TYPE_CHECKING:
@@ -57,6 +58,10 @@ class TableBatchNorm(nn.Module):
         else:
             mean, var = self.running_mean, self.running_var
         return (x - mean) * torch.rsqrt(var + self.eps) * self.weight + self.bias
+
+
+def _out_by_in(weight: torch.Tensor) -> torch.Tensor:
+    return weight.transpose(1, 2).contiguous()
 
 
 class DeepHashEmbedding(nn.Module):
@@ -94,7 +99,7 @@ class DeepHashEmbedding(nn.Module):
         self.cache_enabled = False
         self.hash_method = "float64"  # hashing.METHODS; the device's setting, given by `configure`
         self.linear_kernel = "aten"  # the device's setting: onednn runs fp32 first layers per table (decode)
-        self._transposed: tuple[tuple, torch.Tensor] | None = None  # first layer's [T, out, in], by source
+        self._transposed = Derived(_out_by_in)  # the first layer's weight as [T, out, in], for oneDNN
         split = hashing.limbs(self.hash_a, self.p)
         self.limb_bits = split[1] if split else 0
         if split:  # for the int32 method; not saved: derived from hash_a
@@ -150,15 +155,7 @@ class DeepHashEmbedding(nn.Module):
         Kaggle decoders' [4096, 1024] x [1024, 128] per table at 121 GFLOP/s on 2 EPYC cores, oneDNN at
         182 (153.6 vs 231.4 ms for 26 tables); in bf16 baddbmm is the faster (353 vs 334), and keeps it."""
         weight, bias = self.weights[0], self.biases[0]
-        cached = self._transposed
-        # linear's [out, in] layout, made once per weight: the source is kept (a detached view), so its
-        # storage cannot be freed and reused by another weight at the same address; its version moves
-        # when anything writes the weight in place.
-        if (cached is None or cached[0][0].data_ptr() != weight.data_ptr()
-                or cached[0][1] != weight._version or cached[0][0].dtype != weight.dtype):
-            source = weight.detach()
-            cached = self._transposed = ((source, weight._version), source.transpose(1, 2).contiguous())
-        transposed = cached[1]
+        transposed = self._transposed.get(weight)  # linear's [out, in] layout, made once per weight
         out = torch.empty(x.shape[0], x.shape[1], weight.shape[2], dtype=x.dtype)
         activation = "relu" if relu else "none"
         for t in range(x.shape[0]):
