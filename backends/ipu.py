@@ -9,8 +9,9 @@ Timing: a poptorch model call blocks until the device has finished, so `synchron
 wait for. With `device_iterations = n` one call runs n queries back to back on the IPU (the host sends
 n batches at once); the harness divides each call's time by n (`queries_per_call`).
 Ids go to the device as int32 (every table has fewer than 2^31 rows, checked); the adapter declares no
-64-bit arithmetic, so DHE hashes with 32-bit integers only (exact: Horner's rule over limbs of a,
-harness/workload/representations/dhe/hashing.py).
+64-bit arithmetic, so DHE hashes with 32-bit integers only (the universal hash exactly by Horner's rule
+over limbs of a; multiply_shift in wrapping 32-bit arithmetic and limbs of h m:
+harness/workload/representations/dhe/hashing.py; neither run on an IPU here).
 """
 
 from __future__ import annotations

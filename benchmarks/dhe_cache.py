@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                                         0.001)
     spec = WorkloadSpec.from_shape("kaggle", args.scale)
     cache_off = dhe.CacheConfig(rows=0, bytes=None, sample_rows=1)
-    params = dhe.Config(k=k, decoder=[k, hidden], m=1_000_000, encoding="uniform", activation="none",
-                        batch_norm=False, seed=0, cache=cache_off)
+    params = dhe.Config(k=k, decoder=[k, hidden], m=1_000_000, hash="multiply_shift", encoding="uniform",
+                        activation="none", batch_norm=False, seed=0, cache=cache_off)
     torch.manual_seed(0)
     module = (DeepHashEmbedding(range(spec.num_tables), params,
                                 spec.embedding_dim).eval().requires_grad_(False))

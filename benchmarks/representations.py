@@ -33,8 +33,8 @@ def gemm_peak(n: int, reps: int, block_s: float) -> dict:
 
 def kaggle_dhe(tables: int) -> tuple[DeepHashEmbedding, int]:
     """The Kaggle DHE (k = 1024, decoders 1024-128-16) for `tables` tables, and its FLOPs per lookup."""
-    params = dhe.Config(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none",
-                        batch_norm=False, seed=0)
+    params = dhe.Config(k=1024, decoder=[1024, 128], m=1_000_000, hash="multiply_shift", encoding="uniform",
+                        activation="none", batch_norm=False, seed=0)
     module = DeepHashEmbedding(range(tables), params, dim=16).requires_grad_(False)
     widths = params.widths(16)
     return module, 2 * sum(i * o for i, o in zip(widths[:-1], widths[1:]))

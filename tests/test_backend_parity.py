@@ -24,13 +24,14 @@ HAS_XLA = importlib.util.find_spec("torch_xla") is not None
 
 
 def _dhe(**kw):
-    return dhe.Config(**{"k": 8, "decoder": [8, 6], "m": 1000, "encoding": "uniform", "activation": "none",
-                         "batch_norm": False, "seed": 0, **kw})
+    return dhe.Config(**{"k": 8, "decoder": [8, 6], "m": 1000, "hash": "multiply_shift",
+                         "encoding": "uniform", "activation": "none", "batch_norm": False, "seed": 0, **kw})
 
 
 REPRESENTATIONS = {"table": table.Config(layout="fused", storage="fp32"),
                    "table_per_table": table.Config(layout="per_table", storage="fp32"),
                    "tt": tt.Config(rank=4, cores=3, min_rows=200, layout="fused"), "dhe": _dhe(),
+                   "dhe_universal": _dhe(hash="universal"),
                    "dhe_gaussian_bn_mish": _dhe(encoding="gaussian", batch_norm=True, activation="mish"),
                    "hybrid": hybrid.Config(layout="fused", storage="fp32", dhe=_dhe()),
                    "select": select.Config(layout="fused", storage="fp32", features=["C3", "C4"],

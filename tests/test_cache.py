@@ -19,8 +19,8 @@ CACHE = dhe.CacheConfig(rows=0, bytes=None, sample_rows=1000)
 
 
 def small(**kw) -> dhe.Config:
-    base = dict(k=16, decoder=[16, 12], m=100_000, encoding="uniform", activation="none", batch_norm=False,
-                seed=0, cache=CACHE)
+    base = dict(k=16, decoder=[16, 12], m=100_000, hash="multiply_shift", encoding="uniform",
+                activation="none", batch_norm=False, seed=0, cache=CACHE)
     return dhe.Config(**{**base, **kw})
 
 

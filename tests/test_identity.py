@@ -16,6 +16,7 @@ from .test_analysis import GB, SETTINGS, cell, record, table_of
 @pytest.mark.parametrize("overrides, label", [
     ([], "table@cpu"),  # the default model: the label it always had
     (["representation=dhe"], "dhe@cpu"),
+    (["representation=dhe", "representation.hash=universal"], "dhe[hash=universal]@cpu"),
     (["representation=dhe", "representation.k=512", "representation.decoder=[512,128]"],
      "dhe[k=512,decoder=512-128]@cpu"),
     (["representation=tt", "representation.rank=8"], "tt[rank=8]@cpu"),
@@ -28,6 +29,25 @@ def test_a_label_names_every_model_setting_that_differs_from_the_defaults(overri
     from harness.core.conf import compose
 
     assert plan(compose(["+backend=cpu", *overrides])).path == label
+
+
+@pytest.mark.parametrize("representation, node", [("dhe", lambda r: r), ("hybrid", lambda r: r["dhe"])])
+def test_the_universal_hash_keeps_the_keys_its_runs_had_before_the_hash_was_a_choice(representation, node):
+    """Runs recorded before `hash` existed hashed the universal family: with hash=universal a path finds
+    them (run and quality keys unchanged); multiply_shift computes other codes, so it has keys of its own."""
+    from harness.core.conf import compose
+    from harness.core.keys import quality_key, run_key
+
+    def config(family: str) -> dict:
+        key = "representation.dhe.hash" if representation == "hybrid" else "representation.hash"
+        overrides = ["+backend=cpu", f"representation={representation}", f"{key}={family}"]
+        return plan(compose(overrides)).run.as_dict()
+
+    universal, shifted = config("universal"), config("multiply_shift")
+    legacy = config("universal")
+    del node(legacy["representation"])["hash"]
+    assert run_key(legacy) == run_key(universal) and quality_key(legacy) == quality_key(universal)
+    assert run_key(shifted) != run_key(universal) and quality_key(shifted) != quality_key(universal)
 
 
 def test_a_k_sweep_is_told_apart_in_run_names_too():

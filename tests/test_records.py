@@ -78,6 +78,16 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
         dhe = settings.pop("dhe_hash", None)
         assert (dhe is not None) == case.startswith("dhe")
         assert dhe is None or dhe.startswith(("C ", "torch float64"))
+    # Issue 24, slice 5: DHE's hash family, multiply_shift by default: other codes, so a model of its own
+    # (keys that differ from the universal hash's, which keeps the reference's: tests/test_identity.py)
+    if case.startswith("dhe"):
+        assert now["params"].pop("representation.hash") == "multiply_shift"
+        assert now["plan"]["embedding_details"].pop("dhe_hash") == "multiply_shift"
+        for key in ("run_key", "quality_key"):
+            assert now["tags"][key] != before["tags"][key]
+            now["tags"][key] = before["tags"][key]
+        assert now["plan"]["run_key"] != before["plan"]["run_key"]
+        now["plan"]["run_key"] = before["plan"]["run_key"]
     # Issue 23: the sweep's analysis scope; a label naming the settings that differ from the defaults.
     assert now["params"].pop("analysis_scope") == "sweep"
     variant = {"dhe_cache_trained": "dhe[k=16,decoder=16-8,cache.rows=8]+cache@cpu"}.get(case)

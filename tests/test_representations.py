@@ -22,8 +22,9 @@ from harness.workload.representations.dhe import hashing
 from harness.workload.representations.dhe.module import DeepHashEmbedding
 from harness.workload.representations.tt.module import TTTables
 
-DHE = dict(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none", batch_norm=False,
-           seed=0)
+# The universal hash here (its definition's tests below); multiply_shift's have their own
+DHE = dict(k=1024, decoder=[1024, 128], m=1_000_000, hash="universal", encoding="uniform", activation="none",
+           batch_norm=False, seed=0)
 
 
 def small_dhe(**overrides) -> dhe.Config:
@@ -330,16 +331,20 @@ def test_dhe_gaussian_codes_are_standard_normal_ish():
 _CODES = (
     "import torch; from harness.workload.representations.dhe.module import DeepHashEmbedding as D;"
     "from harness.workload.representations.dhe import Config as C;"
-    "m = D(range(4), C(k=8, decoder=[8, 6], m=1000, encoding='uniform', activation='none', batch_norm=False,"
-    " seed=3), 4); print(m.encode(torch.tensor([[[1], [2], [3], [123456]]])).flatten().tolist())"
+    "m = D(range(4), C(k=8, decoder=[8, 6], m=1000, hash=HASH, encoding='uniform', activation='none',"
+    " batch_norm=False, seed=3), 4);"
+    "print(m.encode(torch.tensor([[[1], [2], [3], [123456]]])).flatten().tolist())"
 )
 
 
-def test_dhe_same_id_same_code_in_every_process():
-    runs = [subprocess.run([sys.executable, "-c", _CODES], capture_output=True, text=True, check=True).stdout
+@pytest.mark.parametrize("family", dhe.HASHES)
+def test_dhe_same_id_same_code_in_every_process(family):
+    script = _CODES.replace("HASH", repr(family))
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
             for _ in range(2)]
     assert runs[0] == runs[1] and runs[0].startswith("[")
-    here = DeepHashEmbedding(range(4), small_dhe(seed=3), 4).encode(torch.tensor([[[1], [2], [3], [123456]]]))
+    here = DeepHashEmbedding(range(4), small_dhe(seed=3, hash=family), 4).encode(
+        torch.tensor([[[1], [2], [3], [123456]]]))
     assert eval(runs[0]) == here.flatten().tolist()
 
 
@@ -432,6 +437,8 @@ def test_select_default_is_the_five_largest_tables_and_costs_add_up():
           "representation.decoder=[1023,128]"], "representation.k"),
         (["representation=dhe", "representation.activation=tanh"], "representation.activation"),
         (["representation=dhe", "representation.m=100000000"], "representation.m"),
+        (["representation=dhe", "representation.hash=md5"], "representation.hash"),
+        (["representation=hybrid", "representation.dhe.hash=crc"], "representation.dhe.hash"),
         (["representation=hybrid", "representation.dhe.k=3"], "representation.dhe.k"),
         (["representation=select", "representation.features=[C3,C27]"], "representation.features"),
         (["representation=select", "representation.num_largest=30"], "representation.num_largest"),
@@ -462,8 +469,8 @@ def test_dhe_decoders_on_onednn_equal_the_batched_gemms(batch_norm, layers):
     decoder outputs as the batched GEMMs, to fp32 rounding; the ReLU fused only where no norm is between."""
     if not torch.backends.mkldnn.is_available():
         pytest.skip("torch built without oneDNN")
-    params = dhe.DheParams(k=16, decoder=layers, m=1000, encoding="uniform", activation="none",
-                           batch_norm=batch_norm and len(layers) > 1, seed=0)
+    params = dhe.DheParams(k=16, decoder=layers, m=1000, hash="multiply_shift", encoding="uniform",
+                           activation="none", batch_norm=batch_norm and len(layers) > 1, seed=0)
     module = DeepHashEmbedding(features=[0, 1, 2], params=params, dim=4).eval().requires_grad_(False)
     if module.norms is not None:
         for norm in module.norms:

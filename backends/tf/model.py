@@ -121,7 +121,7 @@ class TensorTrain:
 
 
 class DeepHash:
-    """DHE: int64 universal hashes, dense codes, batched decoder matmuls over tables."""
+    """DHE: int64 hashes (the module's family), dense codes, batched decoder matmuls over tables."""
 
     def __init__(self, module) -> None:
         if module.cache is not None and module.cache_enabled:
@@ -131,6 +131,7 @@ class DeepHash:
         self.a = tf.constant(_np(module.hash_a))  # [T, 1, k]
         self.b = tf.constant(_np(module.hash_b))
         self.p, self.m, self.k, self.dim = module.p, module.m, module.k, module.dim
+        self.family = module.family
         self.encoding, self.activation = module.encoding, module.activation
         self.layers = [(_const(w), _const(b)) for w, b in zip(module.weights, module.biases)]
         self.norms = None
@@ -138,10 +139,20 @@ class DeepHash:
             self.norms = [(_const(n.running_mean), _const(n.running_var), _const(n.weight), _const(n.bias),
                            n.eps) for n in module.norms]
 
-    def codes(self, flat):
-        buckets = tf.math.floormod(
+    def buckets(self, flat):
+        """The module's definition (dhe/hashing.py): multiply_shift with a in 16-bit halves, in int64."""
+        if self.family == "multiply_shift":
+            x = tf.bitwise.bitwise_and(flat, 0xFFFFFFFF)[:, :, None]
+            low, high = tf.bitwise.bitwise_and(self.a, 0xFFFF), tf.bitwise.right_shift(self.a, 16)
+            h = x * low + tf.bitwise.bitwise_and(x * high, 0xFFFF) * 65536 + self.b
+            return tf.bitwise.right_shift(tf.bitwise.bitwise_and(h, 0xFFFFFFFF) * self.m, 32)
+        return tf.math.floormod(
             tf.math.floormod(tf.math.floormod(flat, self.p)[:, :, None] * self.a + self.b, self.p), self.m)
-        buckets = tf.cast(buckets, tf.float64)
+
+    def codes(self, flat):
+        # multiply_shift's code is scaled in float32 on every device (hashing.py), the universal's in float64
+        wide = tf.float32 if self.family == "multiply_shift" else tf.float64
+        buckets = tf.cast(self.buckets(flat), wide)
         if self.encoding == "uniform":
             return tf.cast(buckets * (2.0 / (self.m - 1)) - 1.0, tf.float32)
         u1 = tf.cast((buckets[..., 0::2] + 1.0) / self.m, tf.float32)

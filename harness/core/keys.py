@@ -41,7 +41,7 @@ def run_key(config: Mapping[str, Any]) -> str:
     if measured.get("backend", {}).get("allocator") == "retain":
         # The CPU's default since issue 24, left out as code changes are: runs recorded before keep keys.
         measured["backend"] = {k: v for k, v in measured["backend"].items() if k != "allocator"}
-    measured["representation"] = _without_default_storage(measured["representation"])
+    measured["representation"] = _without_universal_hash(_without_default_storage(measured["representation"]))
     # The stability rules judge a measurement, they do not change what is measured (added in issue 22):
     # runs recorded before them keep their keys; force=true measures again under changed thresholds.
     if isinstance(measured.get("measure"), dict):
@@ -52,7 +52,8 @@ def run_key(config: Mapping[str, Any]) -> str:
 def quality_key(config: Mapping[str, Any]) -> str:
     """What determines the trained model: not the backend, the query sizes, a cache or where results go."""
     identity = {
-        "representation": _without_default_storage(_without_cache(config["representation"]), always=True),
+        "representation": _without_universal_hash(
+            _without_default_storage(_without_cache(config["representation"]), always=True)),
         "dataset": config["dataset"],
         "model": config["model"], "train": {k: v for k, v in config["train"].items() if k != "reuse"},
         "seed": config["seed"], "harness": harness.__version__,
@@ -66,6 +67,14 @@ def _without_default_storage(node: Any, always: bool = False) -> Any:
     if isinstance(node, dict) and "storage" in node and (always or node["storage"] == DEFAULT):
         return {k: v for k, v in node.items() if k != "storage"}
     return node
+
+
+def _without_universal_hash(node: Any) -> Any:
+    """The representation without DHE's `hash` where it is `universal`, the only family before the key was
+    added (issue 24): runs recorded before keep their keys; multiply_shift, other codes, gets its own."""
+    if not isinstance(node, dict):
+        return node
+    return {k: _without_universal_hash(v) for k, v in node.items() if not (k == "hash" and v == "universal")}
 
 
 def _without_cache(node: Any) -> Any:

@@ -1,13 +1,16 @@
 """DHE, Deep Hash Embedding (Kang et al., KDD 2021), as MP-Rec uses it: compute, not memory.
 
-Per table, k universal hashes h_i(x) = ((a_i x + b_i) mod p) mod m turn an id into k integers; a dense
+Per table, k hashes turn an id into k buckets in [0, m): `hash: universal`, the DHE paper's
+((a_i x + b_i) mod p) mod m, or `hash: multiply_shift`, floor(((a_i x + b_i) mod 2^32) m / 2^32) on the id's
+low 32 bits (a 32-bit multiply and a shift: 2.5x cheaper to compute, and the same accuracy on the planted
+data, docs/performance.md). A dense
 code ((h / (m - 1)) * 2 - 1 for `uniform`, Box-Muller pairs for `gaussian`) goes through a small MLP
 decoder (k -> hidden... -> D). No table at all: megabytes of decoder weights and ~0.27 MFLOPs per lookup
 for the 1024-128-16 decoder, which is why the hardware choice matters.
 
 >>> from harness.core.spec import WorkloadSpec
->>> params = DheParams(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none",
-...                    batch_norm=False, seed=0)
+>>> params = DheParams(k=1024, decoder=[1024, 128], m=1_000_000, hash="multiply_shift", encoding="uniform",
+...                    activation="none", batch_norm=False, seed=0)
 >>> c = dhe_cost(26, params, dim=16, ids_per_lookup=1)
 >>> c.param_bytes, c.flops_per_sample, c.details["dhe_decoder_params_per_table"]
 (13859456, 6922240, 133264)
@@ -32,6 +35,7 @@ from harness.workload.representations import EmbeddingCost
 FP32 = 4
 INDEX_BYTES = 8
 ENCODINGS = ("uniform", "gaussian")
+HASHES = ("universal", "multiply_shift")
 ACTIVATIONS = ("none", "sigmoid", "mish")
 MAX_BUCKETS = 1 << 26  # p^2 + p < 2^53 for the first prime above 2^26
 
@@ -70,7 +74,8 @@ class DheParams:
 
     k: int = MISSING  # hashes per id = width of the dense code
     decoder: List[int] = MISSING  # [k, hidden...]; the output width (the embedding dim) is appended
-    m: int = MISSING  # hash buckets; p is the first prime above m
+    m: int = MISSING  # hash buckets; p is the first prime above m (universal)
+    hash: str = MISSING  # the hash family: universal | multiply_shift
     encoding: str = MISSING  # uniform | gaussian
     activation: str = MISSING  # on the decoder's output: none | sigmoid | mish
     batch_norm: bool = MISSING  # BatchNorm after each hidden layer
@@ -96,6 +101,8 @@ class DheParams:
                 f"must be in [2, {MAX_BUCKETS:,}], got {self.m:,}: hashing computes a (x mod p) + b < p^2 "
                 "exactly in float64 (53-bit mantissa), which bounds p and so m",
             )
+        if self.hash not in HASHES:
+            raise ConfigError("hash", f"must be one of {HASHES}, got {self.hash!r}")
         if self.encoding not in ENCODINGS:
             raise ConfigError("encoding", f"must be one of {ENCODINGS}, got {self.encoding!r}")
         if self.encoding == "gaussian" and self.k % 2:
@@ -137,8 +144,14 @@ def first_prime_above(m: int) -> int:
     return n
 
 
-def hash_coefficients(seed: int, feature: int, k: int, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """(a, b) of feature `feature`'s k hashes: a in [1, p), b in [0, p); the same in every process."""
+def hash_coefficients(seed: int, feature: int, k: int, m: int,
+                      family: str = "universal") -> tuple[np.ndarray, np.ndarray]:
+    """(a, b) of feature `feature`'s k hashes, the same in every process: universal, a in [1, p) and
+    b in [0, p); multiply_shift, a odd and b any in [0, 2^32) (an even a would lose the id's top bit)."""
+    if family == "multiply_shift":
+        rng = np.random.default_rng([seed, feature, 0x5417])
+        odd = rng.integers(0, 1 << 31, k, dtype=np.int64) * 2 + 1
+        return odd, rng.integers(0, 1 << 32, k, dtype=np.int64)
     p = first_prime_above(m)
     rng = np.random.default_rng([seed, feature, 0xD4E])
     return rng.integers(1, p, k, dtype=np.int64), rng.integers(0, p, k, dtype=np.int64)
@@ -184,6 +197,7 @@ def dhe_cost(num_tables: int, params: DheParams, dim: int, ids_per_lookup: int,
             "dhe_decoder": "-".join(map(str, widths)),
             "dhe_decoder_params_per_table": per_table,
             "dhe_flops_per_lookup": flops_lookup,
+            "dhe_hash": params.hash,
             "dhe_p": first_prime_above(params.m),
             **details,
         },

@@ -1,8 +1,10 @@
-"""The DHE hash and dense code: ids -> k bucket indices -> a float32 code, in three arithmetics.
+"""The DHE hashes and dense code: ids -> k bucket indices -> a float32 code, in three arithmetics.
 
-Every method gives the same buckets, ((a x + b) mod p) mod m, so the same id gets the same code on every
-device; which one a model uses is a device setting (harness/workload/device.py), never a choice of the
-representation:
+Two hash families, a choice of the representation (`hash`): `universal`, ((a x + b) mod p) mod m, and
+`multiply_shift`, floor(h m / 2^32) with h = (a x + b) mod 2^32 on the id's low 32 bits. For either, every
+method gives the same buckets, so the same id gets the same code on every device; which method a model
+uses is a device setting (harness/workload/device.py), never a choice of the representation. For
+`universal`:
 
 - `float64` (CPUs): (a x + b) mod p = (a (x mod p) + b) mod p < p^2 + p < 2^53 is exact in float64, where
   the reductions are a few vectorised multiply/floor passes over cache-sized chunks, instead of int64
@@ -11,6 +13,12 @@ representation:
 - `int64` (GPUs): the definition in one pass. On an H200 the chunked float64 path was launch-bound
   (~10 small kernels per chunk): 21.2 ms at query size 1024, against 1.18 ms in one int64 pass.
 - `int32` (TPU, IPU: no 64-bit arithmetic): Horner's rule over limbs of `a`, reducing mod p at every step.
+
+`multiply_shift` needs no division at all: in int64 (GPUs, and CPUs without the C kernel) the product in
+16-bit halves of `a`; in int32, h in wrapping 32-bit arithmetic (two's complement, as torch's int32 ops on
+CPUs; TPUs and IPUs not exercised here) and h m by limbs; on CPUs one C pass (kernels.py), 2.5x faster
+than the universal hash's. Its uniform code is scaled in float32 on every device: the C kernel's
+arithmetic, so all methods give the same bits.
 """
 
 from __future__ import annotations
@@ -63,6 +71,29 @@ def buckets_int32(ids: torch.Tensor, a_limbs: torch.Tensor, limb_bits: int, b32:
     return torch.where(r >= m, r - m, r)
 
 
+def buckets_multiply_shift(ids: torch.Tensor, a: torch.Tensor, b: torch.Tensor, m: int) -> torch.Tensor:
+    """[T, N] ids -> [T, N, k] int64 buckets: the definition, floor(((a x + b) mod 2^32) m / 2^32), x the
+    id's low 32 bits. a x mod 2^32 is taken in 16-bit halves of a, so no product passes 2^49 (a full
+    32 x 32-bit product would overflow int64's sign)."""
+    x = (ids & 0xFFFFFFFF).unsqueeze(-1)
+    low, high = a & 0xFFFF, a >> 16
+    h = (x * low + ((x * high) & 0xFFFF) * 65536 + b) & 0xFFFFFFFF
+    return (h * m) >> 32
+
+
+def buckets_multiply_shift_int32(ids: torch.Tensor, a32: torch.Tensor, b32: torch.Tensor,
+                                 m: int) -> torch.Tensor:
+    """The same buckets with 32-bit integers only: h = a x + b wraps mod 2^32 (a32, b32: a, b's bits as
+    int32), then h m / 2^32 from 16-bit limbs of h and 13-bit limbs of m (m <= 2^26), every partial product
+    and carry below 2^30."""
+    h = ids.to(torch.int32).unsqueeze(-1) * a32 + b32
+    h_low, h_high = h & 0xFFFF, (h >> 16) & 0xFFFF  # the arithmetic shift's sign bits masked off
+    m_low, m_high = m & 0x1FFF, m >> 13
+    carry = h_low * m_high + ((h_low * m_low) >> 13)  # h m = t3 2^29 + t2 2^16 + t1 2^13 + t0
+    carry = h_high * m_low + (carry >> 3)
+    return (h_high * m_high + (carry >> 13)) >> 3  # what remains below 2^29 cannot reach 2^32
+
+
 def code(buckets: torch.Tensor, encoding: str, m: int, wide: torch.dtype = torch.float64) -> torch.Tensor:
     """Integer buckets [..., k] -> float32 codes: uniform in [-1, 1], or gaussian by Box-Muller on pairs.
 
@@ -100,15 +131,16 @@ def _reduce_large(t: torch.Tensor, scratch: torch.Tensor, modulus: int) -> None:
     _reduce_small(t, scratch, modulus)
 
 
-def hash_kernel(method: str, encoding: str, dtype: torch.dtype) -> str:
+def hash_kernel(method: str, encoding: str, dtype: torch.dtype, family: str = "universal") -> str:
     """What computes the codes for `method` on a CPU: the C kernel's variant ("C avx512"), or torch."""
+    fallback = "torch int64" if family == "multiply_shift" and method == "float64" else f"torch {method}"
     if method != "float64" or encoding != "uniform":
-        return f"torch {method}"
-    runs = kernels.variants(dtype)
+        return fallback
+    runs = kernels.variants(dtype, family)
     if runs:
         return f"C {runs[-1]}"
     available, why = kernels.available()
-    return "torch float64" + ("" if available else f" ({why})")
+    return fallback + ("" if available else f" ({why})")
 
 
 def codes_float64(flat: torch.Tensor, a: torch.Tensor, b: torch.Tensor, p: int, m: int, encoding: str,

@@ -11,6 +11,8 @@ Three variants compute those same bits, the fastest the CPU runs chosen at run t
 (auto-vectorized, AVX2 clones), AVX2 with FMA, and AVX-512 (F, VL, BF16) eight codes at a time. At the
 Kaggle shape (26 tables, k = 1024) on 2 EPYC (Zen 4) cores, q = 4096: plain 38.5 / 41.9 ms for fp32 /
 bf16 codes, FMA 29.1 / 36.6, AVX-512 26.4 / 28.6 (1.46x); q = 1024: 1.6x.
+
+The library also holds the multiply-shift family's kernel (multiply_shift.py), chosen by `family`.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import ctypes
 import torch
 
 from harness.workload import ckernels
+from harness.workload.representations.dhe import multiply_shift
 
 _SOURCE = r"""
 #include <stdint.h>
@@ -253,13 +256,18 @@ _I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 VARIANTS = {"plain": (0, 0), "fma": (1, 1), "avx512": (2, 3)}
 _ARGS = [_PTR, _PTR, _PTR, _I64, _I64, _F64, _F64, _F64, _I64, _I64, _PTR]
 _SIGNATURES = {f"dhe_uniform{out}_{variant}": _ARGS for out in ("", "_bf16") for variant in VARIANTS}
+_MS_ARGS = [_PTR, _PTR, _PTR, _I64, _I64, _I64, ctypes.c_float, _I64, _I64, _PTR]
+_SIGNATURES.update({f"ms_uniform{out}_{variant}": _MS_ARGS for out in ("", "_bf16")
+                    for variant in multiply_shift.VARIANTS})
 _SIGNATURES["dhe_level"] = _SIGNATURES["dhe_openmp"] = _SIGNATURES["dhe_parallel_min_codes"] = []
-_OUTPUTS = {torch.float32: "dhe_uniform", torch.bfloat16: "dhe_uniform_bf16"}  # codes' dtype -> function
+_OUTPUTS = {torch.float32: "_uniform", torch.bfloat16: "_uniform_bf16"}  # codes' dtype -> function
+_FAMILIES = {"universal": ("dhe", VARIANTS), "multiply_shift": ("ms", multiply_shift.VARIANTS)}
 
 
 def _load():
     # OpenMP where the compiler has it: the rows on torch's own OpenMP threads (dhe_rows says why)
-    lib, why = ckernels.load("dhe_hash", _SOURCE, _SIGNATURES, optional_flags=("-fopenmp",))
+    lib, why = ckernels.load("dhe_hash", _SOURCE + multiply_shift.SOURCE, _SIGNATURES,
+                             optional_flags=("-fopenmp",))
     if lib is not None:
         lib.dhe_parallel_min_codes.restype = ctypes.c_int64  # ctypes reads a C int otherwise
     return lib, why
@@ -270,46 +278,51 @@ def available() -> tuple[bool, str]:
     return lib is not None, why
 
 
-def variants(dtype: torch.dtype = torch.float32) -> list[str]:
-    """The variants this CPU runs for codes in `dtype`, fastest last; none without the kernel."""
+def variants(dtype: torch.dtype = torch.float32, family: str = "universal") -> list[str]:
+    """The variants this CPU runs for `family`'s codes in `dtype`, fastest last; none without the kernel."""
     lib, _ = _load()
     if lib is None:
         return []
     if dtype not in _OUTPUTS:
         return []
     level = lib.dhe_level()
-    return [name for name, needs in VARIANTS.items() if needs[dtype == torch.bfloat16] <= level]
+    return [name for name, needs in _FAMILIES[family][1].items() if needs[dtype == torch.bfloat16] <= level]
 
 
 def encode_uniform(flat: torch.Tensor, hash_a: torch.Tensor, hash_b: torch.Tensor, p: int, m: int,
-                   dtype: torch.dtype = torch.float32, variant: str | None = None) -> torch.Tensor | None:
-    """[T, N] ids -> [T, N, k] uniform codes in `dtype` (float32 or bfloat16), or None where the kernel
-    is unavailable or has no such output. `variant`: the CPU's best unless named (tests compare them)."""
+                   dtype: torch.dtype = torch.float32, variant: str | None = None,
+                   family: str = "universal") -> torch.Tensor | None:
+    """[T, N] ids -> [T, N, k] uniform codes of the hash `family` in `dtype` (float32 or bfloat16), or None
+    where the kernel is unavailable or has no such output. `variant`: the CPU's best unless named (tests
+    compare them). `p` is the universal hash's prime (multiply_shift has none)."""
     lib, _ = _load()
     if lib is None or flat.device.type != "cpu" or dtype not in _OUTPUTS:
         return None
-    runs = variants(dtype)
+    runs = variants(dtype, family)
     variant = variant or runs[-1]
     if variant not in runs:
         raise ValueError(f"DHE hash variant {variant!r} for {dtype} codes: this CPU runs {runs}")
-    encode = getattr(lib, f"{_OUTPUTS[dtype]}_{variant}")
+    encode = getattr(lib, f"{_FAMILIES[family][0]}{_OUTPUTS[dtype]}_{variant}")
     tables, lookups = flat.shape
     k = hash_a.shape[-1]
-    y = torch.remainder(flat, p).contiguous()
-    a = hash_a.reshape(tables, k).to(torch.float64).contiguous()
-    b = hash_b.reshape(tables, k).to(torch.float64).contiguous()
+    if family == "multiply_shift":  # the ids as they are (the kernel takes their low 32 bits); a, b as uint32
+        y = flat.contiguous()
+        a, b = (c.reshape(tables, k).to(torch.int32).contiguous() for c in (hash_a, hash_b))
+        constants: tuple = (m, 2.0 / (m - 1))  # the scale as a C float: rounded to float32, as torch's
+    else:
+        y = torch.remainder(flat, p).contiguous()
+        a, b = (c.reshape(tables, k).to(torch.float64).contiguous() for c in (hash_a, hash_b))
+        constants = (float(p), float(m), 2.0 / (m - 1))
     codes = torch.empty(tables, lookups, k, dtype=dtype)
-    scale = 2.0 / (m - 1)
     if lib.dhe_openmp():  # one call: its rows shared among torch's OpenMP threads inside
-        encode(y.data_ptr(), a.data_ptr(), b.data_ptr(), lookups, k, float(p), float(m), scale, 0, tables,
-               codes.data_ptr())
+        encode(y.data_ptr(), a.data_ptr(), b.data_ptr(), lookups, k, *constants, 0, tables, codes.data_ptr())
         return codes
     parts = ckernels.threads_for(tables * lookups * k, lib.dhe_parallel_min_codes())  # OpenMP's own threshold
 
     def call(t0: int, t1: int, lo: int, hi: int):
         # Tables [t0, t1), or lookups [lo, hi) of a single table (t0 = 0, t1 = 1): pointers moved to lo.
-        return lambda: encode(y.data_ptr() + lo * 8, a.data_ptr(), b.data_ptr(), hi - lo, k, float(p),
-                              float(m), scale, t0, t1, codes.data_ptr() + lo * k * codes.element_size())
+        return lambda: encode(y.data_ptr() + lo * 8, a.data_ptr(), b.data_ptr(), hi - lo, k, *constants,
+                              t0, t1, codes.data_ptr() + lo * k * codes.element_size())
 
     if tables == 1:  # e.g. a cache's misses of one table: split its lookups
         bounds = [lookups * i // parts for i in range(parts + 1)]

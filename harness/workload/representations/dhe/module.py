@@ -6,8 +6,8 @@ computed is a device setting, given by `configure` (harness/workload/device.py),
 
 >>> import torch
 >>> from harness.workload.representations.dhe import DheParams
->>> params = DheParams(k=8, decoder=[8, 6], m=1000, encoding="uniform", activation="none",
-...                    batch_norm=False, seed=0)
+>>> params = DheParams(k=8, decoder=[8, 6], m=1000, hash="multiply_shift", encoding="uniform",
+...                    activation="none", batch_norm=False, seed=0)
 >>> dhe = DeepHashEmbedding(features=[0, 1, 2], params=params, dim=4)
 >>> dhe(torch.tensor([[[5], [7], [9]]])).shape   # ids [B=1, T=3, L=1] -> [B, T, D]
 torch.Size([1, 3, 4])
@@ -26,7 +26,13 @@ from torch import nn
 from harness.core.errors import ConfigError
 from harness.workload import onednn
 from harness.workload.derived import Derived
-from harness.workload.representations.dhe import DheParams, first_prime_above, hash_coefficients, hashing
+from harness.workload.representations.dhe import (
+    DheParams,
+    first_prime_above,
+    hash_coefficients,
+    hashing,
+    kernels,
+)
 
 if TYPE_CHECKING:
     from harness.workload.representations.dhe.cache import DheCache
@@ -70,6 +76,7 @@ class DeepHashEmbedding(nn.Module):
     hash_a: torch.Tensor  # buffers, declared for the type checker
     hash_b: torch.Tensor
     hash_a_limbs: torch.Tensor
+    hash_a32: torch.Tensor
     hash_b32: torch.Tensor
     cache: DheCache | None
     cache_enabled: bool
@@ -79,8 +86,9 @@ class DeepHashEmbedding(nn.Module):
         self.features = [int(f) for f in features]
         tables = len(self.features)
         self.k, self.m, self.p = params.k, params.m, first_prime_above(params.m)
-        self.encoding, self.dim = params.encoding, dim
-        coefficients = [hash_coefficients(params.seed, f, params.k, params.m) for f in self.features]
+        self.encoding, self.dim, self.family = params.encoding, dim, params.hash
+        coefficients = [hash_coefficients(params.seed, f, params.k, params.m, self.family)
+                        for f in self.features]
         self.register_buffer("hash_a", torch.from_numpy(np.stack([a for a, _ in coefficients])).unsqueeze(1))
         self.register_buffer("hash_b", torch.from_numpy(np.stack([b for _, b in coefficients])).unsqueeze(1))
         widths = params.widths(dim)
@@ -100,15 +108,19 @@ class DeepHashEmbedding(nn.Module):
         self.hash_method = "float64"  # hashing.METHODS; the device's setting, given by `configure`
         self.linear_kernel = "aten"  # the device's setting: onednn runs fp32 first layers per table (decode)
         self._transposed = Derived(_out_by_in)  # the first layer's weight as [T, out, in], for oneDNN
-        split = hashing.limbs(self.hash_a, self.p)
+        # For the int32 method; not saved: derived from hash_a and hash_b (multiply_shift's as their bits)
+        split = hashing.limbs(self.hash_a, self.p) if self.family == "universal" else None
         self.limb_bits = split[1] if split else 0
-        if split:  # for the int32 method; not saved: derived from hash_a
+        if split:
             self.register_buffer("hash_a_limbs", split[0], persistent=False)
+        if split or self.family == "multiply_shift":
             self.register_buffer("hash_b32", self.hash_b.to(torch.int32), persistent=False)
+        if self.family == "multiply_shift":
+            self.register_buffer("hash_a32", self.hash_a.to(torch.int32), persistent=False)
 
     def configure(self, settings) -> None:
         """Take the device's settings (harness/workload/device.py): here, which hash arithmetic to use."""
-        if settings.hash_method == "int32" and not self.limb_bits:
+        if settings.hash_method == "int32" and self.family == "universal" and not self.limb_bits:
             raise ConfigError("representation.m",
                               f"{self.m:,} is too large for 32-bit hashing (p must be < 2^29)")
         self.hash_method = settings.hash_method
@@ -119,12 +131,14 @@ class DeepHashEmbedding(nn.Module):
         method = self.hash_method
         if method == "float64" and self.hash_a.device.type != "cpu":  # the C kernel hashes CPU tensors only
             return {"dhe_hash": "torch float64"}
-        return {"dhe_hash": hashing.hash_kernel(method, self.encoding, self.weights[0].dtype)}
+        return {"dhe_hash": hashing.hash_kernel(method, self.encoding, self.weights[0].dtype, self.family)}
 
     def hash(self, ids: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
-        """[T, N] int64 ids -> [T, N, k] int64 buckets: the definition every method equals.
+        """[T, N] int64 ids -> [T, N, k] int64 buckets: the family's definition every method equals.
 
         `tables` selects the rows of hash coefficients (a cache computes one table's misses)."""
+        if self.family == "multiply_shift":
+            return hashing.buckets_multiply_shift(ids, self.hash_a[tables], self.hash_b[tables], self.m)
         return hashing.buckets_int64(ids, self.hash_a[tables], self.hash_b[tables], self.p, self.m)
 
     def encode(self, ids: torch.Tensor) -> torch.Tensor:
@@ -134,6 +148,8 @@ class DeepHashEmbedding(nn.Module):
     def encode_flat(self, flat: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
         """[T', N] ids of the tables `tables` selects -> codes [T', N, k] (see `encode`)."""
         a, b = self.hash_a[tables], self.hash_b[tables]
+        if self.family == "multiply_shift":
+            return self._encode_multiply_shift(flat, tables)
         if self.hash_method == "int64":
             return hashing.code(hashing.buckets_int64(flat, a, b, self.p, self.m), self.encoding, self.m)
         if self.hash_method == "int32":  # no float64 on such devices either: scale in float32
@@ -142,6 +158,21 @@ class DeepHashEmbedding(nn.Module):
             return hashing.code(buckets, self.encoding, self.m, wide=torch.float32)
         # Codes straight in the decoders' dtype (bf16 when the path computes in it): one pass less.
         return hashing.codes_float64(flat, a, b, self.p, self.m, self.encoding, dtype=self.weights[0].dtype)
+
+    def _encode_multiply_shift(self, flat: torch.Tensor, tables: slice) -> torch.Tensor:
+        # Scaled in float32 on every device: the C kernel's arithmetic (hashing.py), so all give the same bits
+        dtype = self.weights[0].dtype
+        if self.hash_method == "float64" and self.encoding == "uniform":  # a CPU's setting: the C kernel
+            codes = kernels.encode_uniform(flat, self.hash_a[tables], self.hash_b[tables], self.p, self.m,
+                                           dtype, family="multiply_shift")
+            if codes is not None:
+                return codes
+        if self.hash_method == "int32":
+            buckets = hashing.buckets_multiply_shift_int32(flat, self.hash_a32[tables], self.hash_b32[tables],
+                                                           self.m)
+        else:
+            buckets = self.hash(flat, tables)
+        return hashing.code(buckets, self.encoding, self.m, wide=torch.float32)
 
     def _final(self, x: torch.Tensor) -> torch.Tensor:
         if self.activation == "sigmoid":

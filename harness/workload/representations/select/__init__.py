@@ -5,8 +5,8 @@ DHE, which removes most of the memory while keeping most lookups a cheap row rea
 
 >>> from harness.core.spec import WorkloadSpec
 >>> from harness.workload.representations.dhe import Config as DheConfig
->>> dhe = DheConfig(k=1024, decoder=[1024, 128], m=1_000_000, encoding="uniform", activation="none",
-...                 batch_norm=False, seed=0)
+>>> dhe = DheConfig(k=1024, decoder=[1024, 128], m=1_000_000, hash="multiply_shift", encoding="uniform",
+...                 activation="none", batch_norm=False, seed=0)
 >>> config = Config(layout="fused", storage="fp32", features=None, num_largest=5, dhe=dhe)
 >>> spec = WorkloadSpec.from_shape("kaggle", 1.0, representation=config)
 >>> [f"C{t + 1}" for t in selected(spec)]
