@@ -149,6 +149,9 @@ def _roofline(f: dict) -> dict[str, Ratio]:
                     continue  # not a path of ours: its ratio to each path is recorded below
                 out[f"roofline.{rep}.q{q}.{label}.fraction_of_bound"] = _ratio(
                     row["fraction"], f">= {floor}" if big else None, "bound / p50, whole DLRM forward")
+                if "hash_share" in row:  # reports written before slice 5 lack it
+                    out[f"roofline.{rep}.q{q}.{label}.hash_share_of_lookup"] = _ratio(
+                        row["hash_share"], "<= 0.15" if big else None, "DHE codes' p50 / whole lookup's p50")
                 if "reference_over_this" in row:  # where facebookresearch/dlrm was installed
                     out[f"roofline.{rep}.q{q}.{label}.dlrm_reference_over_this"] = _ratio(
                         row["reference_over_this"], None, "DLRM_Net fp32 p50 / this p50 (> 1: ours faster)")

@@ -18,10 +18,11 @@ gives the p50 there beside the bound, and benchmarks.harness_overhead measures t
 The DLRM reference (facebookresearch/dlrm's DLRM_Net, fp32, on the fp32 model's weights; checked to compute
 the same function first) is timed among the table rows where it is installed (`--dlrm-reference DIR`:
 benchmarks/dlrm_reference.py says what it needs), and each row gets its ratio to it; elsewhere the report
-says why not. fp16 runs only where the CPU computes it natively (else the report says so). Issue 24's
-targets: >= 0.8 for every table precision at 4096, >= 0.7 for DHE at >= 1024; int8 rows never slower than
-fp32 rows, and int8 rows with bf16 MLPs the fastest table path from 1024 where bf16 is native (ratios.json,
-benchmarks/__main__.py).
+says why not. fp16 runs only where the CPU computes it natively (else the report says so). Each DHE path's
+hash and whole lookup are timed among them too: the hash's share of the lookup. Issue 24's targets: >= 0.8
+for every table precision at 4096, >= 0.7 for DHE at >= 1024 with the hash <= 15 % of the lookup; int8
+rows never slower than fp32 rows, and int8 rows with bf16 MLPs the fastest table path from 1024 where
+bf16 is native (ratios.json, benchmarks/__main__.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from harness.core.precision import gemm_peak_metric
 from harness.workload.cost import path_cost
 from harness.workload.device import configure_for
 from harness.workload.dlrm import build_model
+from harness.workload.representations.dhe.module import DeepHashEmbedding
 
 SIZES: tuple[int, ...] = (1, 1024, 4096)
 # representation -> [(label, compute precision, table storage)]
@@ -81,6 +83,7 @@ def machine_peaks(tiny: bool) -> dict:
 
 
 REFERENCE = "dlrm_reference"  # the row of facebookresearch/dlrm's DLRM_Net (fp32), where it is installed
+HASH, LOOKUP = ":hash", ":lookup"  # suffixes of the DHE parts' timings (`dhe_parts`)
 LINE = 64  # bytes: what a random row costs from memory, however narrow
 
 
@@ -114,6 +117,26 @@ def forward_reference(ref: torch.nn.Module, inputs: tuple) -> Callable[[int], An
     return lambda i: ref(*inputs)
 
 
+def dhe_parts(models: dict, ids: torch.Tensor) -> dict[str, Callable[[int], Any]]:
+    """For each DHE path, its hash (the codes) and its whole lookup alone, timed among the forwards: what
+    share of the lookup the hash takes (issue 24: at most 15 %)."""
+    calls = {}
+    for label, model in models.items():
+        for module in model.modules():
+            if isinstance(module, DeepHashEmbedding):
+                calls[f"{label}{HASH}"] = lambda i, module=module: module.encode(ids)
+                calls[f"{label}{LOOKUP}"] = lambda i, module=module: module(ids)
+    return calls
+
+
+def _attach_parts(row: dict, timed: dict) -> None:
+    """Move the DHE parts' timings (`dhe_parts`) from `timed` into their path's row."""
+    for label in [label for label in timed if label.endswith(HASH)]:
+        path = label[: -len(HASH)]
+        hash_s, lookup_s = timed.pop(label)["median_s"], timed.pop(f"{path}{LOOKUP}")["median_s"]
+        row[path].update(hash_ms=hash_s * 1e3, lookup_ms=lookup_s * 1e3, hash_share=hash_s / lookup_s)
+
+
 def representation_rows(representation: str, scale: float, sizes: tuple[int, ...], repetitions: int,
                         block_s: float, reference=None) -> dict:
     """Each precision of one representation at each size, interleaved: the p50 and the ratio to fp32; with
@@ -135,15 +158,20 @@ def representation_rows(representation: str, scale: float, sizes: tuple[int, ...
                 if disagree > 1e-4:  # never a ratio between two different functions
                     raise RuntimeError(f"the DLRM reference and the model differ by {disagree:.2e} at q={q}")
                 calls[REFERENCE] = forward_reference(ref, dlrm_reference.inputs(dense, ids))
+            calls.update(dhe_parts(models, ids))
             timed = interleaved(calls, repetitions=repetitions, block_s=block_s, min_iters=3, warmup=2)
+        parts = {label: timed.pop(label) for label in list(timed) if label.endswith((HASH, LOOKUP))}
         rows[q] = {label: {"p50_ms": t["median_s"] * 1e3, "blocks_s": t["blocks_s"],
                            "fp32_over_this": timed["fp32"]["median_s"] / t["median_s"]}
                    for label, t in timed.items()}
+        _attach_parts(rows[q], parts)
         if ref is not None:
             for row in rows[q].values():
                 row["reference_over_this"] = rows[q][REFERENCE]["p50_ms"] / row["p50_ms"]
-        print(f"{representation:6s} q={q:5d} " + "  ".join(f"{label} {r['p50_ms']:.2f} ms"
-                                                         for label, r in rows[q].items()), flush=True)
+        print(f"{representation:6s} q={q:5d} " + "  ".join(
+            f"{label} {r['p50_ms']:.2f} ms" + (f" (hash {r['hash_share']:.0%} of its {r['lookup_ms']:.2f} ms "
+                                                "lookup)" if "hash_share" in r else "")
+            for label, r in rows[q].items()), flush=True)
     return rows
 
 

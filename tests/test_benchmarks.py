@@ -183,6 +183,12 @@ def test_roofline_figures(tiny_run):
     dhe = f["dhe"]["64"]
     faster_bf16 = peaks["gemm_bf16_gflops"] > peaks["gemm_gflops"]
     assert (dhe["bf16"]["bound_ms"] < dhe["fp32"]["bound_ms"]) == faster_bf16
+    # the hash's share of each DHE path's lookup, both timed among the forwards (no more than the lookup)
+    for row in dhe.values():
+        assert 0 < row["hash_ms"] < row["lookup_ms"]
+        assert row["hash_share"] == row["hash_ms"] / row["lookup_ms"]
+    shares = {f"roofline.dhe.q64.{label}.hash_share_of_lookup" for label in ("fp32", "bf16")}
+    assert shares <= set(tiny_run[0]["ratios"])
 
 
 def test_the_roofline_runs_fp16_only_where_the_cpu_computes_it(monkeypatch):
