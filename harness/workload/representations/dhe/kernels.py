@@ -47,42 +47,53 @@ static inline uint16_t dhe_bf16(float f) {
     return (uint16_t) ((code.u + 0x7FFFu + ((code.u >> 16) & 1u)) >> 16);
 }
 
-/* One id's k codes (a row of the output) from column j on, one at a time. */
-typedef struct { const double *a, *b; double x, p, inv_p, m, scale; int64_t k; } dhe_row;
+/* One id's k codes (a row of the output), for either hash family: its coefficients (double for the
+   universal hash, uint32 for multiply-shift: multiply_shift.py), the id as given (x: as a double) and the
+   constants; each family reads what it uses. */
+typedef struct { const void *a, *b; int64_t id; double x, p, inv_p, m, scale; int64_t k; } dhe_row;
 
-static inline void dhe_tail(const dhe_row *r, int64_t j, void *out, int bf16) {
-    for (; j < r->k; ++j) {
-        const float code = dhe_code(r->a[j], r->b[j], r->x, r->p, r->inv_p, r->m, r->scale);
-        if (bf16) ((uint16_t *) out)[j] = dhe_bf16(code);
-        else ((float *) out)[j] = code;
-    }
+static inline float dhe_code_at(const dhe_row *r, int64_t j) {
+    return dhe_code(((const double *) r->a)[j], ((const double *) r->b)[j], r->x, r->p, r->inv_p, r->m,
+                    r->scale);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
+#define DHE_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define DHE_CLONES
 #endif
-static void dhe_row_plain(const dhe_row *r, void *out) { dhe_tail(r, 0, out, 0); }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx2", "default")))
-#endif
-static void dhe_row_bf16_plain(const dhe_row *r, void *out) { dhe_tail(r, 0, out, 1); }
+/* A family P's scalar rows from its P##_code_at(row, j): P##_tail, the codes from column j on one at a time
+   (after a vector loop), and the plain rows, the whole row as a tail (auto-vectorized, AVX2 clones). */
+#define DHE_SCALAR_ROWS(P)                                                                                  \
+    static inline void P##_tail(const dhe_row *r, int64_t j, void *out, int bf16) {                        \
+        for (; j < r->k; ++j) {                                                                             \
+            const float code = P##_code_at(r, j);                                                           \
+            if (bf16) ((uint16_t *) out)[j] = dhe_bf16(code);                                               \
+            else ((float *) out)[j] = code;                                                                 \
+        }                                                                                                   \
+    }                                                                                                       \
+    DHE_CLONES static void P##_row_plain(const dhe_row *r, void *out) { P##_tail(r, 0, out, 0); }          \
+    DHE_CLONES static void P##_row_bf16_plain(const dhe_row *r, void *out) { P##_tail(r, 0, out, 1); }
+DHE_SCALAR_ROWS(dhe)
 
 typedef void (*dhe_row_fn)(const dhe_row *, void *);
 
-/* codes[t, n, :] for tables [t0, t1) and every lookup n, `size` bytes a code, a row at a time. Built with
+/* codes[t, n, :] for tables [t0, t1) and every lookup n, `size` bytes a code and `coefficient` bytes a
+   hash coefficient, a row at a time. Built with
    OpenMP (-fopenmp), the rows are shared among the threads of the OpenMP runtime torch has loaded (the
    library's libgomp.so.1 is torch's, already in the process): torch's intra-op threads, so no idle
    OpenMP worker spins on a core the hash needs; without it, one thread (the caller splits the work). */
 #define DHE_PARALLEL_MIN_CODES (1 << 18)
-static void dhe_rows(dhe_row_fn fill, int64_t size, const int64_t *y, const double *a, const double *b,
-                     int64_t lookups, int64_t k, double p, double m, double scale, int64_t t0, int64_t t1,
-                     void *codes) {
+static void dhe_rows(dhe_row_fn fill, int64_t size, int64_t coefficient, const int64_t *y, const void *a,
+                     const void *b, int64_t lookups, int64_t k, double p, double m, double scale, int64_t t0,
+                     int64_t t1, void *codes) {
     const int64_t first = t0 * lookups, last = t1 * lookups;
 #pragma omp parallel for schedule(static) if ((last - first) * k >= DHE_PARALLEL_MIN_CODES)
     for (int64_t i = first; i < last; ++i) {
-        const int64_t t = i / lookups;
-        const dhe_row r = { a + t * k, b + t * k, (double) y[i], p, 1.0 / p, m, scale, k };
+        const int64_t t = i / lookups, offset = t * k * coefficient;
+        const dhe_row r = { (const char *) a + offset, (const char *) b + offset, y[i], (double) y[i], p,
+                            1.0 / p, m, scale, k };
         fill(&r, (char *) codes + i * k * size);
     }
 }
@@ -225,29 +236,30 @@ int dhe_level(void) {
 int dhe_level(void) { return 0; }
 #endif
 
-/* The entry points: codes[t, n, j] for tables [t0, t1), as float32 or (_bf16) bfloat16, by variant. */
-#define DHE_ENTRY(NAME, ROW, SIZE, OUT_T)                                                                   \
-    void NAME(const int64_t *y, const double *a, const double *b, int64_t lookups, int64_t k, double p,     \
+/* The entry points: codes[t, n, j] for tables [t0, t1), as float32 or (_bf16) bfloat16, by variant, from
+   COEF-byte coefficients (one signature for both families: p is the universal hash's alone). */
+#define DHE_ENTRY(NAME, ROW, SIZE, OUT_T, COEF)                                                             \
+    void NAME(const int64_t *y, const void *a, const void *b, int64_t lookups, int64_t k, double p,         \
               double m, double scale, int64_t t0, int64_t t1, OUT_T *codes) {                               \
-        dhe_rows(ROW, SIZE, y, a, b, lookups, k, p, m, scale, t0, t1, codes);                              \
+        dhe_rows(ROW, SIZE, COEF, y, a, b, lookups, k, p, m, scale, t0, t1, codes);                        \
     }
-DHE_ENTRY(dhe_uniform_plain, dhe_row_plain, 4, float)
-DHE_ENTRY(dhe_uniform_bf16_plain, dhe_row_bf16_plain, 2, uint16_t)
+DHE_ENTRY(dhe_uniform_plain, dhe_row_plain, 4, float, 8)
+DHE_ENTRY(dhe_uniform_bf16_plain, dhe_row_bf16_plain, 2, uint16_t, 8)
 #ifdef DHE_VECTOR_ROWS
-DHE_ENTRY(dhe_uniform_fma, dhe_row_fma, 4, float)
-DHE_ENTRY(dhe_uniform_bf16_fma, dhe_row_bf16_fma, 2, uint16_t)
+DHE_ENTRY(dhe_uniform_fma, dhe_row_fma, 4, float, 8)
+DHE_ENTRY(dhe_uniform_bf16_fma, dhe_row_bf16_fma, 2, uint16_t, 8)
 #ifdef DHE_AVX512_OK
-DHE_ENTRY(dhe_uniform_avx512, dhe_row_avx512, 4, float)
-DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_avx512, 2, uint16_t)
+DHE_ENTRY(dhe_uniform_avx512, dhe_row_avx512, 4, float, 8)
+DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_avx512, 2, uint16_t, 8)
 #else  /* never called where dhe_level() is below 2; present so that every build has the names */
-DHE_ENTRY(dhe_uniform_avx512, dhe_row_fma, 4, float)
-DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_fma, 2, uint16_t)
+DHE_ENTRY(dhe_uniform_avx512, dhe_row_fma, 4, float, 8)
+DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_fma, 2, uint16_t, 8)
 #endif
 #else  /* never called where dhe_level() is 0; present so that every build has the names */
-DHE_ENTRY(dhe_uniform_fma, dhe_row_plain, 4, float)
-DHE_ENTRY(dhe_uniform_bf16_fma, dhe_row_bf16_plain, 2, uint16_t)
-DHE_ENTRY(dhe_uniform_avx512, dhe_row_plain, 4, float)
-DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_plain, 2, uint16_t)
+DHE_ENTRY(dhe_uniform_fma, dhe_row_plain, 4, float, 8)
+DHE_ENTRY(dhe_uniform_bf16_fma, dhe_row_bf16_plain, 2, uint16_t, 8)
+DHE_ENTRY(dhe_uniform_avx512, dhe_row_plain, 4, float, 8)
+DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_plain, 2, uint16_t, 8)
 #endif
 """
 _I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
@@ -256,8 +268,7 @@ _I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 VARIANTS = {"plain": (0, 0), "fma": (1, 1), "avx512": (2, 3)}
 _ARGS = [_PTR, _PTR, _PTR, _I64, _I64, _F64, _F64, _F64, _I64, _I64, _PTR]
 _SIGNATURES = {f"dhe_uniform{out}_{variant}": _ARGS for out in ("", "_bf16") for variant in VARIANTS}
-_MS_ARGS = [_PTR, _PTR, _PTR, _I64, _I64, _I64, ctypes.c_float, _I64, _I64, _PTR]
-_SIGNATURES.update({f"ms_uniform{out}_{variant}": _MS_ARGS for out in ("", "_bf16")
+_SIGNATURES.update({f"ms_uniform{out}_{variant}": _ARGS for out in ("", "_bf16")
                     for variant in multiply_shift.VARIANTS})
 _SIGNATURES["dhe_level"] = _SIGNATURES["dhe_openmp"] = _SIGNATURES["dhe_parallel_min_codes"] = []
 _OUTPUTS = {torch.float32: "_uniform", torch.bfloat16: "_uniform_bf16"}  # codes' dtype -> function
@@ -306,13 +317,11 @@ def encode_uniform(flat: torch.Tensor, hash_a: torch.Tensor, hash_b: torch.Tenso
     tables, lookups = flat.shape
     k = hash_a.shape[-1]
     if family == "multiply_shift":  # the ids as they are (the kernel takes their low 32 bits); a, b as uint32
-        y = flat.contiguous()
-        a, b = (c.reshape(tables, k).to(torch.int32).contiguous() for c in (hash_a, hash_b))
-        constants: tuple = (m, 2.0 / (m - 1))  # the scale as a C float: rounded to float32, as torch's
+        y, coefficients = flat.contiguous(), torch.int32
     else:
-        y = torch.remainder(flat, p).contiguous()
-        a, b = (c.reshape(tables, k).to(torch.float64).contiguous() for c in (hash_a, hash_b))
-        constants = (float(p), float(m), 2.0 / (m - 1))
+        y, coefficients = torch.remainder(flat, p).contiguous(), torch.float64
+    a, b = (c.reshape(tables, k).to(coefficients).contiguous() for c in (hash_a, hash_b))
+    constants = (float(p), float(m), 2.0 / (m - 1))
     codes = torch.empty(tables, lookups, k, dtype=dtype)
     if lib.dhe_openmp():  # one call: its rows shared among torch's OpenMP threads inside
         encode(y.data_ptr(), a.data_ptr(), b.data_ptr(), lookups, k, *constants, 0, tables, codes.data_ptr())
