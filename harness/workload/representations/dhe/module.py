@@ -130,7 +130,7 @@ class DeepHashEmbedding(nn.Module):
         """Which code hashes here (recorded with the run: harness/workload/device.py `recorded`)."""
         method = self.hash_method
         if method == "float64" and self.hash_a.device.type != "cpu":  # the C kernel hashes CPU tensors only
-            return {"dhe_hash": "torch float64"}
+            return {"dhe_hash": "torch int64" if self.family == "multiply_shift" else "torch float64"}
         return {"dhe_hash": hashing.hash_kernel(method, self.encoding, self.weights[0].dtype, self.family)}
 
     def hash(self, ids: torch.Tensor, tables: slice = slice(None)) -> torch.Tensor:
