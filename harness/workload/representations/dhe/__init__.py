@@ -98,9 +98,9 @@ class DheParams:
         if not 2 <= self.m <= MAX_BUCKETS:
             raise ConfigError(
                 "m",
-                f"must be in [2, {MAX_BUCKETS:,}], got {self.m:,}: the universal hash computes a (x mod p) + b "
-                "< p^2 exactly in float64 (53-bit mantissa), which bounds p and so m; multiply_shift's 32-bit "
-                "limbs hold to the same bound",
+                f"must be in [2, {MAX_BUCKETS:,}], got {self.m:,}: the universal hash computes "
+                "a (x mod p) + b < p^2 exactly in float64 (53-bit mantissa), which bounds p and so m; "
+                "multiply_shift's 32-bit limbs hold to the same bound",
             )
         if self.hash not in HASHES:
             raise ConfigError("hash", f"must be one of {HASHES}, got {self.hash!r}")
