@@ -21,6 +21,30 @@ def torch_cpu_capabilities():
     return CpuBackend(load_config(compose(["+backend=cpu"])).backend).capabilities()
 
 RESULTS = Path("results") / "benchmarks"
+LINE = 64  # bytes: what a random table row costs from memory, however narrow (one cache line)
+DEFAULT_LLC_BYTES = 64 << 20  # where sysfs does not say: larger than most server CPUs' L3 per socket
+MAX_POOL = 1024  # batches at the most: small queries keep their ids within bounds (q = 1: 6.8 MB of rows)
+
+
+def last_level_cache_bytes() -> int:
+    """The largest cache cpu0 sees (sysfs), else DEFAULT_LLC_BYTES."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip().upper()
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        digits = text.rstrip("KMG")
+        if digits.isdigit():
+            sizes.append(int(digits) * scale)
+    return max(sizes) if sizes else DEFAULT_LLC_BYTES
+
+
+def cold_pool_size(rows_per_batch: int, llc_bytes: int | None = None) -> int:
+    """How many distinct batches to cycle so that their table rows cover twice the last-level cache: each
+    lookup then reads rows no earlier call left in cache, as a DRAM-gather bound assumes (one batch timed
+    again and again keeps its rows in L3: 1.7 MB of rows at q = 1024 on the Kaggle shape, and read a lookup
+    at 223 % of the 64-byte-row gather roof here)."""
+    llc = llc_bytes or last_level_cache_bytes()
+    return max(1, min(MAX_POOL, -(-2 * llc // (rows_per_batch * LINE))))
 
 
 def block_median(fn: Callable[[int], Any], block_s: float, min_iters: int) -> float:

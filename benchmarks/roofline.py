@@ -32,7 +32,14 @@ from typing import Any, Callable
 import torch
 
 from benchmarks import dlrm_reference
-from benchmarks.common import interleaved, timing_parser, torch_cpu_capabilities, write_report
+from benchmarks.common import (
+    LINE,
+    cold_pool_size,
+    interleaved,
+    timing_parser,
+    torch_cpu_capabilities,
+    write_report,
+)
 from benchmarks.precision import _batch, _spec, _variant
 from harness.core.host import native_cpu_dtype, numeric_flags
 from harness.core.precision import gemm_peak_metric
@@ -84,7 +91,6 @@ def machine_peaks(tiny: bool) -> dict:
 
 REFERENCE = "dlrm_reference"  # the row of facebookresearch/dlrm's DLRM_Net (fp32), where it is installed
 HASH, LOOKUP = ":hash", ":lookup"  # suffixes of the DHE parts' timings (`dhe_parts`)
-LINE = 64  # bytes: what a random row costs from memory, however narrow
 
 
 def memory_bytes_per_sample(representation: str, spec, storage: str | None) -> float:
@@ -109,24 +115,31 @@ def bound_s(flops_per_sample: float, bytes_per_sample: float, q: int, precision:
     return q * flops_per_sample / (gemm * 1e9) + q * bytes_per_sample / (peaks["gather64_gbps"] * 1e9)
 
 
-def forward(model: torch.nn.Module, dense: torch.Tensor, ids: torch.Tensor) -> Callable[[int], Any]:
-    return lambda i: model(dense, ids)
+def forward(model: torch.nn.Module, pool: list[tuple[torch.Tensor, torch.Tensor]]) -> Callable[[int], Any]:
+    return lambda i: model(*pool[i % len(pool)])
 
 
-def forward_reference(ref: torch.nn.Module, inputs: tuple) -> Callable[[int], Any]:
-    return lambda i: ref(*inputs)
+def forward_reference(ref: torch.nn.Module, pool: list[tuple]) -> Callable[[int], Any]:
+    return lambda i: ref(*pool[i % len(pool)])
 
 
-def dhe_parts(models: dict, ids: torch.Tensor) -> dict[str, Callable[[int], Any]]:
+def dhe_parts(models: dict, pool: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Callable[[int], Any]]:
     """For each DHE path, its hash (the codes) and its whole lookup alone, timed among the forwards: what
     share of the lookup the hash takes (issue 24: at most 15 %)."""
     calls = {}
     for label, model in models.items():
         for module in model.modules():
             if isinstance(module, DeepHashEmbedding):
-                calls[f"{label}{HASH}"] = lambda i, module=module: module.encode(ids)
-                calls[f"{label}{LOOKUP}"] = lambda i, module=module: module(ids)
+                calls[f"{label}{HASH}"] = lambda i, module=module: module.encode(pool[i % len(pool)][1])
+                calls[f"{label}{LOOKUP}"] = lambda i, module=module: module(pool[i % len(pool)][1])
     return calls
+
+
+def batch_pool(spec, q: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Distinct batches of q samples, cycled call after call (`cold_pool_size`): every table lookup reads
+    rows that are not in cache, as the bound's DRAM gather counts them."""
+    batches = cold_pool_size(q * spec.num_tables * spec.ids_per_lookup)
+    return [_batch(spec, q, seed) for seed in range(batches)]
 
 
 def _attach_parts(row: dict, timed: dict) -> None:
@@ -150,18 +163,18 @@ def representation_rows(representation: str, scale: float, sizes: tuple[int, ...
     ref = dlrm_reference.build(reference, model) if reference is not None else None
     rows: dict = {}
     for q in sizes:
-        dense, ids = _batch(spec, q)
+        pool = batch_pool(spec, q)
         with torch.inference_mode():
-            calls = {label: forward(m, dense, ids) for label, m in models.items()}
+            calls = {label: forward(m, pool) for label, m in models.items()}
             if ref is not None:
-                disagree = dlrm_reference.agreement(ref, model, dense, ids)
+                disagree = dlrm_reference.agreement(ref, model, *pool[0])
                 if disagree > 1e-4:  # never a ratio between two different functions
                     raise RuntimeError(f"the DLRM reference and the model differ by {disagree:.2e} at q={q}")
-                calls[REFERENCE] = forward_reference(ref, dlrm_reference.inputs(dense, ids))
-            calls.update(dhe_parts(models, ids))
+                calls[REFERENCE] = forward_reference(ref, [dlrm_reference.inputs(*batch) for batch in pool])
+            calls.update(dhe_parts(models, pool))
             timed = interleaved(calls, repetitions=repetitions, block_s=block_s, min_iters=3, warmup=2)
         parts = {label: timed.pop(label) for label in list(timed) if label.endswith((HASH, LOOKUP))}
-        rows[q] = {label: {"p50_ms": t["median_s"] * 1e3, "blocks_s": t["blocks_s"],
+        rows[q] = {label: {"p50_ms": t["median_s"] * 1e3, "blocks_s": t["blocks_s"], "batches": len(pool),
                            "fp32_over_this": timed["fp32"]["median_s"] / t["median_s"]}
                    for label, t in timed.items()}
         _attach_parts(rows[q], parts)

@@ -172,7 +172,7 @@ def test_roofline_figures(tiny_run):
     for rep in ("table", "dhe"):
         for rows in f[rep].values():
             for row in rows.values():
-                assert row["p50_ms"] > 0 and row["bound_ms"] > 0
+                assert row["p50_ms"] > 0 and row["bound_ms"] > 0 and row["batches"] >= 1
                 assert row["above_roof"] == (row["fraction"] > 1)
     # int8 rows cost the cache line an fp32 row of dim 16 costs: their memory terms are equal (the bound
     # differs from fp32's only where the MLPs' precision does)
@@ -225,3 +225,15 @@ def test_the_int8_targets_are_held_to_the_spread_of_two_equal_models():
     assert fastest["target"] == f">= {SPREAD}"
     emulated = _int8_never_slower({**f, "cpu_flags": ["avx2"]})  # no native bf16: no such target
     assert emulated["roofline.table.q1024.int8+bf16.fastest_other_over_this"]["target"] is None
+
+
+def test_table_lookups_are_timed_on_rows_no_earlier_call_left_in_cache():
+    """A batch's rows times the pool cover twice the last-level cache (a pool of 4 kept q = 1024's rows in
+    L3 and read a lookup at 223 % of the DRAM gather roof); small queries stop at MAX_POOL batches."""
+    from benchmarks.common import LINE, MAX_POOL, cold_pool_size, last_level_cache_bytes
+
+    llc = 32 << 20
+    batches = cold_pool_size(26 * 1024, llc)
+    assert batches == 40 and batches * 26 * 1024 * LINE >= 2 * llc > (batches - 1) * 26 * 1024 * LINE
+    assert cold_pool_size(26, llc) == MAX_POOL and cold_pool_size(26 * 10**6, llc) == 1
+    assert last_level_cache_bytes() >= 1 << 20
