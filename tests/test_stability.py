@@ -414,6 +414,29 @@ def test_a_gemm_peak_is_sized_to_a_short_call_from_a_probe():
     assert set(kernels) == {"copy", "gather", "gather64", "gemm"}  # no GEMM of a precision not asked for
 
 
+def test_a_cpu_gather_roof_takes_the_faster_of_index_select_and_embedding_bag():
+    """With index_select alone as the 64-byte-row roof, a table lookup (embedding_bag, which prefetches)
+    read 130 % of it: the roof is the faster kernel, and either gathers the same rows."""
+    import torch
+
+    from backends.torch_kernels import _fastest_gather
+
+    rows, index = torch.rand(4096, 16), torch.randint(0, 4096, (1000,))
+    out = torch.empty(1000, 16)
+
+    def slow():
+        time.sleep(0.02)
+        return torch.index_select(rows, 0, index, out=out)
+
+    chosen = _fastest_gather(torch, rows, index, slow)
+    assert chosen is not slow and torch.equal(chosen(), rows[index])  # embedding_bag: bags of one id
+
+    def instant():
+        return out
+
+    assert _fastest_gather(torch, rows, index, instant) is instant
+
+
 @pytest.mark.parametrize("fastest", ["_linear", "_onednn_linear"])
 def test_a_cpu_gemm_peak_takes_the_fastest_of_mm_linear_and_onednn(monkeypatch, fastest):
     # With oneDNN capped at AVX2 a bf16 torch.mm ran at 1-3 GFLOP/s, a bf16 F.linear (an MLP's op) at

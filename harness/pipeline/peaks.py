@@ -45,8 +45,9 @@ SECONDS_PER_KERNEL = 1.2  # what the announcement says one kernel takes (its buf
 # under a load probe, with its reading and the library versions; entries before 4 were never checked;
 # 5: GEMMs sized by a probe call, only the precisions a run needs, an entry filled in as runs need more;
 # 6: on a CPU the faster of torch.mm and F.linear, the op an MLP runs; 7: and oneDNN's fused linear, which
-# the MLPs and DHE's fp32 decoders run on CPUs since issue 24).
-KERNELS_VERSION = 7
+# the MLPs and DHE's fp32 decoders run on CPUs since issue 24; 8: on a CPU each gather is the faster of
+# index_select and embedding_bag: with index_select alone a table path's lookup read 130 % of the roof).
+KERNELS_VERSION = 8
 _METRIC = {"copy": "copy_gbps", "gather": "gather_gbps", "gather64": "gather64_gbps", "gemm": "gemm_gflops",
            "gemm_bf16": "gemm_bf16_gflops", "gemm_fp16": "gemm_fp16_gflops", "gemm_tf32": "gemm_tf32_gflops"}
 BANDWIDTHS = ("copy_gbps", "gather_gbps", "gather64_gbps")
