@@ -47,6 +47,7 @@ class CpuConfig(TorchConfig):
     num_threads: Optional[int] = MISSING
     interop_threads: Optional[int] = MISSING
     allocator: str = MISSING  # retain (freed memory kept for the next call) or system; see the module doc
+    huge_pages: bool = MISSING  # large weights (tables) on 2 MB pages where the kernel allows (huge_pages.py)
 
     def check(self) -> None:
         super().check()
@@ -88,6 +89,7 @@ class CpuBackend(TorchBackend):
     config: CpuConfig  # the adapter's own section, typed by config_class (backends/__init__.py)
     install_hint = "Install torch: pip install torch"
     device = "cpu"
+    _huge_page_bytes = 0  # the model's weights moved onto huge pages at prepare (backends/huge_pages.py)
     # bf16 and fp16 where torch has CPU kernels (native with avx512_bf16/AMX or avx512_fp16/AMX-FP16,
     # emulated elsewhere: device_info says which); no TF32 on CPUs.
     precisions = ("fp32", "bf16", "fp16")
@@ -131,6 +133,10 @@ class CpuBackend(TorchBackend):
         import torch
 
         set_allocator(self.config.allocator)
+        if self.config.huge_pages:
+            from backends.huge_pages import on_huge_pages
+
+            self._huge_page_bytes = on_huge_pages(model)
         threads = self.threads()
         if threads is not None:
             torch.set_num_threads(threads)
@@ -156,5 +162,8 @@ class CpuBackend(TorchBackend):
     def run_params(self) -> dict[str, Any]:
         import torch
 
+        from backends import huge_pages
+
         return {"num_threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-                "allocator": _allocator_in_force, "compile": self.config.compile}
+                "allocator": _allocator_in_force, "compile": self.config.compile,
+                "huge_page_bytes": self._huge_page_bytes, "transparent_huge_pages": huge_pages.thp_mode()}

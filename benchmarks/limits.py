@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from backends.huge_pages import on_huge_pages
 from benchmarks.common import cold_pool_size, interleaved, timing_parser, torch_cpu_capabilities, write_report
 from benchmarks.representations import kaggle_dhe
 from harness.core.spec import WorkloadSpec
@@ -53,6 +54,7 @@ def table_lookups(scale: float, sizes: list[int], limits: dict, reps: int, block
     torch.manual_seed(0)
     module = FusedTables(rows, 16).requires_grad_(False)
     configure_for(module, torch_cpu_capabilities())  # the kernels a CPU run's tables take
+    on_huge_pages(module)  # and their memory (backends/huge_pages.py)
     out = {}
     for q in sizes:
         # rows no earlier call left in cache (`cold_pool_size`): 4 batches kept q = 1024's in L3 (223 %)

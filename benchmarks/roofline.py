@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import torch
 
+from backends.huge_pages import on_huge_pages, thp_mode
 from benchmarks import dlrm_reference
 from benchmarks.common import (
     LINE,
@@ -158,8 +159,11 @@ def representation_rows(representation: str, scale: float, sizes: tuple[int, ...
     _, spec = _spec(representation, scale)
     model = build_model(spec, seed=0).eval().requires_grad_(False)
     configure_for(model, torch_cpu_capabilities())
+    on_huge_pages(model)  # the tables where a CPU run's prepare puts them (before the twins share them)
     models = {label: model if label == "fp32" else _variant(model, precision, storage)
               for label, precision, storage in paths(representation)}
+    for twin in models.values():
+        on_huge_pages(twin)  # int8 and int4 rows are the twins' own
     ref = dlrm_reference.build(reference, model) if reference is not None else None
     rows: dict = {}
     for q in sizes:
@@ -234,7 +238,8 @@ def main(argv: list[str] | None = None) -> dict:
     peaks["disturbed"] = sorted(set(first["disturbed"]) | set(second["disturbed"]))
     figures: dict[str, Any] = {"threads": torch.get_num_threads(), "cpu_flags": flags, "scale": scale,
                                "peaks": peaks, "peaks_before": first, "peaks_after": second,
-                               "reference": reference_note, "fp16": native_cpu_dtype("fp16")}
+                               "reference": reference_note, "fp16": native_cpu_dtype("fp16"),
+                               "transparent_huge_pages": thp_mode()}
     print(f"peaks ({figures['threads']} threads; flags {', '.join(flags)}), the higher of before and after: "
           f"GEMM fp32 {peaks['gemm_gflops']:.0f} ({first['gemm_gflops']:.0f}, {second['gemm_gflops']:.0f}), "
           f"bf16 {peaks['gemm_bf16_gflops']:.0f}"

@@ -78,6 +78,12 @@ def test_a_run_records_the_same_params_tags_metrics_and_artifacts_as_before_the_
         dhe = settings.pop("dhe_hash", None)
         assert (dhe is not None) == case.startswith("dhe")
         assert dhe is None or dhe.startswith(("C ", "torch float64"))
+    # Issue 24, slice 5: the CPU's tables on huge pages (a switch, on by default), and what a run moved
+    # there and under which kernel mode (recorded where the backend prepared the model)
+    assert now["params"].pop("backend.huge_pages") == "true"
+    moved = now["params"].pop("backend_resolved.huge_page_bytes", None)
+    assert moved is None or int(moved) >= 0
+    assert (now["params"].pop("backend_resolved.transparent_huge_pages", None) is None) == (moved is None)
     # Issue 24, slice 5: DHE's hash family, multiply_shift by default: other codes, so a model of its own
     # (keys that differ from the universal hash's, which keeps the reference's: tests/test_identity.py)
     if case.startswith("dhe"):

@@ -38,9 +38,10 @@ def run_key(config: Mapping[str, Any]) -> str:
         del measured["precision"]
     if measured.get("backend", {}).get("graphs") is False:  # added with CUDA graphs; eager runs keep keys
         measured["backend"] = {k: v for k, v in measured["backend"].items() if k != "graphs"}
-    if measured.get("backend", {}).get("allocator") == "retain":
-        # The CPU's default since issue 24, left out as code changes are: runs recorded before keep keys.
-        measured["backend"] = {k: v for k, v in measured["backend"].items() if k != "allocator"}
+    for key, default in (("allocator", "retain"), ("huge_pages", True)):
+        if measured.get("backend", {}).get(key) == default:
+            # The CPU's defaults since issue 24, left out as code changes are: runs recorded before keep keys.
+            measured["backend"] = {k: v for k, v in measured["backend"].items() if k != key}
     measured["representation"] = _without_universal_hash(_without_default_storage(measured["representation"]))
     # The stability rules judge a measurement, they do not change what is measured (added in issue 22):
     # runs recorded before them keep their keys; force=true measures again under changed thresholds.
