@@ -159,3 +159,17 @@ def test_thread_spans_cover_every_table_once():
         spans = _spans(weights, parts)
         assert spans[0][0] == 0 and spans[-1][1] == len(weights) and len(spans) <= parts
         assert all(a[1] == b[0] for a, b in zip(spans, spans[1:]))
+
+
+def test_one_id_bags_keep_their_offsets_across_query_sizes():
+    """Large one-id queries on CPUs take embedding_bag with offsets kept from the largest query so far:
+    every size, larger then smaller, still sums the right rows (each bag's one row)."""
+    tables = build_tables((5000, 300), dim=8).eval()
+    tables.one_id_lookup = "embedding_bag"
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for batch in (2048, 4096, 2500, 3000):  # 2 tables: 4096 to 8192 bags, past BAG_MIN_LOOKUPS
+            ids = torch.stack([torch.randint(0, r, (batch, 1), generator=gen) for r in (5000, 300)], dim=1)
+            expected = torch.stack([tables.table_weight(t)[ids[:, t, 0]] for t in range(2)], dim=1)
+            assert torch.equal(tables(ids), expected), batch
+    assert tables._bag_starts is not None and tables._bag_starts.numel() == 8192

@@ -59,6 +59,7 @@ class FusedTables(nn.Module):
         self.register_buffer("table_sizes", torch.tensor(self.table_rows, dtype=torch.int64),
                              persistent=False)
         self._starts = starts
+        self._bag_starts: torch.Tensor | None = None  # 0, 1, 2, ...: one-id bags' offsets (`_one_id_offsets`)
         self.fused_sgd_lr: float | None = None  # set by enable_fused_sgd: SGD inside the backward
         self.storage = "fp32"
         self.quantized_lookup = "fbgemm"  # device setting: fbgemm (fused quantized kernel) or gather
@@ -150,7 +151,8 @@ class FusedTables(nn.Module):
             # Many one-id bags in CPU inference (the device setting one_id_lookup): embedding_bag's kernel
             # (FBGEMM's, which prefetches rows) gathers them 3x faster than F.embedding's index_select
             # (0.75 vs 2.3 ms for 106k rows of a 2 GB table); a bag of one id is that row, bit for bit.
-            out = F.embedding_bag(flat, self.weight, mode="sum")
+            starts = self._one_id_offsets(flat.shape[0], flat.device)
+            out = F.embedding_bag(flat.view(-1), self.weight, starts, mode="sum")
         elif per_bag == 1:
             # Few ids (its fixed cost is less: 3.7 vs 12 us at 26), or training (the simplest backward).
             out = F.embedding(flat.view(-1), self.weight, sparse=self.sparse_grad)
@@ -161,11 +163,21 @@ class FusedTables(nn.Module):
             out = F.embedding_bag(flat, self.weight, mode="sum", sparse=self.sparse_grad)
         return out.view(batch, tables, self.dim)
 
+    def _one_id_offsets(self, n: int, device: torch.device) -> torch.Tensor:
+        """0, 1, ..., n - 1, the offsets of n one-id bags, kept from the largest query so far: F.embedding_bag
+        made them with an arange every call for a 2-D input (the lookup 1.06-1.10x at q = 1024, 0.95-1.01x at
+        4096, two interleaved runs: docs/performance.md)."""
+        starts = self._bag_starts
+        if starts is None or starts.numel() < n or starts.device != device:
+            starts = self._bag_starts = torch.arange(n, device=device)
+        return starts[:n]
+
     def _quantized_bags(self, flat: torch.Tensor, per_bag: int) -> torch.Tensor:
         """Sums of bags of `per_bag` consecutive ids of `flat` from the int8 or int4 rows, in fp32."""
         int8 = self.storage == "int8"
         if self.quantized_lookup == "fbgemm":
-            offsets = torch.arange(0, flat.numel(), per_bag, device=flat.device)
+            offsets = (self._one_id_offsets(flat.numel(), flat.device) if per_bag == 1
+                       else torch.arange(0, flat.numel(), per_bag, device=flat.device))
             # FBGEMM's fused kernels: gather, dequantize and sum in one pass (int8's was 3.5x faster than
             # the gather below on a CPU at query size 4096; docs/performance.md).
             bag = (torch.ops.quantized.embedding_bag_byte_rowwise_offsets if int8
