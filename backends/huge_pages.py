@@ -18,6 +18,7 @@ True
 from __future__ import annotations
 
 import mmap
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,9 @@ import torch
 MIN_BYTES = 64 << 20  # smaller tensors stay where they are: they are cache-resident or cheap to walk
 HUGE_PAGE = 2 << 20
 _SYSFS = Path("/sys/kernel/mm/transparent_hugepage/enabled")
-_ours: set[int] = set()  # data pointers of the regions moved here (a tensor shared by two models moves once)
+# The tensors moved here, by id (a tensor shared by two models moves once); weak, so a freed tensor's entry
+# goes with it and a later tensor at the same address or id is never taken for one already moved.
+_moved: weakref.WeakValueDictionary[int, torch.Tensor] = weakref.WeakValueDictionary()
 
 
 def thp_mode() -> str:
@@ -53,11 +56,12 @@ def on_huge_pages(model: torch.nn.Module, min_bytes: int = MIN_BYTES) -> int:
         for slots in (module._parameters, module._buffers):
             for tensor in slots.values():
                 if (tensor is None or tensor.device.type != "cpu" or not tensor.is_contiguous()
-                        or tensor.data_ptr() in _ours or tensor.numel() * tensor.element_size() < min_bytes):
+                        or _moved.get(id(tensor)) is tensor
+                        or tensor.numel() * tensor.element_size() < min_bytes):
                     continue
                 with torch.no_grad():
                     tensor.data = _advised_copy(tensor)
-                _ours.add(tensor.data_ptr())
+                _moved[id(tensor)] = tensor
                 moved += tensor.numel() * tensor.element_size()
     return moved
 

@@ -243,24 +243,22 @@ int dhe_level(void) { return 0; }
               double m, double scale, int64_t t0, int64_t t1, OUT_T *codes) {                               \
         dhe_rows(ROW, SIZE, COEF, y, a, b, lookups, k, p, m, scale, t0, t1, codes);                        \
     }
+/* A build without a variant's instructions stands the next simpler rows in for it, so that every build has
+   every name; they are never called (dhe_level() is below what the variant needs). */
+#ifndef DHE_VECTOR_ROWS
+#define dhe_row_fma dhe_row_plain
+#define dhe_row_bf16_fma dhe_row_bf16_plain
+#endif
+#ifndef DHE_AVX512_OK
+#define dhe_row_avx512 dhe_row_fma
+#define dhe_row_bf16_avx512 dhe_row_bf16_fma
+#endif
 DHE_ENTRY(dhe_uniform_plain, dhe_row_plain, 4, float, 8)
 DHE_ENTRY(dhe_uniform_bf16_plain, dhe_row_bf16_plain, 2, uint16_t, 8)
-#ifdef DHE_VECTOR_ROWS
 DHE_ENTRY(dhe_uniform_fma, dhe_row_fma, 4, float, 8)
 DHE_ENTRY(dhe_uniform_bf16_fma, dhe_row_bf16_fma, 2, uint16_t, 8)
-#ifdef DHE_AVX512_OK
 DHE_ENTRY(dhe_uniform_avx512, dhe_row_avx512, 4, float, 8)
 DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_avx512, 2, uint16_t, 8)
-#else  /* never called where dhe_level() is below 2; present so that every build has the names */
-DHE_ENTRY(dhe_uniform_avx512, dhe_row_fma, 4, float, 8)
-DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_fma, 2, uint16_t, 8)
-#endif
-#else  /* never called where dhe_level() is 0; present so that every build has the names */
-DHE_ENTRY(dhe_uniform_fma, dhe_row_plain, 4, float, 8)
-DHE_ENTRY(dhe_uniform_bf16_fma, dhe_row_bf16_plain, 2, uint16_t, 8)
-DHE_ENTRY(dhe_uniform_avx512, dhe_row_plain, 4, float, 8)
-DHE_ENTRY(dhe_uniform_bf16_avx512, dhe_row_bf16_plain, 2, uint16_t, 8)
-#endif
 """
 _I64, _PTR, _F64 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_double
 # The same codes, bit for bit, by the level (dhe_level) each needs for (float32, bfloat16) codes: plain C

@@ -60,7 +60,7 @@ DHE_AVX512BF16 static void ms_row_bf16_avx512(const dhe_row *r, void *out) {
                             (__m256i) _mm512_cvtneps_pbh(ms_code16(r, j, c)));
     ms_tail(r, j, out, 1);
 }
-#else  /* never called where dhe_level() is below 2; present so that every build has the names */
+#else  /* as kernels.py's rows: stood in for, never called where dhe_level() is below 2 */
 #define ms_row_avx512 ms_row_plain
 #define ms_row_bf16_avx512 ms_row_bf16_plain
 #endif
